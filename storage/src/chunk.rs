@@ -1,0 +1,444 @@
+//! Compressed chunks of samples: delta-of-delta timestamps and XOR-encoded values
+//! (the Gorilla scheme). The byte format is specified in `docs/format/chunks.md`.
+//!
+//! A chunk is appended to in time order by one writer ([`XorChunk::append`]) and can be
+//! read while it is open ([`XorChunk::iter`] reads what has been written so far). Values are
+//! stored bit-exactly, so NaN payloads such as the Prometheus stale marker survive.
+
+/// A bit-level writer over a byte vector. The last byte may be partially filled.
+#[derive(Debug, Clone, Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    /// Number of bits still free in the last byte (0..=7; 0 means a new byte is needed).
+    free: u8,
+}
+
+impl BitWriter {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(n),
+            free: 0,
+        }
+    }
+
+    #[inline]
+    fn write_bit(&mut self, bit: bool) {
+        if self.free == 0 {
+            self.bytes.push(0);
+            self.free = 8;
+        }
+        self.free -= 1;
+        if bit {
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= 1 << self.free;
+            }
+        }
+    }
+
+    /// Writes the low `n` bits of `v`, most significant first.
+    #[inline]
+    fn write_bits(&mut self, v: u64, mut n: u8) {
+        while n > 0 {
+            if self.free == 0 {
+                self.bytes.push(0);
+                self.free = 8;
+            }
+            let take = n.min(self.free);
+            let shift = n - take;
+            let chunk = ((v >> shift) & ((1u64 << take) - 1)) as u8;
+            self.free -= take;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= chunk << self.free;
+            }
+            n -= take;
+        }
+    }
+
+    fn write_uvarint(&mut self, mut v: u64) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.write_bits(byte as u64, 8);
+                return;
+            }
+            self.write_bits((byte | 0x80) as u64, 8);
+        }
+    }
+
+    fn write_varint(&mut self, v: i64) {
+        self.write_uvarint(((v << 1) ^ (v >> 63)) as u64);
+    }
+}
+
+/// A bit-level reader over a byte slice.
+#[derive(Clone)]
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize, // bit position
+}
+
+impl<'a> BitReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    #[inline]
+    fn read_bit(&mut self) -> Option<bool> {
+        let byte = *self.bytes.get(self.pos / 8)?;
+        let bit = (byte >> (7 - (self.pos % 8))) & 1 == 1;
+        self.pos += 1;
+        Some(bit)
+    }
+
+    #[inline]
+    fn read_bits(&mut self, mut n: u8) -> Option<u64> {
+        let mut v: u64 = 0;
+        while n > 0 {
+            let byte = *self.bytes.get(self.pos / 8)?;
+            let used = (self.pos % 8) as u8;
+            let avail = 8 - used;
+            let take = n.min(avail);
+            let bits = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
+            v = (v << take) | bits as u64;
+            self.pos += take as usize;
+            n -= take;
+        }
+        Some(v)
+    }
+
+    fn read_uvarint(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.read_bits(8)?;
+            v |= (b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn read_varint(&mut self) -> Option<i64> {
+        let u = self.read_uvarint()?;
+        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+}
+
+/// An XOR chunk: an open or closed sequence of `(timestamp_ms, value)` samples.
+#[derive(Debug, Clone)]
+pub(crate) struct XorChunk {
+    bits: BitWriter,
+    count: u16,
+    first_t: i64,
+    t: i64,
+    t_delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl Default for XorChunk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl XorChunk {
+    pub(crate) fn new() -> Self {
+        Self {
+            bits: BitWriter::with_capacity(128),
+            count: 0,
+            first_t: 0,
+            t: 0,
+            t_delta: 0,
+            v: 0,
+            leading: 0xff,
+            trailing: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub(crate) fn min_time(&self) -> i64 {
+        self.first_t
+    }
+
+    pub(crate) fn max_time(&self) -> i64 {
+        self.t
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bits.bytes
+    }
+
+    /// Appends a sample. The caller guarantees `t` is greater than the last timestamp.
+    pub(crate) fn append(&mut self, t: i64, v: f64) {
+        let vbits = v.to_bits();
+        match self.count {
+            0 => {
+                self.bits.write_varint(t);
+                self.bits.write_bits(vbits, 64);
+                self.first_t = t;
+            }
+            1 => {
+                let delta = t - self.t;
+                self.bits.write_uvarint(delta as u64);
+                self.write_value(vbits);
+                self.t_delta = delta;
+            }
+            _ => {
+                let delta = t - self.t;
+                let dod = delta - self.t_delta;
+                match dod {
+                    0 => self.bits.write_bit(false),
+                    -8191..=8192 => {
+                        self.bits.write_bits(0b10, 2);
+                        self.bits.write_bits(dod as u64, 14);
+                    }
+                    -65535..=65536 => {
+                        self.bits.write_bits(0b110, 3);
+                        self.bits.write_bits(dod as u64, 17);
+                    }
+                    -524287..=524288 => {
+                        self.bits.write_bits(0b1110, 4);
+                        self.bits.write_bits(dod as u64, 20);
+                    }
+                    _ => {
+                        self.bits.write_bits(0b1111, 4);
+                        self.bits.write_bits(dod as u64, 64);
+                    }
+                }
+                self.write_value(vbits);
+                self.t_delta = delta;
+            }
+        }
+        self.t = t;
+        self.v = vbits;
+        self.count += 1;
+    }
+
+    fn write_value(&mut self, vbits: u64) {
+        let x = vbits ^ self.v;
+        if x == 0 {
+            self.bits.write_bit(false);
+            return;
+        }
+        self.bits.write_bit(true);
+        let leading = (x.leading_zeros() as u8).min(31);
+        let trailing = x.trailing_zeros() as u8;
+        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+            // Reuse the previous window.
+            self.bits.write_bit(false);
+            let sig = 64 - self.leading - self.trailing;
+            self.bits.write_bits(x >> self.trailing, sig);
+        } else {
+            self.leading = leading;
+            self.trailing = trailing;
+            self.bits.write_bit(true);
+            self.bits.write_bits(leading as u64, 5);
+            let sig = 64 - leading - trailing;
+            // 64 significant bits are stored as 0 in the 6-bit field.
+            self.bits.write_bits((sig & 63) as u64, 6);
+            self.bits.write_bits(x >> trailing, sig);
+        }
+    }
+
+    /// Iterates over the samples written so far.
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> XorIter<'_> {
+        XorIter::new(self.bytes(), self.count)
+    }
+
+    /// Freezes the chunk into its encoded bytes and sample count.
+    pub(crate) fn into_encoded(self) -> (Box<[u8]>, u16) {
+        (self.bits.bytes.into_boxed_slice(), self.count)
+    }
+}
+
+/// Decodes samples from encoded chunk bytes.
+#[derive(Clone)]
+pub(crate) struct XorIter<'a> {
+    r: BitReader<'a>,
+    remaining: u16,
+    read: u16,
+    t: i64,
+    t_delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+impl<'a> XorIter<'a> {
+    pub(crate) fn new(bytes: &'a [u8], count: u16) -> Self {
+        Self {
+            r: BitReader::new(bytes),
+            remaining: count,
+            read: 0,
+            t: 0,
+            t_delta: 0,
+            v: 0,
+            leading: 0,
+            trailing: 0,
+        }
+    }
+
+    fn read_value(&mut self) -> Option<()> {
+        if !self.r.read_bit()? {
+            return Some(());
+        }
+        if self.r.read_bit()? {
+            self.leading = self.r.read_bits(5)? as u8;
+            let mut sig = self.r.read_bits(6)? as u8;
+            if sig == 0 {
+                sig = 64;
+            }
+            self.trailing = 64u8.checked_sub(self.leading + sig)?;
+        }
+        let sig = 64 - self.leading - self.trailing;
+        let x = self.r.read_bits(sig)?;
+        self.v ^= x << self.trailing;
+        Some(())
+    }
+
+    fn step(&mut self) -> Option<(i64, f64)> {
+        match self.read {
+            0 => {
+                self.t = self.r.read_varint()?;
+                self.v = self.r.read_bits(64)?;
+            }
+            1 => {
+                self.t_delta = self.r.read_uvarint()? as i64;
+                self.t += self.t_delta;
+                self.read_value()?;
+            }
+            _ => {
+                let mut prefix = 0u8;
+                for _ in 0..4 {
+                    if !self.r.read_bit()? {
+                        break;
+                    }
+                    prefix += 1;
+                }
+                let dod = match prefix {
+                    0 => 0,
+                    1 => sign_extend(self.r.read_bits(14)?, 14),
+                    2 => sign_extend(self.r.read_bits(17)?, 17),
+                    3 => sign_extend(self.r.read_bits(20)?, 20),
+                    _ => self.r.read_bits(64)? as i64,
+                };
+                self.t_delta += dod;
+                self.t += self.t_delta;
+                self.read_value()?;
+            }
+        }
+        self.read += 1;
+        Some((self.t, f64::from_bits(self.v)))
+    }
+}
+
+/// Decodes an `n`-bit delta-of-delta field. The encoder stores values in
+/// `-(2^(n-1) - 1) ..= 2^(n-1)`, so the top positive value is read back as positive.
+fn sign_extend(v: u64, bits: u32) -> i64 {
+    if v > 1 << (bits - 1) {
+        v as i64 - (1i64 << bits)
+    } else {
+        v as i64
+    }
+}
+
+impl Iterator for XorIter<'_> {
+    type Item = (i64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let s = self.step();
+        if s.is_none() {
+            // Truncated bytes: stop rather than yield garbage.
+            self.remaining = 0;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(samples: &[(i64, f64)]) {
+        let mut c = XorChunk::new();
+        for &(t, v) in samples {
+            c.append(t, v);
+        }
+        let got: Vec<(i64, u64)> = c.iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        assert_eq!(got, want);
+        let (bytes, n) = c.into_encoded();
+        let again: Vec<(i64, u64)> = XorIter::new(&bytes, n)
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
+        assert_eq!(again, want);
+    }
+
+    #[test]
+    fn regular_counter() {
+        let s: Vec<(i64, f64)> = (0..120).map(|i| (1_000 + i * 15_000, i as f64 * 3.0)).collect();
+        roundtrip(&s);
+    }
+
+    #[test]
+    fn special_values_survive_bit_exactly() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        roundtrip(&[
+            (0, 1.0),
+            (10, f64::NAN),
+            (20, stale),
+            (30, f64::INFINITY),
+            (40, f64::NEG_INFINITY),
+            (50, -0.0),
+            (60, f64::MIN_POSITIVE),
+            (70, f64::MAX),
+        ]);
+    }
+
+    #[test]
+    fn jittered_and_huge_gaps() {
+        let mut s = Vec::new();
+        let mut t = -5_000_000i64;
+        let mut x: u64 = 7;
+        for i in 0..500 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let jitter = (x >> 40) as i64 % 7;
+            t += match i % 50 {
+                0 => 1 << 40,
+                7 => 600_000,
+                13 => 70_000,
+                21 => 15_000 + 8192,
+                22 => 15_000,
+                31 => 15_000 + 65536,
+                32 => 15_000,
+                _ => 15_000 + jitter,
+            };
+            s.push((t, f64::from_bits(x)));
+        }
+        roundtrip(&s);
+    }
+
+    #[test]
+    fn truncated_bytes_stop_cleanly() {
+        let mut c = XorChunk::new();
+        for i in 0..50 {
+            c.append(i * 1000, i as f64 * 0.1);
+        }
+        let bytes = c.bytes();
+        let cut = &bytes[..bytes.len() / 2];
+        let n = XorIter::new(cut, 50).count();
+        assert!(n < 50);
+    }
+}

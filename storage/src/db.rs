@@ -1,0 +1,567 @@
+//! The public face of the store: [`Db`], [`Appender`] and [`Querier`].
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::head::{lock, AppendOutcome, ClosedChunk, Head, MemSeries};
+use crate::labels::Labels;
+use crate::matcher::Matcher;
+use crate::wal::{self, Record, ReplayReport, WalWriter};
+use crate::{Error, SeriesRef};
+
+/// How the store is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// fsync the WAL before a commit returns. On by default: a commit that returned
+    /// survives power loss. Off trades that for throughput (the data still survives a crash
+    /// of the process, not of the machine).
+    pub wal_fsync: bool,
+    /// Size at which a WAL segment is closed and the next one started.
+    pub wal_segment_size: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            wal_fsync: true,
+            wal_segment_size: 128 << 20,
+        }
+    }
+}
+
+/// What the store holds, for status pages and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub series: u64,
+    pub samples: u64,
+    pub chunk_bytes: u64,
+    pub wal_bytes: u64,
+    pub samples_appended: u64,
+    /// Samples dropped at apply time because a concurrent commit had already written a
+    /// newer sample to the same series.
+    pub samples_dropped: u64,
+    /// Oldest and newest sample timestamp, milliseconds.
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+}
+
+struct Wal {
+    writer: Mutex<WalWriter>,
+    /// Sequence number of the last write known to be on stable storage.
+    synced: Mutex<u64>,
+    fsync: bool,
+}
+
+struct DbInner {
+    dir: PathBuf,
+    head: Head,
+    wal: Wal,
+    replay: ReplayReport,
+    _lock: File,
+}
+
+/// A time-series database rooted at one directory.
+///
+/// Cheap to clone; all clones share the same store.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the store in `dir`, replaying its WAL. Only one process
+    /// may have a directory open at a time.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db, Error> {
+        let dir = dir.as_ref().to_owned();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        if lock_file.try_lock().is_err() {
+            return Err(Error::Locked(dir));
+        }
+        let head = Head::new();
+        let wal_dir = dir.join("wal");
+        let (replay, next) = wal::replay(&wal_dir, |rec| match rec {
+            Record::Series(list) => {
+                for (r, labels) in list {
+                    head.get_or_create(&labels, Some(r));
+                }
+            }
+            Record::Samples(list) => {
+                let mut i = 0;
+                while i < list.len() {
+                    let r = list[i].0;
+                    let mut j = i;
+                    if let Some(s) = head.series_by_ref(r) {
+                        let mut data = lock(&s.data);
+                        while j < list.len() && list[j].0 == r {
+                            head.append_locked(&mut data, list[j].1, list[j].2);
+                            j += 1;
+                        }
+                    } else {
+                        while j < list.len() && list[j].0 == r {
+                            j += 1;
+                        }
+                        head.counters
+                            .samples_dropped
+                            .fetch_add((j - i) as u64, Ordering::Relaxed);
+                    }
+                    i = j;
+                }
+            }
+        })?;
+        if let Some(c) = &replay.corruption {
+            tracing::warn!(
+                corruption = %c,
+                dropped_bytes = replay.dropped_bytes,
+                "wal replay stopped at a damaged record; the damaged tail was removed"
+            );
+        }
+        let writer = WalWriter::create(&wal_dir, next, opts.wal_segment_size)?;
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                dir,
+                head,
+                wal: Wal {
+                    writer: Mutex::new(writer),
+                    synced: Mutex::new(0),
+                    fsync: opts.wal_fsync,
+                },
+                replay,
+                _lock: lock_file,
+            }),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What WAL replay found when the store was opened.
+    pub fn replay_report(&self) -> &ReplayReport {
+        &self.inner.replay
+    }
+
+    /// A new appender. Appenders are independent; use one per request or thread.
+    pub fn appender(&self) -> Appender {
+        Appender {
+            db: Arc::clone(&self.inner),
+            series: Vec::new(),
+            pending_last: Vec::new(),
+            local: HashMap::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// A querier over samples with timestamps in `[mint, maxt]` (milliseconds).
+    pub fn querier(&self, mint: i64, maxt: i64) -> Querier {
+        Querier {
+            db: Arc::clone(&self.inner),
+            mint,
+            maxt,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let head = &self.inner.head;
+        let (samples, chunk_bytes) = head.chunk_stats();
+        let wal_bytes = lock(&self.inner.wal.writer).disk_size();
+        let range = head.time_range();
+        Stats {
+            series: head.num_series(),
+            samples,
+            chunk_bytes,
+            wal_bytes,
+            samples_appended: head.counters.samples_appended.load(Ordering::Relaxed),
+            samples_dropped: head.counters.samples_dropped.load(Ordering::Relaxed),
+            min_time: range.map(|r| r.0),
+            max_time: range.map(|r| r.1),
+        }
+    }
+
+    /// Flushes the WAL to stable storage. Called on shutdown; after it returns, nothing
+    /// written so far needs recovery beyond a plain replay.
+    pub fn close(&self) -> Result<(), Error> {
+        lock(&self.inner.wal.writer).sync()
+    }
+}
+
+/// Collects samples and writes them to the store atomically on [`Appender::commit`].
+///
+/// Nothing appended is visible to queries or durable until `commit` returns `Ok`. Dropping
+/// an appender without committing discards its samples.
+pub struct Appender {
+    db: Arc<DbInner>,
+    series: Vec<Arc<MemSeries>>,
+    /// Last pending timestamp per entry of `series`.
+    pending_last: Vec<i64>,
+    local: HashMap<SeriesRef, usize>,
+    samples: Vec<(u32, i64, f64)>,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub samples: usize,
+    pub new_series: usize,
+}
+
+impl Appender {
+    /// Adds a sample for the series with `labels` (sorted, unique names, non-empty),
+    /// returning the series' reference for [`Appender::append_ref`].
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, Error> {
+        if labels.is_empty() {
+            return Err(Error::EmptyLabels);
+        }
+        let s = self.db.head.get_or_create(labels, None);
+        let r = s.sref;
+        let idx = match self.local.get(&r) {
+            Some(&i) => i,
+            None => {
+                self.series.push(s);
+                self.pending_last.push(i64::MIN);
+                self.local.insert(r, self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        self.push(idx, t, v)?;
+        Ok(r)
+    }
+
+    /// Adds a sample for a series already returned by [`Appender::append`].
+    pub fn append_ref(&mut self, r: SeriesRef, t: i64, v: f64) -> Result<(), Error> {
+        let idx = match self.local.get(&r) {
+            Some(&i) => i,
+            None => {
+                let s = self.db.head.series_by_ref(r).ok_or(Error::UnknownSeries(r.0))?;
+                self.series.push(s);
+                self.pending_last.push(i64::MIN);
+                self.local.insert(r, self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        self.push(idx, t, v)
+    }
+
+    fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
+        let s = &self.series[idx];
+        let pending = self.pending_last[idx];
+        if pending != i64::MIN {
+            if t <= pending {
+                return Err(Error::OutOfOrder {
+                    labels: s.labels.to_string(),
+                    t,
+                    last: pending,
+                });
+            }
+        } else {
+            let data = lock(&s.data);
+            match data.check(t, v) {
+                AppendOutcome::Appended => {}
+                AppendOutcome::Duplicate => return Ok(()),
+                AppendOutcome::Rejected => {
+                    let last = data.last().map_or(i64::MIN, |l| l.0);
+                    return Err(if t == last {
+                        Error::DuplicateTimestamp {
+                            labels: s.labels.to_string(),
+                            t,
+                        }
+                    } else {
+                        Error::OutOfOrder {
+                            labels: s.labels.to_string(),
+                            t,
+                            last,
+                        }
+                    });
+                }
+            }
+        }
+        self.pending_last[idx] = t;
+        self.samples.push((idx as u32, t, v));
+        Ok(())
+    }
+
+    /// Number of samples waiting for commit.
+    pub fn pending(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Writes the samples to the WAL (synced per the fsync policy) and then to the head.
+    /// When this returns `Ok`, the samples survive a crash.
+    pub fn commit(self) -> Result<CommitStats, Error> {
+        if self.samples.is_empty() {
+            return Ok(CommitStats::default());
+        }
+        let db = &self.db;
+        let wal_samples: Vec<(SeriesRef, i64, f64)> = self
+            .samples
+            .iter()
+            .map(|&(i, t, v)| (self.series[i as usize].sref, t, v))
+            .collect();
+        let new_series;
+        let seq = {
+            let mut w = lock(&db.wal.writer);
+            // Series first logged by this commit. Checked under the WAL lock so that
+            // exactly one commit writes each series record, before any of its samples.
+            let fresh: Vec<&Arc<MemSeries>> = self
+                .series
+                .iter()
+                .filter(|s| !s.logged.load(Ordering::Acquire))
+                .collect();
+            let records: Vec<(SeriesRef, &Labels)> =
+                fresh.iter().map(|s| (s.sref, &s.labels)).collect();
+            w.write(&records, &wal_samples)?;
+            for s in &fresh {
+                s.logged.store(true, Ordering::Release);
+            }
+            new_series = fresh.len();
+            w.seq()
+        };
+        if db.wal.fsync {
+            // Group commit: one fdatasync covers every write made before it started.
+            // Writes up to `target` are in the current segment or in older segments,
+            // which were synced when they were closed.
+            let mut synced = lock(&db.wal.synced);
+            if *synced < seq {
+                let (target, current) = {
+                    let w = lock(&db.wal.writer);
+                    (w.seq(), w.file())
+                };
+                current
+                    .sync_data()
+                    .map_err(|e| Error::io(&db.dir.join("wal"), e))?;
+                *synced = target;
+            }
+        }
+        let mut i = 0;
+        while i < self.samples.len() {
+            let idx = self.samples[i].0;
+            let mut data = lock(&self.series[idx as usize].data);
+            while i < self.samples.len() && self.samples[i].0 == idx {
+                let (_, t, v) = self.samples[i];
+                db.head.append_locked(&mut data, t, v);
+                i += 1;
+            }
+        }
+        Ok(CommitStats {
+            samples: self.samples.len(),
+            new_series,
+        })
+    }
+
+    /// Discards everything appended.
+    pub fn rollback(self) {}
+}
+
+/// One series selected by a [`Querier`]: its labels and its samples in the query range.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub labels: Labels,
+    chunks: Vec<Arc<ClosedChunk>>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Series {
+    /// The samples with timestamps in the querier's range, in time order. Stale markers
+    /// are included; callers decide what they mean.
+    pub fn samples(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let (mint, maxt) = (self.mint, self.maxt);
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .skip_while(move |&(t, _)| t < mint)
+            .take_while(move |&(t, _)| t <= maxt)
+    }
+}
+
+/// Reads a fixed time range of the store.
+pub struct Querier {
+    db: Arc<DbInner>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Querier {
+    /// Series matching every matcher with at least one sample in range, sorted by labels.
+    pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
+        Ok(self
+            .db
+            .head
+            .select(matchers, self.mint, self.maxt)
+            .into_iter()
+            .map(|(labels, chunks)| Series {
+                labels,
+                chunks,
+                mint: self.mint,
+                maxt: self.maxt,
+            })
+            .filter(|s| s.samples().next().is_some())
+            .collect())
+    }
+
+    /// Label names, sorted. With matchers, only of the series they select in range.
+    pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
+        if matchers.is_empty() {
+            return Ok(self.db.head.label_names());
+        }
+        let mut names: Vec<String> = self
+            .select(matchers)?
+            .iter()
+            .flat_map(|s| s.labels.iter().map(|l| l.name.clone()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Values of label `name`, sorted. With matchers, only of the series they select.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
+        if matchers.is_empty() {
+            return Ok(self.db.head.label_values(name));
+        }
+        let mut values: Vec<String> = self
+            .select(matchers)?
+            .iter()
+            .filter_map(|s| s.labels.get(name).map(str::to_owned))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+    }
+
+    fn up(job: &str) -> Labels {
+        Labels::from_pairs([("__name__", "up"), ("job", job)])
+    }
+
+    fn read_all(db: &Db, job: &str) -> Vec<(i64, f64)> {
+        let q = db.querier(i64::MIN, i64::MAX);
+        q.select(&[Matcher::equal("job", job)])
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.samples().collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn commit_is_visible_and_survives_reopen() -> Result<(), Error> {
+        let dir = tmp();
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let mut app = db.appender();
+            let r = app.append(&up("a"), 1000, 1.0)?;
+            app.append_ref(r, 2000, 2.0)?;
+            assert!(read_all(&db, "a").is_empty(), "uncommitted samples are invisible");
+            assert_eq!(app.commit()?, CommitStats { samples: 2, new_series: 1 });
+            assert_eq!(read_all(&db, "a"), vec![(1000, 1.0), (2000, 2.0)]);
+            // Dropped without close: like a crash after the commit.
+        }
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(read_all(&db, "a"), vec![(1000, 1.0), (2000, 2.0)]);
+        assert_eq!(db.replay_report().samples, 2);
+        // The reopened store appends to the same series.
+        let mut app = db.appender();
+        app.append(&up("a"), 3000, 3.0)?;
+        assert_eq!(app.commit()?.new_series, 0);
+        drop(db);
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(read_all(&db, "a").len(), 3);
+        assert_eq!(db.stats().series, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn second_open_of_a_directory_is_refused() -> Result<(), Error> {
+        let dir = tmp();
+        let _db = Db::open(dir.path(), Options::default())?;
+        assert!(matches!(Db::open(dir.path(), Options::default()), Err(Error::Locked(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_order_is_refused_and_resends_are_ignored() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let mut app = db.appender();
+        app.append(&up("a"), 2000, 2.0)?;
+        assert!(matches!(app.append(&up("a"), 1000, 1.0), Err(Error::OutOfOrder { .. })));
+        app.commit()?;
+        let mut app = db.appender();
+        app.append(&up("a"), 2000, 2.0)?; // identical resend
+        assert!(matches!(
+            app.append(&up("a"), 2000, 5.0),
+            Err(Error::DuplicateTimestamp { .. })
+        ));
+        assert_eq!(app.commit()?.samples, 0);
+        assert_eq!(read_all(&db, "a"), vec![(2000, 2.0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn rollback_series_written_later_is_logged_once() -> Result<(), Error> {
+        let dir = tmp();
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let mut app = db.appender();
+            app.append(&up("x"), 1000, 1.0)?;
+            app.rollback();
+            let mut app = db.appender();
+            app.append(&up("x"), 2000, 2.0)?;
+            assert_eq!(app.commit()?.new_series, 1);
+        }
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(read_all(&db, "x"), vec![(2000, 2.0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_appenders() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options { wal_fsync: false, ..Options::default() })?;
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let db = db.clone();
+                scope.spawn(move || -> Result<(), Error> {
+                    for batch in 0..50 {
+                        let mut app = db.appender();
+                        for s in 0..20 {
+                            let l = Labels::from_pairs([
+                                ("__name__", "m".to_string()),
+                                ("w", w.to_string()),
+                                ("s", s.to_string()),
+                            ]);
+                            app.append(&l, batch * 1000, batch as f64)?;
+                        }
+                        app.commit()?;
+                    }
+                    Ok(())
+                });
+            }
+        });
+        let stats = db.stats();
+        assert_eq!(stats.series, 80);
+        assert_eq!(stats.samples, 80 * 50);
+        drop(db);
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(db.stats().samples, 80 * 50);
+        Ok(())
+    }
+}

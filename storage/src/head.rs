@@ -1,0 +1,451 @@
+//! The head: the in-memory, writable window of the store.
+//!
+//! ```text
+//!   labels ──hash──> shard map ──> MemSeries ──> [closed chunks..., open chunk]
+//!   (name, value) ──> postings (roaring bitmap of SeriesRef)
+//! ```
+//!
+//! Series are found by a hash of their labels in one of [`SHARDS`] independently locked
+//! maps (collisions are resolved by comparing labels); each series has its own lock, so
+//! appends to different series never contend. Creating a series takes the series table and
+//! postings write locks, which happens once per series, not per sample.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use roaring::RoaringBitmap;
+
+use crate::chunk::{XorChunk, XorIter};
+use crate::labels::Labels;
+use crate::matcher::Matcher;
+use crate::SeriesRef;
+
+const SHARDS: usize = 64;
+/// Samples per chunk before it is closed.
+const SAMPLES_PER_CHUNK: usize = 120;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
+/// section in this module leaves its data consistent at each step.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An immutable, encoded chunk.
+#[derive(Debug)]
+pub(crate) struct ClosedChunk {
+    bytes: Box<[u8]>,
+    count: u16,
+    pub(crate) min_t: i64,
+    pub(crate) max_t: i64,
+}
+
+impl ClosedChunk {
+    pub(crate) fn iter(&self) -> XorIter<'_> {
+        XorIter::new(&self.bytes, self.count)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// The outcome of appending one sample to a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendOutcome {
+    Appended,
+    /// Same timestamp and bit-identical value as the last sample: a resend.
+    Duplicate,
+    /// Older than the last sample, or a different value for the last timestamp.
+    Rejected,
+}
+
+#[derive(Debug)]
+pub(crate) struct SeriesData {
+    closed: Vec<Arc<ClosedChunk>>,
+    open: XorChunk,
+    last_t: i64,
+    last_v: u64,
+}
+
+impl SeriesData {
+    fn new() -> Self {
+        Self {
+            closed: Vec::new(),
+            open: XorChunk::new(),
+            last_t: i64::MIN,
+            last_v: 0,
+        }
+    }
+
+    pub(crate) fn last(&self) -> Option<(i64, u64)> {
+        (self.last_t != i64::MIN).then_some((self.last_t, self.last_v))
+    }
+
+    pub(crate) fn check(&self, t: i64, v: f64) -> AppendOutcome {
+        if self.last_t == i64::MIN || t > self.last_t {
+            AppendOutcome::Appended
+        } else if t == self.last_t && v.to_bits() == self.last_v {
+            AppendOutcome::Duplicate
+        } else {
+            AppendOutcome::Rejected
+        }
+    }
+
+    pub(crate) fn append(&mut self, t: i64, v: f64) -> AppendOutcome {
+        let outcome = self.check(t, v);
+        if outcome == AppendOutcome::Appended {
+            if self.open.len() >= SAMPLES_PER_CHUNK {
+                let full = std::mem::take(&mut self.open);
+                let (min_t, max_t) = (full.min_time(), full.max_time());
+                let (bytes, count) = full.into_encoded();
+                self.closed.push(Arc::new(ClosedChunk {
+                    bytes,
+                    count,
+                    min_t,
+                    max_t,
+                }));
+            }
+            self.open.append(t, v);
+            self.last_t = t;
+            self.last_v = v.to_bits();
+        }
+        outcome
+    }
+
+    /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
+    fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<Arc<ClosedChunk>> {
+        let mut out: Vec<Arc<ClosedChunk>> = self
+            .closed
+            .iter()
+            .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+            .cloned()
+            .collect();
+        if self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt {
+            out.push(Arc::new(ClosedChunk {
+                bytes: self.open.bytes().into(),
+                count: self.open.len() as u16,
+                min_t: self.open.min_time(),
+                max_t: self.open.max_time(),
+            }));
+        }
+        out
+    }
+
+    fn sample_count(&self) -> usize {
+        self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len()
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        self.closed.iter().map(|c| c.encoded_len()).sum::<usize>() + self.open.bytes().len()
+    }
+}
+
+/// One series in the head.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub(crate) sref: SeriesRef,
+    pub(crate) labels: Labels,
+    /// Whether a WAL series record for this series has been written.
+    pub(crate) logged: AtomicBool,
+    pub(crate) data: Mutex<SeriesData>,
+}
+
+#[derive(Default)]
+struct Postings {
+    by_label: HashMap<String, HashMap<String, RoaringBitmap>>,
+    all: RoaringBitmap,
+}
+
+impl Postings {
+    fn add(&mut self, r: SeriesRef, labels: &Labels) {
+        for l in labels {
+            self.by_label
+                .entry(l.name.clone())
+                .or_default()
+                .entry(l.value.clone())
+                .or_default()
+                .insert(r.0);
+        }
+        self.all.insert(r.0);
+    }
+
+    /// The series whose labels satisfy every matcher.
+    fn select(&self, matchers: &[Matcher]) -> RoaringBitmap {
+        let mut result: Option<RoaringBitmap> = None;
+        let empty = HashMap::new();
+        for m in matchers {
+            let values = self.by_label.get(&m.name).unwrap_or(&empty);
+            let set = if m.matches("") {
+                // Series without the label match; subtract those whose value does not.
+                let mut excluded = RoaringBitmap::new();
+                for (v, p) in values {
+                    if !m.matches(v) {
+                        excluded |= p;
+                    }
+                }
+                match &result {
+                    Some(r) => r - &excluded,
+                    None => &self.all - &excluded,
+                }
+            } else {
+                let mut included = RoaringBitmap::new();
+                if let (crate::MatchKind::Equal, Some(p)) = (&m.kind, values.get(&m.value)) {
+                    included |= p;
+                } else if !matches!(m.kind, crate::MatchKind::Equal) {
+                    for (v, p) in values {
+                        if m.matches(v) {
+                            included |= p;
+                        }
+                    }
+                }
+                match &result {
+                    Some(r) => r & &included,
+                    None => included,
+                }
+            };
+            if set.is_empty() {
+                return set;
+            }
+            result = Some(set);
+        }
+        result.unwrap_or_else(|| self.all.clone())
+    }
+}
+
+/// Counters kept by the head.
+#[derive(Debug, Default)]
+pub(crate) struct HeadCounters {
+    pub(crate) samples_appended: AtomicU64,
+    pub(crate) samples_dropped: AtomicU64,
+}
+
+pub(crate) struct Head {
+    shards: Box<[Mutex<HashMap<u64, Vec<Arc<MemSeries>>>>]>,
+    series: RwLock<Vec<Option<Arc<MemSeries>>>>,
+    postings: RwLock<Postings>,
+    num_series: AtomicU64,
+    min_t: AtomicI64,
+    max_t: AtomicI64,
+    pub(crate) counters: HeadCounters,
+}
+
+impl Head {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            series: RwLock::new(Vec::new()),
+            postings: RwLock::new(Postings::default()),
+            num_series: AtomicU64::new(0),
+            min_t: AtomicI64::new(i64::MAX),
+            max_t: AtomicI64::new(i64::MIN),
+            counters: HeadCounters::default(),
+        }
+    }
+
+    /// Finds the series with exactly these labels, creating it if absent. A given `sref`
+    /// (WAL replay) is used as the new series' reference.
+    pub(crate) fn get_or_create(&self, labels: &Labels, sref: Option<SeriesRef>) -> Arc<MemSeries> {
+        let hash = labels.stable_hash();
+        let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
+        let bucket = shard.entry(hash).or_default();
+        if let Some(s) = bucket.iter().find(|s| &s.labels == labels) {
+            let s = Arc::clone(s);
+            drop(shard);
+            if let Some(r) = sref {
+                if r != s.sref {
+                    // The WAL names this series by a second reference: alias it.
+                    self.put_series(r, Arc::clone(&s));
+                }
+            }
+            return s;
+        }
+        let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        let r = sref.unwrap_or(SeriesRef(table.len() as u32));
+        let s = Arc::new(MemSeries {
+            sref: r,
+            labels: labels.clone(),
+            logged: AtomicBool::new(sref.is_some()),
+            data: Mutex::new(SeriesData::new()),
+        });
+        let idx = r.0 as usize;
+        if table.len() <= idx {
+            table.resize(idx + 1, None);
+        }
+        table[idx] = Some(Arc::clone(&s));
+        drop(table);
+        self.postings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(r, labels);
+        bucket.push(Arc::clone(&s));
+        self.num_series.fetch_add(1, Ordering::Relaxed);
+        s
+    }
+
+    fn put_series(&self, r: SeriesRef, s: Arc<MemSeries>) {
+        let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        let idx = r.0 as usize;
+        if table.len() <= idx {
+            table.resize(idx + 1, None);
+        }
+        table[idx] = Some(s);
+    }
+
+    pub(crate) fn series_by_ref(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        table.get(r.0 as usize).and_then(|s| s.clone())
+    }
+
+    /// Appends under the series lock; counts what it drops.
+    pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64) {
+        match data.append(t, v) {
+            AppendOutcome::Appended => {
+                self.counters.samples_appended.fetch_add(1, Ordering::Relaxed);
+                self.min_t.fetch_min(t, Ordering::Relaxed);
+                self.max_t.fetch_max(t, Ordering::Relaxed);
+            }
+            AppendOutcome::Duplicate => {}
+            AppendOutcome::Rejected => {
+                self.counters.samples_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
+    /// by labels.
+    pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<(Labels, Vec<Arc<ClosedChunk>>)> {
+        let refs = self
+            .postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select(matchers);
+        let series: Vec<Arc<MemSeries>> = {
+            let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+            refs.iter()
+                .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
+                .collect()
+        };
+        let mut out: Vec<(Labels, Vec<Arc<ClosedChunk>>)> = Vec::with_capacity(series.len());
+        let mut seen = std::collections::HashSet::new();
+        for s in series {
+            // Aliased references point at one series; report it once.
+            if !seen.insert(Arc::as_ptr(&s)) {
+                continue;
+            }
+            let chunks = lock(&s.data).chunks_in(mint, maxt);
+            if !chunks.is_empty() {
+                out.push((s.labels.clone(), chunks));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Label names of the whole head, sorted.
+    pub(crate) fn label_names(&self) -> Vec<String> {
+        let p = self.postings.read().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<String> = p.by_label.keys().cloned().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Values of one label in the whole head, sorted.
+    pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
+        let p = self.postings.read().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<String> = p
+            .by_label
+            .get(name)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    pub(crate) fn num_series(&self) -> u64 {
+        self.num_series.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
+        let (a, b) = (self.min_t.load(Ordering::Relaxed), self.max_t.load(Ordering::Relaxed));
+        (a <= b).then_some((a, b))
+    }
+
+    /// Total samples and encoded chunk bytes held.
+    pub(crate) fn chunk_stats(&self) -> (u64, u64) {
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let mut samples = 0u64;
+        let mut bytes = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for s in table.iter().flatten() {
+            if seen.insert(Arc::as_ptr(s)) {
+                let d = lock(&s.data);
+                samples += d.sample_count() as u64;
+                bytes += d.chunk_bytes() as u64;
+            }
+        }
+        (samples, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ls(pairs: &[(&str, &str)]) -> Labels {
+        Labels::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn postings_select_all_matcher_kinds() -> Result<(), crate::Error> {
+        let head = Head::new();
+        for (i, job) in ["api", "web", "db"].iter().enumerate() {
+            let s = head.get_or_create(&ls(&[("__name__", "up"), ("job", job)]), None);
+            head.append_locked(&mut lock(&s.data), i as i64, 1.0);
+        }
+        let s = head.get_or_create(&ls(&[("__name__", "up")]), None);
+        head.append_locked(&mut lock(&s.data), 10, 1.0);
+        let jobs = |ms: &[Matcher]| -> Vec<Option<String>> {
+            head.select(ms, i64::MIN, i64::MAX)
+                .into_iter()
+                .map(|(l, _)| l.get("job").map(str::to_owned))
+                .collect()
+        };
+        let up = Matcher::equal("__name__", "up");
+        assert_eq!(jobs(&[up.clone(), Matcher::equal("job", "web")]), vec![Some("web".into())]);
+        assert_eq!(jobs(&[up.clone(), Matcher::not_equal("job", "web")]).len(), 3);
+        assert_eq!(jobs(&[up.clone(), Matcher::regex("job", "a.*|d.")?]).len(), 2);
+        assert_eq!(jobs(&[up.clone(), Matcher::equal("job", "")]), vec![None]);
+        assert_eq!(jobs(&[up.clone(), Matcher::not_regex("job", ".+")?]), vec![None]);
+        assert!(jobs(&[Matcher::equal("job", "nope")]).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_are_cut_and_read_across() {
+        let head = Head::new();
+        let s = head.get_or_create(&ls(&[("__name__", "x")]), None);
+        for i in 0..1000 {
+            head.append_locked(&mut lock(&s.data), i * 15_000, i as f64);
+        }
+        let sel = head.select(&[Matcher::equal("__name__", "x")], 15_000 * 100, 15_000 * 300);
+        let chunks = &sel[0].1;
+        assert!(chunks.len() >= 2);
+        let n = chunks.iter().flat_map(|c| c.iter()).filter(|(t, _)| (15_000 * 100..=15_000 * 300).contains(t)).count();
+        assert_eq!(n, 201);
+    }
+
+    #[test]
+    fn duplicates_and_out_of_order() {
+        let mut d = SeriesData::new();
+        assert_eq!(d.append(10, 1.0), AppendOutcome::Appended);
+        assert_eq!(d.append(10, 1.0), AppendOutcome::Duplicate);
+        assert_eq!(d.append(10, 2.0), AppendOutcome::Rejected);
+        assert_eq!(d.append(5, 2.0), AppendOutcome::Rejected);
+        assert_eq!(d.last(), Some((10, 1.0f64.to_bits())));
+    }
+}

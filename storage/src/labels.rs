@@ -1,0 +1,256 @@
+//! Label sets: the identity of a series.
+//!
+//! A [`Labels`] is a list of `(name, value)` pairs sorted by name with unique names. Labels
+//! with an empty value are equivalent to absent labels and are never stored.
+
+use std::fmt;
+
+/// The label that carries the metric name.
+pub const METRIC_NAME: &str = "__name__";
+
+/// One `name="value"` pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A sorted set of labels with unique names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Vec<Label>);
+
+impl Labels {
+    /// An empty label set.
+    pub const fn empty() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Builds a label set from pairs in any order. Empty values are dropped; when a name
+    /// repeats, the last pair wins (callers that must reject duplicates check first with
+    /// [`Labels::duplicate_name`]).
+    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
+        let mut v: Vec<Label> = pairs
+            .into_iter()
+            .map(|(n, v)| Label::new(n, v))
+            .filter(|l| !l.value.is_empty())
+            .collect();
+        Self::normalize(&mut v);
+        Self(v)
+    }
+
+    /// Takes ownership of a vector of labels, sorting it and dropping empty values.
+    pub fn from_vec(mut v: Vec<Label>) -> Self {
+        v.retain(|l| !l.value.is_empty());
+        Self::normalize(&mut v);
+        Self(v)
+    }
+
+    fn normalize(v: &mut Vec<Label>) {
+        // Stable sort keeps the input order among equal names, so dedup keeping the last
+        // occurrence means "last pair wins".
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.reverse();
+        v.dedup_by(|a, b| a.name == b.name);
+        v.reverse();
+    }
+
+    /// The first name that occurs twice in `names`, if any.
+    pub fn duplicate_name<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        let mut sorted: Vec<&str> = names.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].value.as_str())
+    }
+
+    /// The metric name, if the set has one.
+    pub fn metric_name(&self) -> Option<&str> {
+        self.get(METRIC_NAME)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Label> {
+        self.0.iter()
+    }
+
+    pub fn as_slice(&self) -> &[Label] {
+        &self.0
+    }
+
+    /// Sets `name` to `value`, or removes it when `value` is empty.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            Ok(i) if value.is_empty() => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].value = value.to_owned(),
+            Err(_) if value.is_empty() => {}
+            Err(i) => self.0.insert(i, Label::new(name, value)),
+        }
+    }
+
+    /// Removes `name` if present.
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Keeps only the labels for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Label) -> bool) {
+        self.0.retain(|l| keep(l));
+    }
+
+    /// A 64-bit hash of the whole set, stable within a process run. Collisions are possible
+    /// and handled by the callers that index by it.
+    pub fn stable_hash(&self) -> u64 {
+        let mut h = Hash64::new();
+        for l in &self.0 {
+            h.write(l.name.as_bytes());
+            h.write_sep();
+            h.write(l.value.as_bytes());
+            h.write_sep();
+        }
+        h.finish()
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Formats as `name{a="b", c="d"}`, the way Prometheus prints series.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.metric_name();
+        if let Some(n) = name {
+            f.write_str(n)?;
+        }
+        let mut first = true;
+        f.write_str("{")?;
+        for l in self.0.iter().filter(|l| l.name != METRIC_NAME) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{}={:?}", l.name, l.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = &'a Label;
+    type IntoIter = std::slice::Iter<'a, Label>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A small, fast, non-cryptographic 64-bit hash (multiply-xorshift over 8-byte words).
+pub(crate) struct Hash64 {
+    state: u64,
+}
+
+impl Hash64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            state: 0x243F_6A88_85A3_08D3,
+        }
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.state = (self.state ^ word).wrapping_mul(Self::K).rotate_left(29);
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    pub(crate) fn write_sep(&mut self) {
+        self.mix(0xFF);
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 33;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_and_drops_empty_values() {
+        let l = Labels::from_pairs([("b", "2"), ("a", "1"), ("c", "")]);
+        assert_eq!(l.as_slice(), &[Label::new("a", "1"), Label::new("b", "2")]);
+    }
+
+    #[test]
+    fn last_pair_wins_on_repeat() {
+        let l = Labels::from_pairs([("a", "1"), ("a", "2")]);
+        assert_eq!(l.get("a"), Some("2"));
+        assert_eq!(Labels::duplicate_name(["x", "a", "x"]), Some("x"));
+        assert_eq!(Labels::duplicate_name(["x", "a"]), None);
+    }
+
+    #[test]
+    fn set_and_remove() {
+        let mut l = Labels::from_pairs([("a", "1")]);
+        l.set("b", "2");
+        l.set("a", "");
+        assert_eq!(l, Labels::from_pairs([("b", "2")]));
+        l.remove("b");
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn display_like_prometheus() {
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "a\"b")]);
+        assert_eq!(l.to_string(), r#"up{job="a\"b"}"#);
+    }
+
+    #[test]
+    fn hash_separates_name_and_value() {
+        let a = Labels::from_pairs([("ab", "c")]);
+        let b = Labels::from_pairs([("a", "bc")]);
+        assert_ne!(a.stable_hash(), b.stable_hash());
+        assert_eq!(a.stable_hash(), a.clone().stable_hash());
+    }
+}

@@ -1,0 +1,58 @@
+//! strata-storage: the time-series store. It owns samples on disk and in memory; it knows
+//! nothing of HTTP, wire formats or PromQL.
+//!
+//! ```text
+//!  Appender::append ──> (validate order) ──> Appender::commit
+//!                                              │
+//!                                              ├─> WAL segment (CRC32C records, fdatasync)
+//!                                              └─> Head: series ──> XOR chunks
+//!                                                        postings: label pair ──> roaring bitmap
+//!  Querier::select(matchers) ──> postings ──> series ──> chunk snapshots ──> samples
+//! ```
+//!
+//! ```no_run
+//! use strata_storage::{Db, Labels, Matcher, Options};
+//! # fn main() -> Result<(), strata_storage::Error> {
+//! let db = Db::open("data", Options::default())?;
+//! let mut app = db.appender();
+//! let up = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
+//! let r = app.append(&up, 1_000, 1.0)?;
+//! app.append_ref(r, 16_000, 1.0)?;
+//! app.commit()?; // durable once this returns
+//! let q = db.querier(0, 20_000);
+//! for series in q.select(&[Matcher::equal("job", "node")])? {
+//!     for (t, v) in series.samples() { let _ = (t, v); }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod chunk;
+mod db;
+mod error;
+mod head;
+mod labels;
+mod matcher;
+mod wal;
+
+pub use db::{Appender, CommitStats, Db, Options, Querier, Series, Stats};
+pub use error::Error;
+pub use labels::{Label, Labels, METRIC_NAME};
+pub use matcher::{MatchKind, Matcher};
+pub use wal::ReplayReport;
+
+/// The bit pattern of Prometheus' stale marker, a NaN that means "this series ended".
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is the stale marker (as opposed to any other NaN).
+pub fn is_stale_nan(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// The stale marker as a float.
+pub fn stale_nan() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+/// A dense reference to a series in this store's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesRef(pub u32);
