@@ -1,1 +1,14 @@
-//! placeholder
+//! strata-ingest: wire formats into strata. It owns decoding and validating what clients
+//! send and handing it to the storage appender; it never writes to disk itself and knows
+//! nothing of HTTP beyond the status code each error deserves.
+//!
+//! ```text
+//!  body ──snappy (length checked first)──> protobuf ──> validate every series ──> Appender ──> commit
+//! ```
+//!
+//! A request is all or nothing: every series is validated before the first sample is
+//! appended, and an error while appending rolls the whole request back.
+
+pub mod remote_write;
+
+pub use remote_write::{decode_write_request, write_to_store, IngestError, WriteRequest};
