@@ -184,7 +184,9 @@ fn validate_series(ts: &TimeSeries) -> Result<Labels, IngestError> {
         )));
     }
     Ok(Labels::from_pairs(
-        ts.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+        ts.labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str())),
     ))
 }
 
@@ -250,9 +252,15 @@ mod tests {
         assert_eq!(decode_write_request(&body, 1 << 20).unwrap(), req);
         let err = decode_write_request(&body, 4).unwrap_err();
         assert_eq!(err.status_code(), 413);
-        assert!(matches!(decode_write_request(b"\xff\xff\xff", 1 << 20), Err(IngestError::Snappy(_))));
+        assert!(matches!(
+            decode_write_request(b"\xff\xff\xff", 1 << 20),
+            Err(IngestError::Snappy(_))
+        ));
         let not_proto = snap::raw::Encoder::new().compress_vec(b"\x0a\xff").unwrap();
-        assert!(matches!(decode_write_request(&not_proto, 1 << 20), Err(IngestError::Protobuf(_))));
+        assert!(matches!(
+            decode_write_request(&not_proto, 1 << 20),
+            Err(IngestError::Protobuf(_))
+        ));
     }
 
     #[test]
@@ -264,8 +272,14 @@ mod tests {
         );
         let cases = [
             (series(&[("job", "a")], &[]), "no metric name"),
-            (series(&[("__name__", "up"), ("bad-name", "a")], &[]), "invalid label name"),
-            (series(&[("__name__", "up"), ("a", "1"), ("a", "2")], &[]), "more than once"),
+            (
+                series(&[("__name__", "up"), ("bad-name", "a")], &[]),
+                "invalid label name",
+            ),
+            (
+                series(&[("__name__", "up"), ("a", "1"), ("a", "2")], &[]),
+                "more than once",
+            ),
             (series(&[("__name__", "9up")], &[]), "invalid metric name"),
         ];
         for (ts, want) in cases {

@@ -388,7 +388,9 @@ mod tests {
 
     #[test]
     fn regular_counter() {
-        let s: Vec<(i64, f64)> = (0..120).map(|i| (1_000 + i * 15_000, i as f64 * 3.0)).collect();
+        let s: Vec<(i64, f64)> = (0..120)
+            .map(|i| (1_000 + i * 15_000, i as f64 * 3.0))
+            .collect();
         roundtrip(&s);
     }
 
@@ -413,7 +415,9 @@ mod tests {
         let mut t = -5_000_000i64;
         let mut x: u64 = 7;
         for i in 0..500 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let jitter = (x >> 40) as i64 % 7;
             t += match i % 50 {
                 0 => 1 << 40,

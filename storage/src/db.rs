@@ -242,7 +242,11 @@ impl Appender {
         let idx = match self.local.get(&r) {
             Some(&i) => i,
             None => {
-                let s = self.db.head.series_by_ref(r).ok_or(Error::UnknownSeries(r.0))?;
+                let s = self
+                    .db
+                    .head
+                    .series_by_ref(r)
+                    .ok_or(Error::UnknownSeries(r.0))?;
                 self.series.push(s);
                 self.pending_last.push(i64::MIN);
                 self.local.insert(r, self.series.len() - 1);
@@ -469,8 +473,17 @@ mod tests {
             let mut app = db.appender();
             let r = app.append(&up("a"), 1000, 1.0)?;
             app.append_ref(r, 2000, 2.0)?;
-            assert!(read_all(&db, "a").is_empty(), "uncommitted samples are invisible");
-            assert_eq!(app.commit()?, CommitStats { samples: 2, new_series: 1 });
+            assert!(
+                read_all(&db, "a").is_empty(),
+                "uncommitted samples are invisible"
+            );
+            assert_eq!(
+                app.commit()?,
+                CommitStats {
+                    samples: 2,
+                    new_series: 1
+                }
+            );
             assert_eq!(read_all(&db, "a"), vec![(1000, 1.0), (2000, 2.0)]);
             // Dropped without close: like a crash after the commit.
         }
@@ -492,7 +505,10 @@ mod tests {
     fn second_open_of_a_directory_is_refused() -> Result<(), Error> {
         let dir = tmp();
         let _db = Db::open(dir.path(), Options::default())?;
-        assert!(matches!(Db::open(dir.path(), Options::default()), Err(Error::Locked(_))));
+        assert!(matches!(
+            Db::open(dir.path(), Options::default()),
+            Err(Error::Locked(_))
+        ));
         Ok(())
     }
 
@@ -502,7 +518,10 @@ mod tests {
         let db = Db::open(dir.path(), Options::default())?;
         let mut app = db.appender();
         app.append(&up("a"), 2000, 2.0)?;
-        assert!(matches!(app.append(&up("a"), 1000, 1.0), Err(Error::OutOfOrder { .. })));
+        assert!(matches!(
+            app.append(&up("a"), 1000, 1.0),
+            Err(Error::OutOfOrder { .. })
+        ));
         app.commit()?;
         let mut app = db.appender();
         app.append(&up("a"), 2000, 2.0)?; // identical resend
@@ -535,7 +554,13 @@ mod tests {
     #[test]
     fn concurrent_appenders() -> Result<(), Error> {
         let dir = tmp();
-        let db = Db::open(dir.path(), Options { wal_fsync: false, ..Options::default() })?;
+        let db = Db::open(
+            dir.path(),
+            Options {
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
         std::thread::scope(|scope| {
             for w in 0..4 {
                 let db = db.clone();

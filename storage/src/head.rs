@@ -217,6 +217,9 @@ impl Postings {
     }
 }
 
+/// A selected series: its labels and a snapshot of its chunks in range.
+pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>);
+
 /// Counters kept by the head.
 #[derive(Debug, Default)]
 pub(crate) struct HeadCounters {
@@ -224,8 +227,12 @@ pub(crate) struct HeadCounters {
     pub(crate) samples_dropped: AtomicU64,
 }
 
+/// Series of one shard by label hash; a bucket holds more than one series only on a
+/// hash collision.
+type SeriesByHash = HashMap<u64, Vec<Arc<MemSeries>>>;
+
 pub(crate) struct Head {
-    shards: Box<[Mutex<HashMap<u64, Vec<Arc<MemSeries>>>>]>,
+    shards: Box<[Mutex<SeriesByHash>]>,
     series: RwLock<Vec<Option<Arc<MemSeries>>>>,
     postings: RwLock<Postings>,
     num_series: AtomicU64,
@@ -305,20 +312,24 @@ impl Head {
     pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64) {
         match data.append(t, v) {
             AppendOutcome::Appended => {
-                self.counters.samples_appended.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .samples_appended
+                    .fetch_add(1, Ordering::Relaxed);
                 self.min_t.fetch_min(t, Ordering::Relaxed);
                 self.max_t.fetch_max(t, Ordering::Relaxed);
             }
             AppendOutcome::Duplicate => {}
             AppendOutcome::Rejected => {
-                self.counters.samples_dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .samples_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
     /// by labels.
-    pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<(Labels, Vec<Arc<ClosedChunk>>)> {
+    pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SelectedSeries> {
         let refs = self
             .postings
             .read()
@@ -330,7 +341,7 @@ impl Head {
                 .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
                 .collect()
         };
-        let mut out: Vec<(Labels, Vec<Arc<ClosedChunk>>)> = Vec::with_capacity(series.len());
+        let mut out: Vec<SelectedSeries> = Vec::with_capacity(series.len());
         let mut seen = std::collections::HashSet::new();
         for s in series {
             // Aliased references point at one series; report it once.
@@ -371,7 +382,10 @@ impl Head {
     }
 
     pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
-        let (a, b) = (self.min_t.load(Ordering::Relaxed), self.max_t.load(Ordering::Relaxed));
+        let (a, b) = (
+            self.min_t.load(Ordering::Relaxed),
+            self.max_t.load(Ordering::Relaxed),
+        );
         (a <= b).then_some((a, b))
     }
 
@@ -416,11 +430,23 @@ mod tests {
                 .collect()
         };
         let up = Matcher::equal("__name__", "up");
-        assert_eq!(jobs(&[up.clone(), Matcher::equal("job", "web")]), vec![Some("web".into())]);
-        assert_eq!(jobs(&[up.clone(), Matcher::not_equal("job", "web")]).len(), 3);
-        assert_eq!(jobs(&[up.clone(), Matcher::regex("job", "a.*|d.")?]).len(), 2);
+        assert_eq!(
+            jobs(&[up.clone(), Matcher::equal("job", "web")]),
+            vec![Some("web".into())]
+        );
+        assert_eq!(
+            jobs(&[up.clone(), Matcher::not_equal("job", "web")]).len(),
+            3
+        );
+        assert_eq!(
+            jobs(&[up.clone(), Matcher::regex("job", "a.*|d.")?]).len(),
+            2
+        );
         assert_eq!(jobs(&[up.clone(), Matcher::equal("job", "")]), vec![None]);
-        assert_eq!(jobs(&[up.clone(), Matcher::not_regex("job", ".+")?]), vec![None]);
+        assert_eq!(
+            jobs(&[up.clone(), Matcher::not_regex("job", ".+")?]),
+            vec![None]
+        );
         assert!(jobs(&[Matcher::equal("job", "nope")]).is_empty());
         Ok(())
     }
@@ -432,10 +458,18 @@ mod tests {
         for i in 0..1000 {
             head.append_locked(&mut lock(&s.data), i * 15_000, i as f64);
         }
-        let sel = head.select(&[Matcher::equal("__name__", "x")], 15_000 * 100, 15_000 * 300);
+        let sel = head.select(
+            &[Matcher::equal("__name__", "x")],
+            15_000 * 100,
+            15_000 * 300,
+        );
         let chunks = &sel[0].1;
         assert!(chunks.len() >= 2);
-        let n = chunks.iter().flat_map(|c| c.iter()).filter(|(t, _)| (15_000 * 100..=15_000 * 300).contains(t)).count();
+        let n = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|(t, _)| (15_000 * 100..=15_000 * 300).contains(t))
+            .count();
         assert_eq!(n, 201);
     }
 

@@ -138,6 +138,19 @@ impl Labels {
     }
 }
 
+impl Labels {
+    /// Formats every label inside the braces, the metric name included:
+    /// `{__name__="up", job="a"}`.
+    pub fn to_braced_string(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|l| format!("{}={:?}", l.name, l.value))
+            .collect();
+        format!("{{{}}}", parts.join(", "))
+    }
+}
+
 impl fmt::Display for Labels {
     /// Formats as `name{a="b", c="d"}`, the way Prometheus prints series.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -356,8 +356,7 @@ impl WalWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if self.size > MAGIC.len() as u64 && self.size + self.buf.len() as u64 > self.segment_max
-        {
+        if self.size > MAGIC.len() as u64 && self.size + self.buf.len() as u64 > self.segment_max {
             self.rotate()?;
         }
         let path = segment_path(&self.dir, self.index);
@@ -500,7 +499,10 @@ mod tests {
         drop(w);
         let seg0 = segment_path(dir, 0);
         let full = fs::metadata(&seg0).map_err(|e| Error::io(&seg0, e))?.len();
-        let f = OpenOptions::new().write(true).open(&seg0).map_err(|e| Error::io(&seg0, e))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&seg0)
+            .map_err(|e| Error::io(&seg0, e))?;
         f.set_len(full - 3).map_err(|e| Error::io(&seg0, e))?;
         WalWriter::create(dir, 1, 1 << 20)?.write(&[], &[(SeriesRef(1), 3, 3.0)])?;
 
@@ -530,7 +532,11 @@ mod tests {
         fs::write(&seg0, &bytes).map_err(|e| Error::io(&seg0, e))?;
         let (recs, report, _) = collect(dir);
         assert_eq!(recs.len(), 1);
-        assert!(report.corruption.as_deref().unwrap_or("").contains("checksum"));
+        assert!(report
+            .corruption
+            .as_deref()
+            .unwrap_or("")
+            .contains("checksum"));
         Ok(())
     }
 }
