@@ -1,1 +1,143 @@
-fn main() {}
+//! `strata`: the binary. Parses the command line, opens the store, serves the API, and
+//! shuts down cleanly on SIGINT or SIGTERM.
+
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, Subcommand};
+use strata_query::{Engine, EngineOptions};
+use strata_storage::{Db, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Embedded metrics pipeline and time-series database",
+    long_about = "strata stores Prometheus remote-write samples durably and answers PromQL over \
+                  the Prometheus HTTP API.\n\nExample:\n  strata serve --data-dir ./data --listen 127.0.0.1:9310"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: remote write in, PromQL and the Prometheus HTTP API out.
+    #[command(
+        after_help = "Examples:\n  strata serve\n  strata serve --data-dir /var/lib/strata --listen 0.0.0.0:9310"
+    )]
+    Serve(ServeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of the store (created if missing).
+    #[arg(long = "data-dir", default_value = "data")]
+    data_dir: PathBuf,
+    /// Address to listen on. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9310")]
+    listen: SocketAddr,
+    /// Largest decompressed remote-write body, in bytes; larger requests get 413.
+    #[arg(long = "write.max-bytes", default_value_t = 32 << 20)]
+    write_max_bytes: usize,
+    /// fsync the WAL before acknowledging a write. Turning it off keeps data safe from a
+    /// crash of strata but not of the machine.
+    #[arg(long = "wal-fsync", default_value_t = true, action = ArgAction::Set)]
+    wal_fsync: bool,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long = "log.level", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("strata {}", env!("CARGO_PKG_VERSION"));
+            }
+            Ok(())
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log.level {:?}", args.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+
+    let started = Instant::now();
+    let db = Db::open(
+        &args.data_dir,
+        Options {
+            wal_fsync: args.wal_fsync,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let report = db.replay_report();
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        wal_segments = report.segments,
+        series = db.stats().series,
+        samples = report.samples,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store opened"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!(address = %addr, "serving the HTTP API");
+        let state = Arc::new(server::AppState {
+            db: db.clone(),
+            engine: Engine::new(EngineOptions::default()),
+            max_write_bytes: args.write_max_bytes,
+            started,
+        });
+        axum::serve(listener, server::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")
+    })?;
+    db.close().context("flushing the WAL")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+    }
+}

@@ -12,3 +12,9 @@
 pub mod remote_write;
 
 pub use remote_write::{decode_write_request, write_to_store, IngestError, WriteRequest};
+
+/// The largest snappy-compressed body whose content fits in `max_decompressed` bytes; a
+/// larger body can be refused before it is read.
+pub fn max_compressed_len(max_decompressed: usize) -> usize {
+    snap::raw::max_compress_len(max_decompressed)
+}

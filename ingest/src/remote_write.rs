@@ -61,7 +61,7 @@ pub struct Histogram {}
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("snappy: {0}")]
+    #[error("decompressing the body: {0}")]
     Snappy(String),
     #[error("body decompresses to {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },

@@ -120,7 +120,7 @@ impl Engine {
         if n > self.opts.max_points_per_series {
             return Err(QueryError::BadData(format!(
                 "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
-                self.opts.max_points_per_series
+                with_thousands(self.opts.max_points_per_series)
             )));
         }
         let expr = crate::parse(query)?;
@@ -166,6 +166,19 @@ impl Engine {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(QueryValue::Matrix(out))
     }
+}
+
+/// `11000` as `11,000`.
+fn with_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn type_description(vt: ValueType) -> &'static str {
@@ -337,18 +350,12 @@ impl Evaluator<'_> {
         if vs.at.is_some() {
             return Err(QueryError::Unsupported("the @ modifier".into()));
         }
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err(QueryError::Unsupported("`or` inside label matchers".into()));
-        }
+        let matchers = selector_matchers(vs)?;
         let offset = match &vs.offset {
             None => 0,
             Some(Offset::Pos(d)) => d.as_millis() as i64,
             Some(Offset::Neg(d)) => -(d.as_millis() as i64),
         };
-        let mut matchers: Vec<Matcher> = vs.matchers.matchers.iter().map(convert_matcher).collect();
-        if let Some(name) = &vs.name {
-            matchers.push(Matcher::equal(METRIC_NAME, name.as_str()));
-        }
         // Windows are left-open: a window ending at t covers (t - window, t].
         let mint = self.start - offset - window + 1;
         let maxt = self.end() - offset;
@@ -702,6 +709,18 @@ fn vector_scalar(
     }
     vs.retain(|s| s.values.iter().any(Option::is_some));
     Ok(Val::Vector(merge_same_labels(vs)?))
+}
+
+/// The storage matchers of a selector, its metric name included.
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(QueryError::Unsupported("`or` inside label matchers".into()));
+    }
+    let mut matchers: Vec<Matcher> = vs.matchers.matchers.iter().map(convert_matcher).collect();
+    if let Some(name) = &vs.name {
+        matchers.push(Matcher::equal(METRIC_NAME, name.as_str()));
+    }
+    Ok(matchers)
 }
 
 fn convert_matcher(m: &ParsedMatcher) -> Matcher {

@@ -28,3 +28,14 @@ pub use eval::{Engine, EngineOptions, QueryValue};
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
     promql_parser::parser::parse(query).map_err(QueryError::BadData)
 }
+
+/// Parses a series selector (`up{job="a"}`) as the `match[]` parameters of the series
+/// and label APIs take it, returning storage matchers.
+pub fn parse_selector(s: &str) -> Result<Vec<strata_storage::Matcher>, QueryError> {
+    match parse(s)? {
+        promql_parser::parser::Expr::VectorSelector(vs) => eval::selector_matchers(&vs),
+        _ => Err(QueryError::BadData(format!(
+            "invalid parameter \"match[]\": {s:?} is not a series selector"
+        ))),
+    }
+}

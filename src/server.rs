@@ -1,0 +1,351 @@
+//! The HTTP API: Prometheus' query and metadata endpoints, remote write in, health.
+//!
+//! ```text
+//!  POST /api/v1/write ──> body (size-capped) ──> strata-ingest ──> Appender::commit ──> 204
+//!  /api/v1/query{,_range}, /series, /labels, /label/<n>/values
+//!        ──> Params (query string + form body) ──> strata-query / Querier ──> JSON
+//! ```
+//!
+//! Decoding, evaluation and WAL syncs run on the blocking pool so that a heavy query or a
+//! slow disk never stalls the reactor.
+
+mod json;
+mod params;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use strata_ingest::IngestError;
+use strata_query::{Engine, QueryError};
+use strata_storage::{Db, Labels, Matcher};
+
+use params::Params;
+
+/// Largest form-encoded request body (queries, `match[]` lists).
+const MAX_FORM_BYTES: usize = 8 << 20;
+/// Time bounds used when a request gives none.
+const MIN_TIME: i64 = i64::MIN / 2;
+const MAX_TIME: i64 = i64::MAX / 2;
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) db: Db,
+    pub(crate) engine: Engine,
+    /// Largest decompressed remote-write body accepted.
+    pub(crate) max_write_bytes: usize,
+    pub(crate) started: Instant,
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(write))
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/-/healthy", get(|| async { "Strata is Healthy.\n" }))
+        .route("/-/ready", get(|| async { "Strata is Ready.\n" }))
+        .with_state(state)
+}
+
+/// An API failure with Prometheus' `errorType` and status code.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn bad_data(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error_type: "bad_data",
+            message: message.into(),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error_type: "internal",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let (status, error_type) = match &e {
+            QueryError::BadData(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            QueryError::Unsupported(_) | QueryError::Execution(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "execution")
+            }
+            QueryError::Storage(se) if se.is_bad_input() => (StatusCode::BAD_REQUEST, "bad_data"),
+            QueryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self {
+            status,
+            error_type,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<strata_storage::Error> for ApiError {
+    fn from(e: strata_storage::Error) -> Self {
+        QueryError::Storage(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = String::with_capacity(64 + self.message.len());
+        body.push_str("{\"status\":\"error\",\"errorType\":");
+        json::push_str(&mut body, self.error_type);
+        body.push_str(",\"error\":");
+        json::push_str(&mut body, &self.message);
+        body.push('}');
+        json_response(self.status, body)
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Reads the parameters of a GET, or of a POST with a form-encoded body.
+async fn read_params(req: Request) -> Result<Params, ApiError> {
+    let query = req.uri().query().map(str::to_owned);
+    let is_form = req.method() == Method::POST
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Ok(Params::parse(query.as_deref(), None));
+    }
+    let body = read_body(req.into_body(), MAX_FORM_BYTES).await?;
+    Ok(Params::parse(query.as_deref(), Some(&body)))
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error_type: "bad_data",
+            message: format!("request body is over the limit of {limit} bytes"),
+        }),
+        Err(e) => Err(ApiError::bad_data(format!("reading request body: {e}"))),
+    }
+}
+
+/// Runs CPU- or disk-bound work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn query(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": no query given"))?
+        .to_owned();
+    let t = p.time_or("time", now_ms())?;
+    let body = blocking(move || {
+        let v = st.engine.instant_query(&st.db, &q, t)?;
+        Ok(json::success(|out| json::push_query_value(out, &v)))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn query_range(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": no query given"))?
+        .to_owned();
+    let start = p.time("start")?;
+    let end = p.time("end")?;
+    let step = p.duration("step")?;
+    let body = blocking(move || {
+        let v = st.engine.range_query(&st.db, &q, start, end, step)?;
+        Ok(json::success(|out| json::push_query_value(out, &v)))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// The `match[]` selectors of a request, parsed.
+fn selectors(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    p.all("match[]")
+        .into_iter()
+        .map(|s| strata_query::parse_selector(s).map_err(ApiError::from))
+        .collect()
+}
+
+async fn series(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let sets = selectors(&p)?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = (p.time_or("start", MIN_TIME)?, p.time_or("end", MAX_TIME)?);
+    let limit = p.limit()?;
+    let body = blocking(move || {
+        let q = st.db.querier(start, end);
+        let mut found: BTreeSet<Labels> = BTreeSet::new();
+        for m in &sets {
+            found.extend(q.select(m)?.into_iter().map(|s| s.labels));
+        }
+        Ok(json::success(|out| {
+            out.push('[');
+            let n = if limit > 0 { limit } else { usize::MAX };
+            for (i, l) in found.iter().take(n).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json::push_labels(out, l);
+            }
+            out.push(']');
+        }))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn labels(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    names_or_values(st, p, None).await
+}
+
+async fn label_values(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !strata_ingest::remote_write::is_valid_label_name(&name) {
+        return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let p = read_params(req).await?;
+    names_or_values(st, p, Some(name)).await
+}
+
+/// `/labels` (when `name` is `None`) and `/label/<name>/values`.
+async fn names_or_values(
+    st: Arc<AppState>,
+    p: Params,
+    name: Option<String>,
+) -> Result<Response, ApiError> {
+    let sets = selectors(&p)?;
+    let (start, end) = (p.time_or("start", MIN_TIME)?, p.time_or("end", MAX_TIME)?);
+    let limit = p.limit()?;
+    let body = blocking(move || {
+        let q = st.db.querier(start, end);
+        let lookup = |m: &[Matcher]| match &name {
+            None => q.label_names(m),
+            Some(n) => q.label_values(n, m),
+        };
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        if sets.is_empty() {
+            found.extend(lookup(&[])?);
+        }
+        for m in &sets {
+            found.extend(lookup(m)?);
+        }
+        let n = if limit > 0 { limit } else { usize::MAX };
+        Ok(json::success(|out| {
+            json::push_string_array(out, found.iter().take(n).map(String::as_str))
+        }))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn buildinfo(State(st): State<Arc<AppState>>) -> Response {
+    let uptime = st.started.elapsed().as_secs();
+    let body = json::success(|out| {
+        out.push_str("{\"version\":\"3.0.0\",\"revision\":");
+        json::push_str(out, concat!("strata-", env!("CARGO_PKG_VERSION")));
+        out.push_str(",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":");
+        json::push_str(
+            out,
+            &format!("strata {} (uptime {uptime}s)", env!("CARGO_PKG_VERSION")),
+        );
+        out.push('}');
+    });
+    json_response(StatusCode::OK, body)
+}
+
+/// Remote write 1.0. 204 only once every sample is in the WAL, synced.
+async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.contains("io.prometheus.write.v2.Request") {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "remote write 2.0 is not supported yet; send prometheus.WriteRequest (1.0)\n",
+        )
+            .into_response();
+    }
+    let limit = strata_ingest::max_compressed_len(st.max_write_bytes);
+    let bytes = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(e) => return (e.status, format!("{}\n", e.message)).into_response(),
+    };
+    let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), IngestError> {
+        let req = strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?;
+        let mut app = st.db.appender();
+        let stats = strata_ingest::write_to_store(&req, &mut app)?;
+        app.commit()?;
+        Ok((stats.series, stats.samples))
+    })
+    .await;
+    match result {
+        Ok(Ok((series, samples))) => {
+            tracing::trace!(series, samples, "remote write stored");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Err(e)) => {
+            let status =
+                StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status.is_server_error() {
+                tracing::error!(error = %e, "remote write failed");
+            } else {
+                tracing::debug!(error = %e, "remote write refused");
+            }
+            (status, format!("{e}\n")).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("worker failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,189 @@
+//! Prometheus' JSON envelope and value encodings, written directly into a buffer: sample
+//! values are strings (`"NaN"`, `"+Inf"`), timestamps are Unix seconds as numbers.
+
+use std::fmt::Write as _;
+
+use strata_query::QueryValue;
+use strata_storage::Labels;
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A float as Prometheus formats sample values: shortest exact decimal, no exponent.
+pub(crate) fn push_value(out: &mut String, v: f64) {
+    out.push('"');
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+    out.push('"');
+}
+
+/// A millisecond timestamp as Unix seconds: `1435781451.781`, `60`.
+pub(crate) fn push_time(out: &mut String, t_ms: i64) {
+    if t_ms < 0 {
+        out.push('-');
+    }
+    let abs = t_ms.unsigned_abs();
+    let (secs, ms) = (abs / 1000, abs % 1000);
+    if ms == 0 {
+        let _ = write!(out, "{secs}");
+    } else {
+        let frac = format!("{ms:03}");
+        let _ = write!(out, "{secs}.{}", frac.trim_end_matches('0'));
+    }
+}
+
+pub(crate) fn push_labels(out: &mut String, labels: &Labels) {
+    out.push('{');
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, &l.name);
+        out.push(':');
+        push_str(out, &l.value);
+    }
+    out.push('}');
+}
+
+fn push_point(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    push_time(out, t);
+    out.push(',');
+    push_value(out, v);
+    out.push(']');
+}
+
+/// `{"status":"success","data":<data>}` where `data` writes itself into the buffer.
+pub(crate) fn success(data: impl FnOnce(&mut String)) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"status\":\"success\",\"data\":");
+    data(&mut out);
+    out.push('}');
+    out
+}
+
+/// The `data` of a query answer.
+pub(crate) fn push_query_value(out: &mut String, v: &QueryValue) {
+    out.push_str("{\"resultType\":");
+    push_str(out, v.type_name());
+    out.push_str(",\"result\":");
+    match v {
+        QueryValue::Scalar { t, v } => push_point(out, *t, *v),
+        QueryValue::String { t, s } => {
+            out.push('[');
+            push_time(out, *t);
+            out.push(',');
+            push_str(out, s);
+            out.push(']');
+        }
+        QueryValue::Vector(samples) => {
+            out.push('[');
+            for (i, (labels, t, v)) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                push_labels(out, labels);
+                out.push_str(",\"value\":");
+                push_point(out, *t, *v);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        QueryValue::Matrix(series) => {
+            out.push('[');
+            for (i, (labels, points)) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                push_labels(out, labels);
+                out.push_str(",\"values\":[");
+                for (j, &(t, v)) in points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    push_point(out, t, v);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+}
+
+/// A JSON array of strings.
+pub(crate) fn push_string_array<'a>(out: &mut String, items: impl IntoIterator<Item = &'a str>) {
+    out.push('[');
+    for (i, s) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, s);
+    }
+    out.push(']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_times() {
+        let mut s = String::new();
+        for v in [
+            1.0,
+            0.1,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e21,
+            -2.5e-7,
+        ] {
+            push_value(&mut s, v);
+            s.push(' ');
+        }
+        assert_eq!(
+            s,
+            r#""1" "0.1" "NaN" "+Inf" "-Inf" "1000000000000000000000" "-0.00000025" "#
+        );
+        let mut t = String::new();
+        for ms in [60_000, 1_435_781_451_781, 1_500, -1_500] {
+            push_time(&mut t, ms);
+            t.push(' ');
+        }
+        assert_eq!(t, "60 1435781451.781 1.5 -1.5 ");
+    }
+
+    #[test]
+    fn escaping_is_valid_json() {
+        let mut s = String::new();
+        push_str(&mut s, "a\"b\\c\n\u{1}é");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\n\u{1}é");
+    }
+}

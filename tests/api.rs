@@ -1,0 +1,285 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! The walking skeleton end to end: remote write in over real HTTP, PromQL and the
+//! metadata API out, the way Prometheus' clients and Grafana call them.
+
+mod common;
+
+use common::{enc, vector_map, write_body, Strata, Ts};
+
+/// 2023-11-14T22:13:20Z, in milliseconds.
+const BASE: i64 = 1_700_000_000_000;
+
+fn load(strata: &Strata) {
+    // Two counters and a gauge, 15 s apart, 21 samples each (5 minutes).
+    let a: Vec<(i64, f64)> = (0..=20)
+        .map(|i| (BASE + i * 15_000, i as f64 * 10.0))
+        .collect();
+    let b: Vec<(i64, f64)> = (0..=20)
+        .map(|i| (BASE + i * 15_000, i as f64 * 20.0))
+        .collect();
+    let g: Vec<(i64, f64)> = (0..=20)
+        .map(|i| {
+            (
+                BASE + i * 15_000,
+                [1.5, f64::NAN, f64::INFINITY][i as usize % 3],
+            )
+        })
+        .collect();
+    let body = write_body(&[
+        Ts {
+            labels: vec![
+                ("__name__", "http_requests_total"),
+                ("job", "api"),
+                ("instance", "a"),
+            ],
+            samples: a,
+        },
+        Ts {
+            // Unsorted on purpose: labels are sorted on the way in, not refused.
+            labels: vec![
+                ("job", "api"),
+                ("instance", "b"),
+                ("__name__", "http_requests_total"),
+            ],
+            samples: b,
+        },
+        Ts {
+            labels: vec![("__name__", "room_temp"), ("room", "lab")],
+            samples: g,
+        },
+    ]);
+    let r = strata.write(&body);
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+fn secs(ms: i64) -> String {
+    format!("{}", ms as f64 / 1000.0)
+}
+
+#[test]
+fn remote_write_then_instant_and_range_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    load(&strata);
+
+    // Instant: the latest sample at or before the evaluation time.
+    let t = secs(BASE + 300_000);
+    let got = vector_map(&strata.query("http_requests_total", &t));
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got["__name__=http_requests_total,instance=a,job=api"],
+        "200"
+    );
+    assert_eq!(
+        got["__name__=http_requests_total,instance=b,job=api"],
+        "400"
+    );
+
+    // Special values come back as Prometheus spells them.
+    let at = |i: i64| secs(BASE + i * 15_000);
+    assert_eq!(
+        vector_map(&strata.query("room_temp", &at(0)))["__name__=room_temp,room=lab"],
+        "1.5"
+    );
+    assert_eq!(
+        vector_map(&strata.query("room_temp", &at(1)))["__name__=room_temp,room=lab"],
+        "NaN"
+    );
+    assert_eq!(
+        vector_map(&strata.query("room_temp", &at(2)))["__name__=room_temp,room=lab"],
+        "+Inf"
+    );
+    assert_eq!(
+        vector_map(&strata.query("-room_temp", &at(2)))["room=lab"],
+        "-Inf"
+    );
+
+    // rate over the whole 5 minutes: 10 per 15 s and 20 per 15 s.
+    let got = vector_map(&strata.query("sum by (instance) (rate(http_requests_total[5m]))", &t));
+    let a: f64 = got["instance=a"].parse().unwrap();
+    let b: f64 = got["instance=b"].parse().unwrap();
+    assert!((a - 10.0 / 15.0).abs() < 1e-9, "{a}");
+    assert!((b - 20.0 / 15.0).abs() < 1e-9, "{b}");
+
+    // Scalar answer, and the timestamp as Unix seconds with the millisecond fraction.
+    let d = strata.query("1 + 1", "4.5");
+    assert_eq!(d["resultType"], "scalar");
+    assert_eq!(d["result"][0].as_f64(), Some(4.5));
+    assert_eq!(d["result"][1], "2");
+
+    // Range query: every step, exact values.
+    let r = strata.get(&format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=60",
+        enc("http_requests_total{instance=\"a\"}"),
+        secs(BASE),
+        secs(BASE + 240_000)
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let series = v["data"]["result"].as_array().unwrap();
+    assert_eq!(series.len(), 1);
+    let values: Vec<(f64, String)> = series[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_owned()))
+        .collect();
+    let want: Vec<(f64, String)> = (0..5)
+        .map(|k| ((BASE + k * 60_000) as f64 / 1000.0, (k * 40).to_string()))
+        .collect();
+    assert_eq!(values, want);
+
+    // RFC 3339 times and duration steps are accepted too; POST form like Grafana sends.
+    let r = strata.post_form(
+        "/api/v1/query_range",
+        &format!(
+            "query={}&start=2023-11-14T22:13:20Z&end=2023-11-14T22:17:20Z&step=2m",
+            enc("sum(http_requests_total)")
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pts = r.json()["data"]["result"][0]["values"].clone();
+    assert_eq!(pts.as_array().unwrap().len(), 3);
+    assert_eq!(pts[2][1], "480");
+}
+
+#[test]
+fn metadata_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    load(&strata);
+
+    let r = strata.get(&format!(
+        "/api/v1/series?match[]={}",
+        enc("http_requests_total")
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let series: Vec<String> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(common::labels_key)
+        .collect();
+    assert_eq!(
+        series,
+        vec![
+            "__name__=http_requests_total,instance=a,job=api",
+            "__name__=http_requests_total,instance=b,job=api"
+        ]
+    );
+
+    let r = strata.post_form(
+        "/api/v1/series",
+        &format!(
+            "match[]={}&match[]={}",
+            enc("room_temp"),
+            enc("{instance=\"b\"}")
+        ),
+    );
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+
+    let r = strata.get("/api/v1/labels");
+    assert_eq!(
+        r.json()["data"],
+        serde_json::json!(["__name__", "instance", "job", "room"])
+    );
+    let r = strata.get(&format!("/api/v1/labels?match[]={}", enc("room_temp")));
+    assert_eq!(r.json()["data"], serde_json::json!(["__name__", "room"]));
+
+    let r = strata.get("/api/v1/label/__name__/values");
+    assert_eq!(
+        r.json()["data"],
+        serde_json::json!(["http_requests_total", "room_temp"])
+    );
+    let r = strata.get(&format!(
+        "/api/v1/label/instance/values?match[]={}",
+        enc("{job=\"api\"}")
+    ));
+    assert_eq!(r.json()["data"], serde_json::json!(["a", "b"]));
+
+    // Time bounds narrow the answer: nothing was written before BASE.
+    let r = strata.get(&format!(
+        "/api/v1/series?match[]=http_requests_total&start=0&end={}",
+        secs(BASE - 1000)
+    ));
+    assert_eq!(r.json()["data"], serde_json::json!([]));
+
+    let r = strata.get("/api/v1/series");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "no match[] parameter provided");
+
+    let r = strata.get("/api/v1/status/buildinfo");
+    let b = r.json();
+    assert_eq!(b["status"], "success");
+    for field in [
+        "version",
+        "revision",
+        "branch",
+        "buildUser",
+        "buildDate",
+        "goVersion",
+    ] {
+        assert!(b["data"][field].is_string(), "buildinfo lacks {field}");
+    }
+    assert!(b["data"].get("features").is_none());
+
+    assert_eq!(strata.get("/-/healthy").status, 200);
+    assert_eq!(strata.get("/-/ready").status, 200);
+}
+
+#[test]
+fn query_errors_use_prometheus_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+
+    let r = strata.get(&format!("/api/v1/query?query={}", enc("sum(rate(x[5m])")));
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["errorType"], "bad_data");
+    assert!(!v["error"].as_str().unwrap().is_empty());
+
+    let r = strata.get(&format!("/api/v1/query?query={}", enc("topk(3, up)")));
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["errorType"], "execution");
+    assert_eq!(r.json()["error"], "not supported yet: the aggregation topk");
+
+    let r = strata.get("/api/v1/query?query=up&time=yesterday");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"],
+        "invalid parameter \"time\": cannot parse \"yesterday\" to a valid timestamp"
+    );
+
+    let r = strata.get("/api/v1/query_range?query=up&start=10&end=0&step=1");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"],
+        "end timestamp must not be before start time"
+    );
+
+    let r = strata.get("/api/v1/query_range?query=up&start=0&end=100000&step=1");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("11,000 points"));
+
+    let r = strata.get(&format!(
+        "/api/v1/query_range?query={}&start=0&end=10&step=1",
+        enc("up[5m]")
+    ));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("range vector"),
+        "{}",
+        r.body
+    );
+
+    let r = strata.get("/api/v1/query");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errorType"], "bad_data");
+}

@@ -1,0 +1,308 @@
+//! Helpers for end-to-end tests: run the `strata` binary on a free loopback port with a
+//! temporary data directory, talk HTTP/1.1 to it, and build remote-write bodies byte by
+//! byte from the protobuf wire format (independently of strata's own decoder).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `strata serve`, killed when dropped.
+pub struct Strata {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Strata {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Strata {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn strata");
+        let s = Strata {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = s.try_get("/-/ready") {
+                if r.status == 200 {
+                    return s;
+                }
+            }
+            assert!(Instant::now() < deadline, "strata did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn try_get(&self, path: &str) -> std::io::Result<Response> {
+        request(self.addr, "GET", path, &[], &[])
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.try_get(path).expect("GET")
+    }
+
+    pub fn post_form(&self, path: &str, form: &str) -> Response {
+        request(
+            self.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        )
+        .expect("POST")
+    }
+
+    pub fn write(&self, body: &[u8]) -> Response {
+        request(
+            self.addr,
+            "POST",
+            "/api/v1/write",
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "snappy"),
+                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ],
+            body,
+        )
+        .expect("POST write")
+    }
+
+    /// An instant query's JSON answer (`data`), asserting success.
+    pub fn query(&self, q: &str, time: &str) -> serde_json::Value {
+        let r = self.get(&format!("/api/v1/query?query={}&time={time}", enc(q)));
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["status"], "success");
+        v["data"].clone()
+    }
+}
+
+impl Drop for Strata {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Percent-encodes a query parameter.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 request with `Connection: close`; reads the whole answer (bounded).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers: head.to_owned(),
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// --- protobuf wire format, written by hand from the remote-write 1.0 .proto ---------
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    varint(out, ((field as u64) << 3) | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A series to send: labels in the given order (possibly unsorted or invalid on purpose)
+/// and `(timestamp_ms, value)` samples.
+pub struct Ts<'a> {
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// `prometheus.WriteRequest` bytes (not compressed).
+pub fn write_request_proto(series: &[Ts]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for ts in series {
+        let mut t = Vec::new();
+        for (name, value) in &ts.labels {
+            let mut l = Vec::new();
+            field_bytes(&mut l, 1, name.as_bytes());
+            field_bytes(&mut l, 2, value.as_bytes());
+            field_bytes(&mut t, 1, &l);
+        }
+        for &(ts_ms, v) in &ts.samples {
+            let mut s = Vec::new();
+            s.push((1 << 3) | 1); // field 1, fixed64: value
+            s.extend_from_slice(&v.to_bits().to_le_bytes());
+            varint(&mut s, 2 << 3); // field 2, varint: timestamp
+            varint(&mut s, ts_ms as u64);
+            field_bytes(&mut t, 2, &s);
+        }
+        field_bytes(&mut req, 1, &t);
+    }
+    req
+}
+
+/// A snappy-compressed remote-write body.
+pub fn write_body(series: &[Ts]) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(&write_request_proto(series))
+        .unwrap()
+}
+
+/// The `(value string)` of every series in an instant-vector answer, keyed by its
+/// labels rendered as `k=v,k=v`.
+pub fn vector_map(data: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    assert_eq!(data["resultType"], "vector", "{data}");
+    data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                labels_key(&s["metric"]),
+                s["value"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn labels_key(metric: &serde_json::Value) -> String {
+    let mut pairs: Vec<String> = metric
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    pairs.sort();
+    pairs.join(",")
+}

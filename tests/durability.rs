@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! A 2xx to a write means the samples survive a restart, `kill -9`, and a torn WAL tail.
+
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{vector_map, write_body, Strata, Ts};
+
+const BASE: i64 = 1_700_000_000_000;
+
+/// Writes sample `i` (value `i`, at BASE + i s) of series `seq{writer=w}`.
+fn write_seq(strata: &Strata, writer: &str, i: i64) -> u16 {
+    let body = write_body(&[Ts {
+        labels: vec![("__name__", "seq"), ("writer", writer)],
+        samples: vec![(BASE + i * 1000, i as f64)],
+    }]);
+    strata.write(&body).status
+}
+
+/// How many samples of `seq{writer=w}` are stored at or before sample `last`, and their sum.
+fn count_and_sum(strata: &Strata, writer: &str, last: i64) -> (u64, f64) {
+    let t = format!("{}", (BASE + last * 1000) as f64 / 1000.0);
+    let window = format!("{}s", last + 1);
+    let sel = format!("seq{{writer=\"{writer}\"}}[{window}]");
+    let count = vector_map(&strata.query(&format!("count_over_time({sel})"), &t));
+    let sum = vector_map(&strata.query(&format!("sum_over_time({sel})"), &t));
+    let key = format!("writer={writer}");
+    (
+        count.get(&key).map_or(0, |v| v.parse().unwrap()),
+        sum.get(&key).map_or(0.0, |v| v.parse().unwrap()),
+    )
+}
+
+#[test]
+fn data_survives_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    for i in 0..50 {
+        assert_eq!(write_seq(&strata, "w", i), 204);
+    }
+    let before = count_and_sum(&strata, "w", 49);
+    assert_eq!(before, (50, (0..50).sum::<i64>() as f64));
+    assert!(
+        strata.terminate(),
+        "SIGTERM should end strata with status 0"
+    );
+
+    let strata = Strata::start(dir.path(), &[]);
+    assert_eq!(count_and_sum(&strata, "w", 49), before);
+    // And it keeps appending to the same series.
+    assert_eq!(write_seq(&strata, "w", 50), 204);
+    assert_eq!(count_and_sum(&strata, "w", 50).0, 51);
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    for i in 0..100 {
+        assert_eq!(write_seq(&strata, "w", i), 204);
+    }
+    // Killed right after the last acknowledgement: no chance to flush anything else.
+    strata.kill9();
+    let strata = Strata::start(dir.path(), &[]);
+    assert_eq!(
+        count_and_sum(&strata, "w", 99),
+        (100, (0..100).sum::<i64>() as f64)
+    );
+}
+
+#[test]
+fn kill_9_during_concurrent_writes_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Arc::new(Strata::start(dir.path(), &[]));
+    let writers = ["a", "b", "c"];
+    let acked: Vec<Arc<AtomicI64>> = writers
+        .iter()
+        .map(|_| Arc::new(AtomicI64::new(-1)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let handles: Vec<_> = writers
+        .iter()
+        .zip(&acked)
+        .map(|(w, acked)| {
+            let strata = Arc::clone(&strata);
+            let acked = Arc::clone(acked);
+            let w = w.to_string();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                // Bounded: stops at the first failed request (strata killed) or deadline.
+                while Instant::now() < deadline {
+                    let body = write_body(&[Ts {
+                        labels: vec![("__name__", "seq"), ("writer", &w)],
+                        samples: vec![(BASE + i * 1000, i as f64)],
+                    }]);
+                    match common::request(
+                        strata.addr,
+                        "POST",
+                        "/api/v1/write",
+                        &[("Content-Type", "application/x-protobuf")],
+                        &body,
+                    ) {
+                        Ok(r) if r.status == 204 => acked.store(i, Ordering::SeqCst),
+                        _ => break,
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the writers get going, then kill mid-stream.
+    let start = Instant::now();
+    while acked.iter().any(|a| a.load(Ordering::SeqCst) < 20)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = strata.pid();
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status();
+    for h in handles {
+        h.join().unwrap();
+    }
+    drop(strata);
+
+    let strata = Strata::start(dir.path(), &[]);
+    for (w, acked) in writers.iter().zip(&acked) {
+        let last = acked.load(Ordering::SeqCst);
+        assert!(
+            last >= 20,
+            "writer {w} got too few acknowledgements ({last})"
+        );
+        let (count, sum) = count_and_sum(&strata, w, last);
+        assert_eq!(
+            count,
+            (last + 1) as u64,
+            "writer {w}: acknowledged samples lost"
+        );
+        assert_eq!(sum, (0..=last).sum::<i64>() as f64);
+    }
+}
+
+#[test]
+fn a_torn_wal_tail_is_cut_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    for i in 0..10 {
+        assert_eq!(write_seq(&strata, "w", i), 204);
+    }
+    strata.kill9();
+    // Half a record at the end of the newest segment, as a crash mid-write leaves it.
+    let wal = dir.path().join("wal");
+    let mut segs: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3, 4, 5]);
+    std::fs::write(last, &bytes).unwrap();
+
+    let strata = Strata::start(dir.path(), &[]);
+    assert_eq!(count_and_sum(&strata, "w", 9).0, 10);
+    assert_eq!(write_seq(&strata, "w", 10), 204);
+    strata.kill9();
+    let strata = Strata::start(dir.path(), &[]);
+    assert_eq!(count_and_sum(&strata, "w", 10).0, 11);
+}
