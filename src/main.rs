@@ -1,6 +1,7 @@
 //! `strata`: the binary. Parses the command line, opens the store, serves the API, and
 //! shuts down cleanly on SIGINT or SIGTERM.
 
+mod collect;
 mod server;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use strata_storage::{Db, Options};
 #[derive(Parser)]
 #[command(
     name = "strata",
+    args_override_self = true,
     version,
     about = "Embedded metrics pipeline and time-series database",
     long_about = "strata stores Prometheus remote-write samples durably and answers PromQL over \
@@ -52,6 +54,9 @@ struct ServeArgs {
     /// crash of strata but not of the machine.
     #[arg(long = "wal-fsync", default_value_t = true, action = ArgAction::Set)]
     wal_fsync: bool,
+    /// How often the built-in host collectors run (`15s`, `1m`); `0s` turns them off.
+    #[arg(long = "collect.interval", default_value = "15s", value_parser = parse_interval)]
+    collect_interval_ms: i64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -115,6 +120,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_write_bytes: args.write_max_bytes,
             started,
         });
+        if args.collect_interval_ms > 0 {
+            tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));
+        }
         axum::serve(listener, server::router(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -123,6 +131,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     db.close().context("flushing the WAL")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn parse_interval(s: &str) -> Result<i64, String> {
+    strata_query::duration::parse_duration_ms(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 15s or 1m"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -283,3 +283,37 @@ fn query_errors_use_prometheus_types() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["errorType"], "bad_data");
 }
+
+#[test]
+fn host_metrics_are_collected_into_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &["--collect.interval", "1s"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = strata.get(&format!(
+            "/api/v1/query?query={}",
+            enc("node_memory_MemTotal_bytes")
+        ));
+        let v = r.json();
+        if let Some(s) = v["data"]["result"].as_array().and_then(|a| a.first()) {
+            assert_eq!(s["metric"]["job"], "node");
+            assert!(s["metric"]["instance"]
+                .as_str()
+                .is_some_and(|i| !i.is_empty()));
+            let bytes: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+            assert!(bytes > 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host metrics after 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let names = strata.get("/api/v1/label/__name__/values").json();
+    assert!(names["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "node_load1"));
+}

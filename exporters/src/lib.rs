@@ -1,1 +1,52 @@
-//! placeholder
+//! strata-exporters: built-in collectors that read host statistics straight from the
+//! kernel and emit them under the metric names node_exporter (and later cAdvisor) use, so
+//! existing dashboards work unchanged. A collector only reads and reports; appending to
+//! the store and scheduling belong to the caller.
+//!
+//! ```text
+//!  /proc/loadavg ──> LoadAvg ──┐
+//!  /proc/meminfo ──> MemInfo ──┴──> Vec<Sample> ──> caller (Appender, /metrics)
+//! ```
+
+mod node;
+
+use std::path::PathBuf;
+
+pub use node::{LoadAvg, MemInfo};
+use strata_storage::Labels;
+
+/// One value a collector read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Labels,
+    pub value: f64,
+}
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// A source of samples, read on demand.
+pub trait Collector: Send + Sync {
+    /// A short name for logs and flags (`loadavg`, `meminfo`).
+    fn name(&self) -> &'static str;
+    /// Appends the current values to `out`.
+    fn collect(&self, out: &mut Vec<Sample>) -> Result<(), ExporterError>;
+}
+
+/// The node collectors available in this version, reading from `proc` (normally `/proc`).
+pub fn node_collectors(proc: impl Into<PathBuf>) -> Vec<Box<dyn Collector>> {
+    let proc = proc.into();
+    vec![
+        Box::new(LoadAvg::new(proc.clone())),
+        Box::new(MemInfo::new(proc)),
+    ]
+}

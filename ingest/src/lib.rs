@@ -11,7 +11,9 @@
 
 pub mod remote_write;
 
-pub use remote_write::{decode_write_request, write_to_store, IngestError, WriteRequest};
+pub use remote_write::{
+    decode_write_request, write_to_store, DecodedWriteRequest, IngestError, WriteRequest,
+};
 
 /// The largest snappy-compressed body whose content fits in `max_decompressed` bytes; a
 /// larger body can be refused before it is read.

@@ -1,6 +1,6 @@
 //! Prometheus remote write 1.0: `prometheus.WriteRequest`, snappy block format.
 
-use strata_storage::{Appender, Labels, METRIC_NAME};
+use strata_storage::{Appender, METRIC_NAME};
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -92,7 +92,7 @@ impl IngestError {
 pub fn decode_write_request(
     body: &[u8],
     max_decompressed: usize,
-) -> Result<WriteRequest, IngestError> {
+) -> Result<DecodedWriteRequest, IngestError> {
     let size = snap::raw::decompress_len(body).map_err(|e| IngestError::Snappy(e.to_string()))?;
     if size > max_decompressed {
         return Err(IngestError::TooLarge {
@@ -104,8 +104,276 @@ pub fn decode_write_request(
     snap::raw::Decoder::new()
         .decompress(body, &mut raw)
         .map_err(|e| IngestError::Snappy(e.to_string()))?;
-    <WriteRequest as prost::Message>::decode(raw.as_slice())
-        .map_err(|e| IngestError::Protobuf(e.to_string()))
+    DecodedWriteRequest::parse(raw)
+}
+
+/// A decoded `prometheus.WriteRequest` that borrows every label string from the
+/// decompressed buffer: series, labels and samples live in three flat arrays, so decoding
+/// allocates a handful of times per request, not per series or per sample.
+#[derive(Debug, Default)]
+pub struct DecodedWriteRequest {
+    raw: Vec<u8>,
+    series: Vec<SeriesSpan>,
+    labels: Vec<LabelSpan>,
+    samples: Vec<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeriesSpan {
+    labels: (u32, u32),
+    samples: (u32, u32),
+    has_histograms: bool,
+}
+
+/// Byte ranges of a label's name and value in the buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct LabelSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// One series of a decoded request.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesView<'a> {
+    req: &'a DecodedWriteRequest,
+    span: SeriesSpan,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The labels as sent: raw bytes (UTF-8 not yet checked), in the sender's order.
+    pub fn label_bytes(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let raw = &self.req.raw;
+        self.req.labels[self.span.labels.0 as usize..self.span.labels.1 as usize]
+            .iter()
+            .map(move |l| {
+                (
+                    &raw[l.name.0 as usize..l.name.1 as usize],
+                    &raw[l.value.0 as usize..l.value.1 as usize],
+                )
+            })
+    }
+
+    /// `(timestamp_ms, value)` samples as sent.
+    pub fn samples(&self) -> &'a [(i64, f64)] {
+        &self.req.samples[self.span.samples.0 as usize..self.span.samples.1 as usize]
+    }
+
+    pub fn has_histograms(&self) -> bool {
+        self.span.has_histograms
+    }
+}
+
+/// A protobuf reader over a byte slice, positions relative to the whole buffer.
+struct Pb<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+const WIRE_VARINT: u64 = 0;
+const WIRE_FIXED64: u64 = 1;
+const WIRE_LEN: u64 = 2;
+const WIRE_FIXED32: u64 = 5;
+
+impl<'a> Pb<'a> {
+    fn err(&self, what: &str) -> IngestError {
+        IngestError::Protobuf(format!("{what} at byte {}", self.pos))
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    fn varint(&mut self) -> Result<u64, IngestError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            if self.pos >= self.end {
+                return Err(self.err("truncated varint"));
+            }
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.err("varint longer than 10 bytes"))
+    }
+
+    /// The next field's number and wire type.
+    fn tag(&mut self) -> Result<(u64, u64), IngestError> {
+        let t = self.varint()?;
+        if t >> 3 == 0 {
+            return Err(self.err("field number 0"));
+        }
+        Ok((t >> 3, t & 7))
+    }
+
+    /// A length-delimited field: its start and end.
+    fn len_delimited(&mut self) -> Result<(usize, usize), IngestError> {
+        let n = self.varint()?;
+        let start = self.pos;
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|&e| e <= self.end)
+            .ok_or_else(|| self.err("length-delimited field runs past its message"))?;
+        self.pos = end;
+        Ok((start, end))
+    }
+
+    fn fixed64(&mut self) -> Result<u64, IngestError> {
+        if self.end - self.pos < 8 {
+            return Err(self.err("truncated fixed64"));
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.buf[self.pos..self.pos + 8]);
+        self.pos += 8;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn skip(&mut self, wire: u64) -> Result<(), IngestError> {
+        match wire {
+            WIRE_VARINT => self.varint().map(|_| ()),
+            WIRE_FIXED64 => self.fixed64().map(|_| ()),
+            WIRE_LEN => self.len_delimited().map(|_| ()),
+            WIRE_FIXED32 => {
+                if self.end - self.pos < 4 {
+                    return Err(self.err("truncated fixed32"));
+                }
+                self.pos += 4;
+                Ok(())
+            }
+            w => Err(self.err(&format!("unsupported wire type {w}"))),
+        }
+    }
+
+    /// A length-delimited field read as an embedded message.
+    fn message(&mut self) -> Result<Pb<'a>, IngestError> {
+        let (start, end) = self.len_delimited()?;
+        Ok(Pb {
+            buf: self.buf,
+            pos: start,
+            end,
+        })
+    }
+
+    fn expect_wire(&self, got: u64, want: u64, field: &str) -> Result<(), IngestError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(self.err(&format!("{field} has wire type {got}, expected {want}")))
+        }
+    }
+}
+
+fn span(r: (usize, usize)) -> Result<(u32, u32), IngestError> {
+    match (u32::try_from(r.0), u32::try_from(r.1)) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        _ => Err(IngestError::Protobuf("message over 4 GiB".into())),
+    }
+}
+
+impl DecodedWriteRequest {
+    /// Parses `prometheus.WriteRequest` bytes.
+    pub fn parse(raw: Vec<u8>) -> Result<Self, IngestError> {
+        let mut req = DecodedWriteRequest {
+            raw: Vec::new(),
+            series: Vec::new(),
+            labels: Vec::new(),
+            samples: Vec::new(),
+        };
+        let mut top = Pb {
+            buf: &raw,
+            pos: 0,
+            end: raw.len(),
+        };
+        while !top.done() {
+            let (field, wire) = top.tag()?;
+            if field != 1 {
+                // metadata (3) and anything newer: not stored yet.
+                top.skip(wire)?;
+                continue;
+            }
+            top.expect_wire(wire, WIRE_LEN, "timeseries")?;
+            let mut ts = top.message()?;
+            let first_label = req.labels.len();
+            let first_sample = req.samples.len();
+            let mut has_histograms = false;
+            while !ts.done() {
+                let (field, wire) = ts.tag()?;
+                match field {
+                    1 => {
+                        ts.expect_wire(wire, WIRE_LEN, "label")?;
+                        let mut l = ts.message()?;
+                        let mut label = LabelSpan::default();
+                        while !l.done() {
+                            let (f, w) = l.tag()?;
+                            match f {
+                                1 | 2 => {
+                                    l.expect_wire(w, WIRE_LEN, "label string")?;
+                                    let r = span(l.len_delimited()?)?;
+                                    if f == 1 {
+                                        label.name = r;
+                                    } else {
+                                        label.value = r;
+                                    }
+                                }
+                                _ => l.skip(w)?,
+                            }
+                        }
+                        req.labels.push(label);
+                    }
+                    2 => {
+                        ts.expect_wire(wire, WIRE_LEN, "sample")?;
+                        let mut s = ts.message()?;
+                        let (mut value, mut timestamp) = (0.0f64, 0i64);
+                        while !s.done() {
+                            let (f, w) = s.tag()?;
+                            match f {
+                                1 => {
+                                    s.expect_wire(w, WIRE_FIXED64, "sample value")?;
+                                    value = f64::from_bits(s.fixed64()?);
+                                }
+                                2 => {
+                                    s.expect_wire(w, WIRE_VARINT, "sample timestamp")?;
+                                    timestamp = s.varint()? as i64;
+                                }
+                                _ => s.skip(w)?,
+                            }
+                        }
+                        req.samples.push((timestamp, value));
+                    }
+                    4 => {
+                        has_histograms = true;
+                        ts.skip(wire)?;
+                    }
+                    _ => ts.skip(wire)?,
+                }
+            }
+            req.series.push(SeriesSpan {
+                labels: span((first_label, req.labels.len()))?,
+                samples: span((first_sample, req.samples.len()))?,
+                has_histograms,
+            });
+        }
+        req.raw = raw;
+        Ok(req)
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn series(&self) -> impl Iterator<Item = SeriesView<'_>> {
+        self.series
+            .iter()
+            .map(move |&span| SeriesView { req: self, span })
+    }
 }
 
 /// Counts of what a request wrote.
@@ -117,77 +385,89 @@ pub struct WriteStats {
 
 /// Validates every series of `req`, then appends all samples to `app`. On error nothing of
 /// the request may be committed: the caller drops the appender.
-pub fn write_to_store(req: &WriteRequest, app: &mut Appender) -> Result<WriteStats, IngestError> {
-    let mut label_sets = Vec::with_capacity(req.timeseries.len());
-    for ts in &req.timeseries {
-        let labels = validate_series(ts)?;
-        if !ts.histograms.is_empty() {
-            return Err(IngestError::NativeHistogram(labels.to_string()));
+pub fn write_to_store(
+    req: &DecodedWriteRequest,
+    app: &mut Appender,
+) -> Result<WriteStats, IngestError> {
+    // Every series' labels, sorted and validated, back to back; `ranges` delimits them.
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(req.labels.len());
+    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(req.series.len());
+    let mut scratch: Vec<(&str, &str)> = Vec::new();
+    for s in req.series() {
+        scratch.clear();
+        for (n, v) in s.label_bytes() {
+            let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) else {
+                return Err(IngestError::InvalidSeries(format!(
+                    "series {}: a label is not valid UTF-8",
+                    describe(&scratch)
+                )));
+            };
+            scratch.push((n, v));
         }
-        label_sets.push(labels);
+        scratch.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        validate_series(&scratch)?;
+        if s.has_histograms() {
+            return Err(IngestError::NativeHistogram(describe(&scratch)));
+        }
+        let start = pairs.len();
+        pairs.extend(scratch.iter().filter(|(_, v)| !v.is_empty()));
+        ranges.push((start, pairs.len()));
     }
     let mut stats = WriteStats::default();
-    for (ts, labels) in req.timeseries.iter().zip(&label_sets) {
-        let mut samples = ts.samples.iter();
-        let Some(first) = samples.next() else {
+    for (s, &(a, b)) in req.series().zip(&ranges) {
+        let mut samples = s.samples().iter();
+        let Some(&(t, v)) = samples.next() else {
             continue;
         };
-        let r = app.append(labels, first.timestamp, first.value)?;
-        for s in samples {
-            app.append_ref(r, s.timestamp, s.value)?;
+        let r = app.append_pairs(&pairs[a..b], t, v)?;
+        for &(t, v) in samples {
+            app.append_ref(r, t, v)?;
         }
         stats.series += 1;
-        stats.samples += ts.samples.len();
+        stats.samples += s.samples().len();
     }
     Ok(stats)
 }
 
-/// Checks a series' labels and returns them sorted.
-fn validate_series(ts: &TimeSeries) -> Result<Labels, IngestError> {
-    let describe = || {
-        let pairs: Vec<String> = ts
-            .labels
-            .iter()
-            .map(|l| format!("{}={:?}", l.name, l.value))
-            .collect();
-        format!("{{{}}}", pairs.join(", "))
-    };
+/// `{name="value", ...}` for error messages.
+fn describe(pairs: &[(&str, &str)]) -> String {
+    let parts: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Checks a series' labels, sorted by name (empty values included).
+fn validate_series(sorted: &[(&str, &str)]) -> Result<(), IngestError> {
     let mut name = None;
-    for l in &ts.labels {
-        if l.name == METRIC_NAME {
-            if !is_valid_metric_name(&l.value) {
+    for &(n, v) in sorted {
+        if n == METRIC_NAME {
+            if !v.is_empty() && !is_valid_metric_name(v) {
                 return Err(IngestError::InvalidSeries(format!(
-                    "series {}: invalid metric name {:?}",
-                    describe(),
-                    l.value
+                    "series {}: invalid metric name {v:?}",
+                    describe(sorted)
                 )));
             }
-            name = Some(&l.value);
-        } else if !is_valid_label_name(&l.name) {
+            name = Some(v).filter(|v| !v.is_empty());
+        } else if !is_valid_label_name(n) {
             return Err(IngestError::InvalidSeries(format!(
-                "series {}: invalid label name {:?}",
-                describe(),
-                l.name
+                "series {}: invalid label name {n:?}",
+                describe(sorted)
             )));
         }
     }
     if name.is_none() {
         return Err(IngestError::InvalidSeries(format!(
             "series {}: no metric name (label {METRIC_NAME})",
-            describe()
+            describe(sorted)
         )));
     }
-    if let Some(dup) = Labels::duplicate_name(ts.labels.iter().map(|l| l.name.as_str())) {
+    if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(IngestError::InvalidSeries(format!(
-            "series {}: label name {dup:?} appears more than once",
-            describe()
+            "series {}: label name {:?} appears more than once",
+            describe(sorted),
+            w[0].0
         )));
     }
-    Ok(Labels::from_pairs(
-        ts.labels
-            .iter()
-            .map(|l| (l.name.as_str(), l.value.as_str())),
-    ))
+    Ok(())
 }
 
 /// `[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus' classic label name rule.
@@ -242,6 +522,58 @@ mod tests {
         assert!(!is_valid_label_name("ns:rate5m"));
     }
 
+    fn decoded(req: &WriteRequest) -> DecodedWriteRequest {
+        DecodedWriteRequest::parse(req.encode_to_vec()).unwrap()
+    }
+
+    #[test]
+    fn decode_agrees_with_prost() {
+        let req = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[("__name__", "up"), ("job", "a")],
+                    &[(1, 1.0), (-5, f64::NAN)],
+                ),
+                series(&[("__name__", "x")], &[]),
+            ],
+            metadata: vec![MetricMetadata {
+                r#type: 1,
+                metric_family_name: "up".into(),
+                help: "h".into(),
+                unit: String::new(),
+            }],
+        };
+        let d = decoded(&req);
+        assert_eq!(d.series_count(), 2);
+        let s: Vec<SeriesView<'_>> = d.series().collect();
+        let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().collect();
+        assert_eq!(
+            labels,
+            vec![(&b"__name__"[..], &b"up"[..]), (&b"job"[..], &b"a"[..])]
+        );
+        assert_eq!(s[0].samples()[0], (1, 1.0));
+        assert_eq!(s[0].samples()[1].0, -5);
+        assert!(s[0].samples()[1].1.is_nan());
+        assert!(s[1].samples().is_empty());
+    }
+
+    #[test]
+    fn decode_refuses_malformed_bytes() {
+        let good = WriteRequest {
+            timeseries: vec![series(&[("__name__", "up")], &[(1, 1.0)])],
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        // Every truncation of a valid message is either a valid prefix or an error; none
+        // panics.
+        for n in 0..good.len() {
+            let _ = DecodedWriteRequest::parse(good[..n].to_vec());
+        }
+        assert!(DecodedWriteRequest::parse(vec![0x0a, 0xff]).is_err());
+        assert!(DecodedWriteRequest::parse(vec![0x0b]).is_err()); // wire type 3
+        assert!(DecodedWriteRequest::parse(vec![0x09, 1, 2]).is_err()); // truncated fixed64
+    }
+
     #[test]
     fn decode_roundtrip_and_limits() {
         let req = WriteRequest {
@@ -249,7 +581,10 @@ mod tests {
             metadata: vec![],
         };
         let body = encode(&req);
-        assert_eq!(decode_write_request(&body, 1 << 20).unwrap(), req);
+        assert_eq!(
+            decode_write_request(&body, 1 << 20).unwrap().sample_count(),
+            1
+        );
         let err = decode_write_request(&body, 4).unwrap_err();
         assert_eq!(err.status_code(), 413);
         assert!(matches!(
@@ -265,25 +600,31 @@ mod tests {
 
     #[test]
     fn validation() {
-        let ok = series(&[("job", "a"), ("__name__", "up")], &[]);
-        assert_eq!(
-            validate_series(&ok).unwrap(),
-            Labels::from_pairs([("__name__", "up"), ("job", "a")])
-        );
+        let sorted = |ls: &[(&'static str, &'static str)]| {
+            let mut v = ls.to_vec();
+            v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            v
+        };
+        assert!(validate_series(&sorted(&[("job", "a"), ("__name__", "up")])).is_ok());
         let cases = [
-            (series(&[("job", "a")], &[]), "no metric name"),
+            (sorted(&[("job", "a")]), "no metric name"),
+            (sorted(&[("__name__", ""), ("job", "a")]), "no metric name"),
             (
-                series(&[("__name__", "up"), ("bad-name", "a")], &[]),
+                sorted(&[("__name__", "up"), ("bad-name", "a")]),
                 "invalid label name",
             ),
             (
-                series(&[("__name__", "up"), ("a", "1"), ("a", "2")], &[]),
+                sorted(&[("__name__", "up"), ("a", "1"), ("a", "2")]),
                 "more than once",
             ),
-            (series(&[("__name__", "9up")], &[]), "invalid metric name"),
+            (
+                sorted(&[("__name__", "up"), ("a", "1"), ("a", "")]),
+                "more than once",
+            ),
+            (sorted(&[("__name__", "9up")]), "invalid metric name"),
         ];
-        for (ts, want) in cases {
-            let err = validate_series(&ts).unwrap_err().to_string();
+        for (ls, want) in cases {
+            let err = validate_series(&ls).unwrap_err().to_string();
             assert!(err.contains(want), "{err} should contain {want}");
         }
     }

@@ -223,6 +223,33 @@ impl Appender {
             return Err(Error::EmptyLabels);
         }
         let s = self.db.head.get_or_create(labels, None);
+        self.append_series(s, t, v)
+    }
+
+    /// Like [`Appender::append`], for labels given as `(name, value)` pairs sorted by name
+    /// with unique names and non-empty values (what [`Labels`] would hold). Nothing is
+    /// allocated when the series exists.
+    pub fn append_pairs(
+        &mut self,
+        pairs: &[(&str, &str)],
+        t: i64,
+        v: f64,
+    ) -> Result<SeriesRef, Error> {
+        if pairs.is_empty() {
+            return Err(Error::EmptyLabels);
+        }
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        let hash = crate::labels::hash_pairs(pairs.iter().copied());
+        let s = self.db.head.get_or_create_with(
+            hash,
+            |l| l.eq_pairs(pairs),
+            || Labels::from_pairs(pairs.iter().copied()),
+            None,
+        );
+        self.append_series(s, t, v)
+    }
+
+    fn append_series(&mut self, s: Arc<MemSeries>, t: i64, v: f64) -> Result<SeriesRef, Error> {
         let r = s.sref;
         let idx = match self.local.get(&r) {
             Some(&i) => i,

@@ -257,10 +257,26 @@ impl Head {
     /// Finds the series with exactly these labels, creating it if absent. A given `sref`
     /// (WAL replay) is used as the new series' reference.
     pub(crate) fn get_or_create(&self, labels: &Labels, sref: Option<SeriesRef>) -> Arc<MemSeries> {
-        let hash = labels.stable_hash();
+        self.get_or_create_with(
+            labels.stable_hash(),
+            |l| l == labels,
+            || labels.clone(),
+            sref,
+        )
+    }
+
+    /// Finds the series with label hash `hash` for which `is_it` holds, creating it from
+    /// `make()` if absent; `make` runs only for a new series.
+    pub(crate) fn get_or_create_with(
+        &self,
+        hash: u64,
+        is_it: impl Fn(&Labels) -> bool,
+        make: impl FnOnce() -> Labels,
+        sref: Option<SeriesRef>,
+    ) -> Arc<MemSeries> {
         let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
         let bucket = shard.entry(hash).or_default();
-        if let Some(s) = bucket.iter().find(|s| &s.labels == labels) {
+        if let Some(s) = bucket.iter().find(|s| is_it(&s.labels)) {
             let s = Arc::clone(s);
             drop(shard);
             if let Some(r) = sref {
@@ -271,11 +287,12 @@ impl Head {
             }
             return s;
         }
+        let labels = make();
         let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
         let r = sref.unwrap_or(SeriesRef(table.len() as u32));
         let s = Arc::new(MemSeries {
             sref: r,
-            labels: labels.clone(),
+            labels,
             logged: AtomicBool::new(sref.is_some()),
             data: Mutex::new(SeriesData::new()),
         });
@@ -288,7 +305,7 @@ impl Head {
         self.postings
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .add(r, labels);
+            .add(r, &s.labels);
         bucket.push(Arc::clone(&s));
         self.num_series.fetch_add(1, Ordering::Relaxed);
         s

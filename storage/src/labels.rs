@@ -127,14 +127,17 @@ impl Labels {
     /// A 64-bit hash of the whole set, stable within a process run. Collisions are possible
     /// and handled by the callers that index by it.
     pub fn stable_hash(&self) -> u64 {
-        let mut h = Hash64::new();
-        for l in &self.0 {
-            h.write(l.name.as_bytes());
-            h.write_sep();
-            h.write(l.value.as_bytes());
-            h.write_sep();
-        }
-        h.finish()
+        hash_pairs(self.0.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+    }
+
+    /// Whether the set equals these `(name, value)` pairs, in order.
+    pub fn eq_pairs(&self, pairs: &[(&str, &str)]) -> bool {
+        self.0.len() == pairs.len()
+            && self
+                .0
+                .iter()
+                .zip(pairs)
+                .all(|(l, (n, v))| l.name == *n && l.value == *v)
     }
 }
 
@@ -177,6 +180,18 @@ impl<'a> IntoIterator for &'a Labels {
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
+}
+
+/// The hash [`Labels::stable_hash`] gives for the same pairs.
+pub(crate) fn hash_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut h = Hash64::new();
+    for (n, v) in pairs {
+        h.write(n.as_bytes());
+        h.write_sep();
+        h.write(v.as_bytes());
+        h.write_sep();
+    }
+    h.finish()
 }
 
 /// A small, fast, non-cryptographic 64-bit hash (multiply-xorshift over 8-byte words).

@@ -27,15 +27,20 @@ pub fn free_port() -> u16 {
 impl Strata {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Strata {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log_path = data_dir.join("strata-test.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_strata"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            // Tests that want the host collectors pass their own interval after this.
+            .args(["--collect.interval", "0s"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn strata");
         let s = Strata {
@@ -50,7 +55,11 @@ impl Strata {
                     return s;
                 }
             }
-            assert!(Instant::now() < deadline, "strata did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "strata did not become ready; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
