@@ -2,16 +2,19 @@
 //! query at once.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher as ParsedMatcher};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{
-    AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
     VectorMatchCardinality, VectorSelector,
 };
-use strata_storage::{is_stale_nan, Db, Labels, MatchKind, Matcher, Series, METRIC_NAME};
+use strata_storage::{is_stale_nan, Db, Labels, MatchKind, Matcher, METRIC_NAME};
 
-use crate::functions::{self, kahan_sum_inc, MeanAccumulator, Window};
+use crate::aggregate::{self, Param};
+use crate::functions::{self, Window};
+use crate::histogram::{bucket_quantile, Bucket};
 use crate::QueryError;
 
 /// Tunables of the engine.
@@ -21,6 +24,8 @@ pub struct EngineOptions {
     pub lookback_delta_ms: i64,
     /// The most steps a range query may have (Prometheus: 11,000).
     pub max_points_per_series: usize,
+    /// The step of a subquery that names none (Prometheus: the evaluation interval, 1 m).
+    pub default_subquery_step_ms: i64,
 }
 
 impl Default for EngineOptions {
@@ -28,6 +33,7 @@ impl Default for EngineOptions {
         Self {
             lookback_delta_ms: 5 * 60 * 1000,
             max_points_per_series: 11_000,
+            default_subquery_step_ms: 60_000,
         }
     }
 }
@@ -75,12 +81,12 @@ impl Engine {
     /// Evaluates `query` at time `t` (milliseconds).
     pub fn instant_query(&self, db: &Db, query: &str, t: i64) -> Result<QueryValue, QueryError> {
         let expr = crate::parse(query)?;
+        let ctx = self.context(db, t, t);
         let ev = Evaluator {
-            db,
+            ctx: &ctx,
             start: t,
             step: 1,
             n: 1,
-            lookback: self.opts.lookback_delta_ms,
         };
         Ok(match ev.eval(&expr)? {
             Val::Scalar(v) => QueryValue::Scalar { t, v: v[0] },
@@ -90,7 +96,9 @@ impl Engine {
                     .into_iter()
                     .filter_map(|s| s.values[0].map(|v| (s.labels, t, v)))
                     .collect();
-                out.sort_by(|a, b| a.0.cmp(&b.0));
+                if !defines_order(&expr) {
+                    out.sort_by(|a, b| a.0.cmp(&b.0));
+                }
                 QueryValue::Vector(out)
             }
             Val::Matrix(m) => QueryValue::Matrix(m),
@@ -131,12 +139,12 @@ impl Engine {
                 type_description(vt)
             )));
         }
+        let ctx = self.context(db, start, end);
         let ev = Evaluator {
-            db,
+            ctx: &ctx,
             start,
             step,
             n,
-            lookback: self.opts.lookback_delta_ms,
         };
         let ts = |i: usize| start + i as i64 * step;
         let mut out = match ev.eval(&expr)? {
@@ -166,6 +174,29 @@ impl Engine {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(QueryValue::Matrix(out))
     }
+
+    fn context<'a>(&self, db: &'a Db, start: i64, end: i64) -> Ctx<'a> {
+        Ctx {
+            db,
+            lookback: self.opts.lookback_delta_ms,
+            query_start: start,
+            query_end: end,
+            subquery_step: self.opts.default_subquery_step_ms,
+        }
+    }
+}
+
+/// Whether the result order of an instant query is part of its meaning (`sort`, `topk`).
+fn defines_order(e: &Expr) -> bool {
+    match e {
+        Expr::Paren(p) => defines_order(&p.expr),
+        Expr::Call(c) => matches!(
+            c.func.name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ),
+        Expr::Aggregate(a) => matches!(a.op.to_string().as_str(), "topk" | "bottomk"),
+        _ => false,
+    }
 }
 
 /// `11000` as `11,000`.
@@ -190,31 +221,51 @@ fn type_description(vt: ValueType) -> &'static str {
     }
 }
 
+/// What every evaluator of one query shares.
+struct Ctx<'a> {
+    db: &'a Db,
+    lookback: i64,
+    /// The query's own start and end, which `@ start()` and `@ end()` refer to.
+    query_start: i64,
+    query_end: i64,
+    subquery_step: i64,
+}
+
 /// An instant-vector series: its value at each step, if any.
 #[derive(Debug, Clone)]
-struct StepSeries {
-    labels: Labels,
-    values: Vec<Option<f64>>,
+pub(crate) struct StepSeries {
+    pub(crate) labels: Labels,
+    pub(crate) values: Vec<Option<f64>>,
 }
 
 /// A value at every step.
 enum Val {
     Scalar(Vec<f64>),
     Vector(Vec<StepSeries>),
-    /// Only produced by a range selector at the top of an instant query.
+    /// Only produced by a range selector or subquery at the top of an instant query.
     Matrix(Vec<(Labels, Vec<(i64, f64)>)>),
     String(String),
 }
 
+/// The series of a range selector or subquery, with how to cut windows from them.
+struct RangeInput {
+    series: Vec<(Labels, Vec<(i64, f64)>)>,
+    range: i64,
+    offset: i64,
+    /// A fixed evaluation time from `@`.
+    at: Option<i64>,
+}
+
+/// Evaluates expressions over one grid of steps. Subqueries evaluate their inner
+/// expression with an evaluator of their own grid.
 struct Evaluator<'a> {
-    db: &'a Db,
+    ctx: &'a Ctx<'a>,
     start: i64,
     step: i64,
     n: usize,
-    lookback: i64,
 }
 
-/// The binary operators strata evaluates.
+/// The binary operators that compute values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BinOp {
     Add,
@@ -288,9 +339,9 @@ impl BinOp {
         }
     }
 
-    /// Applies the operator to a pair of elements where the vector side (if any) is `l`
-    /// when `vector_left`. Returns `None` when a comparison filters the element out.
-    fn apply(self, l: f64, r: f64, return_bool: bool, vector_value: f64) -> Option<f64> {
+    /// Applies the operator; `kept` is the value a filtering comparison keeps. `None`
+    /// when a comparison filters the element out.
+    fn apply(self, l: f64, r: f64, return_bool: bool, kept: f64) -> Option<f64> {
         if !self.is_comparison() {
             return Some(self.arith(l, r));
         }
@@ -298,10 +349,37 @@ impl BinOp {
         if return_bool {
             Some(if keep { 1.0 } else { 0.0 })
         } else if keep {
-            Some(vector_value)
+            Some(kept)
         } else {
             None
         }
+    }
+
+    /// Whether the result loses the metric name.
+    fn drops_name(self, return_bool: bool) -> bool {
+        !self.is_comparison() || return_bool
+    }
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+fn unwrap_parens(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unwrap_parens(&p.expr),
+        other => other,
     }
 }
 
@@ -312,6 +390,19 @@ impl Evaluator<'_> {
 
     fn end(&self) -> i64 {
         self.ts(self.n - 1)
+    }
+
+    fn resolve_at(&self, at: &Option<AtModifier>) -> Option<i64> {
+        at.as_ref().map(|a| match a {
+            AtModifier::Start => self.ctx.query_start,
+            AtModifier::End => self.ctx.query_end,
+            AtModifier::At(t) => system_time_ms(t),
+        })
+    }
+
+    /// The earliest and latest evaluation time a selector sees.
+    fn time_span(&self, at: Option<i64>) -> (i64, i64) {
+        at.map_or((self.start, self.end()), |t| (t, t))
     }
 
     fn eval(&self, e: &Expr) -> Result<Val, QueryError> {
@@ -334,134 +425,304 @@ impl Evaluator<'_> {
                     "unary minus needs a scalar or an instant vector".into(),
                 )),
             },
-            Expr::VectorSelector(vs) => self.vector_selector(vs),
-            Expr::MatrixSelector(ms) => self.matrix_selector(ms),
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.instant_selector(vs, false)?)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => self.top_level_range(e),
             Expr::Call(c) => self.call(c),
             Expr::Aggregate(a) => self.aggregate(a),
             Expr::Binary(b) => self.binary(b),
-            Expr::Subquery(_) => Err(QueryError::Unsupported("subqueries".into())),
             Expr::Extension(_) => Err(QueryError::Unsupported("extension expressions".into())),
         }
     }
 
-    /// Selects the series of `vs` with samples that any step can see through a window of
-    /// `window` milliseconds. Returns them with the selector's offset.
-    fn select(&self, vs: &VectorSelector, window: i64) -> Result<(Vec<Series>, i64), QueryError> {
-        if vs.at.is_some() {
-            return Err(QueryError::Unsupported("the @ modifier".into()));
-        }
+    /// An instant selector at every step; with `timestamps`, each value is the timestamp
+    /// (seconds) of the sample selected instead of its value.
+    fn instant_selector(
+        &self,
+        vs: &VectorSelector,
+        timestamps: bool,
+    ) -> Result<Vec<StepSeries>, QueryError> {
+        let at = self.resolve_at(&vs.at);
+        let offset = offset_ms(&vs.offset);
+        let (lo, hi) = self.time_span(at);
+        let lookback = self.ctx.lookback;
         let matchers = selector_matchers(vs)?;
-        let offset = match &vs.offset {
-            None => 0,
-            Some(Offset::Pos(d)) => d.as_millis() as i64,
-            Some(Offset::Neg(d)) => -(d.as_millis() as i64),
-        };
-        // Windows are left-open: a window ending at t covers (t - window, t].
-        let mint = self.start - offset - window + 1;
-        let maxt = self.end() - offset;
-        let series = self.db.querier(mint, maxt).select(&matchers)?;
-        Ok((series, offset))
-    }
-
-    fn vector_selector(&self, vs: &VectorSelector) -> Result<Val, QueryError> {
-        let (selected, offset) = self.select(vs, self.lookback)?;
+        let selected = self
+            .ctx
+            .db
+            .querier(lo - offset - lookback + 1, hi - offset)
+            .select(&matchers)?;
+        let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
         let mut out = Vec::with_capacity(selected.len());
         let mut samples = Vec::new();
         for series in selected {
             samples.clear();
             samples.extend(series.samples());
             let mut values = vec![None; self.n];
-            let mut j = 0;
-            let mut any = false;
-            for (i, slot) in values.iter_mut().enumerate() {
-                let t = self.ts(i) - offset;
-                while j < samples.len() && samples[j].0 <= t {
-                    j += 1;
+            if let Some(at) = at {
+                let t = at - offset;
+                let j = samples.partition_point(|s| s.0 <= t);
+                if j > 0 && samples[j - 1].0 > t - lookback && !is_stale_nan(samples[j - 1].1) {
+                    values.fill(Some(pick(samples[j - 1])));
                 }
-                if j > 0 {
-                    let (st, sv) = samples[j - 1];
-                    if st > t - self.lookback && !is_stale_nan(sv) {
-                        *slot = Some(sv);
-                        any = true;
+            } else {
+                let mut j = 0;
+                for (i, slot) in values.iter_mut().enumerate() {
+                    let t = self.ts(i) - offset;
+                    while j < samples.len() && samples[j].0 <= t {
+                        j += 1;
+                    }
+                    if j > 0 {
+                        let (st, sv) = samples[j - 1];
+                        if st > t - lookback && !is_stale_nan(sv) {
+                            *slot = Some(pick(samples[j - 1]));
+                        }
                     }
                 }
             }
-            if any {
+            if values.iter().any(Option::is_some) {
                 out.push(StepSeries {
                     labels: series.labels,
                     values,
                 });
             }
         }
-        Ok(Val::Vector(out))
+        Ok(out)
     }
 
-    /// A bare range selector: only meaningful at the top of an instant query.
-    fn matrix_selector(&self, ms: &MatrixSelector) -> Result<Val, QueryError> {
+    /// The series behind a range-vector argument: a range selector or a subquery.
+    fn range_input(&self, e: &Expr) -> Result<RangeInput, QueryError> {
+        match e {
+            Expr::Paren(p) => self.range_input(&p.expr),
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                let at = self.resolve_at(&vs.at);
+                let offset = offset_ms(&vs.offset);
+                let range = ms.range.as_millis() as i64;
+                let (lo, hi) = self.time_span(at);
+                let matchers = selector_matchers(vs)?;
+                let selected = self
+                    .ctx
+                    .db
+                    .querier(lo - offset - range + 1, hi - offset)
+                    .select(&matchers)?;
+                let series = selected
+                    .into_iter()
+                    .map(|s| {
+                        let points: Vec<(i64, f64)> =
+                            s.samples().filter(|&(_, v)| !is_stale_nan(v)).collect();
+                        (s.labels, points)
+                    })
+                    .collect();
+                Ok(RangeInput {
+                    series,
+                    range,
+                    offset,
+                    at,
+                })
+            }
+            Expr::Subquery(sq) => {
+                let at = self.resolve_at(&sq.at);
+                let offset = offset_ms(&sq.offset);
+                let range = sq.range.as_millis() as i64;
+                let step = sq
+                    .step
+                    .map(|d| d.as_millis() as i64)
+                    .filter(|&s| s > 0)
+                    .unwrap_or(self.ctx.subquery_step);
+                let (lo, hi) = self.time_span(at);
+                // The first step-aligned time after the earliest window start.
+                let first = lo - offset - range;
+                let inner_start = first.div_euclid(step) * step
+                    + if first.rem_euclid(step) == 0 { 0 } else { step };
+                let inner_end = hi - offset;
+                let mut series = Vec::new();
+                if inner_end >= inner_start {
+                    let n = (inner_end - inner_start) / step + 1;
+                    if n > 50_000_000 {
+                        return Err(QueryError::Execution(format!(
+                            "subquery would evaluate {n} steps"
+                        )));
+                    }
+                    let inner = Evaluator {
+                        ctx: self.ctx,
+                        start: inner_start,
+                        step,
+                        n: n as usize,
+                    };
+                    match inner.eval(&sq.expr)? {
+                        Val::Vector(vs) => {
+                            for s in vs {
+                                let points = s
+                                    .values
+                                    .iter()
+                                    .enumerate()
+                                    .filter_map(|(i, v)| v.map(|v| (inner.ts(i), v)))
+                                    .collect();
+                                series.push((s.labels, points));
+                            }
+                        }
+                        _ => {
+                            return Err(QueryError::BadData(
+                                "subquery is only allowed on instant vectors".into(),
+                            ))
+                        }
+                    }
+                }
+                Ok(RangeInput {
+                    series,
+                    range,
+                    offset,
+                    at,
+                })
+            }
+            _ => Err(QueryError::BadData(
+                "expected a range vector (a range selector or a subquery)".into(),
+            )),
+        }
+    }
+
+    /// The window of `input` seen at step `i`: `(start, end]` and the sample slice.
+    fn window_bounds(&self, input: &RangeInput, i: usize) -> (i64, i64) {
+        let end = input.at.unwrap_or_else(|| self.ts(i)) - input.offset;
+        (end - input.range, end)
+    }
+
+    /// A range selector or subquery at the top of an instant query: its raw points.
+    fn top_level_range(&self, e: &Expr) -> Result<Val, QueryError> {
         if self.n != 1 {
             return Err(QueryError::BadData(
                 "a range vector cannot be evaluated at several steps".into(),
             ));
         }
-        let range = ms.range.as_millis() as i64;
-        let (selected, offset) = self.select(&ms.vs, range)?;
-        let end = self.start - offset;
-        let out = selected
+        let input = self.range_input(e)?;
+        let (start, end) = self.window_bounds(&input, 0);
+        let out = input
+            .series
             .into_iter()
-            .map(|s| {
-                let points: Vec<(i64, f64)> = s
-                    .samples()
-                    .filter(|&(t, v)| t > end - range && t <= end && !is_stale_nan(v))
+            .map(|(labels, points)| {
+                let p: Vec<(i64, f64)> = points
+                    .into_iter()
+                    .filter(|&(t, _)| t > start && t <= end)
                     .collect();
-                (s.labels, points)
+                (labels, p)
             })
             .filter(|(_, p)| !p.is_empty())
             .collect();
         Ok(Val::Matrix(out))
     }
 
+    /// Applies a window function to every series of `input` at every step.
+    fn apply_windows(
+        &self,
+        input: &RangeInput,
+        spec: &functions::WindowSpec,
+        scalars: &[Vec<f64>],
+    ) -> Result<Vec<StepSeries>, QueryError> {
+        let mut out = Vec::with_capacity(input.series.len());
+        let mut args = vec![0.0; scalars.len()];
+        for (labels, samples) in &input.series {
+            let mut values = vec![None; self.n];
+            let (mut lo, mut hi) = (0, 0);
+            for (i, slot) in values.iter_mut().enumerate() {
+                let (range_start, range_end) = self.window_bounds(input, i);
+                if input.at.is_some() {
+                    lo = samples.partition_point(|s| s.0 <= range_start);
+                    hi = samples.partition_point(|s| s.0 <= range_end);
+                } else {
+                    while hi < samples.len() && samples[hi].0 <= range_end {
+                        hi += 1;
+                    }
+                    while lo < hi && samples[lo].0 <= range_start {
+                        lo += 1;
+                    }
+                }
+                for (a, s) in args.iter_mut().zip(scalars) {
+                    *a = s[i];
+                }
+                let w = Window {
+                    samples: &samples[lo..hi],
+                    range_start,
+                    range_end,
+                    eval_time: self.ts(i),
+                };
+                *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
+            }
+            if values.iter().any(Option::is_some) {
+                let mut labels = labels.clone();
+                if !spec.keep_name {
+                    labels.remove(METRIC_NAME);
+                }
+                out.push(StepSeries { labels, values });
+            }
+        }
+        merge_same_labels(out)
+    }
+
+    fn eval_scalar(&self, e: &Expr, what: &str) -> Result<Vec<f64>, QueryError> {
+        match self.eval(e)? {
+            Val::Scalar(v) => Ok(v),
+            _ => Err(QueryError::BadData(format!("{what} must be a scalar"))),
+        }
+    }
+
+    fn eval_vector(&self, e: &Expr, what: &str) -> Result<Vec<StepSeries>, QueryError> {
+        match self.eval(e)? {
+            Val::Vector(v) => Ok(v),
+            _ => Err(QueryError::BadData(format!(
+                "{what} must be an instant vector"
+            ))),
+        }
+    }
+
     fn call(&self, c: &Call) -> Result<Val, QueryError> {
         let name = c.func.name;
-        let args = &c.args.args;
-        if let Some((f, keep_name)) = functions::window_function(name) {
-            return match args.first().map(|a| a.as_ref()) {
-                Some(Expr::MatrixSelector(ms)) => self.window_call(ms, f, keep_name),
-                Some(Expr::Subquery(_)) => Err(QueryError::Unsupported("subqueries".into())),
-                _ => Err(QueryError::BadData(format!(
-                    "{name}() needs a range vector"
-                ))),
-            };
-        }
-        if let Some(f) = functions::value_function(name) {
-            let Some(arg) = args.first() else {
-                return Err(QueryError::BadData(format!("{name}() needs an argument")));
-            };
-            let Val::Vector(mut vs) = self.eval(arg)? else {
-                return Err(QueryError::BadData(format!(
-                    "{name}() needs an instant vector"
-                )));
-            };
-            for s in &mut vs {
-                s.labels.remove(METRIC_NAME);
-                for v in s.values.iter_mut().flatten() {
-                    *v = f(*v);
+        let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
+        let arg = |i: usize| {
+            args.get(i).copied().ok_or_else(|| {
+                QueryError::BadData(format!("{name}() is missing argument {}", i + 1))
+            })
+        };
+        if let Some(spec) = functions::window_function(name) {
+            let input = self.range_input(arg(spec.range_arg)?)?;
+            let mut scalars = Vec::new();
+            for (j, a) in args.iter().enumerate() {
+                if j != spec.range_arg {
+                    scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
                 }
             }
-            return Ok(Val::Vector(merge_same_labels(vs)?));
+            return Ok(Val::Vector(self.apply_windows(&input, &spec, &scalars)?));
+        }
+        if let Some(f) = functions::value_function(name) {
+            let vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+            return Ok(Val::Vector(map_values(vs, |_, v| Some(f(v)))?));
+        }
+        if let Some(f) = functions::date_function(name) {
+            let vs = match args.first() {
+                Some(a) => self.eval_vector(a, &format!("the argument of {name}()"))?,
+                None => vec![StepSeries {
+                    labels: Labels::empty(),
+                    values: (0..self.n)
+                        .map(|i| Some(self.ts(i) as f64 / 1000.0))
+                        .collect(),
+                }],
+            };
+            return Ok(Val::Vector(map_values(vs, |_, v| Some(f(v)))?));
         }
         match name {
             "time" => Ok(Val::Scalar(
                 (0..self.n).map(|i| self.ts(i) as f64 / 1000.0).collect(),
             )),
-            "vector" => match args.first().map(|a| self.eval(a)).transpose()? {
-                Some(Val::Scalar(v)) => Ok(Val::Vector(vec![StepSeries {
+            "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; self.n])),
+            "vector" => {
+                let v = self.eval_scalar(arg(0)?, "the argument of vector()")?;
+                Ok(Val::Vector(vec![StepSeries {
                     labels: Labels::empty(),
                     values: v.into_iter().map(Some).collect(),
-                }])),
-                _ => Err(QueryError::BadData("vector() needs a scalar".into())),
-            },
-            "scalar" => match args.first().map(|a| self.eval(a)).transpose()? {
-                Some(Val::Vector(vs)) => Ok(Val::Scalar(
+                }]))
+            }
+            "scalar" => {
+                let vs = self.eval_vector(arg(0)?, "the argument of scalar()")?;
+                Ok(Val::Scalar(
                     (0..self.n)
                         .map(|i| {
                             let mut present = vs.iter().filter_map(|s| s.values[i]);
@@ -471,126 +732,260 @@ impl Evaluator<'_> {
                             }
                         })
                         .collect(),
-                )),
-                _ => Err(QueryError::BadData(
-                    "scalar() needs an instant vector".into(),
-                )),
-            },
+                ))
+            }
+            "timestamp" => {
+                let a = arg(0)?;
+                let mut vs = match unwrap_parens(a) {
+                    Expr::VectorSelector(vs) => self.instant_selector(vs, true)?,
+                    other => {
+                        let mut vs = self.eval_vector(other, "the argument of timestamp()")?;
+                        for s in &mut vs {
+                            for (i, v) in s.values.iter_mut().enumerate() {
+                                if v.is_some() {
+                                    *v = Some(self.ts(i) as f64 / 1000.0);
+                                }
+                            }
+                        }
+                        vs
+                    }
+                };
+                for s in &mut vs {
+                    s.labels.remove(METRIC_NAME);
+                }
+                Ok(Val::Vector(merge_same_labels(vs)?))
+            }
+            "round" => {
+                let vs = self.eval_vector(arg(0)?, "the argument of round()")?;
+                let to = match args.get(1) {
+                    Some(a) => self.eval_scalar(a, "the precision of round()")?,
+                    None => vec![1.0; self.n],
+                };
+                Ok(Val::Vector(map_values(vs, |i, v| {
+                    Some(functions::round_to(v, to[i]))
+                })?))
+            }
+            "clamp" | "clamp_min" | "clamp_max" => {
+                let vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+                let first = self.eval_scalar(arg(1)?, &format!("the bound of {name}()"))?;
+                let second = match name {
+                    "clamp" => self.eval_scalar(arg(2)?, "the upper bound of clamp()")?,
+                    _ => Vec::new(),
+                };
+                Ok(Val::Vector(map_values(vs, |i, v| match name {
+                    "clamp" => {
+                        let (min, max) = (first[i], second[i]);
+                        (max >= min).then(|| functions::go_max(min, functions::go_min(max, v)))
+                    }
+                    "clamp_min" => Some(functions::go_max(first[i], v)),
+                    _ => Some(functions::go_min(first[i], v)),
+                })?))
+            }
+            "absent" => {
+                let vs = self.eval_vector(arg(0)?, "the argument of absent()")?;
+                let labels = absent_labels(arg(0)?);
+                let values = (0..self.n)
+                    .map(|i| vs.iter().all(|s| s.values[i].is_none()).then_some(1.0))
+                    .collect();
+                Ok(Val::Vector(non_empty(vec![StepSeries { labels, values }])))
+            }
+            "absent_over_time" => {
+                let input = self.range_input(arg(0)?)?;
+                let labels = absent_labels(arg(0)?);
+                let values = (0..self.n)
+                    .map(|i| {
+                        let (start, end) = self.window_bounds(&input, i);
+                        let present = input
+                            .series
+                            .iter()
+                            .any(|(_, p)| p.iter().any(|&(t, _)| t > start && t <= end));
+                        (!present).then_some(1.0)
+                    })
+                    .collect();
+                Ok(Val::Vector(non_empty(vec![StepSeries { labels, values }])))
+            }
+            "label_replace" => self.label_replace(&args),
+            "label_join" => self.label_join(&args),
+            "sort" | "sort_desc" => {
+                let mut vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+                if self.n == 1 {
+                    let desc = name == "sort_desc";
+                    vs.sort_by(|a, b| {
+                        let (x, y) = (
+                            a.values[0].unwrap_or(f64::NAN),
+                            b.values[0].unwrap_or(f64::NAN),
+                        );
+                        match (x.is_nan(), y.is_nan()) {
+                            (true, true) => std::cmp::Ordering::Equal,
+                            (true, false) => std::cmp::Ordering::Greater,
+                            (false, true) => std::cmp::Ordering::Less,
+                            _ if desc => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+                            _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+                        }
+                    });
+                }
+                Ok(Val::Vector(vs))
+            }
+            "sort_by_label" | "sort_by_label_desc" => {
+                let mut vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+                let mut names = Vec::new();
+                for a in &args[1..] {
+                    match unwrap_parens(a) {
+                        Expr::StringLiteral(s) => names.push(s.val.clone()),
+                        _ => {
+                            return Err(QueryError::BadData(format!("{name}() takes label names")))
+                        }
+                    }
+                }
+                let desc = name == "sort_by_label_desc";
+                vs.sort_by(|a, b| {
+                    let mut ord = std::cmp::Ordering::Equal;
+                    for n in &names {
+                        ord = natural_cmp(
+                            a.labels.get(n).unwrap_or(""),
+                            b.labels.get(n).unwrap_or(""),
+                        );
+                        if ord != std::cmp::Ordering::Equal {
+                            break;
+                        }
+                    }
+                    if ord == std::cmp::Ordering::Equal {
+                        ord = a.labels.cmp(&b.labels);
+                    }
+                    if desc {
+                        ord.reverse()
+                    } else {
+                        ord
+                    }
+                });
+                Ok(Val::Vector(vs))
+            }
+            "histogram_quantile" => {
+                let q = self.eval_scalar(arg(0)?, "the quantile of histogram_quantile()")?;
+                let vs = self.eval_vector(arg(1)?, "the buckets of histogram_quantile()")?;
+                Ok(Val::Vector(histogram_quantile(&q, vs, self.n)?))
+            }
             _ => Err(QueryError::Unsupported(format!("the function {name}()"))),
         }
     }
 
-    fn window_call(
-        &self,
-        ms: &MatrixSelector,
-        f: functions::WindowFn,
-        keep_name: bool,
-    ) -> Result<Val, QueryError> {
-        let range = ms.range.as_millis() as i64;
-        let (selected, offset) = self.select(&ms.vs, range)?;
-        let mut out = Vec::with_capacity(selected.len());
-        let mut samples = Vec::new();
-        for series in selected {
-            samples.clear();
-            samples.extend(series.samples().filter(|&(_, v)| !is_stale_nan(v)));
-            let mut values = vec![None; self.n];
-            let (mut lo, mut hi) = (0, 0);
-            let mut any = false;
-            for (i, slot) in values.iter_mut().enumerate() {
-                let range_end = self.ts(i) - offset;
-                let range_start = range_end - range;
-                while hi < samples.len() && samples[hi].0 <= range_end {
-                    hi += 1;
-                }
-                while lo < hi && samples[lo].0 <= range_start {
-                    lo += 1;
-                }
-                *slot = f(&Window {
-                    samples: &samples[lo..hi],
-                    range_start,
-                    range_end,
-                });
-                any |= slot.is_some();
+    fn string_arg(args: &[&Expr], i: usize, f: &str) -> Result<String, QueryError> {
+        match args.get(i).map(|a| unwrap_parens(a)) {
+            Some(Expr::StringLiteral(s)) => Ok(s.val.clone()),
+            _ => Err(QueryError::BadData(format!(
+                "argument {} of {f}() must be a string",
+                i + 1
+            ))),
+        }
+    }
+
+    fn label_replace(&self, args: &[&Expr]) -> Result<Val, QueryError> {
+        let f = "label_replace";
+        let arg0 = args
+            .first()
+            .ok_or_else(|| QueryError::BadData("label_replace() needs arguments".into()))?;
+        let vs = self.eval_vector(arg0, "the argument of label_replace()")?;
+        let dst = Self::string_arg(args, 1, f)?;
+        let repl = Self::string_arg(args, 2, f)?;
+        let src = Self::string_arg(args, 3, f)?;
+        let re = Self::string_arg(args, 4, f)?;
+        let regex = regex::Regex::new(&format!("^(?s:{re})$")).map_err(|_| {
+            QueryError::BadData(format!(
+                "invalid regular expression in label_replace(): {re}"
+            ))
+        })?;
+        if dst.is_empty() {
+            return Err(QueryError::BadData(format!(
+                "invalid destination label name in label_replace(): {dst}"
+            )));
+        }
+        let mut out = Vec::with_capacity(vs.len());
+        for mut s in vs {
+            let value = s.labels.get(&src).unwrap_or("").to_owned();
+            if let Some(caps) = regex.captures(&value) {
+                let mut expanded = String::new();
+                caps.expand(&repl, &mut expanded);
+                s.labels.set(&dst, &expanded);
             }
-            if any {
-                let mut labels = series.labels;
-                if !keep_name {
-                    labels.remove(METRIC_NAME);
-                }
-                out.push(StepSeries { labels, values });
-            }
+            out.push(s);
+        }
+        Ok(Val::Vector(merge_same_labels(out)?))
+    }
+
+    fn label_join(&self, args: &[&Expr]) -> Result<Val, QueryError> {
+        let f = "label_join";
+        let arg0 = args
+            .first()
+            .ok_or_else(|| QueryError::BadData("label_join() needs arguments".into()))?;
+        let vs = self.eval_vector(arg0, "the argument of label_join()")?;
+        let dst = Self::string_arg(args, 1, f)?;
+        let sep = Self::string_arg(args, 2, f)?;
+        let mut srcs = Vec::new();
+        for i in 3..args.len() {
+            srcs.push(Self::string_arg(args, i, f)?);
+        }
+        if dst.is_empty() {
+            return Err(QueryError::BadData(format!(
+                "invalid destination label name in label_join(): {dst}"
+            )));
+        }
+        let mut out = Vec::with_capacity(vs.len());
+        for mut s in vs {
+            let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get(n).unwrap_or("")).collect();
+            let joined = joined.join(&sep);
+            s.labels.set(&dst, &joined);
+            out.push(s);
         }
         Ok(Val::Vector(merge_same_labels(out)?))
     }
 
     fn aggregate(&self, a: &AggregateExpr) -> Result<Val, QueryError> {
         let op = a.op.to_string();
-        let kind = match op.as_str() {
-            "sum" => AggKind::Sum,
-            "avg" => AggKind::Avg,
-            "min" => AggKind::Min,
-            "max" => AggKind::Max,
-            "count" => AggKind::Count,
-            other => {
-                return Err(QueryError::Unsupported(format!("the aggregation {other}")));
-            }
-        };
-        let Val::Vector(input) = self.eval(&a.expr)? else {
-            return Err(QueryError::BadData(format!("{op} needs an instant vector")));
-        };
-        let mut index: HashMap<Labels, usize> = HashMap::new();
-        let mut groups: Vec<(Labels, Vec<Option<Acc>>)> = Vec::new();
-        for s in input {
-            let key = grouping_labels(&s.labels, a.modifier.as_ref());
-            let g = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push((key, vec![None; self.n]));
-                groups.len() - 1
-            });
-            let accs = &mut groups[g].1;
-            for (acc, v) in accs.iter_mut().zip(&s.values) {
-                if let Some(v) = *v {
-                    match acc {
-                        Some(acc) => acc.add(kind, v),
-                        None => *acc = Some(Acc::new(v)),
-                    }
-                }
-            }
+        if matches!(op.as_str(), "limitk" | "limit_ratio") {
+            return Err(QueryError::Unsupported(format!("the aggregation {op}")));
         }
-        Ok(Val::Vector(
-            groups
-                .into_iter()
-                .map(|(labels, accs)| StepSeries {
-                    labels,
-                    values: accs
-                        .into_iter()
-                        .map(|a| a.map(|a| a.result(kind)))
-                        .collect(),
-                })
-                .collect(),
-        ))
+        let param = match a.param.as_deref() {
+            None => Param::None,
+            Some(p) => match self.eval(p)? {
+                Val::Scalar(v) => Param::Scalar(v),
+                Val::String(s) => Param::String(s),
+                _ => {
+                    return Err(QueryError::BadData(format!(
+                        "the parameter of {op} must be a scalar or a string"
+                    )))
+                }
+            },
+        };
+        let input = self.eval_vector(&a.expr, &format!("the argument of {op}"))?;
+        Ok(Val::Vector(aggregate::aggregate(
+            &op,
+            input,
+            a.modifier.as_ref(),
+            param,
+            self.n,
+        )?))
     }
 
     fn binary(&self, b: &BinaryExpr) -> Result<Val, QueryError> {
         let op_name = b.op.to_string();
-        if matches!(op_name.as_str(), "and" | "or" | "unless") {
-            return Err(QueryError::Unsupported(format!(
-                "the set operator {op_name}"
-            )));
-        }
-        let op = BinOp::parse(&op_name)?;
         let modifier = b.modifier.as_ref();
         if let Some(m) = modifier {
-            if matches!(
-                m.card,
-                VectorMatchCardinality::ManyToOne(_) | VectorMatchCardinality::OneToMany(_)
-            ) {
-                return Err(QueryError::Unsupported("group_left / group_right".into()));
-            }
             if m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some() {
                 return Err(QueryError::Unsupported("fill modifiers".into()));
             }
         }
+        let matching = modifier.and_then(|m| m.matching.as_ref());
+        if matches!(op_name.as_str(), "and" | "or" | "unless") {
+            let (Val::Vector(l), Val::Vector(r)) = (self.eval(&b.lhs)?, self.eval(&b.rhs)?) else {
+                return Err(QueryError::BadData(format!(
+                    "set operator {op_name} needs instant vectors on both sides"
+                )));
+            };
+            return Ok(Val::Vector(self.set_operation(&op_name, l, r, matching)?));
+        }
+        let op = BinOp::parse(&op_name)?;
         let return_bool = modifier.is_some_and(|m| m.return_bool);
+        let card = modifier.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
         let lhs = self.eval(&b.lhs)?;
         let rhs = self.eval(&b.rhs)?;
         match (lhs, rhs) {
@@ -602,40 +997,114 @@ impl Evaluator<'_> {
             )),
             (Val::Vector(vs), Val::Scalar(s)) => vector_scalar(op, vs, &s, false, return_bool),
             (Val::Scalar(s), Val::Vector(vs)) => vector_scalar(op, vs, &s, true, return_bool),
-            (Val::Vector(l), Val::Vector(r)) => self.vector_vector(
+            (Val::Vector(l), Val::Vector(r)) => Ok(Val::Vector(self.vector_match(
                 op,
                 l,
                 r,
-                modifier.and_then(|m| m.matching.as_ref()),
+                matching,
+                card,
                 return_bool,
-            ),
+            )?)),
             _ => Err(QueryError::BadData(format!(
                 "operator {op_name} needs scalars or instant vectors"
             ))),
         }
     }
 
-    /// One-to-one vector matching.
-    fn vector_vector(
+    /// For each match signature of `vs`, at which steps some series has a value.
+    fn presence(
+        &self,
+        vs: &[StepSeries],
+        matching: Option<&LabelModifier>,
+    ) -> HashMap<Labels, Vec<bool>> {
+        let mut present: HashMap<Labels, Vec<bool>> = HashMap::new();
+        for s in vs {
+            let p = present
+                .entry(signature(&s.labels, matching))
+                .or_insert_with(|| vec![false; self.n]);
+            for (slot, v) in p.iter_mut().zip(&s.values) {
+                *slot |= v.is_some();
+            }
+        }
+        present
+    }
+
+    fn set_operation(
+        &self,
+        op: &str,
+        lhs: Vec<StepSeries>,
+        rhs: Vec<StepSeries>,
+        matching: Option<&LabelModifier>,
+    ) -> Result<Vec<StepSeries>, QueryError> {
+        match op {
+            "and" | "unless" => {
+                let right = self.presence(&rhs, matching);
+                let keep_if_present = op == "and";
+                let mut out = Vec::with_capacity(lhs.len());
+                for mut s in lhs {
+                    let p = right.get(&signature(&s.labels, matching));
+                    for (i, v) in s.values.iter_mut().enumerate() {
+                        let present = p.is_some_and(|p| p[i]);
+                        if present != keep_if_present {
+                            *v = None;
+                        }
+                    }
+                    if s.values.iter().any(Option::is_some) {
+                        out.push(s);
+                    }
+                }
+                Ok(out)
+            }
+            _ => {
+                let left = self.presence(&lhs, matching);
+                let mut out = lhs;
+                for mut s in rhs {
+                    if let Some(p) = left.get(&signature(&s.labels, matching)) {
+                        for (v, &taken) in s.values.iter_mut().zip(p) {
+                            if taken {
+                                *v = None;
+                            }
+                        }
+                    }
+                    if s.values.iter().any(Option::is_some) {
+                        out.push(s);
+                    }
+                }
+                merge_same_labels(out)
+            }
+        }
+    }
+
+    /// Vector matching for arithmetic and comparisons: one-to-one, or many-to-one /
+    /// one-to-many with `group_left` / `group_right`.
+    fn vector_match(
         &self,
         op: BinOp,
         lhs: Vec<StepSeries>,
         rhs: Vec<StepSeries>,
         matching: Option<&LabelModifier>,
+        card: &VectorMatchCardinality,
         return_bool: bool,
-    ) -> Result<Val, QueryError> {
-        // The right side, by match signature: its value and series at each step.
-        let mut right: HashMap<Labels, Vec<Option<(f64, usize)>>> = HashMap::new();
-        for (idx, s) in rhs.iter().enumerate() {
+    ) -> Result<Vec<StepSeries>, QueryError> {
+        let (include, one_to_many) = match card {
+            VectorMatchCardinality::ManyToOne(l) => (Some(&l.labels), false),
+            VectorMatchCardinality::OneToMany(l) => (Some(&l.labels), true),
+            _ => (None, false),
+        };
+        let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+        let one_side = if one_to_many { "left" } else { "right" };
+        // The "one" side by signature: its value and series at each step.
+        let mut one_index: HashMap<Labels, Vec<Option<(f64, usize)>>> = HashMap::new();
+        for (idx, s) in one.iter().enumerate() {
             let sig = signature(&s.labels, matching);
-            let slots = right.entry(sig).or_insert_with(|| vec![None; self.n]);
+            let slots = one_index.entry(sig).or_insert_with(|| vec![None; self.n]);
             for (slot, v) in slots.iter_mut().zip(&s.values) {
                 if let Some(v) = *v {
                     if let Some((_, other)) = slot {
                         return Err(QueryError::Execution(format!(
-                            "found duplicate series for the match group {} on the right hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                            "found duplicate series for the match group {} on the {one_side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                             signature(&s.labels, matching).to_braced_string(),
-                            rhs[*other].labels.to_braced_string(),
+                            one[*other].labels.to_braced_string(),
                             s.labels.to_braced_string()
                         )));
                     }
@@ -644,49 +1113,111 @@ impl Evaluator<'_> {
             }
         }
         let mut matched: HashMap<Labels, Vec<bool>> = HashMap::new();
-        let mut out = Vec::with_capacity(lhs.len());
-        for s in lhs {
+        let mut out: Vec<StepSeries> = Vec::new();
+        let mut out_index: HashMap<Labels, usize> = HashMap::new();
+        // Output series by (many-side series, one-side series).
+        let mut pair_index: HashMap<(usize, usize), usize> = HashMap::new();
+        for (mi, s) in many.iter().enumerate() {
             let sig = signature(&s.labels, matching);
-            let Some(slots) = right.get(&sig) else {
+            let Some(slots) = one_index.get(&sig) else {
                 continue;
             };
-            let mut values = vec![None; self.n];
-            let mut any = false;
             for i in 0..self.n {
-                let (Some(l), Some((r, _))) = (s.values[i], slots[i]) else {
+                let (Some(mv), Some((ov, oi))) = (s.values[i], slots[i]) else {
                     continue;
                 };
-                let seen = matched
-                    .entry(sig.clone())
-                    .or_insert_with(|| vec![false; self.n]);
-                if seen[i] {
-                    return Err(QueryError::Execution(
-                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
-                    ));
-                }
-                seen[i] = true;
-                values[i] = op.apply(l, r, return_bool, l);
-                any |= values[i].is_some();
-            }
-            if any {
-                let mut labels = s.labels;
-                if !op.is_comparison() || return_bool {
-                    labels.remove(METRIC_NAME);
-                }
-                match matching {
-                    Some(LabelModifier::Include(on)) => {
-                        labels.retain(|l| on.labels.iter().any(|n| n == &l.name))
+                if include.is_none() {
+                    let seen = matched
+                        .entry(sig.clone())
+                        .or_insert_with(|| vec![false; self.n]);
+                    if seen[i] {
+                        return Err(QueryError::Execution(
+                            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                        ));
                     }
-                    Some(LabelModifier::Exclude(ignoring)) => {
-                        labels.retain(|l| !ignoring.labels.iter().any(|n| n == &l.name))
-                    }
-                    None => {}
+                    seen[i] = true;
                 }
-                out.push(StepSeries { labels, values });
+                let (l, r) = if one_to_many { (ov, mv) } else { (mv, ov) };
+                let Some(value) = op.apply(l, r, return_bool, l) else {
+                    continue;
+                };
+                let key = (mi, if include.is_some() { oi } else { 0 });
+                let o = match pair_index.get(&key) {
+                    Some(&o) => o,
+                    None => {
+                        let labels = result_labels(
+                            &s.labels,
+                            &one[oi].labels,
+                            op,
+                            return_bool,
+                            matching,
+                            include,
+                        );
+                        let o = *out_index.entry(labels.clone()).or_insert_with(|| {
+                            out.push(StepSeries {
+                                labels,
+                                values: vec![None; self.n],
+                            });
+                            out.len() - 1
+                        });
+                        pair_index.insert(key, o);
+                        o
+                    }
+                };
+                let slot = &mut out[o].values[i];
+                if slot.is_some() {
+                    return Err(QueryError::Execution(if include.is_some() {
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into()
+                    } else {
+                        "vector cannot contain metrics with the same labelset".into()
+                    }));
+                }
+                *slot = Some(value);
             }
         }
-        Ok(Val::Vector(merge_same_labels(out)?))
+        Ok(out)
     }
+}
+
+/// The labels of a vector-matching result: the "many" side's labels, without the metric
+/// name for arithmetic and `bool`, reduced per `on`/`ignoring` for one-to-one matches, and
+/// with `group_x(...)` labels copied from the "one" side.
+fn result_labels(
+    many: &Labels,
+    one: &Labels,
+    op: BinOp,
+    return_bool: bool,
+    matching: Option<&LabelModifier>,
+    include: Option<&Vec<String>>,
+) -> Labels {
+    let mut labels = many.clone();
+    if op.drops_name(return_bool) {
+        labels.remove(METRIC_NAME);
+    }
+    match include {
+        None => match matching {
+            Some(LabelModifier::Include(on)) => {
+                labels.retain(|l| on.labels.iter().any(|n| n == &l.name))
+            }
+            Some(LabelModifier::Exclude(ignoring)) => {
+                labels.retain(|l| !ignoring.labels.iter().any(|n| n == &l.name))
+            }
+            None => {}
+        },
+        Some(names) => {
+            for n in names {
+                match one.get(n) {
+                    Some(v) => {
+                        let v = v.to_owned();
+                        labels.set(n, &v);
+                    }
+                    None => labels.remove(n),
+                }
+            }
+        }
+    }
+    labels
 }
 
 fn vector_scalar(
@@ -703,12 +1234,142 @@ fn vector_scalar(
                 *v = op.apply(l, r, return_bool, x);
             }
         }
-        if !op.is_comparison() || return_bool {
+        if op.drops_name(return_bool) {
             s.labels.remove(METRIC_NAME);
         }
     }
     vs.retain(|s| s.values.iter().any(Option::is_some));
     Ok(Val::Vector(merge_same_labels(vs)?))
+}
+
+/// Applies `f(step, value)` to every value and drops the metric name.
+fn map_values(
+    mut vs: Vec<StepSeries>,
+    f: impl Fn(usize, f64) -> Option<f64>,
+) -> Result<Vec<StepSeries>, QueryError> {
+    for s in &mut vs {
+        s.labels.remove(METRIC_NAME);
+        for (i, v) in s.values.iter_mut().enumerate() {
+            if let Some(x) = *v {
+                *v = f(i, x);
+            }
+        }
+    }
+    vs.retain(|s| s.values.iter().any(Option::is_some));
+    merge_same_labels(vs)
+}
+
+fn non_empty(mut vs: Vec<StepSeries>) -> Vec<StepSeries> {
+    vs.retain(|s| s.values.iter().any(Option::is_some));
+    vs
+}
+
+/// The labels `absent()` reports: the equality matchers of a selector argument, except
+/// the metric name and names matched more than once.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match e {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::empty(),
+    };
+    let mut labels = Labels::empty();
+    let mut has: Vec<&str> = Vec::new();
+    for m in &vs.matchers.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if m.op == MatchOp::Equal && !has.contains(&m.name.as_str()) {
+            labels.set(&m.name, &m.value);
+            has.push(&m.name);
+        } else {
+            labels.remove(&m.name);
+        }
+    }
+    labels
+}
+
+fn histogram_quantile(
+    q: &[f64],
+    vs: Vec<StepSeries>,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    // Buckets grouped by their labels without `le` and the metric name.
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<(Labels, Vec<(f64, usize)>)> = Vec::new();
+    for (idx, s) in vs.iter().enumerate() {
+        let Some(upper) = s.labels.get("le").and_then(parse_le) else {
+            continue;
+        };
+        let mut key = s.labels.clone();
+        key.remove("le");
+        key.remove(METRIC_NAME);
+        let g = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push((upper, idx));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    let mut buckets = Vec::new();
+    for (labels, members) in groups {
+        let mut values = vec![None; n];
+        for (i, slot) in values.iter_mut().enumerate() {
+            buckets.clear();
+            buckets.extend(members.iter().filter_map(|&(upper, idx)| {
+                vs[idx].values[i].map(|count| Bucket { upper, count })
+            }));
+            if !buckets.is_empty() {
+                *slot = Some(bucket_quantile(q[i], &mut buckets));
+            }
+        }
+        if values.iter().any(Option::is_some) {
+            out.push(StepSeries { labels, values });
+        }
+    }
+    merge_same_labels(out)
+}
+
+fn parse_le(s: &str) -> Option<f64> {
+    match s.trim() {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
+        t => t.parse().ok(),
+    }
+}
+
+/// Compares strings with runs of digits compared as numbers.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let xl = x.iter().take_while(|c| c.is_ascii_digit()).count();
+                let yl = y.iter().take_while(|c| c.is_ascii_digit()).count();
+                let xs = std::str::from_utf8(&x[..xl])
+                    .unwrap_or("")
+                    .trim_start_matches('0');
+                let ys = std::str::from_utf8(&y[..yl])
+                    .unwrap_or("")
+                    .trim_start_matches('0');
+                let ord = xs.len().cmp(&ys.len()).then_with(|| xs.cmp(ys));
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+                x = &x[xl..];
+                y = &y[yl..];
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(d);
+                }
+                x = &x[1..];
+                y = &y[1..];
+            }
+        }
+    }
 }
 
 /// The storage matchers of a selector, its metric name included.
@@ -754,24 +1415,6 @@ fn signature(labels: &Labels, matching: Option<&LabelModifier>) -> Labels {
     sig
 }
 
-/// The output labels of an aggregation group: `by` keeps the listed labels, `without`
-/// drops them and the metric name.
-fn grouping_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
-    match modifier {
-        None => Labels::empty(),
-        Some(LabelModifier::Include(by)) => {
-            let mut l = labels.clone();
-            l.retain(|l| by.labels.iter().any(|n| n == &l.name));
-            l
-        }
-        Some(LabelModifier::Exclude(without)) => {
-            let mut l = labels.clone();
-            l.retain(|l| l.name != METRIC_NAME && !without.labels.iter().any(|n| n == &l.name));
-            l
-        }
-    }
-}
-
 /// Merges series that ended up with the same labels (after a function or operator dropped
 /// some); two values at the same step are Prometheus' "same labelset" error.
 fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError> {
@@ -799,63 +1442,4 @@ fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError>
         }
     }
     Ok(out)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AggKind {
-    Sum,
-    Avg,
-    Min,
-    Max,
-    Count,
-}
-
-/// The running state of one aggregation group at one step.
-#[derive(Debug, Clone, Copy)]
-struct Acc {
-    value: f64,
-    c: f64,
-    count: f64,
-    mean: MeanAccumulator,
-}
-
-impl Acc {
-    fn new(v: f64) -> Self {
-        let mut mean = MeanAccumulator::default();
-        mean.add(v);
-        Self {
-            value: v,
-            c: 0.0,
-            count: 1.0,
-            mean,
-        }
-    }
-
-    fn add(&mut self, kind: AggKind, v: f64) {
-        self.count += 1.0;
-        match kind {
-            AggKind::Sum => (self.value, self.c) = kahan_sum_inc(v, self.value, self.c),
-            AggKind::Avg => self.mean.add(v),
-            AggKind::Min => {
-                if self.value > v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
-            AggKind::Max => {
-                if self.value < v || self.value.is_nan() {
-                    self.value = v;
-                }
-            }
-            AggKind::Count => {}
-        }
-    }
-
-    fn result(&self, kind: AggKind) -> f64 {
-        match kind {
-            AggKind::Sum => self.value + self.c,
-            AggKind::Avg => self.mean.result(),
-            AggKind::Min | AggKind::Max => self.value,
-            AggKind::Count => self.count,
-        }
-    }
 }

@@ -9,25 +9,69 @@ pub(crate) struct Window<'a> {
     pub(crate) samples: &'a [(i64, f64)],
     pub(crate) range_start: i64,
     pub(crate) range_end: i64,
+    /// The evaluation time of the step (used by `predict_linear`).
+    pub(crate) eval_time: i64,
 }
 
-/// A function of a range window.
-pub(crate) type WindowFn = fn(&Window<'_>) -> Option<f64>;
+/// A function of a range window and the values of its scalar arguments at that step.
+pub(crate) type WindowFn = fn(&Window<'_>, &[f64]) -> Result<Option<f64>, String>;
 
-/// Looks up a window function by name: the function, and whether it keeps the metric name.
-pub(crate) fn window_function(name: &str) -> Option<(WindowFn, bool)> {
+/// How a window function is called.
+pub(crate) struct WindowSpec {
+    pub(crate) f: WindowFn,
+    /// Whether the output keeps the metric name.
+    pub(crate) keep_name: bool,
+    /// Index of the range-vector argument; the others are scalars.
+    pub(crate) range_arg: usize,
+}
+
+/// Looks up a window function by name.
+pub(crate) fn window_function(name: &str) -> Option<WindowSpec> {
+    let spec = |f: WindowFn, keep_name: bool| WindowSpec {
+        f,
+        keep_name,
+        range_arg: 0,
+    };
     Some(match name {
-        "rate" => (|w| extrapolated_rate(w, true, true), false),
-        "increase" => (|w| extrapolated_rate(w, true, false), false),
-        "delta" => (|w| extrapolated_rate(w, false, false), false),
-        "irate" => (|w| instant_delta(w, true), false),
-        "idelta" => (|w| instant_delta(w, false), false),
-        "sum_over_time" => (sum_over_time, false),
-        "avg_over_time" => (avg_over_time, false),
-        "count_over_time" => (|w| non_empty(w).map(|s| s.len() as f64), false),
-        "min_over_time" => (min_over_time, false),
-        "max_over_time" => (max_over_time, false),
-        "last_over_time" => (|w| w.samples.last().map(|s| s.1), true),
+        "rate" => spec(|w, _| Ok(extrapolated_rate(w, true, true)), false),
+        "increase" => spec(|w, _| Ok(extrapolated_rate(w, true, false)), false),
+        "delta" => spec(|w, _| Ok(extrapolated_rate(w, false, false)), false),
+        "irate" => spec(|w, _| Ok(instant_delta(w, true)), false),
+        "idelta" => spec(|w, _| Ok(instant_delta(w, false)), false),
+        "sum_over_time" => spec(|w, _| Ok(sum_over_time(w)), false),
+        "avg_over_time" => spec(|w, _| Ok(avg_over_time(w)), false),
+        "count_over_time" => spec(|w, _| Ok(non_empty(w).map(|s| s.len() as f64)), false),
+        "min_over_time" => spec(|w, _| Ok(min_over_time(w)), false),
+        "max_over_time" => spec(|w, _| Ok(max_over_time(w)), false),
+        "last_over_time" => spec(|w, _| Ok(w.samples.last().map(|s| s.1)), true),
+        "first_over_time" => spec(|w, _| Ok(w.samples.first().map(|s| s.1)), true),
+        "present_over_time" => spec(|w, _| Ok(non_empty(w).map(|_| 1.0)), false),
+        "changes" => spec(|w, _| Ok(changes(w)), false),
+        "resets" => spec(|w, _| Ok(resets(w)), false),
+        "deriv" => spec(|w, _| Ok(deriv(w)), false),
+        "stddev_over_time" => spec(|w, _| Ok(stdvar_over_time(w).map(f64::sqrt)), false),
+        "stdvar_over_time" => spec(|w, _| Ok(stdvar_over_time(w)), false),
+        "mad_over_time" => spec(|w, _| Ok(mad_over_time(w)), false),
+        "ts_of_last_over_time" => spec(
+            |w, _| Ok(w.samples.last().map(|s| s.0 as f64 / 1000.0)),
+            false,
+        ),
+        "ts_of_first_over_time" => spec(
+            |w, _| Ok(w.samples.first().map(|s| s.0 as f64 / 1000.0)),
+            false,
+        ),
+        "ts_of_min_over_time" => spec(|w, _| Ok(ts_of_extreme(w, |a, b| a < b)), false),
+        "ts_of_max_over_time" => spec(|w, _| Ok(ts_of_extreme(w, |a, b| a > b)), false),
+        "predict_linear" => spec(|w, args| Ok(predict_linear(w, args[0])), false),
+        "double_exponential_smoothing" => spec(double_exponential_smoothing, false),
+        "quantile_over_time" => WindowSpec {
+            f: |w, args| {
+                let s = non_empty(w).map(|s| s.iter().map(|p| p.1).collect::<Vec<f64>>());
+                Ok(s.map(|mut v| quantile(args[0], &mut v)))
+            },
+            keep_name: false,
+            range_arg: 1,
+        },
         _ => return None,
     })
 }
@@ -43,6 +87,90 @@ pub(crate) fn value_function(name: &str) -> Option<fn(f64) -> f64> {
         "ln" => f64::ln,
         "log2" => f64::log2,
         "log10" => f64::log10,
+        "sin" => f64::sin,
+        "cos" => f64::cos,
+        "tan" => f64::tan,
+        "asin" => f64::asin,
+        "acos" => f64::acos,
+        "atan" => f64::atan,
+        "sinh" => f64::sinh,
+        "cosh" => f64::cosh,
+        "tanh" => f64::tanh,
+        "asinh" => f64::asinh,
+        "acosh" => f64::acosh,
+        "atanh" => f64::atanh,
+        "deg" => |v| v * 180.0 / std::f64::consts::PI,
+        "rad" => |v| v * std::f64::consts::PI / 180.0,
+        "sgn" => |v: f64| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        },
+        _ => return None,
+    })
+}
+
+/// Go's `math.Max`: NaN wins.
+pub(crate) fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Go's `math.Min`: NaN wins.
+pub(crate) fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// `round(v, to_nearest)` as Prometheus computes it.
+pub(crate) fn round_to(v: f64, to_nearest: f64) -> f64 {
+    let inv = 1.0 / to_nearest;
+    (v * inv + 0.5).floor() / inv
+}
+
+/// The date functions: a Unix time in seconds to a calendar field, in UTC.
+pub(crate) fn date_function(name: &str) -> Option<fn(f64) -> f64> {
+    use chrono::{Datelike, Timelike};
+    fn at(v: f64) -> Option<chrono::DateTime<chrono::Utc>> {
+        if !v.is_finite() {
+            return None;
+        }
+        chrono::DateTime::from_timestamp(v.trunc() as i64, 0)
+    }
+    fn field(v: f64, f: impl Fn(chrono::DateTime<chrono::Utc>) -> u32) -> f64 {
+        at(v).map_or(f64::NAN, |t| f(t) as f64)
+    }
+    Some(match name {
+        "year" => |v| at(v).map_or(f64::NAN, |t| t.year() as f64),
+        "month" => |v| field(v, |t| t.month()),
+        "day_of_month" => |v| field(v, |t| t.day()),
+        "day_of_week" => |v| field(v, |t| t.weekday().num_days_from_sunday()),
+        "day_of_year" => |v| field(v, |t| t.ordinal()),
+        "hour" => |v| field(v, |t| t.hour()),
+        "minute" => |v| field(v, |t| t.minute()),
+        "days_in_month" => |v| {
+            field(v, |t| {
+                let (y, m) = (t.year(), t.month());
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                match (
+                    chrono::NaiveDate::from_ymd_opt(y, m, 1),
+                    chrono::NaiveDate::from_ymd_opt(ny, nm, 1),
+                ) {
+                    (Some(a), Some(b)) => (b - a).num_days() as u32,
+                    _ => 0,
+                }
+            })
+        },
         _ => return None,
     })
 }
@@ -167,6 +295,153 @@ fn max_over_time(w: &Window<'_>) -> Option<f64> {
     )
 }
 
+fn changes(w: &Window<'_>) -> Option<f64> {
+    let s = non_empty(w)?;
+    let n = s
+        .windows(2)
+        .filter(|p| !(p[0].1 == p[1].1 || (p[0].1.is_nan() && p[1].1.is_nan())))
+        .count();
+    Some(n as f64)
+}
+
+fn resets(w: &Window<'_>) -> Option<f64> {
+    let s = non_empty(w)?;
+    Some(s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64)
+}
+
+/// Least-squares slope and intercept at `intercept_time`, with compensated sums, as
+/// Prometheus' `linearRegression`.
+fn linear_regression(s: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = s[0].1;
+    let mut const_y = true;
+    for (i, &(t, v)) in s.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sx, cx) = kahan_sum_inc(x, sx, cx);
+        (sy, cy) = kahan_sum_inc(v, sy, cy);
+        (sxy, cxy) = kahan_sum_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_sum_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+fn deriv(w: &Window<'_>) -> Option<f64> {
+    let s = w.samples;
+    if s.len() < 2 {
+        return None;
+    }
+    Some(linear_regression(s, s[0].0).0)
+}
+
+fn predict_linear(w: &Window<'_>, seconds: f64) -> Option<f64> {
+    let s = w.samples;
+    if s.len() < 2 {
+        return None;
+    }
+    let (slope, intercept) = linear_regression(s, w.eval_time);
+    Some(intercept + slope * seconds)
+}
+
+fn stdvar_over_time(w: &Window<'_>) -> Option<f64> {
+    let s = non_empty(w)?;
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(_, v) in s {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_sum_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_sum_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    Some((aux + c_aux) / count)
+}
+
+fn mad_over_time(w: &Window<'_>) -> Option<f64> {
+    let s = non_empty(w)?;
+    let mut values: Vec<f64> = s.iter().map(|p| p.1).collect();
+    let median = quantile(0.5, &mut values);
+    let mut dev: Vec<f64> = s.iter().map(|p| (p.1 - median).abs()).collect();
+    Some(quantile(0.5, &mut dev))
+}
+
+fn ts_of_extreme(w: &Window<'_>, better: fn(f64, f64) -> bool) -> Option<f64> {
+    let s = non_empty(w)?;
+    let mut best = s[0];
+    for &p in &s[1..] {
+        if better(p.1, best.1) || (best.1.is_nan() && !p.1.is_nan()) {
+            best = p;
+        }
+    }
+    Some(best.0 as f64 / 1000.0)
+}
+
+fn double_exponential_smoothing(w: &Window<'_>, args: &[f64]) -> Result<Option<f64>, String> {
+    let (sf, tf) = (args[0], args[1]);
+    if !(sf > 0.0 && sf < 1.0) {
+        return Err(format!(
+            "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}"
+        ));
+    }
+    if !(tf > 0.0 && tf < 1.0) {
+        return Err(format!(
+            "invalid trend factor. Expected: 0 < tf < 1, got: {tf}"
+        ));
+    }
+    let s = w.samples;
+    if s.len() < 2 {
+        return Ok(None);
+    }
+    let (mut s0, mut s1, mut b) = (0.0, s[0].1, s[1].1 - s[0].1);
+    for (i, &(_, v)) in s.iter().enumerate().skip(1) {
+        let x = sf * v;
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let y = (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Ok(Some(s1))
+}
+
+/// The φ-quantile of `values` with Prometheus' interpolation; NaN sorts lowest.
+pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
 /// An average that stays exact with compensated summation and switches to an incremental
 /// mean when the plain sum would overflow, as Prometheus computes `avg`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -229,6 +504,7 @@ mod tests {
             samples,
             range_start: start,
             range_end: end,
+            eval_time: end,
         }
     }
 

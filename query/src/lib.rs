@@ -15,10 +15,12 @@
 //!
 //! [`Querier`]: strata_storage::Querier
 
+mod aggregate;
 pub mod duration;
 mod error;
 mod eval;
 mod functions;
+mod histogram;
 pub mod script;
 
 pub use error::QueryError;

@@ -1,0 +1,344 @@
+//! Aggregation operators: `sum avg min max count group stddev stdvar quantile topk bottomk
+//! count_values`, with `by` / `without`, at every step.
+
+use std::collections::HashMap;
+
+use promql_parser::parser::LabelModifier;
+use strata_storage::{Labels, METRIC_NAME};
+
+use crate::eval::StepSeries;
+use crate::functions::{kahan_sum_inc, quantile, MeanAccumulator};
+use crate::QueryError;
+
+/// The parameter of an aggregation, evaluated.
+pub(crate) enum Param {
+    None,
+    /// A scalar at each step (`topk`, `bottomk`, `quantile`).
+    Scalar(Vec<f64>),
+    /// A label name (`count_values`).
+    String(String),
+}
+
+/// The output labels of an aggregation group: `by` keeps the listed labels, `without`
+/// drops them and the metric name.
+pub(crate) fn grouping_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+    match modifier {
+        None => Labels::empty(),
+        Some(LabelModifier::Include(by)) => {
+            let mut l = labels.clone();
+            l.retain(|l| by.labels.iter().any(|n| n == &l.name));
+            l
+        }
+        Some(LabelModifier::Exclude(without)) => {
+            let mut l = labels.clone();
+            l.retain(|l| l.name != METRIC_NAME && !without.labels.iter().any(|n| n == &l.name));
+            l
+        }
+    }
+}
+
+/// Evaluates `op` over `input`. The result of `topk`/`bottomk` is ordered by rank (for
+/// an instant query's output order); everything else in group order.
+pub(crate) fn aggregate(
+    op: &str,
+    input: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    param: Param,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let kind = match op {
+        "sum" => Kind::Sum,
+        "avg" => Kind::Avg,
+        "min" => Kind::Min,
+        "max" => Kind::Max,
+        "count" => Kind::Count,
+        "group" => Kind::Group,
+        "stddev" => Kind::Stddev,
+        "stdvar" => Kind::Stdvar,
+        "quantile" => return quantile_agg(input, modifier, param, n),
+        "topk" => return top_k(input, modifier, param, n, true),
+        "bottomk" => return top_k(input, modifier, param, n, false),
+        "count_values" => return count_values(input, modifier, param, n),
+        other => return Err(QueryError::Unsupported(format!("the aggregation {other}"))),
+    };
+    let (groups, members) = group(&input, modifier);
+    let mut out = Vec::with_capacity(groups.len());
+    for (labels, idxs) in groups.into_iter().zip(members) {
+        let mut values = vec![None; n];
+        for (i, slot) in values.iter_mut().enumerate() {
+            let mut acc: Option<Acc> = None;
+            for &s in &idxs {
+                if let Some(v) = input[s].values[i] {
+                    match &mut acc {
+                        Some(a) => a.add(kind, v),
+                        None => acc = Some(Acc::new(v)),
+                    }
+                }
+            }
+            *slot = acc.map(|a| a.result(kind));
+        }
+        if values.iter().any(Option::is_some) {
+            out.push(StepSeries { labels, values });
+        }
+    }
+    Ok(out)
+}
+
+/// Groups the input: each group's labels and the indexes of its members, in order of
+/// first appearance.
+fn group(input: &[StepSeries], modifier: Option<&LabelModifier>) -> (Vec<Labels>, Vec<Vec<usize>>) {
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut labels = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for (i, s) in input.iter().enumerate() {
+        let key = grouping_labels(&s.labels, modifier);
+        let g = *index.entry(key.clone()).or_insert_with(|| {
+            labels.push(key);
+            members.push(Vec::new());
+            members.len() - 1
+        });
+        members[g].push(i);
+    }
+    (labels, members)
+}
+
+fn scalar_param(param: Param, op: &str) -> Result<Vec<f64>, QueryError> {
+    match param {
+        Param::Scalar(v) => Ok(v),
+        _ => Err(QueryError::BadData(format!(
+            "{op} needs a scalar parameter"
+        ))),
+    }
+}
+
+fn quantile_agg(
+    input: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    param: Param,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let q = scalar_param(param, "quantile")?;
+    let (groups, members) = group(&input, modifier);
+    let mut out = Vec::with_capacity(groups.len());
+    let mut buf = Vec::new();
+    for (labels, idxs) in groups.into_iter().zip(members) {
+        let mut values = vec![None; n];
+        for (i, slot) in values.iter_mut().enumerate() {
+            buf.clear();
+            buf.extend(idxs.iter().filter_map(|&s| input[s].values[i]));
+            if !buf.is_empty() {
+                *slot = Some(quantile(q[i], &mut buf));
+            }
+        }
+        if values.iter().any(Option::is_some) {
+            out.push(StepSeries { labels, values });
+        }
+    }
+    Ok(out)
+}
+
+fn top_k(
+    input: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    param: Param,
+    n: usize,
+    top: bool,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let op = if top { "topk" } else { "bottomk" };
+    let k = scalar_param(param, op)?;
+    let (_, members) = group(&input, modifier);
+    let mut keep = vec![vec![false; n]; input.len()];
+    // For an instant query: the output order, group by group, best first.
+    let mut order: Vec<usize> = Vec::new();
+    let mut cand: Vec<usize> = Vec::new();
+    for idxs in &members {
+        for i in 0..n {
+            if k[i].is_nan() {
+                return Err(QueryError::Execution("Parameter value is NaN".into()));
+            }
+            if k[i] > i64::MAX as f64 {
+                return Err(QueryError::Execution(format!(
+                    "Scalar value {} overflows int64",
+                    k[i]
+                )));
+            }
+            let k = k[i] as i64;
+            if k < 1 {
+                continue;
+            }
+            cand.clear();
+            cand.extend(
+                idxs.iter()
+                    .copied()
+                    .filter(|&s| input[s].values[i].is_some()),
+            );
+            let value = |s: usize| input[s].values[i].unwrap_or(f64::NAN);
+            // Best first; NaN always ranks last.
+            cand.sort_by(|&a, &b| {
+                let (x, y) = (value(a), value(b));
+                match (x.is_nan(), y.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if top => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+                    _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+                }
+            });
+            for &s in cand.iter().take(k.min(cand.len() as i64) as usize) {
+                keep[s][i] = true;
+                if n == 1 {
+                    order.push(s);
+                }
+            }
+        }
+    }
+    if n != 1 {
+        order = (0..input.len()).collect();
+    }
+    let mut input: Vec<Option<StepSeries>> = input.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(order.len());
+    for s in order {
+        if let Some(mut series) = input[s].take() {
+            for (v, &k) in series.values.iter_mut().zip(&keep[s]) {
+                if !k {
+                    *v = None;
+                }
+            }
+            if series.values.iter().any(Option::is_some) {
+                out.push(series);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn count_values(
+    input: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    param: Param,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let Param::String(label) = param else {
+        return Err(QueryError::BadData(
+            "count_values needs a label name".into(),
+        ));
+    };
+    if !is_valid_label_name(&label) {
+        return Err(QueryError::Execution(format!(
+            "invalid label name {label:?}"
+        )));
+    }
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut out: Vec<StepSeries> = Vec::new();
+    for s in &input {
+        let base = grouping_labels(&s.labels, modifier);
+        for (i, v) in s.values.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            let mut key = base.clone();
+            key.set(&label, &format_value(v));
+            let g = *index.entry(key.clone()).or_insert_with(|| {
+                out.push(StepSeries {
+                    labels: key,
+                    values: vec![None; n],
+                });
+                out.len() - 1
+            });
+            let slot = &mut out[g].values[i];
+            *slot = Some(slot.unwrap_or(0.0) + 1.0);
+        }
+    }
+    Ok(out)
+}
+
+/// A float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.
+pub(crate) fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+pub(crate) fn is_valid_label_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+    Group,
+    Stddev,
+    Stdvar,
+}
+
+/// The running state of one aggregation group at one step.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    value: f64,
+    c: f64,
+    count: f64,
+    mean: MeanAccumulator,
+    welford_mean: f64,
+    welford_m2: f64,
+}
+
+impl Acc {
+    fn new(v: f64) -> Self {
+        let mut mean = MeanAccumulator::default();
+        mean.add(v);
+        Self {
+            value: v,
+            c: 0.0,
+            count: 1.0,
+            mean,
+            welford_mean: v,
+            welford_m2: 0.0,
+        }
+    }
+
+    fn add(&mut self, kind: Kind, v: f64) {
+        self.count += 1.0;
+        match kind {
+            Kind::Sum => (self.value, self.c) = kahan_sum_inc(v, self.value, self.c),
+            Kind::Avg => self.mean.add(v),
+            Kind::Min => {
+                if self.value > v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            Kind::Max => {
+                if self.value < v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            Kind::Stddev | Kind::Stdvar => {
+                let delta = v - self.welford_mean;
+                self.welford_mean += delta / self.count;
+                self.welford_m2 += delta * (v - self.welford_mean);
+            }
+            Kind::Count | Kind::Group => {}
+        }
+    }
+
+    fn result(&self, kind: Kind) -> f64 {
+        match kind {
+            Kind::Sum => self.value + self.c,
+            Kind::Avg => self.mean.result(),
+            Kind::Min | Kind::Max => self.value,
+            Kind::Count => self.count,
+            Kind::Group => 1.0,
+            Kind::Stdvar => self.welford_m2 / self.count,
+            Kind::Stddev => (self.welford_m2 / self.count).sqrt(),
+        }
+    }
+}
