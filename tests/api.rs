@@ -245,7 +245,10 @@ fn query_errors_use_prometheus_types() {
     let r = strata.get(&format!("/api/v1/query?query={}", enc("limitk(3, up)")));
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["errorType"], "execution");
-    assert_eq!(r.json()["error"], "not supported yet: the aggregation limitk");
+    assert_eq!(
+        r.json()["error"],
+        "not supported yet: the aggregation limitk"
+    );
 
     let r = strata.get("/api/v1/query?query=up&time=yesterday");
     assert_eq!(r.status, 400);

@@ -151,17 +151,18 @@ fn top_k(
     // For an instant query: the output order, group by group, best first.
     let mut order: Vec<usize> = Vec::new();
     let mut cand: Vec<usize> = Vec::new();
+    for &k in &k {
+        if k.is_nan() {
+            return Err(QueryError::Execution("Parameter value is NaN".into()));
+        }
+        if k > i64::MAX as f64 || k < i64::MIN as f64 {
+            return Err(QueryError::Execution(format!(
+                "Scalar value {k} overflows int64"
+            )));
+        }
+    }
     for idxs in &members {
         for i in 0..n {
-            if k[i].is_nan() {
-                return Err(QueryError::Execution("Parameter value is NaN".into()));
-            }
-            if k[i] > i64::MAX as f64 {
-                return Err(QueryError::Execution(format!(
-                    "Scalar value {} overflows int64",
-                    k[i]
-                )));
-            }
             let k = k[i] as i64;
             if k < 1 {
                 continue;
@@ -290,6 +291,8 @@ struct Acc {
     mean: MeanAccumulator,
     welford_mean: f64,
     welford_m2: f64,
+    /// Whether every value so far was finite (a NaN or infinity makes the spread NaN).
+    finite: bool,
 }
 
 impl Acc {
@@ -303,6 +306,7 @@ impl Acc {
             mean,
             welford_mean: v,
             welford_m2: 0.0,
+            finite: v.is_finite(),
         }
     }
 
@@ -322,6 +326,7 @@ impl Acc {
                 }
             }
             Kind::Stddev | Kind::Stdvar => {
+                self.finite &= v.is_finite();
                 let delta = v - self.welford_mean;
                 self.welford_mean += delta / self.count;
                 self.welford_m2 += delta * (v - self.welford_mean);
@@ -337,6 +342,7 @@ impl Acc {
             Kind::Min | Kind::Max => self.value,
             Kind::Count => self.count,
             Kind::Group => 1.0,
+            Kind::Stdvar | Kind::Stddev if !self.finite => f64::NAN,
             Kind::Stdvar => self.welford_m2 / self.count,
             Kind::Stddev => (self.welford_m2 / self.count).sqrt(),
         }

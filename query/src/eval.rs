@@ -81,7 +81,7 @@ impl Engine {
     /// Evaluates `query` at time `t` (milliseconds).
     pub fn instant_query(&self, db: &Db, query: &str, t: i64) -> Result<QueryValue, QueryError> {
         let expr = crate::parse(query)?;
-        let ctx = self.context(db, t, t);
+        let ctx = self.context(db, t, t, 0);
         let ev = Evaluator {
             ctx: &ctx,
             start: t,
@@ -139,7 +139,7 @@ impl Engine {
                 type_description(vt)
             )));
         }
-        let ctx = self.context(db, start, end);
+        let ctx = self.context(db, start, end, step);
         let ev = Evaluator {
             ctx: &ctx,
             start,
@@ -175,12 +175,13 @@ impl Engine {
         Ok(QueryValue::Matrix(out))
     }
 
-    fn context<'a>(&self, db: &'a Db, start: i64, end: i64) -> Ctx<'a> {
+    fn context<'a>(&self, db: &'a Db, start: i64, end: i64, step: i64) -> Ctx<'a> {
         Ctx {
             db,
             lookback: self.opts.lookback_delta_ms,
             query_start: start,
             query_end: end,
+            query_step: step,
             subquery_step: self.opts.default_subquery_step_ms,
         }
     }
@@ -228,6 +229,8 @@ struct Ctx<'a> {
     /// The query's own start and end, which `@ start()` and `@ end()` refer to.
     query_start: i64,
     query_end: i64,
+    /// The query's step (0 for an instant query), which `step()` reports.
+    query_step: i64,
     subquery_step: i64,
 }
 
@@ -658,6 +661,10 @@ impl Evaluator<'_> {
         merge_same_labels(out)
     }
 
+    fn constant(&self, v: f64) -> Val {
+        Val::Scalar(vec![v; self.n])
+    }
+
     fn eval_scalar(&self, e: &Expr, what: &str) -> Result<Vec<f64>, QueryError> {
         match self.eval(e)? {
             Val::Scalar(v) => Ok(v),
@@ -713,6 +720,24 @@ impl Evaluator<'_> {
                 (0..self.n).map(|i| self.ts(i) as f64 / 1000.0).collect(),
             )),
             "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; self.n])),
+            "start" => Ok(self.constant(self.ctx.query_start as f64 / 1000.0)),
+            "end" => Ok(self.constant(self.ctx.query_end as f64 / 1000.0)),
+            "range" => {
+                Ok(self.constant((self.ctx.query_end - self.ctx.query_start) as f64 / 1000.0))
+            }
+            "step" => Ok(self.constant(self.ctx.query_step as f64 / 1000.0)),
+            "min_of" | "max_of" => {
+                let a = self.eval_scalar(arg(0)?, &format!("the first argument of {name}()"))?;
+                let b = self.eval_scalar(arg(1)?, &format!("the second argument of {name}()"))?;
+                let f = if name == "min_of" {
+                    functions::go_min
+                } else {
+                    functions::go_max
+                };
+                Ok(Val::Scalar(
+                    a.iter().zip(&b).map(|(&x, &y)| f(x, y)).collect(),
+                ))
+            }
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, "the argument of vector()")?;
                 Ok(Val::Vector(vec![StepSeries {
@@ -860,6 +885,30 @@ impl Evaluator<'_> {
                 });
                 Ok(Val::Vector(vs))
             }
+            "histogram_quantiles" => {
+                let vs = self.eval_vector(arg(0)?, "the buckets of histogram_quantiles()")?;
+                let label = Self::string_arg(&args, 1, name)?;
+                if !aggregate::is_valid_label_name(&label) {
+                    return Err(QueryError::Execution(format!(
+                        "invalid label name {label:?}"
+                    )));
+                }
+                if vs.iter().any(|s| s.labels.get(&label).is_some()) {
+                    return Err(QueryError::Execution(format!(
+                        "label {label:?} already exists on the input of histogram_quantiles()"
+                    )));
+                }
+                let mut out = Vec::new();
+                for a in &args[2..] {
+                    let q = self.eval_scalar(a, "a quantile of histogram_quantiles()")?;
+                    let text = quantile_label(q.first().copied().unwrap_or(f64::NAN));
+                    for mut s in histogram_quantile(&q, vs.clone(), self.n)? {
+                        s.labels.set(&label, &text);
+                        out.push(s);
+                    }
+                }
+                Ok(Val::Vector(merge_same_labels(out)?))
+            }
             "histogram_quantile" => {
                 let q = self.eval_scalar(arg(0)?, "the quantile of histogram_quantile()")?;
                 let vs = self.eval_vector(arg(1)?, "the buckets of histogram_quantile()")?;
@@ -894,8 +943,8 @@ impl Evaluator<'_> {
                 "invalid regular expression in label_replace(): {re}"
             ))
         })?;
-        if dst.is_empty() {
-            return Err(QueryError::BadData(format!(
+        if !aggregate::is_valid_label_name(&dst) {
+            return Err(QueryError::Execution(format!(
                 "invalid destination label name in label_replace(): {dst}"
             )));
         }
@@ -924,8 +973,8 @@ impl Evaluator<'_> {
         for i in 3..args.len() {
             srcs.push(Self::string_arg(args, i, f)?);
         }
-        if dst.is_empty() {
-            return Err(QueryError::BadData(format!(
+        if !aggregate::is_valid_label_name(&dst) {
+            return Err(QueryError::Execution(format!(
                 "invalid destination label name in label_join(): {dst}"
             )));
         }
@@ -1327,6 +1376,16 @@ fn histogram_quantile(
         }
     }
     merge_same_labels(out)
+}
+
+/// A quantile as `histogram_quantiles` labels it: `0.0`, `0.25`, `1.0`.
+fn quantile_label(q: f64) -> String {
+    let s = aggregate::format_value(q);
+    if s.contains(['.', 'e', 'I', 'N']) {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 fn parse_le(s: &str) -> Option<f64> {

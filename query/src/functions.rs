@@ -371,6 +371,9 @@ fn stdvar_over_time(w: &Window<'_>) -> Option<f64> {
 
 fn mad_over_time(w: &Window<'_>) -> Option<f64> {
     let s = non_empty(w)?;
+    if s.iter().any(|p| p.1.is_nan()) {
+        return Some(f64::NAN);
+    }
     let mut values: Vec<f64> = s.iter().map(|p| p.1).collect();
     let median = quantile(0.5, &mut values);
     let mut dev: Vec<f64> = s.iter().map(|p| (p.1 - median).abs()).collect();

@@ -430,6 +430,13 @@ fn close(a: f64, b: f64) -> bool {
     diff / (a.abs() + b.abs()) < 1e-6
 }
 
+/// Whether an item is written in hexadecimal (allowed for scalar results only).
+fn is_hex(s: &str) -> bool {
+    s.trim_start_matches(['+', '-'])
+        .to_ascii_lowercase()
+        .starts_with("0x")
+}
+
 fn parse_float(s: &str) -> Option<f64> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
@@ -458,7 +465,7 @@ fn parse_values(s: &str) -> Result<Vec<Option<f64>>, String> {
             out.extend(std::iter::repeat_n(None, n));
         } else if item.eq_ignore_ascii_case("stale") {
             out.push(Some(stale_nan()));
-        } else if let Some(v) = parse_float(item) {
+        } else if let Some(v) = parse_float(item).filter(|_| !is_hex(item)) {
             out.push(Some(v));
         } else if let Some((head, n)) = item.rsplit_once('x') {
             let n: usize = n.parse().map_err(|_| format!("bad item {item:?}"))?;
