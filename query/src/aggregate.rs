@@ -78,7 +78,9 @@ pub(crate) fn aggregate(
             *slot = acc.map(|a| a.result(kind));
         }
         if values.iter().any(Option::is_some) {
-            out.push(StepSeries { labels, values });
+            let mut s = StepSeries::new(labels, values);
+            s.drop_name = idxs.iter().any(|&m| input[m].drop_name);
+            out.push(s);
         }
     }
     Ok(out)
@@ -131,7 +133,9 @@ fn quantile_agg(
             }
         }
         if values.iter().any(Option::is_some) {
-            out.push(StepSeries { labels, values });
+            let mut s = StepSeries::new(labels, values);
+            s.drop_name = idxs.iter().any(|&m| input[m].drop_name);
+            out.push(s);
         }
     }
     Ok(out)
@@ -238,10 +242,7 @@ fn count_values(
             let mut key = base.clone();
             key.set(&label, &format_value(v));
             let g = *index.entry(key.clone()).or_insert_with(|| {
-                out.push(StepSeries {
-                    labels: key,
-                    values: vec![None; n],
-                });
+                out.push(StepSeries::new(key, vec![None; n]));
                 out.len() - 1
             });
             let slot = &mut out[g].values[i];

@@ -14,7 +14,7 @@ use strata_storage::{is_stale_nan, Db, Labels, MatchKind, Matcher, METRIC_NAME};
 
 use crate::aggregate::{self, Param};
 use crate::functions::{self, Window};
-use crate::histogram::{bucket_quantile, Bucket};
+use crate::histogram::{bucket_fraction, bucket_quantile, Bucket};
 use crate::QueryError;
 
 /// Tunables of the engine.
@@ -26,6 +26,10 @@ pub struct EngineOptions {
     pub max_points_per_series: usize,
     /// The step of a subquery that names none (Prometheus: the evaluation interval, 1 m).
     pub default_subquery_step_ms: i64,
+    /// Remove metric names only at the end of evaluation (Prometheus' feature flag
+    /// `promql-delayed-name-removal`), so that `label_replace` can still read a name a
+    /// function will drop. Off by default, as in Prometheus.
+    pub delayed_name_removal: bool,
 }
 
 impl Default for EngineOptions {
@@ -34,6 +38,7 @@ impl Default for EngineOptions {
             lookback_delta_ms: 5 * 60 * 1000,
             max_points_per_series: 11_000,
             default_subquery_step_ms: 60_000,
+            delayed_name_removal: false,
         }
     }
 }
@@ -92,6 +97,7 @@ impl Engine {
             Val::Scalar(v) => QueryValue::Scalar { t, v: v[0] },
             Val::String(s) => QueryValue::String { t, s },
             Val::Vector(vs) => {
+                let vs = finish_names(vs)?;
                 let mut out: Vec<(Labels, i64, f64)> = vs
                     .into_iter()
                     .filter_map(|s| s.values[0].map(|v| (s.labels, t, v)))
@@ -152,7 +158,7 @@ impl Engine {
                 Labels::empty(),
                 v.into_iter().enumerate().map(|(i, v)| (ts(i), v)).collect(),
             )],
-            Val::Vector(vs) => vs
+            Val::Vector(vs) => finish_names(vs)?
                 .into_iter()
                 .map(|s| {
                     let points: Vec<(i64, f64)> = s
@@ -182,6 +188,7 @@ impl Engine {
             query_start: start,
             query_end: end,
             query_step: step,
+            delayed_name_removal: self.opts.delayed_name_removal,
             subquery_step: self.opts.default_subquery_step_ms,
         }
     }
@@ -231,6 +238,7 @@ struct Ctx<'a> {
     query_end: i64,
     /// The query's step (0 for an instant query), which `step()` reports.
     query_step: i64,
+    delayed_name_removal: bool,
     subquery_step: i64,
 }
 
@@ -239,6 +247,45 @@ struct Ctx<'a> {
 pub(crate) struct StepSeries {
     pub(crate) labels: Labels,
     pub(crate) values: Vec<Option<f64>>,
+    /// The metric name is to be removed at the end (delayed name removal).
+    pub(crate) drop_name: bool,
+}
+
+impl StepSeries {
+    pub(crate) fn new(labels: Labels, values: Vec<Option<f64>>) -> Self {
+        Self {
+            labels,
+            values,
+            drop_name: false,
+        }
+    }
+
+    /// Removes the metric name now, or marks it for removal at the end.
+    pub(crate) fn drop_name(&mut self, delayed: bool) {
+        if delayed {
+            self.drop_name = true;
+        } else {
+            self.labels.remove(METRIC_NAME);
+        }
+    }
+}
+
+/// Applies delayed name removal at the end of evaluation.
+fn finish_names(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError> {
+    if !vs.iter().any(|s| s.drop_name) {
+        return Ok(vs);
+    }
+    let vs = vs
+        .into_iter()
+        .map(|mut s| {
+            if s.drop_name {
+                s.labels.remove(METRIC_NAME);
+                s.drop_name = false;
+            }
+            s
+        })
+        .collect();
+    merge_same_labels(vs)
 }
 
 /// A value at every step.
@@ -250,9 +297,13 @@ enum Val {
     String(String),
 }
 
+/// One series of a range input: labels, points, and whether the name is marked for
+/// removal.
+type RangeSeries = (Labels, Vec<(i64, f64)>, bool);
+
 /// The series of a range selector or subquery, with how to cut windows from them.
 struct RangeInput {
-    series: Vec<(Labels, Vec<(i64, f64)>)>,
+    series: Vec<RangeSeries>,
     range: i64,
     offset: i64,
     /// A fixed evaluation time from `@`.
@@ -417,7 +468,7 @@ impl Evaluator<'_> {
                 Val::Scalar(v) => Ok(Val::Scalar(v.into_iter().map(|x| -x).collect())),
                 Val::Vector(mut vs) => {
                     for s in &mut vs {
-                        s.labels.remove(METRIC_NAME);
+                        s.drop_name(self.ctx.delayed_name_removal);
                         for v in s.values.iter_mut().flatten() {
                             *v = -*v;
                         }
@@ -483,10 +534,7 @@ impl Evaluator<'_> {
                 }
             }
             if values.iter().any(Option::is_some) {
-                out.push(StepSeries {
-                    labels: series.labels,
-                    values,
-                });
+                out.push(StepSeries::new(series.labels, values));
             }
         }
         Ok(out)
@@ -513,7 +561,7 @@ impl Evaluator<'_> {
                     .map(|s| {
                         let points: Vec<(i64, f64)> =
                             s.samples().filter(|&(_, v)| !is_stale_nan(v)).collect();
-                        (s.labels, points)
+                        (s.labels, points, false)
                     })
                     .collect();
                 Ok(RangeInput {
@@ -561,7 +609,7 @@ impl Evaluator<'_> {
                                     .enumerate()
                                     .filter_map(|(i, v)| v.map(|v| (inner.ts(i), v)))
                                     .collect();
-                                series.push((s.labels, points));
+                                series.push((s.labels, points, s.drop_name));
                             }
                         }
                         _ => {
@@ -602,7 +650,10 @@ impl Evaluator<'_> {
         let out = input
             .series
             .into_iter()
-            .map(|(labels, points)| {
+            .map(|(mut labels, points, drop_name)| {
+                if drop_name {
+                    labels.remove(METRIC_NAME);
+                }
                 let p: Vec<(i64, f64)> = points
                     .into_iter()
                     .filter(|&(t, _)| t > start && t <= end)
@@ -623,7 +674,7 @@ impl Evaluator<'_> {
     ) -> Result<Vec<StepSeries>, QueryError> {
         let mut out = Vec::with_capacity(input.series.len());
         let mut args = vec![0.0; scalars.len()];
-        for (labels, samples) in &input.series {
+        for (labels, samples, marked) in &input.series {
             let mut values = vec![None; self.n];
             let (mut lo, mut hi) = (0, 0);
             for (i, slot) in values.iter_mut().enumerate() {
@@ -651,11 +702,12 @@ impl Evaluator<'_> {
                 *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
             }
             if values.iter().any(Option::is_some) {
-                let mut labels = labels.clone();
+                let mut s = StepSeries::new(labels.clone(), values);
+                s.drop_name = *marked;
                 if !spec.keep_name {
-                    labels.remove(METRIC_NAME);
+                    s.drop_name(self.ctx.delayed_name_removal);
                 }
-                out.push(StepSeries { labels, values });
+                out.push(s);
             }
         }
         merge_same_labels(out)
@@ -701,19 +753,27 @@ impl Evaluator<'_> {
         }
         if let Some(f) = functions::value_function(name) {
             let vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
-            return Ok(Val::Vector(map_values(vs, |_, v| Some(f(v)))?));
+            return Ok(Val::Vector(map_values(
+                vs,
+                self.ctx.delayed_name_removal,
+                |_, v| Some(f(v)),
+            )?));
         }
         if let Some(f) = functions::date_function(name) {
             let vs = match args.first() {
                 Some(a) => self.eval_vector(a, &format!("the argument of {name}()"))?,
-                None => vec![StepSeries {
-                    labels: Labels::empty(),
-                    values: (0..self.n)
+                None => vec![StepSeries::new(
+                    Labels::empty(),
+                    (0..self.n)
                         .map(|i| Some(self.ts(i) as f64 / 1000.0))
                         .collect(),
-                }],
+                )],
             };
-            return Ok(Val::Vector(map_values(vs, |_, v| Some(f(v)))?));
+            return Ok(Val::Vector(map_values(
+                vs,
+                self.ctx.delayed_name_removal,
+                |_, v| Some(f(v)),
+            )?));
         }
         match name {
             "time" => Ok(Val::Scalar(
@@ -740,10 +800,10 @@ impl Evaluator<'_> {
             }
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, "the argument of vector()")?;
-                Ok(Val::Vector(vec![StepSeries {
-                    labels: Labels::empty(),
-                    values: v.into_iter().map(Some).collect(),
-                }]))
+                Ok(Val::Vector(vec![StepSeries::new(
+                    Labels::empty(),
+                    v.into_iter().map(Some).collect(),
+                )]))
             }
             "scalar" => {
                 let vs = self.eval_vector(arg(0)?, "the argument of scalar()")?;
@@ -776,7 +836,7 @@ impl Evaluator<'_> {
                     }
                 };
                 for s in &mut vs {
-                    s.labels.remove(METRIC_NAME);
+                    s.drop_name(self.ctx.delayed_name_removal);
                 }
                 Ok(Val::Vector(merge_same_labels(vs)?))
             }
@@ -786,9 +846,11 @@ impl Evaluator<'_> {
                     Some(a) => self.eval_scalar(a, "the precision of round()")?,
                     None => vec![1.0; self.n],
                 };
-                Ok(Val::Vector(map_values(vs, |i, v| {
-                    Some(functions::round_to(v, to[i]))
-                })?))
+                Ok(Val::Vector(map_values(
+                    vs,
+                    self.ctx.delayed_name_removal,
+                    |i, v| Some(functions::round_to(v, to[i])),
+                )?))
             }
             "clamp" | "clamp_min" | "clamp_max" => {
                 let vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
@@ -797,14 +859,18 @@ impl Evaluator<'_> {
                     "clamp" => self.eval_scalar(arg(2)?, "the upper bound of clamp()")?,
                     _ => Vec::new(),
                 };
-                Ok(Val::Vector(map_values(vs, |i, v| match name {
-                    "clamp" => {
-                        let (min, max) = (first[i], second[i]);
-                        (max >= min).then(|| functions::go_max(min, functions::go_min(max, v)))
-                    }
-                    "clamp_min" => Some(functions::go_max(first[i], v)),
-                    _ => Some(functions::go_min(first[i], v)),
-                })?))
+                Ok(Val::Vector(map_values(
+                    vs,
+                    self.ctx.delayed_name_removal,
+                    |i, v| match name {
+                        "clamp" => {
+                            let (min, max) = (first[i], second[i]);
+                            (max >= min).then(|| functions::go_max(min, functions::go_min(max, v)))
+                        }
+                        "clamp_min" => Some(functions::go_max(first[i], v)),
+                        _ => Some(functions::go_min(first[i], v)),
+                    },
+                )?))
             }
             "absent" => {
                 let vs = self.eval_vector(arg(0)?, "the argument of absent()")?;
@@ -812,7 +878,9 @@ impl Evaluator<'_> {
                 let values = (0..self.n)
                     .map(|i| vs.iter().all(|s| s.values[i].is_none()).then_some(1.0))
                     .collect();
-                Ok(Val::Vector(non_empty(vec![StepSeries { labels, values }])))
+                Ok(Val::Vector(non_empty(vec![StepSeries::new(
+                    labels, values,
+                )])))
             }
             "absent_over_time" => {
                 let input = self.range_input(arg(0)?)?;
@@ -823,11 +891,13 @@ impl Evaluator<'_> {
                         let present = input
                             .series
                             .iter()
-                            .any(|(_, p)| p.iter().any(|&(t, _)| t > start && t <= end));
+                            .any(|(_, p, _)| p.iter().any(|&(t, _)| t > start && t <= end));
                         (!present).then_some(1.0)
                     })
                     .collect();
-                Ok(Val::Vector(non_empty(vec![StepSeries { labels, values }])))
+                Ok(Val::Vector(non_empty(vec![StepSeries::new(
+                    labels, values,
+                )])))
             }
             "label_replace" => self.label_replace(&args),
             "label_join" => self.label_join(&args),
@@ -914,6 +984,14 @@ impl Evaluator<'_> {
                 let vs = self.eval_vector(arg(1)?, "the buckets of histogram_quantile()")?;
                 Ok(Val::Vector(histogram_quantile(&q, vs, self.n)?))
             }
+            "histogram_fraction" => {
+                let lower = self.eval_scalar(arg(0)?, "the lower bound of histogram_fraction()")?;
+                let upper = self.eval_scalar(arg(1)?, "the upper bound of histogram_fraction()")?;
+                let vs = self.eval_vector(arg(2)?, "the buckets of histogram_fraction()")?;
+                Ok(Val::Vector(per_histogram(vs, self.n, |i, buckets| {
+                    bucket_fraction(lower[i], upper[i], buckets)
+                })?))
+            }
             _ => Err(QueryError::Unsupported(format!("the function {name}()"))),
         }
     }
@@ -955,6 +1033,9 @@ impl Evaluator<'_> {
                 let mut expanded = String::new();
                 caps.expand(&repl, &mut expanded);
                 s.labels.set(&dst, &expanded);
+                if dst == METRIC_NAME {
+                    s.drop_name = false;
+                }
             }
             out.push(s);
         }
@@ -983,6 +1064,9 @@ impl Evaluator<'_> {
             let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get(n).unwrap_or("")).collect();
             let joined = joined.join(&sep);
             s.labels.set(&dst, &joined);
+            if dst == METRIC_NAME {
+                s.drop_name = false;
+            }
             out.push(s);
         }
         Ok(Val::Vector(merge_same_labels(out)?))
@@ -1044,8 +1128,17 @@ impl Evaluator<'_> {
                     .map(|(&l, &r)| op.apply(l, r, true, l).unwrap_or(f64::NAN))
                     .collect(),
             )),
-            (Val::Vector(vs), Val::Scalar(s)) => vector_scalar(op, vs, &s, false, return_bool),
-            (Val::Scalar(s), Val::Vector(vs)) => vector_scalar(op, vs, &s, true, return_bool),
+            (Val::Vector(vs), Val::Scalar(s)) => vector_scalar(
+                op,
+                vs,
+                &s,
+                false,
+                return_bool,
+                self.ctx.delayed_name_removal,
+            ),
+            (Val::Scalar(s), Val::Vector(vs)) => {
+                vector_scalar(op, vs, &s, true, return_bool, self.ctx.delayed_name_removal)
+            }
             (Val::Vector(l), Val::Vector(r)) => Ok(Val::Vector(self.vector_match(
                 op,
                 l,
@@ -1194,6 +1287,7 @@ impl Evaluator<'_> {
                 let o = match pair_index.get(&key) {
                     Some(&o) => o,
                     None => {
+                        let delayed = self.ctx.delayed_name_removal;
                         let labels = result_labels(
                             &s.labels,
                             &one[oi].labels,
@@ -1201,12 +1295,12 @@ impl Evaluator<'_> {
                             return_bool,
                             matching,
                             include,
+                            delayed,
                         );
                         let o = *out_index.entry(labels.clone()).or_insert_with(|| {
-                            out.push(StepSeries {
-                                labels,
-                                values: vec![None; self.n],
-                            });
+                            let mut r = StepSeries::new(labels, vec![None; self.n]);
+                            r.drop_name = s.drop_name || (delayed && op.drops_name(return_bool));
+                            out.push(r);
                             out.len() - 1
                         });
                         pair_index.insert(key, o);
@@ -1239,9 +1333,10 @@ fn result_labels(
     return_bool: bool,
     matching: Option<&LabelModifier>,
     include: Option<&Vec<String>>,
+    delayed: bool,
 ) -> Labels {
     let mut labels = many.clone();
-    if op.drops_name(return_bool) {
+    if op.drops_name(return_bool) && !delayed {
         labels.remove(METRIC_NAME);
     }
     match include {
@@ -1275,6 +1370,7 @@ fn vector_scalar(
     scalar: &[f64],
     scalar_left: bool,
     return_bool: bool,
+    delayed: bool,
 ) -> Result<Val, QueryError> {
     for s in &mut vs {
         for (v, &k) in s.values.iter_mut().zip(scalar) {
@@ -1284,7 +1380,7 @@ fn vector_scalar(
             }
         }
         if op.drops_name(return_bool) {
-            s.labels.remove(METRIC_NAME);
+            s.drop_name(delayed);
         }
     }
     vs.retain(|s| s.values.iter().any(Option::is_some));
@@ -1294,10 +1390,11 @@ fn vector_scalar(
 /// Applies `f(step, value)` to every value and drops the metric name.
 fn map_values(
     mut vs: Vec<StepSeries>,
+    delayed: bool,
     f: impl Fn(usize, f64) -> Option<f64>,
 ) -> Result<Vec<StepSeries>, QueryError> {
     for s in &mut vs {
-        s.labels.remove(METRIC_NAME);
+        s.drop_name(delayed);
         for (i, v) in s.values.iter_mut().enumerate() {
             if let Some(x) = *v {
                 *v = f(i, x);
@@ -1342,6 +1439,16 @@ fn histogram_quantile(
     vs: Vec<StepSeries>,
     n: usize,
 ) -> Result<Vec<StepSeries>, QueryError> {
+    per_histogram(vs, n, |i, buckets| bucket_quantile(q[i], buckets))
+}
+
+/// Groups classic bucket series into histograms (labels without `le` and the metric
+/// name) and computes `f(step, buckets)` for each at every step.
+fn per_histogram(
+    vs: Vec<StepSeries>,
+    n: usize,
+    f: impl Fn(usize, &mut Vec<Bucket>) -> f64,
+) -> Result<Vec<StepSeries>, QueryError> {
     // Buckets grouped by their labels without `le` and the metric name.
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut groups: Vec<(Labels, Vec<(f64, usize)>)> = Vec::new();
@@ -1368,11 +1475,11 @@ fn histogram_quantile(
                 vs[idx].values[i].map(|count| Bucket { upper, count })
             }));
             if !buckets.is_empty() {
-                *slot = Some(bucket_quantile(q[i], &mut buckets));
+                *slot = Some(f(i, &mut buckets));
             }
         }
         if values.iter().any(Option::is_some) {
-            out.push(StepSeries { labels, values });
+            out.push(StepSeries::new(labels, values));
         }
     }
     merge_same_labels(out)
@@ -1487,6 +1594,7 @@ fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError>
             }
             Some(&i) => {
                 let target = &mut out[i];
+                target.drop_name |= s.drop_name;
                 for (slot, v) in target.values.iter_mut().zip(s.values) {
                     if v.is_some() {
                         if slot.is_some() {

@@ -8,7 +8,7 @@ pub(crate) struct Bucket {
     pub(crate) count: f64,
 }
 
-/// Tolerance under which differences between adjacent counts are float noise.
+/// Relative difference under which adjacent counts are float noise.
 const SMALL_DELTA: f64 = 1e-12;
 
 /// The φ-quantile of a set of classic buckets, or NaN when it is undefined (no `+Inf`
@@ -33,6 +33,7 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> f64 {
         _ => return f64::NAN,
     }
     coalesce(buckets);
+    correct_precision_errors(buckets);
     ensure_monotonic(buckets);
     if buckets.len() < 2 {
         return f64::NAN;
@@ -74,26 +75,108 @@ fn coalesce(buckets: &mut Vec<Bucket>) {
     *buckets = out;
 }
 
-/// Makes counts non-decreasing, ignoring float noise, as Prometheus does.
-fn ensure_monotonic(buckets: &mut [Bucket]) {
+/// Treats relative differences up to [`SMALL_DELTA`] between adjacent counts as equal.
+fn correct_precision_errors(buckets: &mut [Bucket]) {
     let Some(first) = buckets.first() else {
         return;
     };
     let mut prev = first.count;
     for b in buckets.iter_mut().skip(1) {
-        let cur = b.count;
-        if cur == prev {
+        let delta = (b.count - prev).abs();
+        if delta == 0.0 {
             continue;
         }
-        if almost_equal(prev, cur, SMALL_DELTA) || cur < prev {
+        if delta / b.count <= SMALL_DELTA {
             b.count = prev;
-            continue;
+        } else {
+            prev = b.count;
         }
-        prev = cur;
     }
 }
 
-pub(crate) fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+/// Removes decreases between successive counts (the running maximum).
+fn ensure_monotonic(buckets: &mut [Bucket]) {
+    let Some(first) = buckets.first() else {
+        return;
+    };
+    let mut max = first.count;
+    for b in buckets.iter_mut().skip(1) {
+        if b.count > max {
+            max = b.count;
+        } else {
+            b.count = max;
+        }
+    }
+}
+
+/// The fraction of observations between `lower` and `upper` in a set of classic buckets.
+/// The lowest bucket starts at 0 when its upper bound is positive and at -Inf otherwise;
+/// an infinite-width bucket holds its observations at its finite end.
+pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>) -> f64 {
+    buckets.sort_by(|a, b| {
+        a.upper
+            .partial_cmp(&b.upper)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    match buckets.last() {
+        Some(b) if b.upper == f64::INFINITY => {}
+        _ => return f64::NAN,
+    }
+    coalesce(buckets);
+    correct_precision_errors(buckets);
+    ensure_monotonic(buckets);
+    let total = buckets[buckets.len() - 1].count;
+    if total == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let (mut rank, mut lower_rank, mut upper_rank) = (0.0, total, total);
+    let (mut lower_set, mut upper_set) = (false, false);
+    for (i, b) in buckets.iter().enumerate() {
+        let start = match i {
+            0 if b.upper > 0.0 => 0.0,
+            0 => f64::NEG_INFINITY,
+            _ => buckets[i - 1].upper,
+        };
+        let count = b.count - rank;
+        let at = |v: f64| {
+            if start == f64::NEG_INFINITY {
+                rank + count
+            } else {
+                rank + count * (v - start) / (b.upper - start)
+            }
+        };
+        if !lower_set && start >= lower {
+            lower_rank = rank;
+            lower_set = true;
+        }
+        if !upper_set && start >= upper {
+            upper_rank = rank;
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        if !lower_set && start < lower && b.upper > lower {
+            lower_rank = at(lower);
+            lower_set = true;
+        }
+        if !upper_set && start < upper && b.upper > upper {
+            upper_rank = at(upper);
+            upper_set = true;
+        }
+        if lower_set && upper_set {
+            break;
+        }
+        rank = b.count;
+    }
+    (upper_rank.min(total) - lower_rank.min(total)) / total
+}
+
+#[cfg(test)]
+fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     if a.is_nan() && b.is_nan() {
         return true;
     }
@@ -123,6 +206,39 @@ mod tests {
         assert!((bucket_quantile(0.5, &mut v) - 0.3).abs() < 1e-12);
         let mut v = vec![b(0.1, 10.0), b(0.5, 30.0), b(f64::INFINITY, 40.0)];
         assert_eq!(bucket_quantile(0.99, &mut v), 0.5);
+    }
+
+    #[test]
+    fn fractions() {
+        let mut v = vec![
+            b(1.0, 1.0),
+            b(2.0, 3.0),
+            b(3.0, 6.0),
+            b(f64::INFINITY, 100.0),
+        ];
+        assert!(almost_equal(bucket_fraction(0.0, 1.5, &mut v), 0.02, 1e-12));
+        assert!(almost_equal(
+            bucket_fraction(400.0, f64::INFINITY, &mut v),
+            0.94,
+            1e-12
+        ));
+        assert_eq!(bucket_fraction(4.0, 5.0, &mut v), 0.0);
+        let mut v = vec![
+            b(-3.0, 10.0),
+            b(-2.0, 12.0),
+            b(-1.0, 15.0),
+            b(f64::INFINITY, 100.0),
+        ];
+        assert!(almost_equal(
+            bucket_fraction(-4.0, -2.0, &mut v),
+            0.02,
+            1e-12
+        ));
+        assert!(almost_equal(
+            bucket_fraction(f64::NEG_INFINITY, -1.5, &mut v),
+            0.135,
+            1e-12
+        ));
     }
 
     #[test]
