@@ -176,8 +176,12 @@ async fn query(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
         .to_owned();
     let t = p.time_or("time", now_ms())?;
     let body = blocking(move || {
-        let v = st.engine.instant_query(&st.db, &q, t)?;
-        Ok(json::success(|out| json::push_query_value(out, &v)))
+        let r = st.engine.instant_query(&st.db, &q, t)?;
+        Ok(json::success_with(
+            |out| json::push_query_value(out, &r.value),
+            &r.annotations.warnings,
+            &r.annotations.infos,
+        ))
     })
     .await?;
     Ok(json_response(StatusCode::OK, body))
@@ -193,8 +197,12 @@ async fn query_range(State(st): State<Arc<AppState>>, req: Request) -> Result<Re
     let end = p.time("end")?;
     let step = p.duration("step")?;
     let body = blocking(move || {
-        let v = st.engine.range_query(&st.db, &q, start, end, step)?;
-        Ok(json::success(|out| json::push_query_value(out, &v)))
+        let r = st.engine.range_query(&st.db, &q, start, end, step)?;
+        Ok(json::success_with(
+            |out| json::push_query_value(out, &r.value),
+            &r.annotations.warnings,
+            &r.annotations.infos,
+        ))
     })
     .await?;
     Ok(json_response(StatusCode::OK, body))

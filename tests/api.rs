@@ -242,13 +242,10 @@ fn query_errors_use_prometheus_types() {
     assert_eq!(v["errorType"], "bad_data");
     assert!(!v["error"].as_str().unwrap().is_empty());
 
-    let r = strata.get(&format!("/api/v1/query?query={}", enc("limitk(3, up)")));
+    let r = strata.get(&format!("/api/v1/query?query={}", enc("up + fill(0) up")));
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["errorType"], "execution");
-    assert_eq!(
-        r.json()["error"],
-        "not supported yet: the aggregation limitk"
-    );
+    assert_eq!(r.json()["error"], "not supported yet: fill modifiers");
 
     let r = strata.get("/api/v1/query?query=up&time=yesterday");
     assert_eq!(r.status, 400);
@@ -285,6 +282,21 @@ fn query_errors_use_prometheus_types() {
     let r = strata.get("/api/v1/query");
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["errorType"], "bad_data");
+
+    // Warnings travel in the envelope, as Prometheus sends them.
+    let r = strata.get(&format!(
+        "/api/v1/query_range?query={}&start=0&end=60&step=30",
+        enc("sort(vector(1))")
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["warnings"],
+        serde_json::json!([
+            "PromQL warning: sort is ineffective for range queries since results are always ordered by labels (1:1)"
+        ])
+    );
+    let r = strata.get(&format!("/api/v1/query?query={}", enc("vector(1)")));
+    assert!(r.json().get("warnings").is_none());
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub(crate) fn aggregate(
         "topk" => return top_k(input, modifier, param, n, true),
         "bottomk" => return top_k(input, modifier, param, n, false),
         "count_values" => return count_values(input, modifier, param, n),
+        "limitk" => return limit_k(input, modifier, param, n),
+        "limit_ratio" => return limit_ratio(input, param, n),
         other => return Err(QueryError::Unsupported(format!("the aggregation {other}"))),
     };
     let (groups, members) = group(&input, modifier);
@@ -215,6 +217,76 @@ fn top_k(
         }
     }
     Ok(out)
+}
+
+/// `limitk`: at each step, the first `k` series of each group that have a value.
+fn limit_k(
+    input: Vec<StepSeries>,
+    modifier: Option<&LabelModifier>,
+    param: Param,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let k = scalar_param(param, "limitk")?;
+    if k.iter().any(|k| k.is_nan()) {
+        return Err(QueryError::Execution("Parameter value is NaN".into()));
+    }
+    let (_, members) = group(&input, modifier);
+    let mut keep = vec![vec![false; n]; input.len()];
+    for idxs in &members {
+        for (i, &k) in k.iter().enumerate() {
+            let k = k.clamp(0.0, usize::MAX as f64) as usize;
+            for &s in idxs
+                .iter()
+                .filter(|&&s| input[s].values[i].is_some())
+                .take(k)
+            {
+                keep[s][i] = true;
+            }
+        }
+    }
+    Ok(filter_steps(input, &keep))
+}
+
+/// `limit_ratio(r, v)`: a deterministic sample of the series by a hash of their labels;
+/// `r` and `r - 1` select complementary sets.
+fn limit_ratio(
+    input: Vec<StepSeries>,
+    param: Param,
+    n: usize,
+) -> Result<Vec<StepSeries>, QueryError> {
+    let r = scalar_param(param, "limit_ratio")?;
+    if r.iter().any(|r| r.is_nan()) {
+        return Err(QueryError::Execution("Ratio value is NaN".into()));
+    }
+    let mut keep = vec![vec![false; n]; input.len()];
+    for (s, series) in input.iter().enumerate() {
+        let position = series.labels.stable_hash() as f64 / u64::MAX as f64;
+        for (i, &r) in r.iter().enumerate() {
+            let r = r.clamp(-1.0, 1.0);
+            keep[s][i] = if r >= 0.0 {
+                position < r
+            } else {
+                position >= 1.0 + r
+            };
+        }
+    }
+    Ok(filter_steps(input, &keep))
+}
+
+/// Keeps each series' values only at the steps marked in `keep`.
+fn filter_steps(input: Vec<StepSeries>, keep: &[Vec<bool>]) -> Vec<StepSeries> {
+    input
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(mut s, keep)| {
+            for (v, &k) in s.values.iter_mut().zip(keep) {
+                if !k {
+                    *v = None;
+                }
+            }
+            s.values.iter().any(Option::is_some).then_some(s)
+        })
+        .collect()
 }
 
 fn count_values(

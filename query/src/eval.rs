@@ -1,6 +1,7 @@
 //! The evaluator: every node of the expression yields its value at every step of the
 //! query at once.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,6 +73,21 @@ impl QueryValue {
     }
 }
 
+/// Warnings and infos about a query's result, as Prometheus words them (with a
+/// `(line:column)` suffix naming the sub-expression).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+/// A query's result and its annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOutput {
+    pub value: QueryValue,
+    pub annotations: Annotations,
+}
+
 /// Evaluates PromQL against a [`Db`].
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
@@ -84,16 +100,16 @@ impl Engine {
     }
 
     /// Evaluates `query` at time `t` (milliseconds).
-    pub fn instant_query(&self, db: &Db, query: &str, t: i64) -> Result<QueryValue, QueryError> {
+    pub fn instant_query(&self, db: &Db, query: &str, t: i64) -> Result<QueryOutput, QueryError> {
         let expr = crate::parse(query)?;
-        let ctx = self.context(db, t, t, 0);
+        let ctx = self.context(db, query, t, t, 0);
         let ev = Evaluator {
             ctx: &ctx,
             start: t,
             step: 1,
             n: 1,
         };
-        Ok(match ev.eval(&expr)? {
+        let value = match ev.eval(&expr)? {
             Val::Scalar(v) => QueryValue::Scalar { t, v: v[0] },
             Val::String(s) => QueryValue::String { t, s },
             Val::Vector(vs) => {
@@ -108,6 +124,10 @@ impl Engine {
                 QueryValue::Vector(out)
             }
             Val::Matrix(m) => QueryValue::Matrix(m),
+        };
+        Ok(QueryOutput {
+            value,
+            annotations: ctx.annotations.into_inner(),
         })
     }
 
@@ -119,7 +139,7 @@ impl Engine {
         start: i64,
         end: i64,
         step: i64,
-    ) -> Result<QueryValue, QueryError> {
+    ) -> Result<QueryOutput, QueryError> {
         if end < start {
             return Err(QueryError::BadData(
                 "end timestamp must not be before start time".into(),
@@ -145,7 +165,7 @@ impl Engine {
                 type_description(vt)
             )));
         }
-        let ctx = self.context(db, start, end, step);
+        let ctx = self.context(db, query, start, end, step);
         let ev = Evaluator {
             ctx: &ctx,
             start,
@@ -178,12 +198,17 @@ impl Engine {
             }
         };
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(QueryValue::Matrix(out))
+        Ok(QueryOutput {
+            value: QueryValue::Matrix(out),
+            annotations: ctx.annotations.into_inner(),
+        })
     }
 
-    fn context<'a>(&self, db: &'a Db, start: i64, end: i64, step: i64) -> Ctx<'a> {
+    fn context<'a>(&self, db: &'a Db, query: &'a str, start: i64, end: i64, step: i64) -> Ctx<'a> {
         Ctx {
             db,
+            query,
+            annotations: RefCell::new(Annotations::default()),
             lookback: self.opts.lookback_delta_ms,
             query_start: start,
             query_end: end,
@@ -232,6 +257,9 @@ fn type_description(vt: ValueType) -> &'static str {
 /// What every evaluator of one query shares.
 struct Ctx<'a> {
     db: &'a Db,
+    /// The query text, for annotation positions.
+    query: &'a str,
+    annotations: RefCell<Annotations>,
     lookback: i64,
     /// The query's own start and end, which `@ start()` and `@ end()` refer to.
     query_start: i64,
@@ -240,6 +268,44 @@ struct Ctx<'a> {
     query_step: i64,
     delayed_name_removal: bool,
     subquery_step: i64,
+}
+
+impl Ctx<'_> {
+    /// Records an annotation about the `arg`-th argument of the call of `func` (or the
+    /// call itself); identical annotations are kept once.
+    fn annotate(&self, warning: bool, text: String, func: &str, arg: Option<usize>) {
+        let (line, col) = crate::position::call_position(self.query, func, arg).unwrap_or((1, 1));
+        let kind = if warning { "warning" } else { "info" };
+        let full = format!("PromQL {kind}: {text} ({line}:{col})");
+        let mut a = self.annotations.borrow_mut();
+        let list = if warning {
+            &mut a.warnings
+        } else {
+            &mut a.infos
+        };
+        if !list.contains(&full) {
+            list.push(full);
+        }
+    }
+
+    fn invalid_quantile(&self, q: &[f64], func: &str, arg: usize) {
+        if let Some(&bad) = q.iter().find(|q| q.is_nan() || **q < 0.0 || **q > 1.0) {
+            self.annotate(
+                true,
+                format!(
+                    "quantile value should be between 0 and 1, got {}",
+                    go_float(bad)
+                ),
+                func,
+                Some(arg),
+            );
+        }
+    }
+}
+
+/// A float as Go's `%g` prints the values that appear in annotations.
+fn go_float(v: f64) -> String {
+    aggregate::format_value(v)
 }
 
 /// An instant-vector series: its value at each step, if any.
@@ -749,6 +815,9 @@ impl Evaluator<'_> {
                     scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
                 }
             }
+            if name == "quantile_over_time" && !input.series.is_empty() {
+                self.ctx.invalid_quantile(&scalars[0], name, 0);
+            }
             return Ok(Val::Vector(self.apply_windows(&input, &spec, &scalars)?));
         }
         if let Some(f) = functions::value_function(name) {
@@ -903,6 +972,7 @@ impl Evaluator<'_> {
             "label_join" => self.label_join(&args),
             "sort" | "sort_desc" => {
                 let mut vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+                self.sort_in_range_query(name);
                 if self.n == 1 {
                     let desc = name == "sort_desc";
                     vs.sort_by(|a, b| {
@@ -923,6 +993,7 @@ impl Evaluator<'_> {
             }
             "sort_by_label" | "sort_by_label_desc" => {
                 let mut vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
+                self.sort_in_range_query(name);
                 let mut names = Vec::new();
                 for a in &args[1..] {
                     match unwrap_parens(a) {
@@ -969,30 +1040,52 @@ impl Evaluator<'_> {
                     )));
                 }
                 let mut out = Vec::new();
-                for a in &args[2..] {
+                let mut issues = HistogramIssues::default();
+                for (k, a) in args.iter().enumerate().skip(2) {
                     let q = self.eval_scalar(a, "a quantile of histogram_quantiles()")?;
+                    self.ctx.invalid_quantile(&q, name, k);
                     let text = quantile_label(q.first().copied().unwrap_or(f64::NAN));
-                    for mut s in histogram_quantile(&q, vs.clone(), self.n)? {
+                    for mut s in histogram_quantile(&q, vs.clone(), self.n, &mut issues)? {
                         s.labels.set(&label, &text);
                         out.push(s);
                     }
                 }
+                self.report(&issues, name, 0);
                 Ok(Val::Vector(merge_same_labels(out)?))
             }
             "histogram_quantile" => {
                 let q = self.eval_scalar(arg(0)?, "the quantile of histogram_quantile()")?;
                 let vs = self.eval_vector(arg(1)?, "the buckets of histogram_quantile()")?;
-                Ok(Val::Vector(histogram_quantile(&q, vs, self.n)?))
+                self.ctx.invalid_quantile(&q, name, 0);
+                let mut issues = HistogramIssues::default();
+                let out = histogram_quantile(&q, vs, self.n, &mut issues)?;
+                self.report(&issues, name, 1);
+                Ok(Val::Vector(out))
             }
             "histogram_fraction" => {
                 let lower = self.eval_scalar(arg(0)?, "the lower bound of histogram_fraction()")?;
                 let upper = self.eval_scalar(arg(1)?, "the upper bound of histogram_fraction()")?;
                 let vs = self.eval_vector(arg(2)?, "the buckets of histogram_fraction()")?;
-                Ok(Val::Vector(per_histogram(vs, self.n, |i, buckets| {
-                    bucket_fraction(lower[i], upper[i], buckets)
-                })?))
+                let mut issues = HistogramIssues::default();
+                let out = per_histogram(vs, self.n, &mut issues, |i, buckets| {
+                    (bucket_fraction(lower[i], upper[i], buckets), false)
+                })?;
+                self.report(&issues, name, 2);
+                Ok(Val::Vector(out))
             }
             _ => Err(QueryError::Unsupported(format!("the function {name}()"))),
+        }
+    }
+
+    fn sort_in_range_query(&self, func: &str) {
+        if self.ctx.query_step != 0 {
+            self.ctx.annotate(
+                true,
+                "sort is ineffective for range queries since results are always ordered by labels"
+                    .into(),
+                func,
+                None,
+            );
         }
     }
 
@@ -1074,9 +1167,6 @@ impl Evaluator<'_> {
 
     fn aggregate(&self, a: &AggregateExpr) -> Result<Val, QueryError> {
         let op = a.op.to_string();
-        if matches!(op.as_str(), "limitk" | "limit_ratio") {
-            return Err(QueryError::Unsupported(format!("the aggregation {op}")));
-        }
         let param = match a.param.as_deref() {
             None => Param::None,
             Some(p) => match self.eval(p)? {
@@ -1089,6 +1179,22 @@ impl Evaluator<'_> {
                 }
             },
         };
+        if let (Param::Scalar(q), "quantile") = (&param, op.as_str()) {
+            self.ctx.invalid_quantile(q, "quantile", 0);
+        }
+        if let (Param::Scalar(r), "limit_ratio") = (&param, op.as_str()) {
+            if let Some(&bad) = r.iter().find(|r| r.abs() > 1.0) {
+                self.ctx.annotate(
+                    true,
+                    format!(
+                        "ratio value should be between -1 and 1, got {}",
+                        go_float(bad)
+                    ),
+                    "limit_ratio",
+                    Some(0),
+                );
+            }
+        }
         let input = self.eval_vector(&a.expr, &format!("the argument of {op}"))?;
         Ok(Val::Vector(aggregate::aggregate(
             &op,
@@ -1434,49 +1540,110 @@ fn absent_labels(e: &Expr) -> Labels {
     labels
 }
 
+/// One classic histogram: its labels (without `le`), metric name, and the upper bound and
+/// series index of each bucket.
+struct HistogramGroup {
+    labels: Labels,
+    name: String,
+    buckets: Vec<(f64, usize)>,
+}
+
+/// What a histogram function noticed about its input.
+#[derive(Default)]
+struct HistogramIssues {
+    /// `(le value, metric name)` of bucket series without a usable `le`.
+    bad_le: Vec<(String, String)>,
+    /// Metric names whose bucket counts had to be made monotonic.
+    forced: Vec<String>,
+}
+
+impl Evaluator<'_> {
+    /// Reports the issues of a histogram function's input about its `arg`-th argument.
+    fn report(&self, issues: &HistogramIssues, func: &str, arg: usize) {
+        for (le, name) in &issues.bad_le {
+            self.ctx.annotate(
+                true,
+                format!("bucket label \"le\" is missing or has a malformed value of {le:?} for metric name {name:?}"),
+                func,
+                Some(arg),
+            );
+        }
+        for name in &issues.forced {
+            self.ctx.annotate(
+                false,
+                format!("input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {name:?}"),
+                func,
+                Some(arg),
+            );
+        }
+    }
+}
+
 fn histogram_quantile(
     q: &[f64],
     vs: Vec<StepSeries>,
     n: usize,
+    issues: &mut HistogramIssues,
 ) -> Result<Vec<StepSeries>, QueryError> {
-    per_histogram(vs, n, |i, buckets| bucket_quantile(q[i], buckets))
+    per_histogram(vs, n, issues, |i, buckets| bucket_quantile(q[i], buckets))
 }
 
 /// Groups classic bucket series into histograms (labels without `le` and the metric
-/// name) and computes `f(step, buckets)` for each at every step.
+/// name) and computes `f(step, buckets)` for each at every step; `f` also says whether
+/// it had to force the buckets monotonic.
 fn per_histogram(
     vs: Vec<StepSeries>,
     n: usize,
-    f: impl Fn(usize, &mut Vec<Bucket>) -> f64,
+    issues: &mut HistogramIssues,
+    f: impl Fn(usize, &mut Vec<Bucket>) -> (f64, bool),
 ) -> Result<Vec<StepSeries>, QueryError> {
-    // Buckets grouped by their labels without `le` and the metric name.
     let mut index: HashMap<Labels, usize> = HashMap::new();
-    let mut groups: Vec<(Labels, Vec<(f64, usize)>)> = Vec::new();
+    let mut groups: Vec<HistogramGroup> = Vec::new();
     for (idx, s) in vs.iter().enumerate() {
-        let Some(upper) = s.labels.get("le").and_then(parse_le) else {
+        let name = s.labels.metric_name().unwrap_or("").to_owned();
+        let le = s.labels.get("le").unwrap_or("");
+        let Some(upper) = parse_le(le) else {
+            issues.bad_le.push((le.to_owned(), name));
             continue;
         };
+        // Grouped with the metric name, so that two histograms that differ only by name
+        // end up as two results with the same labels: an error, as in Prometheus.
         let mut key = s.labels.clone();
         key.remove("le");
-        key.remove(METRIC_NAME);
         let g = *index.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
+            groups.push(HistogramGroup {
+                labels: key,
+                name,
+                buckets: Vec::new(),
+            });
             groups.len() - 1
         });
-        groups[g].1.push((upper, idx));
+        groups[g].buckets.push((upper, idx));
     }
     let mut out = Vec::with_capacity(groups.len());
     let mut buckets = Vec::new();
-    for (labels, members) in groups {
+    for HistogramGroup {
+        mut labels,
+        name,
+        buckets: members,
+    } in groups
+    {
+        labels.remove(METRIC_NAME);
         let mut values = vec![None; n];
+        let mut forced = false;
         for (i, slot) in values.iter_mut().enumerate() {
             buckets.clear();
             buckets.extend(members.iter().filter_map(|&(upper, idx)| {
                 vs[idx].values[i].map(|count| Bucket { upper, count })
             }));
             if !buckets.is_empty() {
-                *slot = Some(f(i, &mut buckets));
+                let (v, fixed) = f(i, &mut buckets);
+                forced |= fixed;
+                *slot = Some(v);
             }
+        }
+        if forced && !issues.forced.contains(&name) {
+            issues.forced.push(name);
         }
         if values.iter().any(Option::is_some) {
             out.push(StepSeries::new(labels, values));

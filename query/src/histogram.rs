@@ -12,17 +12,24 @@ pub(crate) struct Bucket {
 const SMALL_DELTA: f64 = 1e-12;
 
 /// The φ-quantile of a set of classic buckets, or NaN when it is undefined (no `+Inf`
-/// bucket, fewer than two buckets, no observations).
-pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> f64 {
+/// bucket, fewer than two buckets, no observations); and whether decreasing counts had to
+/// be raised to make the buckets monotonic.
+pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> (f64, bool) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, false);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, false);
     }
+    let mut forced = false;
+    let v = quantile_of_sorted(q, buckets, &mut forced);
+    (v, forced)
+}
+
+fn quantile_of_sorted(q: f64, buckets: &mut Vec<Bucket>, forced: &mut bool) -> f64 {
     buckets.sort_by(|a, b| {
         a.upper
             .partial_cmp(&b.upper)
@@ -34,7 +41,7 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> f64 {
     }
     coalesce(buckets);
     correct_precision_errors(buckets);
-    ensure_monotonic(buckets);
+    *forced = ensure_monotonic(buckets);
     if buckets.len() < 2 {
         return f64::NAN;
     }
@@ -94,19 +101,23 @@ fn correct_precision_errors(buckets: &mut [Bucket]) {
     }
 }
 
-/// Removes decreases between successive counts (the running maximum).
-fn ensure_monotonic(buckets: &mut [Bucket]) {
+/// Removes decreases between successive counts (the running maximum); returns whether
+/// any count was raised.
+fn ensure_monotonic(buckets: &mut [Bucket]) -> bool {
     let Some(first) = buckets.first() else {
-        return;
+        return false;
     };
     let mut max = first.count;
+    let mut forced = false;
     for b in buckets.iter_mut().skip(1) {
         if b.count > max {
             max = b.count;
-        } else {
+        } else if b.count < max {
             b.count = max;
+            forced = true;
         }
     }
+    forced
 }
 
 /// The fraction of observations between `lower` and `upper` in a set of classic buckets.
@@ -203,9 +214,9 @@ mod tests {
     fn interpolates_inside_the_bucket() {
         let mut v = vec![b(0.1, 10.0), b(0.5, 30.0), b(f64::INFINITY, 40.0)];
         // rank 20 falls halfway through (0.1, 0.5].
-        assert!((bucket_quantile(0.5, &mut v) - 0.3).abs() < 1e-12);
+        assert!((bucket_quantile(0.5, &mut v).0 - 0.3).abs() < 1e-12);
         let mut v = vec![b(0.1, 10.0), b(0.5, 30.0), b(f64::INFINITY, 40.0)];
-        assert_eq!(bucket_quantile(0.99, &mut v), 0.5);
+        assert_eq!(bucket_quantile(0.99, &mut v).0, 0.5);
     }
 
     #[test]
@@ -243,8 +254,14 @@ mod tests {
 
     #[test]
     fn undefined_cases() {
-        assert!(bucket_quantile(0.5, &mut vec![b(1.0, 1.0), b(2.0, 2.0)]).is_nan());
-        assert!(bucket_quantile(0.5, &mut vec![b(f64::INFINITY, 0.0), b(1.0, 0.0)]).is_nan());
-        assert_eq!(bucket_quantile(-1.0, &mut vec![]), f64::NEG_INFINITY);
+        assert!(bucket_quantile(0.5, &mut vec![b(1.0, 1.0), b(2.0, 2.0)])
+            .0
+            .is_nan());
+        assert!(
+            bucket_quantile(0.5, &mut vec![b(f64::INFINITY, 0.0), b(1.0, 0.0)])
+                .0
+                .is_nan()
+        );
+        assert_eq!(bucket_quantile(-1.0, &mut vec![]).0, f64::NEG_INFINITY);
     }
 }

@@ -21,10 +21,11 @@ mod error;
 mod eval;
 mod functions;
 mod histogram;
+mod position;
 pub mod script;
 
 pub use error::QueryError;
-pub use eval::{Engine, EngineOptions, QueryValue};
+pub use eval::{Annotations, Engine, EngineOptions, QueryOutput, QueryValue};
 
 /// Parses a query, mapping the parser's message to [`QueryError::BadData`].
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {

@@ -5,9 +5,8 @@
 //! timestamps) are counted as skipped. Warnings and infos are not produced by the engine
 //! yet, so an eval that expects one fails.
 
-use std::collections::HashSet;
-
-use strata_storage::{stale_nan, Db, Labels};
+use promql_parser::parser::{Expr, VectorSelector};
+use strata_storage::{stale_nan, Db, Labels, Matcher};
 
 use crate::duration::parse_duration_ms;
 use crate::{Engine, QueryValue};
@@ -31,9 +30,9 @@ pub fn run_script(
 ) -> Result<ScriptReport, String> {
     let mut report = ScriptReport::default();
     let mut db = new_db()?;
-    // Metric names whose samples could not be loaded (native histograms, start
-    // timestamps): evals that mention them are skipped.
-    let mut unloadable: HashSet<String> = HashSet::new();
+    // Series whose samples could not be loaded (native histograms, start timestamps):
+    // evals whose selectors match one of them are skipped.
+    let mut unloadable: Vec<Labels> = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     while i < lines.len() {
@@ -98,25 +97,25 @@ fn load(
     step: i64,
     body: &[(usize, &str)],
     nhcb: bool,
-    unloadable: &mut HashSet<String>,
+    unloadable: &mut Vec<Labels>,
 ) -> Result<(), String> {
     // A series defined twice in one block keeps only its later line.
     let mut series: Vec<(Labels, Vec<Option<f64>>)> = Vec::new();
     for &(line, text) in body {
         let (labels, rest) = parse_series(text).map_err(|e| format!("line {line}: {e}"))?;
         let name = labels.metric_name().unwrap_or("").to_owned();
-        if rest.starts_with("@st") || text.contains("@st ") {
-            unloadable.insert(name);
-            continue;
-        }
-        if rest.contains("{{") {
-            unloadable.insert(name);
+        if rest.starts_with("@st") || text.contains("@st ") || rest.contains("{{") {
+            unloadable.push(labels);
             continue;
         }
         if nhcb {
+            // The block also holds a native histogram named without the suffix.
             for suffix in ["_bucket", "_count", "_sum"] {
                 if let Some(base) = name.strip_suffix(suffix) {
-                    unloadable.insert(base.to_owned());
+                    let mut h = labels.clone();
+                    h.remove("le");
+                    h.set("__name__", base);
+                    unloadable.push(h);
                 }
             }
         }
@@ -139,9 +138,15 @@ fn load(
     app.commit().map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// An expected error or annotation text: `(is_regex, text)`; empty text matches any.
+type Expected = (bool, String);
+
 struct Expectations {
-    fail: Option<(bool, String)>, // (is_regex, text); empty text = any failure
-    wants_annotation: bool,
+    fail: Option<Expected>,
+    warn: Vec<Expected>,
+    info: Vec<Expected>,
+    no_warn: bool,
+    no_info: bool,
     ordered: bool,
     range_vector: Option<(i64, i64, i64)>,
     string: Option<String>,
@@ -152,14 +157,25 @@ fn eval_case(
     engine: &Engine,
     header: &str,
     body: &[(usize, &str)],
-    unloadable: &HashSet<String>,
+    unloadable: &[Labels],
 ) -> Outcome {
     let mut words = header.splitn(2, char::is_whitespace);
     let cmd = words.next().unwrap_or("").to_ascii_lowercase();
     let rest = words.next().unwrap_or("").trim();
     let mut exp = Expectations {
         fail: (cmd == "eval_fail").then(|| (false, String::new())),
-        wants_annotation: cmd == "eval_warn" || cmd == "eval_info",
+        warn: if cmd == "eval_warn" {
+            vec![(false, String::new())]
+        } else {
+            vec![]
+        },
+        info: if cmd == "eval_info" {
+            vec![(false, String::new())]
+        } else {
+            vec![]
+        },
+        no_warn: false,
+        no_info: false,
         ordered: cmd == "eval_ordered",
         range_vector: None,
         string: None,
@@ -171,8 +187,10 @@ fn eval_case(
             let (kind, arg) = e.split_once(' ').unwrap_or((e, ""));
             match kind {
                 "fail" => exp.fail = Some(parse_fail_arg(arg.trim())),
-                "warn" | "info" => exp.wants_annotation = true,
-                "no_warn" | "no_info" => {}
+                "warn" => exp.warn.push(parse_fail_arg(arg.trim())),
+                "info" => exp.info.push(parse_fail_arg(arg.trim())),
+                "no_warn" => exp.no_warn = true,
+                "no_info" => exp.no_info = true,
                 "ordered" => exp.ordered = true,
                 "range" => match parse_range_vector(arg) {
                     Some(r) => exp.range_vector = Some(r),
@@ -234,11 +252,7 @@ fn eval_case(
             if want.is_empty() {
                 return Outcome::Pass;
             }
-            let ok = if *is_re {
-                regex::Regex::new(want).is_ok_and(|re| re.is_match(&msg))
-            } else {
-                &msg == want
-            };
+            let ok = text_matches(&(*is_re, want.clone()), &msg);
             return if ok {
                 Outcome::Pass
             } else {
@@ -249,9 +263,17 @@ fn eval_case(
         (Ok(_), Some(_)) => return Outcome::Fail("expected an error, got a result".into()),
         (Ok(v), None) => v,
     };
-    if exp.wants_annotation {
-        return Outcome::Fail("expected a warning or info annotation; none are produced".into());
+    if let Err(why) = check_annotations(
+        "warning",
+        &exp.warn,
+        exp.no_warn,
+        &value.annotations.warnings,
+    )
+    .and_then(|()| check_annotations("info", &exp.info, exp.no_info, &value.annotations.infos))
+    {
+        return Outcome::Fail(why);
     }
+    let value = value.value;
     let grid = match kind {
         Kind::Instant(_) => None,
         Kind::Range(start, _, step) => Some((start, step)),
@@ -260,6 +282,48 @@ fn eval_case(
         Ok(()) => Outcome::Pass,
         Err(why) => Outcome::Fail(why),
     }
+}
+
+fn text_matches(want: &Expected, got: &str) -> bool {
+    let (is_re, text) = want;
+    if text.is_empty() {
+        true
+    } else if *is_re {
+        regex::Regex::new(text).is_ok_and(|re| re.is_match(got))
+    } else {
+        got == text
+    }
+}
+
+/// Checks returned annotations of one kind against the expectation lines.
+fn check_annotations(
+    kind: &str,
+    want: &[Expected],
+    none: bool,
+    got: &[String],
+) -> Result<(), String> {
+    if none && !got.is_empty() {
+        return Err(format!("expected no {kind} annotation, got {got:?}"));
+    }
+    if want.is_empty() {
+        return Ok(());
+    }
+    if got.is_empty() {
+        return Err(format!("expected a {kind} annotation, got none"));
+    }
+    if let Some(w) = want
+        .iter()
+        .find(|w| !got.iter().any(|g| text_matches(w, g)))
+    {
+        return Err(format!("expected {kind} {:?}, got {got:?}", w.1));
+    }
+    if let Some(g) = got
+        .iter()
+        .find(|g| !want.iter().any(|w| text_matches(w, g)))
+    {
+        return Err(format!("unexpected {kind} {g:?}"));
+    }
+    Ok(())
 }
 
 fn parse_fail_arg(arg: &str) -> (bool, String) {
@@ -285,19 +349,67 @@ fn parse_range_vector(arg: &str) -> Option<(i64, i64, i64)> {
     ))
 }
 
-/// Whether the query names any of `names` as an identifier.
-fn touches(query: &str, names: &HashSet<String>) -> bool {
-    names.iter().any(|n| {
-        !n.is_empty()
-            && query.match_indices(n.as_str()).any(|(i, _)| {
-                let before = query[..i].chars().next_back();
-                let after = query[i + n.len()..].chars().next();
-                let ident = |c: Option<char>| {
-                    c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
-                };
-                !ident(before) && !ident(after)
-            })
+/// Whether any selector of the query matches one of the `series`.
+fn touches(query: &str, series: &[Labels]) -> bool {
+    if series.is_empty() {
+        return false;
+    }
+    let Ok(expr) = crate::parse(query) else {
+        // Not parseable here (e.g. native-histogram operators): match by metric name.
+        return series
+            .iter()
+            .filter_map(|l| l.metric_name())
+            .any(|n| names_identifier(query, n));
+    };
+    let mut selectors = Vec::new();
+    collect_selectors(&expr, &mut selectors);
+    selectors.iter().any(|vs| {
+        let Ok(matchers) = crate::eval::selector_matchers(vs) else {
+            return false;
+        };
+        series.iter().any(|l| matches_all(&matchers, l))
     })
+}
+
+/// Whether `name` occurs in `query` as a whole identifier.
+fn names_identifier(query: &str, name: &str) -> bool {
+    let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+    !name.is_empty()
+        && query.match_indices(name).any(|(i, _)| {
+            !ident(query[..i].chars().next_back()) && !ident(query[i + name.len()..].chars().next())
+        })
+}
+
+fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
+    matchers
+        .iter()
+        .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+}
+
+fn collect_selectors<'a>(e: &'a Expr, out: &mut Vec<&'a VectorSelector>) {
+    match e {
+        Expr::VectorSelector(vs) => out.push(vs),
+        Expr::MatrixSelector(ms) => out.push(&ms.vs),
+        Expr::Aggregate(a) => {
+            collect_selectors(&a.expr, out);
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+        }
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                collect_selectors(a, out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
 }
 
 fn compare(

@@ -78,9 +78,26 @@ fn push_point(out: &mut String, t: i64, v: f64) {
 
 /// `{"status":"success","data":<data>}` where `data` writes itself into the buffer.
 pub(crate) fn success(data: impl FnOnce(&mut String)) -> String {
+    success_with(data, &[], &[])
+}
+
+/// Like [`success`], with `warnings` and `infos` when there are any.
+pub(crate) fn success_with(
+    data: impl FnOnce(&mut String),
+    warnings: &[String],
+    infos: &[String],
+) -> String {
     let mut out = String::with_capacity(256);
     out.push_str("{\"status\":\"success\",\"data\":");
     data(&mut out);
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if !list.is_empty() {
+            out.push_str(",\"");
+            out.push_str(key);
+            out.push_str("\":");
+            push_string_array(&mut out, list.iter().map(String::as_str));
+        }
+    }
     out.push('}');
     out
 }
