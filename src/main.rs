@@ -7,7 +7,7 @@ mod server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
@@ -57,6 +57,18 @@ struct ServeArgs {
     /// How often the built-in host collectors run (`15s`, `1m`); `0s` turns them off.
     #[arg(long = "collect.interval", default_value = "15s", value_parser = parse_interval)]
     collect_interval_ms: i64,
+    /// Longest a query may run; longer ones fail with a `timeout` error.
+    #[arg(long = "query.timeout", default_value = "2m", value_parser = parse_interval)]
+    query_timeout_ms: i64,
+    /// Most samples one query may load into memory.
+    #[arg(long = "query.max-samples", default_value_t = 50_000_000)]
+    query_max_samples: usize,
+    /// Queries evaluated at once; more wait for a free slot.
+    #[arg(long = "query.max-concurrency", default_value_t = 20)]
+    query_max_concurrency: usize,
+    /// How far back an instant selector looks for a sample.
+    #[arg(long = "query.lookback-delta", default_value = "5m", value_parser = parse_interval)]
+    query_lookback_ms: i64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -114,11 +126,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr().unwrap_or(args.listen);
         tracing::info!(address = %addr, "serving the HTTP API");
+        let query_timeout = Duration::from_millis(args.query_timeout_ms.max(1) as u64);
         let state = Arc::new(server::AppState {
             db: db.clone(),
-            engine: Engine::new(EngineOptions::default()),
+            engine: Engine::new(EngineOptions {
+                lookback_delta_ms: args.query_lookback_ms.max(1),
+                timeout: query_timeout,
+                max_samples: args.query_max_samples,
+                ..EngineOptions::default()
+            }),
             max_write_bytes: args.write_max_bytes,
             started,
+            query_slots: Arc::new(tokio::sync::Semaphore::new(
+                args.query_max_concurrency.max(1),
+            )),
+            query_timeout,
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));

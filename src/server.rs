@@ -14,7 +14,7 @@ mod params;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -24,8 +24,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use strata_ingest::IngestError;
-use strata_query::{Engine, QueryError};
+use strata_query::{Engine, QueryError, QueryOutput};
 use strata_storage::{Db, Labels, Matcher};
+use tokio::sync::Semaphore;
 
 use params::Params;
 
@@ -42,6 +43,10 @@ pub(crate) struct AppState {
     /// Largest decompressed remote-write body accepted.
     pub(crate) max_write_bytes: usize,
     pub(crate) started: Instant,
+    /// Queries evaluating at once; more wait for a slot (`--query.max-concurrency`).
+    pub(crate) query_slots: Arc<Semaphore>,
+    /// The engine's timeout, the longest a `timeout` parameter may ask for.
+    pub(crate) query_timeout: Duration,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -52,6 +57,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/series", get(series).post(series))
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/format_query", get(format_query).post(format_query))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/-/healthy", get(|| async { "Strata is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Strata is Ready.\n" }))
@@ -91,6 +101,7 @@ impl From<QueryError> for ApiError {
             QueryError::Unsupported(_) | QueryError::Execution(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "execution")
             }
+            QueryError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             QueryError::Storage(se) if se.is_bad_input() => (StatusCode::BAD_REQUEST, "bad_data"),
             QueryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -168,6 +179,50 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
+/// The query timeout a request asks for, bounded by the server's.
+fn timeout_param(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
+    match p.get("timeout") {
+        None => Ok(st.query_timeout),
+        Some(_) => {
+            let ms = p.duration("timeout")?;
+            Ok(Duration::from_millis(ms.max(0) as u64).min(st.query_timeout))
+        }
+    }
+}
+
+/// Runs a query on the blocking pool once a query slot is free, and encodes its answer.
+async fn run_query(
+    st: Arc<AppState>,
+    with_stats: bool,
+    eval: impl FnOnce(&AppState) -> Result<QueryOutput, QueryError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let queued = Instant::now();
+    let permit = Arc::clone(&st.query_slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("the query queue is closed"))?;
+    let queue_time = queued.elapsed();
+    let body = blocking(move || {
+        let _permit = permit;
+        let r = eval(&st)?;
+        Ok(json::success_with(
+            |out| {
+                json::push_query_value(out, &r.value);
+                if with_stats {
+                    // Reopen the data object to add the statistics next to the result.
+                    out.pop();
+                    json::push_stats(out, &r.stats, queue_time);
+                    out.push('}');
+                }
+            },
+            &r.annotations.warnings,
+            &r.annotations.infos,
+        ))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
 async fn query(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let p = read_params(req).await?;
     let q = p
@@ -175,16 +230,12 @@ async fn query(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
         .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": no query given"))?
         .to_owned();
     let t = p.time_or("time", now_ms())?;
-    let body = blocking(move || {
-        let r = st.engine.instant_query(&st.db, &q, t)?;
-        Ok(json::success_with(
-            |out| json::push_query_value(out, &r.value),
-            &r.annotations.warnings,
-            &r.annotations.infos,
-        ))
+    let timeout = timeout_param(&st, &p)?;
+    let with_stats = p.get("stats").is_some();
+    run_query(st, with_stats, move |st| {
+        st.engine.instant_query_with_timeout(&st.db, &q, t, timeout)
     })
-    .await?;
-    Ok(json_response(StatusCode::OK, body))
+    .await
 }
 
 async fn query_range(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
@@ -196,16 +247,38 @@ async fn query_range(State(st): State<Arc<AppState>>, req: Request) -> Result<Re
     let start = p.time("start")?;
     let end = p.time("end")?;
     let step = p.duration("step")?;
-    let body = blocking(move || {
-        let r = st.engine.range_query(&st.db, &q, start, end, step)?;
-        Ok(json::success_with(
-            |out| json::push_query_value(out, &r.value),
-            &r.annotations.warnings,
-            &r.annotations.infos,
-        ))
+    let timeout = timeout_param(&st, &p)?;
+    let with_stats = p.get("stats").is_some();
+    run_query(st, with_stats, move |st| {
+        st.engine
+            .range_query_with_timeout(&st.db, &q, start, end, step, timeout)
     })
-    .await?;
+    .await
+}
+
+async fn format_query(req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": no query given"))?;
+    let expr = strata_query::parse(q)?;
+    let body = json::success(|out| json::push_str(out, &expr.prettify()));
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// strata keeps no exemplars: a valid request gets an empty list.
+async fn query_exemplars(req: Request) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": no query given"))?;
+    strata_query::parse(q)?;
+    p.time_or("start", MIN_TIME)?;
+    p.time_or("end", MAX_TIME)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json::success(|out| out.push_str("[]")),
+    ))
 }
 
 /// The `match[]` selectors of a request, parsed.

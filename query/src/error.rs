@@ -10,6 +10,9 @@ pub enum QueryError {
     /// The query is valid but cannot be evaluated on this data (`execution`, 422).
     #[error("{0}")]
     Execution(String),
+    /// The query ran past its timeout (`timeout`, 503).
+    #[error("{0}")]
+    Timeout(String),
     /// The store failed (`internal`, 500).
     #[error(transparent)]
     Storage(#[from] strata_storage::Error),

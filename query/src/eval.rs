@@ -1,9 +1,9 @@
 //! The evaluator: every node of the expression yields its value at every step of the
 //! query at once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher as ParsedMatcher};
 use promql_parser::parser::value::ValueType;
@@ -31,6 +31,10 @@ pub struct EngineOptions {
     /// `promql-delayed-name-removal`), so that `label_replace` can still read a name a
     /// function will drop. Off by default, as in Prometheus.
     pub delayed_name_removal: bool,
+    /// Longest a query may run (Prometheus' `--query.timeout`, 2 m).
+    pub timeout: Duration,
+    /// Most samples a query may load (Prometheus' `--query.max-samples`, 50 million).
+    pub max_samples: usize,
 }
 
 impl Default for EngineOptions {
@@ -40,6 +44,8 @@ impl Default for EngineOptions {
             max_points_per_series: 11_000,
             default_subquery_step_ms: 60_000,
             delayed_name_removal: false,
+            timeout: Duration::from_secs(120),
+            max_samples: 50_000_000,
         }
     }
 }
@@ -81,11 +87,24 @@ pub struct Annotations {
     pub infos: Vec<String>,
 }
 
-/// A query's result and its annotations.
+/// A query's result, its annotations, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryOutput {
     pub value: QueryValue,
     pub annotations: Annotations,
+    pub stats: QueryStats,
+}
+
+/// What a query cost, for `stats=all`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueryStats {
+    /// Samples the query read at all its steps, counted as Prometheus'
+    /// `totalQueryableSamples` (a sample seen by two steps counts twice).
+    pub total_queryable_samples: u64,
+    /// Samples loaded from the store.
+    pub samples_loaded: u64,
+    /// Time spent evaluating.
+    pub eval_time: Duration,
 }
 
 /// Evaluates PromQL against a [`Db`].
@@ -101,8 +120,20 @@ impl Engine {
 
     /// Evaluates `query` at time `t` (milliseconds).
     pub fn instant_query(&self, db: &Db, query: &str, t: i64) -> Result<QueryOutput, QueryError> {
+        self.instant_query_with_timeout(db, query, t, self.opts.timeout)
+    }
+
+    /// [`Engine::instant_query`] with a timeout shorter than the engine's.
+    pub fn instant_query_with_timeout(
+        &self,
+        db: &Db,
+        query: &str,
+        t: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        let started = Instant::now();
         let expr = crate::parse(query)?;
-        let ctx = self.context(db, query, t, t, 0);
+        let ctx = self.context(db, query, t, t, 0, timeout);
         let ev = Evaluator {
             ctx: &ctx,
             start: t,
@@ -127,6 +158,7 @@ impl Engine {
         };
         Ok(QueryOutput {
             value,
+            stats: ctx.stats(started),
             annotations: ctx.annotations.into_inner(),
         })
     }
@@ -140,6 +172,20 @@ impl Engine {
         end: i64,
         step: i64,
     ) -> Result<QueryOutput, QueryError> {
+        self.range_query_with_timeout(db, query, start, end, step, self.opts.timeout)
+    }
+
+    /// [`Engine::range_query`] with a timeout shorter than the engine's.
+    pub fn range_query_with_timeout(
+        &self,
+        db: &Db,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        let started = Instant::now();
         if end < start {
             return Err(QueryError::BadData(
                 "end timestamp must not be before start time".into(),
@@ -165,7 +211,7 @@ impl Engine {
                 type_description(vt)
             )));
         }
-        let ctx = self.context(db, query, start, end, step);
+        let ctx = self.context(db, query, start, end, step, timeout);
         let ev = Evaluator {
             ctx: &ctx,
             start,
@@ -200,11 +246,20 @@ impl Engine {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(QueryOutput {
             value: QueryValue::Matrix(out),
+            stats: ctx.stats(started),
             annotations: ctx.annotations.into_inner(),
         })
     }
 
-    fn context<'a>(&self, db: &'a Db, query: &'a str, start: i64, end: i64, step: i64) -> Ctx<'a> {
+    fn context<'a>(
+        &self,
+        db: &'a Db,
+        query: &'a str,
+        start: i64,
+        end: i64,
+        step: i64,
+        timeout: Duration,
+    ) -> Ctx<'a> {
         Ctx {
             db,
             query,
@@ -215,6 +270,10 @@ impl Engine {
             query_step: step,
             delayed_name_removal: self.opts.delayed_name_removal,
             subquery_step: self.opts.default_subquery_step_ms,
+            deadline: Instant::now() + timeout.min(self.opts.timeout),
+            max_samples: self.opts.max_samples,
+            loaded: Cell::new(0),
+            queryable: Cell::new(0),
         }
     }
 }
@@ -268,9 +327,45 @@ struct Ctx<'a> {
     query_step: i64,
     delayed_name_removal: bool,
     subquery_step: i64,
+    deadline: Instant,
+    max_samples: usize,
+    /// Samples loaded so far, against `max_samples`.
+    loaded: Cell<usize>,
+    queryable: Cell<u64>,
 }
 
 impl Ctx<'_> {
+    /// Fails the query once its time is up.
+    fn check_deadline(&self) -> Result<(), QueryError> {
+        if Instant::now() > self.deadline {
+            return Err(QueryError::Timeout(
+                "query timed out in expression evaluation".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more samples loaded, failing the query past the limit.
+    fn load(&self, n: usize) -> Result<(), QueryError> {
+        let total = self.loaded.get().saturating_add(n);
+        self.loaded.set(total);
+        if total > self.max_samples {
+            return Err(QueryError::Execution(
+                "query processing would load too many samples into memory in query execution"
+                    .into(),
+            ));
+        }
+        self.check_deadline()
+    }
+
+    fn stats(&self, started: Instant) -> QueryStats {
+        QueryStats {
+            total_queryable_samples: self.queryable.get(),
+            samples_loaded: self.loaded.get() as u64,
+            eval_time: started.elapsed(),
+        }
+    }
+
     /// Records an annotation about the `arg`-th argument of the call of `func` (or the
     /// call itself); identical annotations are kept once.
     fn annotate(&self, warning: bool, text: String, func: &str, arg: Option<usize>) {
@@ -577,6 +672,7 @@ impl Evaluator<'_> {
         for series in selected {
             samples.clear();
             samples.extend(series.samples());
+            self.ctx.load(samples.len())?;
             let mut values = vec![None; self.n];
             if let Some(at) = at {
                 let t = at - offset;
@@ -599,7 +695,9 @@ impl Evaluator<'_> {
                     }
                 }
             }
-            if values.iter().any(Option::is_some) {
+            let present = values.iter().filter(|v| v.is_some()).count() as u64;
+            self.ctx.queryable.set(self.ctx.queryable.get() + present);
+            if present > 0 {
                 out.push(StepSeries::new(series.labels, values));
             }
         }
@@ -622,14 +720,13 @@ impl Evaluator<'_> {
                     .db
                     .querier(lo - offset - range + 1, hi - offset)
                     .select(&matchers)?;
-                let series = selected
-                    .into_iter()
-                    .map(|s| {
-                        let points: Vec<(i64, f64)> =
-                            s.samples().filter(|&(_, v)| !is_stale_nan(v)).collect();
-                        (s.labels, points, false)
-                    })
-                    .collect();
+                let mut series = Vec::with_capacity(selected.len());
+                for s in selected {
+                    let points: Vec<(i64, f64)> =
+                        s.samples().filter(|&(_, v)| !is_stale_nan(v)).collect();
+                    self.ctx.load(points.len())?;
+                    series.push((s.labels, points, false));
+                }
                 Ok(RangeInput {
                     series,
                     range,
@@ -669,12 +766,13 @@ impl Evaluator<'_> {
                     match inner.eval(&sq.expr)? {
                         Val::Vector(vs) => {
                             for s in vs {
-                                let points = s
+                                let points: Vec<(i64, f64)> = s
                                     .values
                                     .iter()
                                     .enumerate()
                                     .filter_map(|(i, v)| v.map(|v| (inner.ts(i), v)))
                                     .collect();
+                                self.ctx.load(points.len())?;
                                 series.push((s.labels, points, s.drop_name));
                             }
                         }
@@ -741,6 +839,8 @@ impl Evaluator<'_> {
         let mut out = Vec::with_capacity(input.series.len());
         let mut args = vec![0.0; scalars.len()];
         for (labels, samples, marked) in &input.series {
+            self.ctx.check_deadline()?;
+            let mut queryable = 0u64;
             let mut values = vec![None; self.n];
             let (mut lo, mut hi) = (0, 0);
             for (i, slot) in values.iter_mut().enumerate() {
@@ -759,6 +859,7 @@ impl Evaluator<'_> {
                 for (a, s) in args.iter_mut().zip(scalars) {
                     *a = s[i];
                 }
+                queryable += (hi - lo) as u64;
                 let w = Window {
                     samples: &samples[lo..hi],
                     range_start,
@@ -767,6 +868,7 @@ impl Evaluator<'_> {
                 };
                 *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
             }
+            self.ctx.queryable.set(self.ctx.queryable.get() + queryable);
             if values.iter().any(Option::is_some) {
                 let mut s = StepSeries::new(labels.clone(), values);
                 s.drop_name = *marked;

@@ -25,7 +25,7 @@ mod position;
 pub mod script;
 
 pub use error::QueryError;
-pub use eval::{Annotations, Engine, EngineOptions, QueryOutput, QueryValue};
+pub use eval::{Annotations, Engine, EngineOptions, QueryOutput, QueryStats, QueryValue};
 
 /// Parses a query, mapping the parser's message to [`QueryError::BadData`].
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {

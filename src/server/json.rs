@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use strata_query::QueryValue;
+use std::time::Duration;
+
+use strata_query::{QueryStats, QueryValue};
 use strata_storage::Labels;
 
 /// Appends `s` as a JSON string literal.
@@ -151,6 +153,19 @@ pub(crate) fn push_query_value(out: &mut String, v: &QueryValue) {
         }
     }
     out.push('}');
+}
+
+/// `,"stats":{...}` in Prometheus' shape: timings in seconds and sample counts.
+pub(crate) fn push_stats(out: &mut String, stats: &QueryStats, queue: Duration) {
+    let eval = stats.eval_time.as_secs_f64();
+    let queue = queue.as_secs_f64();
+    let _ = write!(
+        out,
+        ",\"stats\":{{\"timings\":{{\"evalTotalTime\":{eval},\"resultSortTime\":0,\"queryPreparationTime\":0,\"innerEvalTime\":{eval},\"execQueueTime\":{queue},\"execTotalTime\":{}}},\"samples\":{{\"totalQueryableSamples\":{},\"peakSamples\":{}}}}}",
+        eval + queue,
+        stats.total_queryable_samples,
+        stats.samples_loaded
+    );
 }
 
 /// A JSON array of strings.

@@ -1,0 +1,134 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! Limits protect the server: a query over a limit fails alone, with Prometheus' error
+//! type, and everything else carries on. Also `stats`, `format_query`, exemplars.
+
+mod common;
+
+use common::{enc, write_body, Strata, Ts};
+
+const BASE: i64 = 1_700_000_000_000;
+
+fn load(strata: &Strata) {
+    let series: Vec<Ts> = ["a", "b", "c"]
+        .iter()
+        .map(|i| Ts {
+            labels: vec![("__name__", "work_total"), ("instance", i)],
+            samples: (0..50).map(|k| (BASE + k * 15_000, k as f64)).collect(),
+        })
+        .collect();
+    assert_eq!(strata.write(&write_body(&series)).status, 204);
+}
+
+fn at(offset_ms: i64) -> String {
+    format!("{}", (BASE + offset_ms) as f64 / 1000.0)
+}
+
+#[test]
+fn too_many_samples_fails_that_query_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &["--query.max-samples", "100"]);
+    load(&strata);
+    // 3 series x 50 samples in the window: over the limit of 100.
+    let r = strata.get(&format!(
+        "/api/v1/query?query={}&time={}",
+        enc("sum_over_time(work_total[1h])"),
+        at(49 * 15_000)
+    ));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["errorType"], "execution");
+    assert_eq!(
+        r.json()["error"],
+        "query processing would load too many samples into memory in query execution"
+    );
+    // A smaller query on the same server still works.
+    let d = strata.query("sum(work_total)", &at(49 * 15_000));
+    assert_eq!(d["result"][0]["value"][1], "147");
+    assert_eq!(strata.get("/-/healthy").status, 200);
+}
+
+#[test]
+fn a_query_past_its_timeout_gets_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    load(&strata);
+    let r = strata.get(&format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=1&timeout=0.0001",
+        enc("sum(rate(work_total[5m]))"),
+        at(0),
+        at(49 * 15_000)
+    ));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["errorType"], "timeout");
+    assert_eq!(
+        r.json()["error"],
+        "query timed out in expression evaluation"
+    );
+    // Without the tiny timeout the same query answers.
+    let r = strata.get(&format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=15",
+        enc("sum(rate(work_total[5m]))"),
+        at(300_000),
+        at(49 * 15_000)
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn queries_beyond_the_concurrency_limit_wait_rather_than_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = std::sync::Arc::new(Strata::start(dir.path(), &["--query.max-concurrency", "1"]));
+    load(&strata);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let strata = std::sync::Arc::clone(&strata);
+            std::thread::spawn(move || {
+                strata
+                    .get(&format!(
+                        "/api/v1/query_range?query={}&start={}&end={}&step=1",
+                        enc("sum(rate(work_total[5m]))"),
+                        at(0),
+                        at(49 * 15_000)
+                    ))
+                    .status
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn stats_format_query_and_exemplars() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    load(&strata);
+    let r = strata.get(&format!(
+        "/api/v1/query?query={}&time={}&stats=all",
+        enc("work_total"),
+        at(49 * 15_000)
+    ));
+    let v = r.json();
+    assert_eq!(v["data"]["result"].as_array().unwrap().len(), 3);
+    assert_eq!(v["data"]["stats"]["samples"]["totalQueryableSamples"], 3);
+    assert!(v["data"]["stats"]["timings"]["evalTotalTime"].is_number());
+    // Without the parameter there are no statistics.
+    let r = strata.get(&format!("/api/v1/query?query=work_total&time={}", at(0)));
+    assert!(r.json()["data"].get("stats").is_none());
+
+    let r = strata.post_form(
+        "/api/v1/format_query",
+        &format!("query={}", enc("sum(rate(work_total[5m]))by(instance)")),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pretty = r.json()["data"].as_str().unwrap().to_owned();
+    assert!(pretty.contains("sum by (instance)"), "{pretty}");
+    assert!(pretty.contains("rate(work_total[5m])"), "{pretty}");
+    let r = strata.get(&format!("/api/v1/format_query?query={}", enc("sum(")));
+    assert_eq!(r.status, 400);
+
+    let r = strata.get("/api/v1/query_exemplars?query=test&start=1700000000000&end=1700003600000");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"], serde_json::json!([]));
+}
