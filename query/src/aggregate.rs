@@ -26,12 +26,14 @@ pub(crate) fn grouping_labels(labels: &Labels, modifier: Option<&LabelModifier>)
         None => Labels::empty(),
         Some(LabelModifier::Include(by)) => {
             let mut l = labels.clone();
-            l.retain(|l| by.labels.iter().any(|n| n == &l.name));
+            l.retain(|l| by.labels.iter().any(|n| n.as_str() == &*l.name));
             l
         }
         Some(LabelModifier::Exclude(without)) => {
             let mut l = labels.clone();
-            l.retain(|l| l.name != METRIC_NAME && !without.labels.iter().any(|n| n == &l.name));
+            l.retain(|l| {
+                &*l.name != METRIC_NAME && !without.labels.iter().any(|n| n.as_str() == &*l.name)
+            });
             l
         }
     }

@@ -458,9 +458,22 @@ enum Val {
     String(String),
 }
 
-/// One series of a range input: labels, points, and whether the name is marked for
-/// removal.
-type RangeSeries = (Labels, Vec<(i64, f64)>, bool);
+/// Where a range input's points come from.
+enum Points {
+    /// A stored series, decoded (stale markers dropped) only when it is used, one at a
+    /// time into a reused buffer.
+    Stored(strata_storage::Series),
+    /// Points a subquery computed.
+    Computed(Vec<(i64, f64)>),
+}
+
+/// One series of a range input.
+struct RangeSeries {
+    labels: Labels,
+    points: Points,
+    /// The metric name is to be removed at the end (delayed name removal).
+    drop_name: bool,
+}
 
 /// The series of a range selector or subquery, with how to cut windows from them.
 struct RangeInput {
@@ -720,13 +733,14 @@ impl Evaluator<'_> {
                     .db
                     .querier(lo - offset - range + 1, hi - offset)
                     .select(&matchers)?;
-                let mut series = Vec::with_capacity(selected.len());
-                for s in selected {
-                    let points: Vec<(i64, f64)> =
-                        s.samples().filter(|&(_, v)| !is_stale_nan(v)).collect();
-                    self.ctx.load(points.len())?;
-                    series.push((s.labels, points, false));
-                }
+                let series = selected
+                    .into_iter()
+                    .map(|s| RangeSeries {
+                        labels: s.labels.clone(),
+                        points: Points::Stored(s),
+                        drop_name: false,
+                    })
+                    .collect();
                 Ok(RangeInput {
                     series,
                     range,
@@ -773,7 +787,11 @@ impl Evaluator<'_> {
                                     .filter_map(|(i, v)| v.map(|v| (inner.ts(i), v)))
                                     .collect();
                                 self.ctx.load(points.len())?;
-                                series.push((s.labels, points, s.drop_name));
+                                series.push(RangeSeries {
+                                    labels: s.labels,
+                                    points: Points::Computed(points),
+                                    drop_name: s.drop_name,
+                                });
                             }
                         }
                         _ => {
@@ -811,22 +829,41 @@ impl Evaluator<'_> {
         }
         let input = self.range_input(e)?;
         let (start, end) = self.window_bounds(&input, 0);
-        let out = input
-            .series
-            .into_iter()
-            .map(|(mut labels, points, drop_name)| {
-                if drop_name {
+        let mut out = Vec::with_capacity(input.series.len());
+        let mut buf = Vec::new();
+        for s in &input.series {
+            let p: Vec<(i64, f64)> = self
+                .points(s, &mut buf)?
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t > start && t <= end)
+                .collect();
+            if !p.is_empty() {
+                let mut labels = s.labels.clone();
+                if s.drop_name {
                     labels.remove(METRIC_NAME);
                 }
-                let p: Vec<(i64, f64)> = points
-                    .into_iter()
-                    .filter(|&(t, _)| t > start && t <= end)
-                    .collect();
-                (labels, p)
-            })
-            .filter(|(_, p)| !p.is_empty())
-            .collect();
+                out.push((labels, p));
+            }
+        }
         Ok(Val::Matrix(out))
+    }
+
+    /// The points of a range series, decoding a stored one into `buf`.
+    fn points<'b>(
+        &self,
+        s: &'b RangeSeries,
+        buf: &'b mut Vec<(i64, f64)>,
+    ) -> Result<&'b [(i64, f64)], QueryError> {
+        match &s.points {
+            Points::Computed(p) => Ok(p),
+            Points::Stored(series) => {
+                buf.clear();
+                buf.extend(series.samples().filter(|&(_, v)| !is_stale_nan(v)));
+                self.ctx.load(buf.len())?;
+                Ok(buf)
+            }
+        }
     }
 
     /// Applies a window function to every series of `input` at every step.
@@ -838,8 +875,19 @@ impl Evaluator<'_> {
     ) -> Result<Vec<StepSeries>, QueryError> {
         let mut out = Vec::with_capacity(input.series.len());
         let mut args = vec![0.0; scalars.len()];
-        for (labels, samples, marked) in &input.series {
+        let mut resets: Vec<u32> = Vec::new();
+        let mut buf = Vec::new();
+        for series in &input.series {
             self.ctx.check_deadline()?;
+            let samples = self.points(series, &mut buf)?;
+            // resets[j]: how many of samples[1..=j] are lower than their predecessor.
+            resets.clear();
+            let mut count = 0u32;
+            resets.push(0);
+            for pair in samples.windows(2) {
+                count += u32::from(pair[1].1 < pair[0].1);
+                resets.push(count);
+            }
             let mut queryable = 0u64;
             let mut values = vec![None; self.n];
             let (mut lo, mut hi) = (0, 0);
@@ -865,13 +913,14 @@ impl Evaluator<'_> {
                     range_start,
                     range_end,
                     eval_time: self.ts(i),
+                    may_have_resets: hi > lo + 1 && resets[hi - 1] != resets[lo],
                 };
                 *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
             }
             self.ctx.queryable.set(self.ctx.queryable.get() + queryable);
             if values.iter().any(Option::is_some) {
-                let mut s = StepSeries::new(labels.clone(), values);
-                s.drop_name = *marked;
+                let mut s = StepSeries::new(series.labels.clone(), values);
+                s.drop_name = series.drop_name;
                 if !spec.keep_name {
                     s.drop_name(self.ctx.delayed_name_removal);
                 }
@@ -1056,16 +1105,16 @@ impl Evaluator<'_> {
             "absent_over_time" => {
                 let input = self.range_input(arg(0)?)?;
                 let labels = absent_labels(arg(0)?);
-                let values = (0..self.n)
-                    .map(|i| {
+                let mut present = vec![false; self.n];
+                let mut buf = Vec::new();
+                for s in &input.series {
+                    let p = self.points(s, &mut buf)?;
+                    for (i, seen) in present.iter_mut().enumerate() {
                         let (start, end) = self.window_bounds(&input, i);
-                        let present = input
-                            .series
-                            .iter()
-                            .any(|(_, p, _)| p.iter().any(|&(t, _)| t > start && t <= end));
-                        (!present).then_some(1.0)
-                    })
-                    .collect();
+                        *seen |= p.iter().any(|&(t, _)| t > start && t <= end);
+                    }
+                }
+                let values = present.iter().map(|&p| (!p).then_some(1.0)).collect();
                 Ok(Val::Vector(non_empty(vec![StepSeries::new(
                     labels, values,
                 )])))
@@ -1550,10 +1599,10 @@ fn result_labels(
     match include {
         None => match matching {
             Some(LabelModifier::Include(on)) => {
-                labels.retain(|l| on.labels.iter().any(|n| n == &l.name))
+                labels.retain(|l| on.labels.iter().any(|n| n.as_str() == &*l.name))
             }
             Some(LabelModifier::Exclude(ignoring)) => {
-                labels.retain(|l| !ignoring.labels.iter().any(|n| n == &l.name))
+                labels.retain(|l| !ignoring.labels.iter().any(|n| n.as_str() == &*l.name))
             }
             None => {}
         },
@@ -1840,10 +1889,12 @@ fn signature(labels: &Labels, matching: Option<&LabelModifier>) -> Labels {
     let mut sig = labels.clone();
     match matching {
         Some(LabelModifier::Include(on)) => {
-            sig.retain(|l| on.labels.iter().any(|n| n == &l.name));
+            sig.retain(|l| on.labels.iter().any(|n| n.as_str() == &*l.name));
         }
         Some(LabelModifier::Exclude(ignoring)) => {
-            sig.retain(|l| l.name != METRIC_NAME && !ignoring.labels.iter().any(|n| n == &l.name));
+            sig.retain(|l| {
+                &*l.name != METRIC_NAME && !ignoring.labels.iter().any(|n| n.as_str() == &*l.name)
+            });
         }
         None => sig.remove(METRIC_NAME),
     }

@@ -11,6 +11,9 @@ pub(crate) struct Window<'a> {
     pub(crate) range_end: i64,
     /// The evaluation time of the step (used by `predict_linear`).
     pub(crate) eval_time: i64,
+    /// Whether some sample in the window is lower than the one before it (a counter
+    /// reset). `true` when unknown.
+    pub(crate) may_have_resets: bool,
 }
 
 /// A function of a range window and the values of its scalar arguments at that step.
@@ -202,7 +205,7 @@ fn extrapolated_rate(w: &Window<'_>, is_counter: bool, is_rate: bool) -> Option<
     let (first_t, first_v) = s[0];
     let (last_t, last_v) = s[s.len() - 1];
     let mut result = last_v - first_v;
-    if is_counter {
+    if is_counter && w.may_have_resets {
         let mut prev = first_v;
         for &(_, v) in &s[1..] {
             if v < prev {
@@ -508,6 +511,7 @@ mod tests {
             range_start: start,
             range_end: end,
             eval_time: end,
+            may_have_resets: true,
         }
     }
 

@@ -71,7 +71,8 @@ impl BitWriter {
     }
 }
 
-/// A bit-level reader over a byte slice.
+/// A bit-level reader over a byte slice. Reads go through a 128-bit big-endian window
+/// at the current byte, so any field up to 64 bits is one shift and mask.
 #[derive(Clone)]
 struct BitReader<'a> {
     bytes: &'a [u8],
@@ -83,6 +84,35 @@ impl<'a> BitReader<'a> {
         Self { bytes, pos: 0 }
     }
 
+    /// The 128 bits starting at the byte holding `pos`, zero-padded past the end.
+    #[inline]
+    fn window(&self) -> u128 {
+        let byte = self.pos / 8;
+        match self.bytes.get(byte..byte + 16) {
+            Some(w) => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(w);
+                u128::from_be_bytes(a)
+            }
+            None => {
+                let mut a = [0u8; 16];
+                let tail = self.bytes.get(byte..).unwrap_or(&[]);
+                a[..tail.len()].copy_from_slice(tail);
+                u128::from_be_bytes(a)
+            }
+        }
+    }
+
+    /// The next `n` (1..=64) bits without consuming them; `None` past the end.
+    #[inline]
+    fn peek(&self, n: u8) -> Option<u64> {
+        if self.pos + n as usize > self.bytes.len() * 8 {
+            return None;
+        }
+        let shifted = self.window() << (self.pos % 8);
+        Some((shifted >> (128 - n as u32)) as u64)
+    }
+
     #[inline]
     fn read_bit(&mut self) -> Option<bool> {
         let byte = *self.bytes.get(self.pos / 8)?;
@@ -92,18 +122,12 @@ impl<'a> BitReader<'a> {
     }
 
     #[inline]
-    fn read_bits(&mut self, mut n: u8) -> Option<u64> {
-        let mut v: u64 = 0;
-        while n > 0 {
-            let byte = *self.bytes.get(self.pos / 8)?;
-            let used = (self.pos % 8) as u8;
-            let avail = 8 - used;
-            let take = n.min(avail);
-            let bits = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
-            v = (v << take) | bits as u64;
-            self.pos += take as usize;
-            n -= take;
+    fn read_bits(&mut self, n: u8) -> Option<u64> {
+        if n == 0 {
+            return Some(0);
         }
+        let v = self.peek(n)?;
+        self.pos += n as usize;
         Some(v)
     }
 
@@ -315,13 +339,11 @@ impl<'a> XorIter<'a> {
                 self.read_value()?;
             }
             _ => {
-                let mut prefix = 0u8;
-                for _ in 0..4 {
-                    if !self.r.read_bit()? {
-                        break;
-                    }
-                    prefix += 1;
-                }
+                // The prefix is 0, 10, 110, 1110 or 1111: count leading ones in 4 bits.
+                let avail = (self.r.bytes.len() * 8 - self.r.pos).min(4) as u8;
+                let bits = self.r.peek(avail)? << (4 - avail);
+                let prefix = ((bits << 60).leading_ones() as u8).min(4);
+                self.r.pos += usize::from((prefix + 1).min(4));
                 let dod = match prefix {
                     0 => 0,
                     1 => sign_extend(self.r.read_bits(14)?, 14),

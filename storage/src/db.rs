@@ -448,7 +448,7 @@ impl Querier {
         let mut names: Vec<String> = self
             .select(matchers)?
             .iter()
-            .flat_map(|s| s.labels.iter().map(|l| l.name.clone()))
+            .flat_map(|s| s.labels.iter().map(|l| l.name.to_string()))
             .collect();
         names.sort_unstable();
         names.dedup();

@@ -10,7 +10,7 @@
 //! appends to different series never contend. Creating a series takes the series table and
 //! postings write locks, which happens once per series, not per sample.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -157,7 +157,7 @@ pub(crate) struct MemSeries {
 
 #[derive(Default)]
 struct Postings {
-    by_label: HashMap<String, HashMap<String, RoaringBitmap>>,
+    by_label: HashMap<Arc<str>, HashMap<Arc<str>, RoaringBitmap>>,
     all: RoaringBitmap,
 }
 
@@ -179,7 +179,7 @@ impl Postings {
         let mut result: Option<RoaringBitmap> = None;
         let empty = HashMap::new();
         for m in matchers {
-            let values = self.by_label.get(&m.name).unwrap_or(&empty);
+            let values = self.by_label.get(m.name.as_str()).unwrap_or(&empty);
             let set = if m.matches("") {
                 // Series without the label match; subtract those whose value does not.
                 let mut excluded = RoaringBitmap::new();
@@ -194,7 +194,8 @@ impl Postings {
                 }
             } else {
                 let mut included = RoaringBitmap::new();
-                if let (crate::MatchKind::Equal, Some(p)) = (&m.kind, values.get(&m.value)) {
+                if let (crate::MatchKind::Equal, Some(p)) = (&m.kind, values.get(m.value.as_str()))
+                {
                     included |= p;
                 } else if !matches!(m.kind, crate::MatchKind::Equal) {
                     for (v, p) in values {
@@ -233,6 +234,8 @@ type SeriesByHash = HashMap<u64, Vec<Arc<MemSeries>>>;
 
 pub(crate) struct Head {
     shards: Box<[Mutex<SeriesByHash>]>,
+    /// Every label name and value once; series labels point into it.
+    symbols: Mutex<HashSet<Arc<str>>>,
     series: RwLock<Vec<Option<Arc<MemSeries>>>>,
     postings: RwLock<Postings>,
     num_series: AtomicU64,
@@ -245,6 +248,7 @@ impl Head {
     pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            symbols: Mutex::new(HashSet::new()),
             series: RwLock::new(Vec::new()),
             postings: RwLock::new(Postings::default()),
             num_series: AtomicU64::new(0),
@@ -287,7 +291,17 @@ impl Head {
             }
             return s;
         }
-        let labels = make();
+        let mut labels = make();
+        {
+            let mut symbols = lock(&self.symbols);
+            labels.intern(|s| match symbols.get(s) {
+                Some(known) => Arc::clone(known),
+                None => {
+                    symbols.insert(Arc::clone(s));
+                    Arc::clone(s)
+                }
+            });
+        }
         let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
         let r = sref.unwrap_or(SeriesRef(table.len() as u32));
         let s = Arc::new(MemSeries {
@@ -377,7 +391,7 @@ impl Head {
     /// Label names of the whole head, sorted.
     pub(crate) fn label_names(&self) -> Vec<String> {
         let p = self.postings.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<String> = p.by_label.keys().cloned().collect();
+        let mut v: Vec<String> = p.by_label.keys().map(|k| k.to_string()).collect();
         v.sort_unstable();
         v
     }
@@ -388,7 +402,7 @@ impl Head {
         let mut v: Vec<String> = p
             .by_label
             .get(name)
-            .map(|m| m.keys().cloned().collect())
+            .map(|m| m.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default();
         v.sort_unstable();
         v

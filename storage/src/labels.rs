@@ -4,19 +4,21 @@
 //! with an empty value are equivalent to absent labels and are never stored.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The label that carries the metric name.
 pub const METRIC_NAME: &str = "__name__";
 
-/// One `name="value"` pair.
+/// One `name="value"` pair. The strings are shared: cloning a label, or a label set,
+/// copies no text, and the head interns them so that each distinct string is stored once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
-    pub name: String,
-    pub value: String,
+    pub name: Arc<str>,
+    pub value: Arc<str>,
 }
 
 impl Label {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, value: impl Into<Arc<str>>) -> Self {
         Self {
             name: name.into(),
             value: value.into(),
@@ -37,7 +39,7 @@ impl Labels {
     /// Builds a label set from pairs in any order. Empty values are dropped; when a name
     /// repeats, the last pair wins (callers that must reject duplicates check first with
     /// [`Labels::duplicate_name`]).
-    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+    pub fn from_pairs<N: Into<Arc<str>>, V: Into<Arc<str>>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Self {
         let mut v: Vec<Label> = pairs
@@ -47,6 +49,14 @@ impl Labels {
             .collect();
         Self::normalize(&mut v);
         Self(v)
+    }
+
+    /// Replaces every string with the interned copy `intern` returns for it.
+    pub(crate) fn intern(&mut self, mut intern: impl FnMut(&Arc<str>) -> Arc<str>) {
+        for l in &mut self.0 {
+            l.name = intern(&l.name);
+            l.value = intern(&l.value);
+        }
     }
 
     /// Takes ownership of a vector of labels, sorting it and dropping empty values.
@@ -74,9 +84,9 @@ impl Labels {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
-            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .binary_search_by(|l| (*l.name).cmp(name))
             .ok()
-            .map(|i| self.0[i].value.as_str())
+            .map(|i| &*self.0[i].value)
     }
 
     /// The metric name, if the set has one.
@@ -102,11 +112,11 @@ impl Labels {
 
     /// Sets `name` to `value`, or removes it when `value` is empty.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+        match self.0.binary_search_by(|l| (*l.name).cmp(name)) {
             Ok(i) if value.is_empty() => {
                 self.0.remove(i);
             }
-            Ok(i) => self.0[i].value = value.to_owned(),
+            Ok(i) => self.0[i].value = value.into(),
             Err(_) if value.is_empty() => {}
             Err(i) => self.0.insert(i, Label::new(name, value)),
         }
@@ -114,7 +124,7 @@ impl Labels {
 
     /// Removes `name` if present.
     pub fn remove(&mut self, name: &str) {
-        if let Ok(i) = self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+        if let Ok(i) = self.0.binary_search_by(|l| (*l.name).cmp(name)) {
             self.0.remove(i);
         }
     }
@@ -127,7 +137,7 @@ impl Labels {
     /// A 64-bit hash of the whole set, stable within a process run. Collisions are possible
     /// and handled by the callers that index by it.
     pub fn stable_hash(&self) -> u64 {
-        hash_pairs(self.0.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+        hash_pairs(self.0.iter().map(|l| (&*l.name, &*l.value)))
     }
 
     /// Whether the set equals these `(name, value)` pairs, in order.
@@ -137,7 +147,7 @@ impl Labels {
                 .0
                 .iter()
                 .zip(pairs)
-                .all(|(l, (n, v))| l.name == *n && l.value == *v)
+                .all(|(l, (n, v))| &*l.name == *n && &*l.value == *v)
     }
 }
 
@@ -163,7 +173,7 @@ impl fmt::Display for Labels {
         }
         let mut first = true;
         f.write_str("{")?;
-        for l in self.0.iter().filter(|l| l.name != METRIC_NAME) {
+        for l in self.0.iter().filter(|l| &*l.name != METRIC_NAME) {
             if !first {
                 f.write_str(", ")?;
             }

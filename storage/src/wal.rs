@@ -263,7 +263,7 @@ fn decode_series(body: &[u8]) -> Option<Vec<(SeriesRef, Labels)>> {
         for _ in 0..nl {
             let name = c.string()?;
             let value = c.string()?;
-            ls.push(Label { name, value });
+            ls.push(Label::new(name, value));
         }
         out.push((r, Labels::from_vec(ls)));
     }
