@@ -102,6 +102,23 @@ fn remote_write_then_instant_and_range_queries() {
     assert!((a - 10.0 / 15.0).abs() < 1e-9, "{a}");
     assert!((b - 20.0 / 15.0).abs() < 1e-9, "{b}");
 
+    // A rate over a name that does not look like a counter carries Prometheus' info.
+    let r = strata.get(&format!(
+        "/api/v1/query?query={}&time={t}",
+        enc("rate(room_temp[5m])")
+    ));
+    assert_eq!(
+        r.json()["infos"],
+        serde_json::json!([
+            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"room_temp\" (1:6)"
+        ])
+    );
+    let r = strata.get(&format!(
+        "/api/v1/query?query={}&time={t}",
+        enc("rate(http_requests_total[5m])")
+    ));
+    assert!(r.json().get("infos").is_none());
+
     // Scalar answer, and the timestamp as Unix seconds with the millisecond fraction.
     let d = strata.query("1 + 1", "4.5");
     assert_eq!(d["resultType"], "scalar");

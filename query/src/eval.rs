@@ -849,6 +849,27 @@ impl Evaluator<'_> {
         Ok(Val::Matrix(out))
     }
 
+    /// `rate` and `increase` over series whose names do not look like counters get an
+    /// info, as in Prometheus.
+    fn possible_non_counters(&self, input: &RangeInput, func: &str) {
+        for s in &input.series {
+            let Some(metric) = s.labels.metric_name() else {
+                continue;
+            };
+            if !["_total", "_sum", "_count", "_bucket"]
+                .iter()
+                .any(|suffix| metric.ends_with(suffix))
+            {
+                self.ctx.annotate(
+                    false,
+                    format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
+                    func,
+                    Some(0),
+                );
+            }
+        }
+    }
+
     /// The points of a range series, decoding a stored one into `buf`.
     fn points<'b>(
         &self,
@@ -969,7 +990,11 @@ impl Evaluator<'_> {
             if name == "quantile_over_time" && !input.series.is_empty() {
                 self.ctx.invalid_quantile(&scalars[0], name, 0);
             }
-            return Ok(Val::Vector(self.apply_windows(&input, &spec, &scalars)?));
+            let out = self.apply_windows(&input, &spec, &scalars)?;
+            if matches!(name, "rate" | "increase") && !out.is_empty() {
+                self.possible_non_counters(&input, name);
+            }
+            return Ok(Val::Vector(out));
         }
         if let Some(f) = functions::value_function(name) {
             let vs = self.eval_vector(arg(0)?, &format!("the argument of {name}()"))?;
