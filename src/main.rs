@@ -69,6 +69,10 @@ struct ServeArgs {
     /// How far back an instant selector looks for a sample.
     #[arg(long = "query.lookback-delta", default_value = "5m", value_parser = parse_interval)]
     query_lookback_ms: i64,
+    /// Time range of the blocks cut from the head (the head is cut once it spans one and
+    /// a half of these).
+    #[arg(long = "storage.block-range", default_value = "2h", value_parser = parse_interval)]
+    block_range_ms: i64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -102,6 +106,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.data_dir,
         Options {
             wal_fsync: args.wal_fsync,
+            block_range_ms: args.block_range_ms.max(1),
             ..Options::default()
         },
     )
@@ -145,6 +150,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));
         }
+        tokio::spawn(server::compact_periodically(
+            db.clone(),
+            Duration::from_millis((args.block_range_ms / 4).clamp(1_000, 60_000) as u64),
+        ));
         axum::serve(listener, server::router(state))
             .with_graceful_shutdown(shutdown_signal())
             .await

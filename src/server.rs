@@ -382,6 +382,29 @@ async fn buildinfo(State(st): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
+/// Cuts blocks from the head when it spans enough, on the blocking pool.
+pub(crate) fn compact_in_background(db: &Db) {
+    if !db.needs_compaction() {
+        return;
+    }
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = db.compact_head() {
+            tracing::error!(error = %e, "cutting a block failed; the head keeps the data");
+        }
+    });
+}
+
+/// Checks every `every` whether the head should be cut.
+pub(crate) async fn compact_periodically(db: Db, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        compact_in_background(&db);
+    }
+}
+
 /// Remote write 1.0. 204 only once every sample is in the WAL, synced.
 async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers
@@ -396,6 +419,7 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             .into_response();
     }
     let limit = strata_ingest::max_compressed_len(st.max_write_bytes);
+    let db = st.db.clone();
     let bytes = match read_body(body, limit).await {
         Ok(b) => b,
         Err(e) => return (e.status, format!("{}\n", e.message)).into_response(),
@@ -411,6 +435,7 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
     match result {
         Ok(Ok((series, samples))) => {
             tracing::trace!(series, samples, "remote write stored");
+            compact_in_background(&db);
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(Err(e)) => {

@@ -173,3 +173,61 @@ fn a_torn_wal_tail_is_cut_not_fatal() {
     let strata = Strata::start(dir.path(), &[]);
     assert_eq!(count_and_sum(&strata, "w", 10).0, 11);
 }
+
+#[test]
+fn blocks_are_cut_from_the_head_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &["--storage.block-range", "1m"]);
+    // Ten minutes of one sample per second, in order, a minute per request.
+    for minute in 0..10 {
+        let samples: Vec<(i64, f64)> = (0..60)
+            .map(|s| {
+                let i = minute * 60 + s;
+                (BASE + i * 1000, i as f64)
+            })
+            .collect();
+        let body = write_body(&[Ts {
+            labels: vec![("__name__", "seq"), ("writer", "blocks")],
+            samples,
+        }]);
+        assert_eq!(strata.write(&body).status, 204);
+    }
+    // Blocks are cut in the background; wait for them (bounded).
+    let blocks = dir.path().join("blocks");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let count_blocks = || {
+        std::fs::read_dir(&blocks)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while count_blocks() < 8 {
+        assert!(Instant::now() < deadline, "no blocks were cut");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        count_and_sum(&strata, "blocks", 599),
+        (600, (0..600).sum::<i64>() as f64)
+    );
+    strata.kill9();
+    let strata = Strata::start(dir.path(), &["--storage.block-range", "1m"]);
+    assert_eq!(
+        count_and_sum(&strata, "blocks", 599),
+        (600, (0..600).sum::<i64>() as f64)
+    );
+    // Writing into a range that blocks already hold is refused with the reason.
+    let body = write_body(&[Ts {
+        labels: vec![("__name__", "seq"), ("writer", "blocks")],
+        samples: vec![(BASE, 1.0)],
+    }]);
+    let r = strata.write(&body);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("older than the data already persisted"),
+        "{}",
+        r.body
+    );
+}

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::head::{lock, AppendOutcome, ClosedChunk, Head, MemSeries};
+use crate::block::{write_block, Block, BlockMeta, ChunkView};
+use crate::head::{lock, AppendOutcome, Head, MemSeries};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::wal::{self, Record, ReplayReport, WalWriter};
@@ -21,6 +22,9 @@ pub struct Options {
     pub wal_fsync: bool,
     /// Size at which a WAL segment is closed and the next one started.
     pub wal_segment_size: u64,
+    /// Time range of a block cut from the head, milliseconds (Prometheus: 2 h). The head
+    /// is cut once it spans one and a half of these.
+    pub block_range_ms: i64,
 }
 
 impl Default for Options {
@@ -28,6 +32,7 @@ impl Default for Options {
         Self {
             wal_fsync: true,
             wal_segment_size: 128 << 20,
+            block_range_ms: 2 * 3_600_000,
         }
     }
 }
@@ -43,9 +48,12 @@ pub struct Stats {
     /// Samples dropped at apply time because a concurrent commit had already written a
     /// newer sample to the same series.
     pub samples_dropped: u64,
-    /// Oldest and newest sample timestamp, milliseconds.
+    /// Oldest and newest sample timestamp in the head, milliseconds.
     pub min_time: Option<i64>,
     pub max_time: Option<i64>,
+    pub blocks: u64,
+    pub block_bytes: u64,
+    pub block_samples: u64,
 }
 
 struct Wal {
@@ -57,8 +65,16 @@ struct Wal {
 
 struct DbInner {
     dir: PathBuf,
+    opts: Options,
     head: Head,
     wal: Wal,
+    /// Persisted blocks, oldest first.
+    blocks: RwLock<Vec<Arc<Block>>>,
+    /// Held (shared) by a commit from its WAL write until its samples are in the head,
+    /// and (exclusively) by a block cut, so that a cut sees every logged sample.
+    apply_gate: RwLock<()>,
+    /// Held while cutting blocks; one cut at a time.
+    cutting: Mutex<()>,
     replay: ReplayReport,
     _lock: File,
 }
@@ -88,6 +104,10 @@ impl Db {
             return Err(Error::Locked(dir));
         }
         let head = Head::new();
+        let blocks = open_blocks(&dir.join("blocks"))?;
+        if let Some(last) = blocks.last() {
+            head.min_valid.store(last.meta.max_time, Ordering::Relaxed);
+        }
         let wal_dir = dir.join("wal");
         let (replay, next) = wal::replay(&wal_dir, |rec| match rec {
             Record::Series(list) => {
@@ -126,14 +146,19 @@ impl Db {
             );
         }
         let writer = WalWriter::create(&wal_dir, next, opts.wal_segment_size)?;
+        let fsync = opts.wal_fsync;
         Ok(Db {
             inner: Arc::new(DbInner {
                 dir,
+                opts,
+                blocks: RwLock::new(blocks),
+                apply_gate: RwLock::new(()),
+                cutting: Mutex::new(()),
                 head,
                 wal: Wal {
                     writer: Mutex::new(writer),
                     synced: Mutex::new(0),
-                    fsync: opts.wal_fsync,
+                    fsync,
                 },
                 replay,
                 _lock: lock_file,
@@ -176,7 +201,11 @@ impl Db {
         let (samples, chunk_bytes) = head.chunk_stats();
         let wal_bytes = lock(&self.inner.wal.writer).disk_size();
         let range = head.time_range();
+        let blocks = self.blocks();
         Stats {
+            blocks: blocks.len() as u64,
+            block_bytes: blocks.iter().map(|b| b.bytes).sum(),
+            block_samples: blocks.iter().map(|b| b.meta.num_samples).sum(),
             series: head.num_series(),
             samples,
             chunk_bytes,
@@ -186,6 +215,79 @@ impl Db {
             min_time: range.map(|r| r.0),
             max_time: range.map(|r| r.1),
         }
+    }
+
+    fn blocks(&self) -> Vec<Arc<Block>> {
+        self.inner
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The persisted blocks, oldest first.
+    pub fn block_metas(&self) -> Vec<BlockMeta> {
+        self.blocks().iter().map(|b| b.meta.clone()).collect()
+    }
+
+    /// Whether the head spans enough to cut a block.
+    pub fn needs_compaction(&self) -> bool {
+        let range = self.inner.opts.block_range_ms.max(1);
+        self.inner
+            .head
+            .time_range()
+            .is_some_and(|(min, max)| max - min > range + range / 2)
+    }
+
+    /// Cuts the head's oldest block ranges into blocks while the head spans more than one
+    /// and a half block ranges, then checkpoints the WAL down to what the head still
+    /// holds. Returns the blocks written. Ingest waits while a block is cut.
+    pub fn compact_head(&self) -> Result<Vec<BlockMeta>, Error> {
+        let inner = &self.inner;
+        let Ok(_cutting) = inner.cutting.try_lock() else {
+            return Ok(Vec::new());
+        };
+        let range = inner.opts.block_range_ms.max(1);
+        let mut written = Vec::new();
+        while let Some((min, max)) = inner.head.time_range() {
+            if max - min <= range + range / 2 {
+                break;
+            }
+            let bmin = min.div_euclid(range) * range;
+            let bmax = bmin + range;
+            let _gate = inner
+                .apply_gate
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut wal = lock(&inner.wal.writer);
+            let series = inner.head.samples_between(bmin, bmax);
+            let dir = write_block(&inner.dir.join("blocks"), &series, bmin, bmax)?;
+            let block = Arc::new(Block::open(&dir)?);
+            written.push(block.meta.clone());
+            inner
+                .blocks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(block);
+            inner.head.truncate_before(bmax);
+            // The WAL now only needs what the head holds.
+            let contents = inner.head.contents();
+            let records: Vec<(SeriesRef, &Labels)> =
+                contents.iter().map(|(r, l, _)| (*r, l)).collect();
+            let samples: Vec<(SeriesRef, i64, f64)> = contents
+                .iter()
+                .flat_map(|(r, _, s)| s.iter().map(move |&(t, v)| (*r, t, v)))
+                .collect();
+            wal.checkpoint(&records, &samples)?;
+            tracing::info!(
+                block = %dir.display(),
+                series = series.len(),
+                min_time = bmin,
+                max_time = bmax,
+                "cut a block from the head"
+            );
+        }
+        Ok(written)
     }
 
     /// Flushes the WAL to stable storage. Called on shutdown; after it returns, nothing
@@ -285,6 +387,14 @@ impl Appender {
 
     fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
         let s = &self.series[idx];
+        let min_valid = self.db.head.min_valid.load(Ordering::Relaxed);
+        if t < min_valid {
+            return Err(Error::OutOfBounds {
+                labels: s.labels.to_string(),
+                t,
+                min_valid,
+            });
+        }
         let pending = self.pending_last[idx];
         if pending != i64::MIN {
             if t <= pending {
@@ -339,6 +449,9 @@ impl Appender {
             .map(|&(i, t, v)| (self.series[i as usize].sref, t, v))
             .collect();
         let new_series;
+        // Until the samples are in the head, a block cut must wait: it would otherwise
+        // checkpoint the WAL without them.
+        let _gate = db.apply_gate.read().unwrap_or_else(PoisonError::into_inner);
         let seq = {
             let mut w = lock(&db.wal.writer);
             // Series first logged by this commit. Checked under the WAL lock so that
@@ -397,7 +510,7 @@ impl Appender {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub labels: Labels,
-    chunks: Vec<Arc<ClosedChunk>>,
+    chunks: Vec<ChunkView>,
     mint: i64,
     maxt: i64,
 }
@@ -407,11 +520,19 @@ impl Series {
     /// are included; callers decide what they mean.
     pub fn samples(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
         let (mint, maxt) = (self.mint, self.maxt);
+        // A query that overlaps a block cut may see a sample both in the new block and in
+        // the head not yet truncated: only strictly newer samples are yielded.
+        let mut last = i64::MIN;
         self.chunks
             .iter()
             .flat_map(|c| c.iter())
             .skip_while(move |&(t, _)| t < mint)
             .take_while(move |&(t, _)| t <= maxt)
+            .filter(move |&(t, _)| {
+                let newer = t > last;
+                last = last.max(t);
+                newer
+            })
     }
 }
 
@@ -425,25 +546,69 @@ pub struct Querier {
 impl Querier {
     /// Series matching every matcher with at least one sample in range, sorted by labels.
     pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
-        Ok(self
+        // The head first, then the block list: a block cut pushes its block before it
+        // truncates the head, so in this order nothing is missed (see `samples`).
+        let head = self.db.head.select(matchers, self.mint, self.maxt);
+        let blocks = self
             .db
-            .head
-            .select(matchers, self.mint, self.maxt)
-            .into_iter()
-            .map(|(labels, chunks)| Series {
-                labels,
-                chunks,
-                mint: self.mint,
-                maxt: self.maxt,
-            })
-            .filter(|s| s.samples().next().is_some())
-            .collect())
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let wrap = |(labels, chunks): (Labels, Vec<Arc<crate::head::ClosedChunk>>)| Series {
+            labels,
+            chunks: chunks.into_iter().map(ChunkView::Head).collect(),
+            mint: self.mint,
+            maxt: self.maxt,
+        };
+        let mut out: Vec<Series> = if blocks.is_empty() {
+            head.into_iter().map(wrap).collect()
+        } else {
+            // Blocks are disjoint in time and older than the head: a series' chunks are
+            // its blocks' chunks, oldest first, then the head's.
+            let mut by_labels: std::collections::BTreeMap<Labels, Vec<ChunkView>> =
+                std::collections::BTreeMap::new();
+            for b in &blocks {
+                for (labels, chunks) in b.select(matchers, self.mint, self.maxt) {
+                    by_labels.entry(labels).or_default().extend(chunks);
+                }
+            }
+            for (labels, chunks) in head {
+                by_labels
+                    .entry(labels)
+                    .or_default()
+                    .extend(chunks.into_iter().map(ChunkView::Head));
+            }
+            by_labels
+                .into_iter()
+                .map(|(labels, chunks)| Series {
+                    labels,
+                    chunks,
+                    mint: self.mint,
+                    maxt: self.maxt,
+                })
+                .collect()
+        };
+        out.retain(|s| s.samples().next().is_some());
+        Ok(out)
     }
 
     /// Label names, sorted. With matchers, only of the series they select in range.
     pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
         if matchers.is_empty() {
-            return Ok(self.db.head.label_names());
+            let mut names = self.db.head.label_names();
+            for b in self
+                .db
+                .blocks
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                names.extend(b.label_names());
+            }
+            names.sort_unstable();
+            names.dedup();
+            return Ok(names);
         }
         let mut names: Vec<String> = self
             .select(matchers)?
@@ -458,7 +623,19 @@ impl Querier {
     /// Values of label `name`, sorted. With matchers, only of the series they select.
     pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
         if matchers.is_empty() {
-            return Ok(self.db.head.label_values(name));
+            let mut values = self.db.head.label_values(name);
+            for b in self
+                .db
+                .blocks
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                values.extend(b.label_values(name));
+            }
+            values.sort_unstable();
+            values.dedup();
+            return Ok(values);
         }
         let mut values: Vec<String> = self
             .select(matchers)?
@@ -469,6 +646,41 @@ impl Querier {
         values.dedup();
         Ok(values)
     }
+}
+
+/// Opens every block under `dir`, oldest first. A block that fails its checks is moved
+/// aside (renamed with a `corrupt-` prefix) and reported; the others keep serving.
+fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut blocks = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(".tmp-") {
+            // A cut that crashed before its rename: the WAL still holds its samples.
+            fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            continue;
+        }
+        if name.starts_with("corrupt-") || !path.is_dir() {
+            continue;
+        }
+        match Block::open(&path) {
+            Ok(b) => blocks.push(Arc::new(b)),
+            Err(e) => {
+                let aside = dir.join(format!("corrupt-{name}"));
+                tracing::error!(
+                    block = %path.display(),
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "block failed its checks and was moved aside"
+                );
+                fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+    }
+    blocks.sort_by_key(|b| b.meta.min_time);
+    Ok(blocks)
 }
 
 #[cfg(test)]
@@ -575,6 +787,90 @@ mod tests {
         }
         let db = Db::open(dir.path(), Options::default())?;
         assert_eq!(read_all(&db, "x"), vec![(2000, 2.0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn blocks_are_cut_and_everything_still_reads() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            ..Options::default()
+        };
+        let want: Vec<(i64, f64)> = (0..50).map(|i| (i * 1000, i as f64)).collect();
+        {
+            let db = Db::open(dir.path(), opts.clone())?;
+            for &(t, v) in &want {
+                let mut app = db.appender();
+                app.append(&up("a"), t, v)?;
+                app.append(&up("b"), t, -v)?;
+                app.commit()?;
+            }
+            let wal_before = db.stats().wal_bytes;
+            let cut = db.compact_head()?;
+            // The head spans 49 s: cuts [0,10), [10,20), [20,30) and [30,40) leave 9 s.
+            let ranges: Vec<(i64, i64)> = cut.iter().map(|m| (m.min_time, m.max_time)).collect();
+            assert_eq!(
+                ranges,
+                vec![
+                    (0, 10_000),
+                    (10_000, 20_000),
+                    (20_000, 30_000),
+                    (30_000, 40_000)
+                ]
+            );
+            assert_eq!(cut.iter().map(|m| m.num_samples).sum::<u64>(), 80);
+            assert_eq!(read_all(&db, "a"), want);
+            let stats = db.stats();
+            assert_eq!(stats.samples, 20, "the head keeps only [40 s, 50 s)");
+            assert!(
+                stats.wal_bytes < wal_before,
+                "the WAL shrank after the checkpoint"
+            );
+            // Older than what blocks hold: refused, not silently lost.
+            let mut app = db.appender();
+            assert!(matches!(
+                app.append(&up("a"), 5_000, 1.0),
+                Err(Error::OutOfBounds { .. })
+            ));
+            app.rollback();
+            // Range reads across the boundary between blocks and head.
+            let q = db.querier(35_000, 44_000);
+            let s = q.select(&[Matcher::equal("job", "b")])?;
+            let got: Vec<(i64, f64)> = s[0].samples().collect();
+            assert_eq!(got.first(), Some(&(35_000, -35.0)));
+            assert_eq!(got.last(), Some(&(44_000, -44.0)));
+            assert_eq!(q.label_values("job", &[])?, vec!["a", "b"]);
+        }
+        // Reopen: blocks from disk, the head from the checkpointed WAL.
+        let db = Db::open(dir.path(), opts.clone())?;
+        assert_eq!(read_all(&db, "a"), want);
+        assert_eq!(db.stats().blocks, 4);
+        let mut app = db.appender();
+        app.append(&up("a"), 50_000, 50.0)?;
+        app.commit()?;
+        drop(db);
+
+        // A corrupt block is moved aside; the rest keeps serving.
+        let blocks = dir.path().join("blocks");
+        let first = blocks.join(crate::block::block_name(0, 10_000));
+        let chunks = first.join("chunks");
+        let mut bytes = std::fs::read(&chunks).map_err(|e| Error::io(&chunks, e))?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&chunks, &bytes).map_err(|e| Error::io(&chunks, e))?;
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(db.stats().blocks, 3);
+        assert!(blocks
+            .join(format!("corrupt-{}", crate::block::block_name(0, 10_000)))
+            .exists());
+        let got = read_all(&db, "a");
+        assert_eq!(
+            got.len(),
+            41,
+            "everything but the corrupt block's ten samples"
+        );
+        assert_eq!(got.first(), Some(&(10_000, 10.0)));
         Ok(())
     }
 

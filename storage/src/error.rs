@@ -20,6 +20,14 @@ pub enum Error {
     UnknownSeries(u32),
     #[error("the write-ahead log refuses writes after an unrecoverable failure: {0}")]
     WalPoisoned(String),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("series {labels}: sample at {t} is older than the data already persisted in blocks (up to {min_valid})")]
+    OutOfBounds {
+        labels: String,
+        t: i64,
+        min_valid: i64,
+    },
 }
 
 impl Error {
@@ -28,6 +36,7 @@ impl Error {
         matches!(
             self,
             Error::OutOfOrder { .. }
+                | Error::OutOfBounds { .. }
                 | Error::DuplicateTimestamp { .. }
                 | Error::EmptyLabels
                 | Error::InvalidMatcher(_)

@@ -14,11 +14,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use roaring::RoaringBitmap;
-
 use crate::chunk::{XorChunk, XorIter};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
+use crate::postings::Postings;
 use crate::SeriesRef;
 
 const SHARDS: usize = 64;
@@ -136,6 +135,44 @@ impl SeriesData {
         out
     }
 
+    /// Every sample of the series, in time order.
+    pub(crate) fn samples(&self) -> Vec<(i64, f64)> {
+        let mut out = Vec::with_capacity(self.sample_count());
+        for c in &self.closed {
+            out.extend(c.iter());
+        }
+        out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
+        out
+    }
+
+    /// Keeps only the samples at or after `t`, re-encoded; the last sample seen is
+    /// remembered, so order checks still hold for a series whose samples all went.
+    fn truncate_before(&mut self, t: i64) {
+        if self
+            .closed
+            .first()
+            .map_or(self.open.min_time(), |c| c.min_t)
+            >= t
+        {
+            return;
+        }
+        let keep: Vec<(i64, f64)> = self.samples().into_iter().filter(|s| s.0 >= t).collect();
+        let (last_t, last_v) = (self.last_t, self.last_v);
+        *self = SeriesData::new();
+        for (t, v) in keep {
+            self.append(t, v);
+        }
+        self.last_t = last_t;
+        self.last_v = last_v;
+    }
+
+    fn first_time(&self) -> Option<i64> {
+        match self.closed.first() {
+            Some(c) => Some(c.min_t),
+            None => (self.open.len() > 0).then(|| self.open.min_time()),
+        }
+    }
+
     fn sample_count(&self) -> usize {
         self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len()
     }
@@ -155,68 +192,8 @@ pub(crate) struct MemSeries {
     pub(crate) data: Mutex<SeriesData>,
 }
 
-#[derive(Default)]
-struct Postings {
-    by_label: HashMap<Arc<str>, HashMap<Arc<str>, RoaringBitmap>>,
-    all: RoaringBitmap,
-}
-
-impl Postings {
-    fn add(&mut self, r: SeriesRef, labels: &Labels) {
-        for l in labels {
-            self.by_label
-                .entry(l.name.clone())
-                .or_default()
-                .entry(l.value.clone())
-                .or_default()
-                .insert(r.0);
-        }
-        self.all.insert(r.0);
-    }
-
-    /// The series whose labels satisfy every matcher.
-    fn select(&self, matchers: &[Matcher]) -> RoaringBitmap {
-        let mut result: Option<RoaringBitmap> = None;
-        let empty = HashMap::new();
-        for m in matchers {
-            let values = self.by_label.get(m.name.as_str()).unwrap_or(&empty);
-            let set = if m.matches("") {
-                // Series without the label match; subtract those whose value does not.
-                let mut excluded = RoaringBitmap::new();
-                for (v, p) in values {
-                    if !m.matches(v) {
-                        excluded |= p;
-                    }
-                }
-                match &result {
-                    Some(r) => r - &excluded,
-                    None => &self.all - &excluded,
-                }
-            } else {
-                let mut included = RoaringBitmap::new();
-                if let (crate::MatchKind::Equal, Some(p)) = (&m.kind, values.get(m.value.as_str()))
-                {
-                    included |= p;
-                } else if !matches!(m.kind, crate::MatchKind::Equal) {
-                    for (v, p) in values {
-                        if m.matches(v) {
-                            included |= p;
-                        }
-                    }
-                }
-                match &result {
-                    Some(r) => r & &included,
-                    None => included,
-                }
-            };
-            if set.is_empty() {
-                return set;
-            }
-            result = Some(set);
-        }
-        result.unwrap_or_else(|| self.all.clone())
-    }
-}
+/// A series' reference, labels and every sample, for a WAL checkpoint.
+pub(crate) type SeriesContents = (SeriesRef, Labels, Vec<(i64, f64)>);
 
 /// A selected series: its labels and a snapshot of its chunks in range.
 pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>);
@@ -241,6 +218,8 @@ pub(crate) struct Head {
     num_series: AtomicU64,
     min_t: AtomicI64,
     max_t: AtomicI64,
+    /// Samples older than this are in blocks; the head refuses them.
+    pub(crate) min_valid: AtomicI64,
     pub(crate) counters: HeadCounters,
 }
 
@@ -254,6 +233,7 @@ impl Head {
             num_series: AtomicU64::new(0),
             min_t: AtomicI64::new(i64::MAX),
             max_t: AtomicI64::new(i64::MIN),
+            min_valid: AtomicI64::new(i64::MIN),
             counters: HeadCounters::default(),
         }
     }
@@ -341,6 +321,12 @@ impl Head {
 
     /// Appends under the series lock; counts what it drops.
     pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64) {
+        if t < self.min_valid.load(Ordering::Relaxed) {
+            self.counters
+                .samples_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match data.append(t, v) {
             AppendOutcome::Appended => {
                 self.counters
@@ -360,6 +346,61 @@ impl Head {
 
     /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
     /// by labels.
+    /// Every distinct series (aliases once).
+    fn all_series(&self) -> Vec<Arc<MemSeries>> {
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashSet::new();
+        table
+            .iter()
+            .flatten()
+            .filter(|s| seen.insert(Arc::as_ptr(s)))
+            .cloned()
+            .collect()
+    }
+
+    /// The samples in `[mint, maxt)` of every series that has some, sorted by labels.
+    pub(crate) fn samples_between(&self, mint: i64, maxt: i64) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let mut out: Vec<(Labels, Vec<(i64, f64)>)> = self
+            .all_series()
+            .into_iter()
+            .filter_map(|s| {
+                let samples: Vec<(i64, f64)> = lock(&s.data)
+                    .samples()
+                    .into_iter()
+                    .filter(|p| p.0 >= mint && p.0 < maxt)
+                    .collect();
+                (!samples.is_empty()).then(|| (s.labels.clone(), samples))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Drops every sample older than `t` and refuses such samples from now on.
+    pub(crate) fn truncate_before(&self, t: i64) {
+        self.min_valid.fetch_max(t, Ordering::Relaxed);
+        let mut min = i64::MAX;
+        for s in self.all_series() {
+            let mut d = lock(&s.data);
+            d.truncate_before(t);
+            if let Some(f) = d.first_time() {
+                min = min.min(f);
+            }
+        }
+        self.min_t.store(min, Ordering::Relaxed);
+        if min == i64::MAX {
+            self.max_t.store(i64::MIN, Ordering::Relaxed);
+        }
+    }
+
+    /// Every series and all its samples, for a WAL checkpoint.
+    pub(crate) fn contents(&self) -> Vec<SeriesContents> {
+        self.all_series()
+            .into_iter()
+            .map(|s| (s.sref, s.labels.clone(), lock(&s.data).samples()))
+            .collect()
+    }
+
     pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SelectedSeries> {
         let refs = self
             .postings
@@ -390,22 +431,18 @@ impl Head {
 
     /// Label names of the whole head, sorted.
     pub(crate) fn label_names(&self) -> Vec<String> {
-        let p = self.postings.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<String> = p.by_label.keys().map(|k| k.to_string()).collect();
-        v.sort_unstable();
-        v
+        self.postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .names()
     }
 
     /// Values of one label in the whole head, sorted.
     pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
-        let p = self.postings.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<String> = p
-            .by_label
-            .get(name)
-            .map(|m| m.keys().map(|k| k.to_string()).collect())
-            .unwrap_or_default();
-        v.sort_unstable();
-        v
+        self.postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values(name)
     }
 
     pub(crate) fn num_series(&self) -> u64 {

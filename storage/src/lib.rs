@@ -26,14 +26,17 @@
 //! # Ok(()) }
 //! ```
 
+mod block;
 mod chunk;
 mod db;
 mod error;
 mod head;
 mod labels;
 mod matcher;
+mod postings;
 mod wal;
 
+pub use block::BlockMeta;
 pub use db::{Appender, CommitStats, Db, Options, Querier, Series, Stats};
 pub use error::Error;
 pub use labels::{Label, Labels, METRIC_NAME};

@@ -1,0 +1,492 @@
+//! Immutable blocks: a time range of the store persisted as a directory, read through a
+//! memory map. The byte format is specified in `docs/format/block.md`.
+//!
+//! ```text
+//!  blocks/<min>-<max>/
+//!      meta.json   time range, counts, format version
+//!      chunks      magic, then [len u32][count u16][crc32c u32][XOR chunk bytes]...
+//!      index       magic, symbols, series (labels + chunk refs), crc32c of all before it
+//! ```
+//!
+//! A block is written to a temporary directory, every file fsynced, then renamed into
+//! place, so a reader never sees a half-written block. Opening verifies every checksum;
+//! a block that fails is reported and moved aside by the caller.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::chunk::{XorChunk, XorIter};
+use crate::head::ClosedChunk;
+use crate::labels::{Label, Labels};
+use crate::matcher::Matcher;
+use crate::postings::Postings;
+use crate::wal::sync_dir;
+use crate::{Error, SeriesRef};
+
+const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK01";
+const INDEX_MAGIC: &[u8; 8] = b"STRIDX01";
+const CHUNK_HEADER: usize = 10; // len u32, count u16, crc u32
+/// Samples per chunk in a block.
+const SAMPLES_PER_CHUNK: usize = 120;
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// `meta.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockMeta {
+    /// First millisecond covered (inclusive).
+    pub min_time: i64,
+    /// End of the range covered (exclusive).
+    pub max_time: i64,
+    pub num_series: u64,
+    pub num_chunks: u64,
+    pub num_samples: u64,
+    pub version: u32,
+}
+
+/// `meta.json` on disk: the fields and a CRC32C of their compact JSON encoding.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetaFile {
+    #[serde(flatten)]
+    meta: BlockMeta,
+    crc32c: u32,
+}
+
+fn meta_crc(meta: &BlockMeta) -> Result<u32, Error> {
+    serde_json::to_vec(meta)
+        .map(|b| crc32c::crc32c(&b))
+        .map_err(|e| Error::Corrupt(format!("encoding meta.json: {e}")))
+}
+
+/// A chunk as a query reads it: from the head's memory or from a block's memory map.
+#[derive(Clone, Debug)]
+pub(crate) enum ChunkView {
+    Head(Arc<ClosedChunk>),
+    Mapped {
+        file: Arc<Mmap>,
+        start: usize,
+        len: usize,
+        count: u16,
+    },
+}
+
+impl ChunkView {
+    pub(crate) fn iter(&self) -> XorIter<'_> {
+        match self {
+            ChunkView::Head(c) => c.iter(),
+            ChunkView::Mapped {
+                file,
+                start,
+                len,
+                count,
+            } => XorIter::new(file.get(*start..start + len).unwrap_or(&[]), *count),
+        }
+    }
+}
+
+/// Where one chunk of a series lies in the chunks file.
+#[derive(Debug, Clone, Copy)]
+struct ChunkMeta {
+    min_t: i64,
+    max_t: i64,
+    /// Offset of the chunk's data (after its header).
+    start: usize,
+    len: usize,
+    count: u16,
+}
+
+struct BlockSeries {
+    labels: Labels,
+    chunks: Vec<ChunkMeta>,
+}
+
+/// An open block.
+pub(crate) struct Block {
+    pub(crate) meta: BlockMeta,
+    chunks: Arc<Mmap>,
+    series: Vec<BlockSeries>,
+    postings: Postings,
+    pub(crate) bytes: u64,
+}
+
+fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn put_varint(buf: &mut Vec<u8>, v: i64) {
+    put_uvarint(buf, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn uvarint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn varint(&mut self) -> Option<i64> {
+        let u = self.uvarint()?;
+        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+}
+
+/// The directory name of a block covering `[min, max)`.
+pub(crate) fn block_name(min: i64, max: i64) -> String {
+    format!("{min:016}-{max:016}")
+}
+
+/// Writes a block of `series` (labels sorted, samples in time order within
+/// `[min_time, max_time)`) into `blocks_dir`. Returns its directory.
+pub(crate) fn write_block(
+    blocks_dir: &Path,
+    series: &[(Labels, Vec<(i64, f64)>)],
+    min_time: i64,
+    max_time: i64,
+) -> Result<PathBuf, Error> {
+    fs::create_dir_all(blocks_dir).map_err(|e| Error::io(blocks_dir, e))?;
+    let name = block_name(min_time, max_time);
+    let tmp = blocks_dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+
+    // Chunks file, remembering where each series' chunks went.
+    let mut chunk_bytes: Vec<u8> = CHUNKS_MAGIC.to_vec();
+    let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(series.len());
+    let (mut num_chunks, mut num_samples) = (0u64, 0u64);
+    for (_, samples) in series {
+        let mut mine = Vec::new();
+        for part in samples.chunks(SAMPLES_PER_CHUNK) {
+            let mut c = XorChunk::new();
+            for &(t, v) in part {
+                c.append(t, v);
+            }
+            let (min_t, max_t) = (c.min_time(), c.max_time());
+            let (data, count) = c.into_encoded();
+            let offset = chunk_bytes.len() as u64;
+            chunk_bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            chunk_bytes.extend_from_slice(&count.to_le_bytes());
+            chunk_bytes.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+            chunk_bytes.extend_from_slice(&data);
+            mine.push((min_t, max_t, offset));
+            num_chunks += 1;
+            num_samples += part.len() as u64;
+        }
+        refs.push(mine);
+    }
+
+    // Index: symbols, then series.
+    let mut symbols: Vec<&str> = series
+        .iter()
+        .flat_map(|(l, _)| l.iter().flat_map(|l| [&*l.name, &*l.value]))
+        .collect();
+    symbols.sort_unstable();
+    symbols.dedup();
+    let mut index: Vec<u8> = INDEX_MAGIC.to_vec();
+    put_uvarint(&mut index, symbols.len() as u64);
+    for s in &symbols {
+        put_uvarint(&mut index, s.len() as u64);
+        index.extend_from_slice(s.as_bytes());
+    }
+    let sym = |s: &str| symbols.binary_search(&s).unwrap_or(0) as u64;
+    put_uvarint(&mut index, series.len() as u64);
+    for ((labels, _), chunks) in series.iter().zip(&refs) {
+        put_uvarint(&mut index, labels.len() as u64);
+        for l in labels {
+            put_uvarint(&mut index, sym(&l.name));
+            put_uvarint(&mut index, sym(&l.value));
+        }
+        put_uvarint(&mut index, chunks.len() as u64);
+        for &(min_t, max_t, offset) in chunks {
+            put_varint(&mut index, min_t);
+            put_varint(&mut index, max_t - min_t);
+            put_uvarint(&mut index, offset);
+        }
+    }
+    let crc = crc32c::crc32c(&index);
+    index.extend_from_slice(&crc.to_le_bytes());
+
+    let meta = BlockMeta {
+        min_time,
+        max_time,
+        num_series: series.len() as u64,
+        num_chunks,
+        num_samples,
+        version: FORMAT_VERSION,
+    };
+    let crc32c = meta_crc(&meta)?;
+    let meta_json = serde_json::to_vec_pretty(&MetaFile { meta, crc32c })
+        .map_err(|e| Error::Corrupt(format!("encoding meta.json: {e}")))?;
+    for (file, bytes) in [
+        ("chunks", &chunk_bytes),
+        ("index", &index),
+        ("meta.json", &meta_json),
+    ] {
+        let path = tmp.join(file);
+        let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&path, e))?;
+        f.sync_all().map_err(|e| Error::io(&path, e))?;
+    }
+    sync_dir(&tmp)?;
+    let dir = blocks_dir.join(&name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    sync_dir(blocks_dir)?;
+    Ok(dir)
+}
+
+impl Block {
+    /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
+    pub(crate) fn open(dir: &Path) -> Result<Block, Error> {
+        let corrupt = |file: &str, why: String| {
+            Error::Corrupt(format!("{}: {why}", dir.join(file).display()))
+        };
+        let meta_path = dir.join("meta.json");
+        let file: MetaFile =
+            serde_json::from_slice(&fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?)
+                .map_err(|e| corrupt("meta.json", e.to_string()))?;
+        if meta_crc(&file.meta)? != file.crc32c {
+            return Err(corrupt("meta.json", "checksum mismatch".into()));
+        }
+        let meta = file.meta;
+        if meta.version != FORMAT_VERSION {
+            return Err(corrupt(
+                "meta.json",
+                format!("unknown version {}", meta.version),
+            ));
+        }
+        let index_path = dir.join("index");
+        let index = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        if index.len() < INDEX_MAGIC.len() + 4 || &index[..INDEX_MAGIC.len()] != INDEX_MAGIC {
+            return Err(corrupt("index", "bad magic".into()));
+        }
+        let (body, crc) = index.split_at(index.len() - 4);
+        let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(body) != want {
+            return Err(corrupt("index", "checksum mismatch".into()));
+        }
+        let chunks_path = dir.join("chunks");
+        let file = File::open(&chunks_path).map_err(|e| Error::io(&chunks_path, e))?;
+        // SAFETY: block files are never modified after they are renamed into place; the
+        // map is read-only and lives as long as the block (removal unlinks the file but
+        // keeps the mapping valid).
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&chunks_path, e))?;
+        if map.len() < CHUNKS_MAGIC.len() || &map[..CHUNKS_MAGIC.len()] != CHUNKS_MAGIC {
+            return Err(corrupt("chunks", "bad magic".into()));
+        }
+
+        let mut r = Reader {
+            buf: body,
+            pos: INDEX_MAGIC.len(),
+        };
+        let bad = || corrupt("index", "malformed".into());
+        let nsym = r.uvarint().ok_or_else(bad)? as usize;
+        let mut symbols: Vec<Arc<str>> = Vec::with_capacity(nsym.min(body.len()));
+        for _ in 0..nsym {
+            let n = r.uvarint().ok_or_else(bad)? as usize;
+            let b = r.bytes(n).ok_or_else(bad)?;
+            symbols.push(Arc::from(std::str::from_utf8(b).map_err(|_| bad())?));
+        }
+        let sym = |i: u64| symbols.get(i as usize).cloned();
+        let nseries = r.uvarint().ok_or_else(bad)? as usize;
+        let mut series = Vec::with_capacity(nseries.min(body.len()));
+        let mut postings = Postings::default();
+        for i in 0..nseries {
+            let nl = r.uvarint().ok_or_else(bad)? as usize;
+            let mut ls = Vec::with_capacity(nl.min(64));
+            for _ in 0..nl {
+                let name = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
+                let value = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
+                ls.push(Label { name, value });
+            }
+            let labels = Labels::from_vec(ls);
+            let nc = r.uvarint().ok_or_else(bad)? as usize;
+            let mut chunks = Vec::with_capacity(nc.min(body.len()));
+            for _ in 0..nc {
+                let min_t = r.varint().ok_or_else(bad)?;
+                let max_t = min_t.wrapping_add(r.varint().ok_or_else(bad)?);
+                let offset = r.uvarint().ok_or_else(bad)? as usize;
+                let header = map.get(offset..offset + CHUNK_HEADER).ok_or_else(|| {
+                    corrupt("chunks", format!("chunk at {offset} is out of the file"))
+                })?;
+                let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                let count = u16::from_le_bytes([header[4], header[5]]);
+                let crc = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+                let start = offset + CHUNK_HEADER;
+                let data = map
+                    .get(start..start + len)
+                    .ok_or_else(|| corrupt("chunks", format!("chunk at {offset} is torn")))?;
+                if crc32c::crc32c(data) != crc {
+                    return Err(corrupt(
+                        "chunks",
+                        format!("chunk at {offset}: checksum mismatch"),
+                    ));
+                }
+                chunks.push(ChunkMeta {
+                    min_t,
+                    max_t,
+                    start,
+                    len,
+                    count,
+                });
+            }
+            postings.add(SeriesRef(i as u32), &labels);
+            series.push(BlockSeries { labels, chunks });
+        }
+        let bytes = [meta_path, index_path, chunks_path]
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(Block {
+            meta,
+            chunks: Arc::new(map),
+            series,
+            postings,
+            bytes,
+        })
+    }
+
+    /// The series matching `matchers` with chunks overlapping `[mint, maxt]`.
+    pub(crate) fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<(Labels, Vec<ChunkView>)> {
+        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for r in self.postings.select(matchers).iter() {
+            let Some(s) = self.series.get(r as usize) else {
+                continue;
+            };
+            let chunks: Vec<ChunkView> = s
+                .chunks
+                .iter()
+                .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+                .map(|c| ChunkView::Mapped {
+                    file: Arc::clone(&self.chunks),
+                    start: c.start,
+                    len: c.len,
+                    count: c.count,
+                })
+                .collect();
+            if !chunks.is_empty() {
+                out.push((s.labels.clone(), chunks));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn label_names(&self) -> Vec<String> {
+        self.postings.names()
+    }
+
+    pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
+        self.postings.values(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_open_select() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let a = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
+        let b = Labels::from_pairs([("__name__", "up"), ("job", "b")]);
+        let sa: Vec<(i64, f64)> = (0..300).map(|i| (i * 1000, i as f64)).collect();
+        let sb = vec![(5, f64::NAN), (6, crate::stale_nan())];
+        let dir = write_block(
+            tmp.path(),
+            &[(a.clone(), sa.clone()), (b.clone(), sb)],
+            0,
+            300_000,
+        )?;
+        let block = Block::open(&dir)?;
+        assert_eq!(block.meta.num_samples, 302);
+        assert_eq!(block.meta.num_chunks, 4);
+        let got = block.select(&[Matcher::equal("job", "a")], 0, i64::MAX);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, a);
+        let samples: Vec<(i64, f64)> = got[0].1.iter().flat_map(|c| c.iter()).collect();
+        assert_eq!(samples, sa);
+        let got = block.select(&[Matcher::equal("job", "b")], 0, 10);
+        let bits: Vec<u64> = got[0]
+            .1
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|s| s.1.to_bits())
+            .collect();
+        assert_eq!(bits[1], crate::STALE_NAN_BITS);
+        assert!(bits[0] != crate::STALE_NAN_BITS && f64::from_bits(bits[0]).is_nan());
+        assert_eq!(block.label_values("job"), vec!["a", "b"]);
+        Ok(())
+    }
+
+    #[test]
+    fn flipped_bytes_are_detected_with_the_file_named() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let a = Labels::from_pairs([("__name__", "up")]);
+        let samples: Vec<(i64, f64)> = (0..10).map(|i| (i, i as f64)).collect();
+        for file in ["chunks", "index", "meta.json"] {
+            let dir = write_block(
+                &tmp.path().join(file),
+                &[(a.clone(), samples.clone())],
+                0,
+                10,
+            )?;
+            let path = dir.join(file);
+            let mut bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            // In meta.json, turn a digit of a number into another digit: still valid JSON.
+            let at = match file {
+                "meta.json" => bytes.iter().position(|b| b.is_ascii_digit()).unwrap_or(0),
+                _ => bytes.len() - 6,
+            };
+            bytes[at] = if file == "meta.json" {
+                b'0' + (bytes[at] - b'0' + 1) % 10
+            } else {
+                bytes[at] ^ 0x41
+            };
+            fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+            match Block::open(&dir) {
+                Err(e) => assert!(e.to_string().contains(file), "{file}: {e}"),
+                Ok(_) => panic!("a flipped byte in {file} went unnoticed"),
+            }
+        }
+        Ok(())
+    }
+}
