@@ -73,6 +73,13 @@ struct ServeArgs {
     /// a half of these).
     #[arg(long = "storage.block-range", default_value = "2h", value_parser = parse_interval)]
     block_range_ms: i64,
+    /// Delete blocks older than this, relative to the newest sample (`0s` keeps all).
+    #[arg(long = "retention.time", default_value = "15d", value_parser = parse_interval)]
+    retention_ms: i64,
+    /// Delete the oldest blocks while blocks and WAL take more than this (`512MB`, `10GB`;
+    /// `0` for no limit).
+    #[arg(long = "retention.size", default_value = "0", value_parser = parse_size)]
+    retention_bytes: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -107,6 +114,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Options {
             wal_fsync: args.wal_fsync,
             block_range_ms: args.block_range_ms.max(1),
+            retention_ms: (args.retention_ms > 0).then_some(args.retention_ms),
+            retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
             ..Options::default()
         },
     )
@@ -162,6 +171,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     db.close().context("flushing the WAL")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// A size with Prometheus' units (`B`, `KB`, `MB`, `GB`, `TB`, `PB`, powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512MB"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" => 10,
+        "MB" => 20,
+        "GB" => 30,
+        "TB" => 40,
+        "PB" => 50,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (B, KB, MB, GB, TB, PB)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_interval(s: &str) -> Result<i64, String> {

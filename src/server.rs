@@ -387,21 +387,25 @@ pub(crate) fn compact_in_background(db: &Db) {
     if !db.needs_compaction() {
         return;
     }
+    maintain_in_background(db);
+}
+
+fn maintain_in_background(db: &Db) {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = db.compact_head() {
-            tracing::error!(error = %e, "cutting a block failed; the head keeps the data");
+        if let Err(e) = db.maintain() {
+            tracing::error!(error = %e, "storage maintenance failed; the data stays where it was");
         }
     });
 }
 
-/// Checks every `every` whether the head should be cut.
+/// Every `every`: cuts blocks, merges them and applies retention.
 pub(crate) async fn compact_periodically(db: Db, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        compact_in_background(&db);
+        maintain_in_background(&db);
     }
 }
 

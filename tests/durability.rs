@@ -192,19 +192,23 @@ fn blocks_are_cut_from_the_head_and_survive_kill_9() {
         }]);
         assert_eq!(strata.write(&body).status, 204);
     }
-    // Blocks are cut in the background; wait for them (bounded).
+    // Blocks are cut (and merged) in the background; wait until they hold at least eight
+    // of the ten minutes (bounded).
     let blocks = dir.path().join("blocks");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let count_blocks = || {
+    let samples_in_blocks = || -> u64 {
         std::fs::read_dir(&blocks)
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with(['.', 'c']))
+                    .filter_map(|e| std::fs::read(e.path().join("meta.json")).ok())
+                    .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .filter_map(|m| m["numSamples"].as_u64())
+                    .sum()
             })
             .unwrap_or(0)
     };
-    while count_blocks() < 8 {
+    while samples_in_blocks() < 480 {
         assert!(Instant::now() < deadline, "no blocks were cut");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -25,6 +25,11 @@ pub struct Options {
     /// Time range of a block cut from the head, milliseconds (Prometheus: 2 h). The head
     /// is cut once it spans one and a half of these.
     pub block_range_ms: i64,
+    /// Blocks ending this long before the newest sample are deleted (Prometheus'
+    /// `--storage.tsdb.retention.time`, 15 d). `None` keeps everything.
+    pub retention_ms: Option<i64>,
+    /// Oldest blocks are deleted while blocks and WAL together take more than this.
+    pub retention_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -33,6 +38,8 @@ impl Default for Options {
             wal_fsync: true,
             wal_segment_size: 128 << 20,
             block_range_ms: 2 * 3_600_000,
+            retention_ms: Some(15 * 24 * 3_600_000),
+            retention_bytes: None,
         }
     }
 }
@@ -288,6 +295,159 @@ impl Db {
             );
         }
         Ok(written)
+    }
+
+    /// Merges adjacent blocks into larger ones: ranges grow threefold per level (2 h, 6 h,
+    /// 18 h, …), up to a tenth of the retention time. A range is merged once a newer
+    /// block exists past its end. The merged block is in place before its inputs are
+    /// deleted; leftovers of a crash in between are removed at the next start.
+    pub fn compact_blocks(&self) -> Result<Vec<BlockMeta>, Error> {
+        let inner = &self.inner;
+        let Ok(_cutting) = inner.cutting.try_lock() else {
+            return Ok(Vec::new());
+        };
+        let base = inner.opts.block_range_ms.max(1);
+        let cap = inner
+            .opts
+            .retention_ms
+            .map_or(i64::MAX, |r| (r / 10).max(base));
+        let mut written = Vec::new();
+        let mut range = base.saturating_mul(3);
+        while range <= cap {
+            loop {
+                let blocks = self.blocks();
+                // Nothing older than this can still arrive: a range ending at or before it
+                // is complete.
+                let settled = blocks
+                    .iter()
+                    .map(|b| b.meta.max_time)
+                    .chain([inner.head.min_valid.load(Ordering::Relaxed)])
+                    .max()
+                    .unwrap_or(i64::MIN);
+                // The first aligned range with two or more blocks that is complete.
+                let mut group: Vec<Arc<Block>> = Vec::new();
+                let mut start = None;
+                for b in &blocks {
+                    let s = b.meta.min_time.div_euclid(range) * range;
+                    if Some(s) != start {
+                        if group.len() > 1 {
+                            break;
+                        }
+                        group.clear();
+                        start = Some(s);
+                    }
+                    if b.meta.max_time <= s + range {
+                        group.push(Arc::clone(b));
+                    }
+                }
+                let Some(s) = start else { break };
+                if group.len() < 2 || settled < s + range {
+                    break;
+                }
+                let meta = self.merge(&group)?;
+                written.push(meta);
+            }
+            range = range.saturating_mul(3);
+        }
+        Ok(written)
+    }
+
+    /// Writes one block holding everything of `group` and swaps it in.
+    fn merge(&self, group: &[Arc<Block>]) -> Result<BlockMeta, Error> {
+        let inner = &self.inner;
+        let min = group.iter().map(|b| b.meta.min_time).min().unwrap_or(0);
+        let max = group.iter().map(|b| b.meta.max_time).max().unwrap_or(0);
+        let all = [Matcher::regex(crate::METRIC_NAME, ".*")?];
+        let mut series: std::collections::BTreeMap<Labels, Vec<(i64, f64)>> =
+            std::collections::BTreeMap::new();
+        for b in group {
+            for (labels, chunks) in b.select(&all, i64::MIN, i64::MAX) {
+                series
+                    .entry(labels)
+                    .or_default()
+                    .extend(chunks.iter().flat_map(|c| c.iter()));
+            }
+        }
+        let series: Vec<(Labels, Vec<(i64, f64)>)> = series.into_iter().collect();
+        let blocks_dir = inner.dir.join("blocks");
+        let dir = write_block(&blocks_dir, &series, min, max)?;
+        let merged = Arc::new(Block::open(&dir)?);
+        let meta = merged.meta.clone();
+        {
+            let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
+            list.retain(|b| !group.iter().any(|g| Arc::ptr_eq(b, g)));
+            list.push(merged);
+            list.sort_by_key(|b| b.meta.min_time);
+        }
+        for b in group {
+            remove_block(&blocks_dir, &b.meta)?;
+        }
+        tracing::info!(
+            min_time = min,
+            max_time = max,
+            inputs = group.len(),
+            series = series.len(),
+            "merged blocks"
+        );
+        Ok(meta)
+    }
+
+    /// Deletes whole blocks, oldest first: those past the retention time (relative to the
+    /// newest sample), then while blocks and WAL exceed the retention size.
+    pub fn apply_retention(&self) -> Result<Vec<BlockMeta>, Error> {
+        let inner = &self.inner;
+        let newest = inner
+            .head
+            .time_range()
+            .map(|r| r.1)
+            .into_iter()
+            .chain(self.blocks().iter().map(|b| b.meta.max_time - 1))
+            .max();
+        let Some(newest) = newest else {
+            return Ok(Vec::new());
+        };
+        let mut deleted = Vec::new();
+        loop {
+            let blocks = self.blocks();
+            let Some(oldest) = blocks.first() else { break };
+            let too_old = inner
+                .opts
+                .retention_ms
+                .is_some_and(|r| oldest.meta.max_time <= newest - r);
+            let too_big = inner.opts.retention_bytes.is_some_and(|limit| {
+                let wal = lock(&inner.wal.writer).disk_size();
+                blocks.iter().map(|b| b.bytes).sum::<u64>() + wal > limit
+            });
+            if !too_old && !too_big {
+                break;
+            }
+            inner
+                .blocks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|b| !Arc::ptr_eq(b, oldest));
+            remove_block(&inner.dir.join("blocks"), &oldest.meta)?;
+            tracing::info!(
+                min_time = oldest.meta.min_time,
+                max_time = oldest.meta.max_time,
+                reason = if too_old {
+                    "retention time"
+                } else {
+                    "retention size"
+                },
+                "deleted a block"
+            );
+            deleted.push(oldest.meta.clone());
+        }
+        Ok(deleted)
+    }
+
+    /// Cuts blocks from the head, merges blocks and applies retention.
+    pub fn maintain(&self) -> Result<(), Error> {
+        self.compact_head()?;
+        self.compact_blocks()?;
+        self.apply_retention()?;
+        Ok(())
     }
 
     /// Flushes the WAL to stable storage. Called on shutdown; after it returns, nothing
@@ -648,6 +808,17 @@ impl Querier {
     }
 }
 
+/// Deletes a block's directory: renamed first, so a crash never leaves half a block under
+/// its real name.
+fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
+    let name = crate::block::block_name(meta.min_time, meta.max_time);
+    let dir = blocks_dir.join(&name);
+    let doomed = blocks_dir.join(format!(".deleting-{name}"));
+    fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+    crate::wal::sync_dir(blocks_dir)?;
+    fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
 /// Opens every block under `dir`, oldest first. A block that fails its checks is moved
 /// aside (renamed with a `corrupt-` prefix) and reported; the others keep serving.
 fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
@@ -657,8 +828,9 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name.starts_with(".tmp-") {
-            // A cut that crashed before its rename: the WAL still holds its samples.
+        if name.starts_with(".tmp-") || name.starts_with(".deleting-") {
+            // A cut that crashed before its rename (the WAL or the inputs still hold its
+            // samples), or a deletion that crashed half-way.
             fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
             continue;
         }
@@ -680,7 +852,30 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
         }
     }
     blocks.sort_by_key(|b| b.meta.min_time);
-    Ok(blocks)
+    // A block inside another's range is an input of a merge that crashed before deleting
+    // it: the merged block holds its samples.
+    let ranges: Vec<(i64, i64)> = blocks
+        .iter()
+        .map(|b| (b.meta.min_time, b.meta.max_time))
+        .collect();
+    let mut kept = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let (min, max) = (b.meta.min_time, b.meta.max_time);
+        let covered = ranges
+            .iter()
+            .any(|&(a, z)| a <= min && max <= z && (a, z) != (min, max));
+        if covered {
+            tracing::warn!(
+                min_time = min,
+                max_time = max,
+                "removing a block left over from an interrupted merge"
+            );
+            remove_block(dir, &b.meta)?;
+        } else {
+            kept.push(b);
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -871,6 +1066,90 @@ mod tests {
             "everything but the corrupt block's ten samples"
         );
         assert_eq!(got.first(), Some(&(10_000, 10.0)));
+        Ok(())
+    }
+
+    /// Nine 10 s blocks and a head of [90 s, 99 s].
+    fn nine_blocks(dir: &Path, opts: &Options) -> Result<Vec<(i64, f64)>, Error> {
+        let db = Db::open(dir, opts.clone())?;
+        let want: Vec<(i64, f64)> = (0..100).map(|i| (i * 1000, i as f64)).collect();
+        for &(t, v) in &want {
+            let mut app = db.appender();
+            app.append(&up("a"), t, v)?;
+            app.commit()?;
+        }
+        db.compact_head()?;
+        assert_eq!(db.stats().blocks, 9);
+        Ok(want)
+    }
+
+    #[test]
+    fn blocks_merge_into_larger_ranges() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(1_000_000),
+            ..Options::default()
+        };
+        let want = nine_blocks(dir.path(), &opts)?;
+        let db = Db::open(dir.path(), opts.clone())?;
+        // 10 s blocks merge into 30 s ones, those into one of 90 s (a tenth of the
+        // retention, 100 s, caps the growth).
+        let merged = db.compact_blocks()?;
+        assert_eq!(merged.len(), 4);
+        let ranges: Vec<(i64, i64)> = db
+            .block_metas()
+            .iter()
+            .map(|m| (m.min_time, m.max_time))
+            .collect();
+        assert_eq!(ranges, vec![(0, 90_000)]);
+        assert_eq!(read_all(&db, "a"), want);
+        drop(db);
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(read_all(&db, "a"), want);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blocks"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            1,
+            "the merged inputs are gone"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn retention_deletes_whole_blocks_oldest_first() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(45_000),
+            ..Options::default()
+        };
+        nine_blocks(dir.path(), &opts)?;
+        let db = Db::open(dir.path(), opts)?;
+        // Newest sample 99 s: blocks ending at or before 54 s go.
+        let deleted = db.apply_retention()?;
+        assert_eq!(deleted.len(), 5);
+        assert_eq!(read_all(&db, "a").first(), Some(&(50_000, 50.0)));
+        assert!(!dir
+            .path()
+            .join("blocks")
+            .join(crate::block::block_name(0, 10_000))
+            .exists());
+        drop(db);
+        // By size: blocks go while blocks and WAL exceed the limit; the head stays.
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 10_000,
+                retention_ms: None,
+                retention_bytes: Some(1),
+                ..Options::default()
+            },
+        )?;
+        db.apply_retention()?;
+        assert_eq!(db.stats().blocks, 0);
+        assert_eq!(read_all(&db, "a").first(), Some(&(90_000, 90.0)));
         Ok(())
     }
 
