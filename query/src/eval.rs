@@ -421,6 +421,14 @@ impl StepSeries {
         }
     }
 
+    /// Sets a label; writing `__name__` keeps the name (cancels a delayed removal).
+    pub(crate) fn set_label(&mut self, name: &str, value: &str) {
+        self.labels.set(name, value);
+        if name == METRIC_NAME {
+            self.drop_name = false;
+        }
+    }
+
     /// Removes the metric name now, or marks it for removal at the end.
     pub(crate) fn drop_name(&mut self, delayed: bool) {
         if delayed {
@@ -1301,10 +1309,7 @@ impl Evaluator<'_> {
             if let Some(caps) = regex.captures(&value) {
                 let mut expanded = String::new();
                 caps.expand(&repl, &mut expanded);
-                s.labels.set(&dst, &expanded);
-                if dst == METRIC_NAME {
-                    s.drop_name = false;
-                }
+                s.set_label(&dst, &expanded);
             }
             out.push(s);
         }
@@ -1332,10 +1337,7 @@ impl Evaluator<'_> {
         for mut s in vs {
             let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get(n).unwrap_or("")).collect();
             let joined = joined.join(&sep);
-            s.labels.set(&dst, &joined);
-            if dst == METRIC_NAME {
-                s.drop_name = false;
-            }
+            s.set_label(&dst, &joined);
             out.push(s);
         }
         Ok(Val::Vector(merge_same_labels(out)?))

@@ -29,7 +29,10 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<Bucket>) -> (f64, bool) 
     (v, forced)
 }
 
-fn quantile_of_sorted(q: f64, buckets: &mut Vec<Bucket>, forced: &mut bool) -> f64 {
+/// Sorts the buckets, merges equal bounds and repairs their counts, as both histogram
+/// functions need. `None` when there is no `+Inf` bucket; otherwise whether decreasing
+/// counts had to be raised.
+fn prepare(buckets: &mut Vec<Bucket>) -> Option<bool> {
     buckets.sort_by(|a, b| {
         a.upper
             .partial_cmp(&b.upper)
@@ -37,11 +40,18 @@ fn quantile_of_sorted(q: f64, buckets: &mut Vec<Bucket>, forced: &mut bool) -> f
     });
     match buckets.last() {
         Some(b) if b.upper == f64::INFINITY => {}
-        _ => return f64::NAN,
+        _ => return None,
     }
     coalesce(buckets);
     correct_precision_errors(buckets);
-    *forced = ensure_monotonic(buckets);
+    Some(ensure_monotonic(buckets))
+}
+
+fn quantile_of_sorted(q: f64, buckets: &mut Vec<Bucket>, forced: &mut bool) -> f64 {
+    let Some(fixed) = prepare(buckets) else {
+        return f64::NAN;
+    };
+    *forced = fixed;
     if buckets.len() < 2 {
         return f64::NAN;
     }
@@ -124,18 +134,9 @@ fn ensure_monotonic(buckets: &mut [Bucket]) -> bool {
 /// The lowest bucket starts at 0 when its upper bound is positive and at -Inf otherwise;
 /// an infinite-width bucket holds its observations at its finite end.
 pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>) -> f64 {
-    buckets.sort_by(|a, b| {
-        a.upper
-            .partial_cmp(&b.upper)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    match buckets.last() {
-        Some(b) if b.upper == f64::INFINITY => {}
-        _ => return f64::NAN,
+    if prepare(buckets).is_none() {
+        return f64::NAN;
     }
-    coalesce(buckets);
-    correct_precision_errors(buckets);
-    ensure_monotonic(buckets);
     let total = buckets[buckets.len() - 1].count;
     if total == 0.0 || lower.is_nan() || upper.is_nan() {
         return f64::NAN;

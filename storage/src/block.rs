@@ -24,6 +24,7 @@ use crate::head::ClosedChunk;
 use crate::labels::{Label, Labels};
 use crate::matcher::Matcher;
 use crate::postings::Postings;
+use crate::varint::{put_uvarint, put_varint, Cursor};
 use crate::wal::sync_dir;
 use crate::{Error, SeriesRef};
 
@@ -111,49 +112,6 @@ pub(crate) struct Block {
     series: Vec<BlockSeries>,
     postings: Postings,
     pub(crate) bytes: u64,
-}
-
-fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn put_varint(buf: &mut Vec<u8>, v: i64) {
-    put_uvarint(buf, ((v << 1) ^ (v >> 63)) as u64);
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn uvarint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = *self.buf.get(self.pos)?;
-            self.pos += 1;
-            v |= ((b & 0x7f) as u64) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn varint(&mut self) -> Option<i64> {
-        let u = self.uvarint()?;
-        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
 }
 
 /// The directory name of a block covering `[min, max)`.
@@ -305,10 +263,9 @@ impl Block {
             return Err(corrupt("chunks", "bad magic".into()));
         }
 
-        let mut r = Reader {
-            buf: body,
-            pos: INDEX_MAGIC.len(),
-        };
+        let mut r = Cursor::new(body);
+        r.bytes(INDEX_MAGIC.len())
+            .ok_or_else(|| corrupt("index", "malformed".into()))?;
         let bad = || corrupt("index", "malformed".into());
         let nsym = r.uvarint().ok_or_else(bad)? as usize;
         let mut symbols: Vec<Arc<str>> = Vec::with_capacity(nsym.min(body.len()));

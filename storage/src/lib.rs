@@ -34,6 +34,7 @@ mod head;
 mod labels;
 mod matcher;
 mod postings;
+mod varint;
 mod wal;
 
 pub use block::BlockMeta;

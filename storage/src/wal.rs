@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::labels::{Label, Labels};
+use crate::varint::{put_str, put_uvarint, put_varint, Cursor};
 use crate::{Error, SeriesRef};
 
 const MAGIC: &[u8; 8] = b"STRWAL01";
@@ -186,74 +187,8 @@ fn read_record(buf: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, usize), Str
     Ok((rec, end))
 }
 
-fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn put_varint(buf: &mut Vec<u8>, v: i64) {
-    put_uvarint(buf, ((v << 1) ^ (v >> 63)) as u64);
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    put_uvarint(buf, s.len() as u64);
-    buf.extend_from_slice(s.as_bytes());
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn uvarint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = *self.buf.get(self.pos)?;
-            self.pos += 1;
-            v |= ((b & 0x7f) as u64) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn varint(&mut self) -> Option<i64> {
-        let u = self.uvarint()?;
-        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let n = usize::try_from(self.uvarint()?).ok()?;
-        let b = self.bytes(n)?;
-        String::from_utf8(b.to_vec()).ok()
-    }
-
-    fn f64(&mut self) -> Option<f64> {
-        let b = self.bytes(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Some(f64::from_bits(u64::from_le_bytes(a)))
-    }
-
-    fn done(&self) -> bool {
-        self.pos == self.buf.len()
-    }
-}
-
 fn decode_series(body: &[u8]) -> Option<Vec<(SeriesRef, Labels)>> {
-    let mut c = Cursor { buf: body, pos: 0 };
+    let mut c = Cursor::new(body);
     let n = c.uvarint()? as usize;
     let mut out = Vec::with_capacity(n.min(body.len()));
     for _ in 0..n {
@@ -271,7 +206,7 @@ fn decode_series(body: &[u8]) -> Option<Vec<(SeriesRef, Labels)>> {
 }
 
 fn decode_samples(body: &[u8]) -> Option<Vec<(SeriesRef, i64, f64)>> {
-    let mut c = Cursor { buf: body, pos: 0 };
+    let mut c = Cursor::new(body);
     let n = c.uvarint()? as usize;
     let mut out = Vec::with_capacity(n.min(body.len() / 10 + 1));
     let mut t = 0i64;
