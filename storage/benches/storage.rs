@@ -60,6 +60,63 @@ fn bench(c: &mut Criterion) {
         b.iter(|| q.select(black_box(&m)).unwrap_or_else(|e| panic!("{e}")))
     });
     g.finish();
+    read(c);
+}
+
+/// Reading every sample of 1,000 series over 12 h: from memory-mapped blocks (dense
+/// chunks) and from the head (XOR chunks).
+fn read(c: &mut Criterion) {
+    const N: usize = 1_000;
+    const STEPS: i64 = 18 * 240;
+    let start = 1_700_000_000_000i64;
+    let fill = |opts: Options| {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let db = Db::open(dir.path(), opts).unwrap_or_else(|e| panic!("open: {e}"));
+        let ls: Vec<Labels> = (0..N)
+            .map(|i| Labels::from_pairs([("__name__", "cpu".to_string()), ("n", i.to_string())]))
+            .collect();
+        for k in 0..STEPS {
+            let mut app = db.appender();
+            for (i, l) in ls.iter().enumerate() {
+                let v = (k * (100 + i as i64) + (k * 7 + i as i64) % 13) as f64 / 100.0;
+                app.append(l, start + k * 15_000 + k % 3, v)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            app.commit().unwrap_or_else(|e| panic!("{e}"));
+            if k % 240 == 0 {
+                db.maintain().unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        db.maintain().unwrap_or_else(|e| panic!("{e}"));
+        (dir, db)
+    };
+    let (_d1, blocks) = fill(Options {
+        wal_fsync: false,
+        ..Options::default()
+    });
+    let (_d2, head) = fill(Options {
+        wal_fsync: false,
+        block_range_ms: 100 * 3_600_000,
+        ..Options::default()
+    });
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Elements(N as u64 * 12 * 240));
+    g.sample_size(10);
+    let m = [Matcher::equal("__name__", "cpu")];
+    for (name, db) in [("blocks_dense", &blocks), ("head_xor", &head)] {
+        g.bench_function(format!("{name}_1000_series_12h"), |b| {
+            b.iter(|| {
+                let q = db.querier(start, start + 12 * 3_600_000);
+                let mut n = 0usize;
+                for s in q.select(&m).unwrap_or_else(|e| panic!("{e}")) {
+                    n += s.samples().count();
+                }
+                assert_eq!(n, N * 12 * 240 + N);
+                n
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

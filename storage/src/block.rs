@@ -4,7 +4,7 @@
 //! ```text
 //!  blocks/<min>-<max>/
 //!      meta.json   time range, counts, format version
-//!      chunks      magic, then [len u32][count u16][crc32c u32][XOR chunk bytes]...
+//!      chunks      magic, then [len u32][count u16][encoding u8][crc32c u32][data]...
 //!      index       magic, symbols, series (labels + chunk refs), crc32c of all before it
 //! ```
 //!
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::chunk::{XorChunk, XorIter};
+use crate::dense;
 use crate::head::ClosedChunk;
 use crate::labels::{Label, Labels};
 use crate::matcher::Matcher;
@@ -28,12 +29,35 @@ use crate::varint::{put_uvarint, put_varint, Cursor};
 use crate::wal::sync_dir;
 use crate::{Error, SeriesRef};
 
-const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK01";
+const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK02";
 const INDEX_MAGIC: &[u8; 8] = b"STRIDX01";
-const CHUNK_HEADER: usize = 10; // len u32, count u16, crc u32
-/// Samples per chunk in a block.
-const SAMPLES_PER_CHUNK: usize = 120;
-pub(crate) const FORMAT_VERSION: u32 = 1;
+const CHUNK_HEADER: usize = 11; // len u32, count u16, encoding u8, crc u32
+/// Most samples in a dense chunk: a series' whole range in a block of up to a day at 15 s.
+const DENSE_MAX_SAMPLES: usize = 8192;
+/// Samples per XOR chunk, used for data the dense encoding does not suit.
+const XOR_SAMPLES: usize = 120;
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// How a chunk in a block is encoded (the byte after its count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Xor = 1,
+    /// Values of one series; the timestamps are in a [`Encoding::Times`] record.
+    Dense = 2,
+    /// Timestamps shared by the dense chunks of every series scraped together.
+    Times = 3,
+}
+
+impl Encoding {
+    fn from_byte(b: u8) -> Option<Encoding> {
+        match b {
+            1 => Some(Encoding::Xor),
+            2 => Some(Encoding::Dense),
+            3 => Some(Encoding::Times),
+            _ => None,
+        }
+    }
+}
 
 /// `meta.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -67,37 +91,68 @@ fn meta_crc(meta: &BlockMeta) -> Result<u32, Error> {
 #[derive(Clone, Debug)]
 pub(crate) enum ChunkView {
     Head(Arc<ClosedChunk>),
-    Mapped {
-        file: Arc<Mmap>,
-        start: usize,
-        len: usize,
-        count: u16,
-    },
+    Mapped { file: Arc<Mmap>, chunk: ChunkMeta },
+}
+
+/// The samples of a [`ChunkView`]: XOR chunks decode as they go, dense ones at once.
+pub(crate) enum ChunkIter<'a> {
+    Xor(XorIter<'a>),
+    Decoded(std::vec::IntoIter<(i64, f64)>),
+}
+
+impl Iterator for ChunkIter<'_> {
+    type Item = (i64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        match self {
+            ChunkIter::Xor(it) => it.next(),
+            ChunkIter::Decoded(it) => it.next(),
+        }
+    }
 }
 
 impl ChunkView {
-    pub(crate) fn iter(&self) -> XorIter<'_> {
+    pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
-            ChunkView::Head(c) => c.iter(),
-            ChunkView::Mapped {
-                file,
-                start,
-                len,
-                count,
-            } => XorIter::new(file.get(*start..start + len).unwrap_or(&[]), *count),
+            ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
+            ChunkView::Mapped { file, chunk: c } => {
+                let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
+                if c.encoding == Encoding::Xor {
+                    return ChunkIter::Xor(XorIter::new(data, c.count));
+                }
+                let times = file
+                    .get(c.times_start..c.times_start + c.times_len)
+                    .unwrap_or(&[]);
+                let mut out = Vec::new();
+                let decoded = dense::decode_times(times, usize::from(c.count), &mut out)
+                    .and_then(|()| dense::decode_values(data, &mut out));
+                if let Err(e) = decoded {
+                    // Checksums were verified at open: only a bug or a disk going bad
+                    // gets here. The chunk reads as empty rather than as wrong numbers.
+                    tracing::error!("chunk at {}: {e}", c.start);
+                    out.clear();
+                }
+                ChunkIter::Decoded(out.into_iter())
+            }
         }
     }
 }
 
 /// Where one chunk of a series lies in the chunks file.
 #[derive(Debug, Clone, Copy)]
-struct ChunkMeta {
+pub(crate) struct ChunkMeta {
     min_t: i64,
     max_t: i64,
-    /// Offset of the chunk's data (after its header).
+    /// Offset of the chunk's data (after its header), past the time reference for
+    /// dense chunks.
     start: usize,
     len: usize,
     count: u16,
+    encoding: Encoding,
+    /// The data of the times record of a dense chunk.
+    times_start: usize,
+    times_len: usize,
 }
 
 struct BlockSeries {
@@ -139,24 +194,46 @@ pub(crate) fn write_block(
     let mut chunk_bytes: Vec<u8> = CHUNKS_MAGIC.to_vec();
     let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(series.len());
     let (mut num_chunks, mut num_samples) = (0u64, 0u64);
+    let mut data = Vec::new();
+    // Time sections already written, by content: series scraped together share one.
+    let mut times_at: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
     for (_, samples) in series {
         let mut mine = Vec::new();
-        for part in samples.chunks(SAMPLES_PER_CHUNK) {
-            let mut c = XorChunk::new();
-            for &(t, v) in part {
-                c.append(t, v);
+        // Even parts of at most DENSE_MAX_SAMPLES, so no part is a poorly packed stub.
+        let parts = samples.len().div_ceil(DENSE_MAX_SAMPLES).max(1);
+        let per_part = samples.len().div_ceil(parts).max(1);
+        for part in samples.chunks(per_part) {
+            match dense::encode_values(part)? {
+                Some(values) => {
+                    let times = dense::encode_times(part)?;
+                    let at = match times_at.get(&times) {
+                        Some(&at) => at,
+                        None => {
+                            let (_, _, at) =
+                                put_chunk(&mut chunk_bytes, part, Encoding::Times, &times);
+                            times_at.insert(times, at);
+                            at
+                        }
+                    };
+                    data.clear();
+                    put_uvarint(&mut data, at);
+                    data.extend_from_slice(&values);
+                    mine.push(put_chunk(&mut chunk_bytes, part, Encoding::Dense, &data));
+                }
+                None => {
+                    for small in part.chunks(XOR_SAMPLES) {
+                        let mut c = XorChunk::new();
+                        for &(t, v) in small {
+                            c.append(t, v);
+                        }
+                        let (xor, _) = c.into_encoded();
+                        mine.push(put_chunk(&mut chunk_bytes, small, Encoding::Xor, &xor));
+                    }
+                }
             }
-            let (min_t, max_t) = (c.min_time(), c.max_time());
-            let (data, count) = c.into_encoded();
-            let offset = chunk_bytes.len() as u64;
-            chunk_bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            chunk_bytes.extend_from_slice(&count.to_le_bytes());
-            chunk_bytes.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
-            chunk_bytes.extend_from_slice(&data);
-            mine.push((min_t, max_t, offset));
-            num_chunks += 1;
             num_samples += part.len() as u64;
         }
+        num_chunks += mine.len() as u64;
         refs.push(mine);
     }
 
@@ -222,6 +299,67 @@ pub(crate) fn write_block(
     Ok(dir)
 }
 
+/// Appends one chunk record for `samples` (at most `u16::MAX`, not empty) and returns
+/// its time range and offset.
+fn put_chunk(
+    file: &mut Vec<u8>,
+    samples: &[(i64, f64)],
+    encoding: Encoding,
+    data: &[u8],
+) -> (i64, i64, u64) {
+    let offset = file.len() as u64;
+    file.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    file.extend_from_slice(&(samples.len() as u16).to_le_bytes());
+    file.push(encoding as u8);
+    file.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    file.extend_from_slice(data);
+    let min_t = samples.first().map_or(0, |s| s.0);
+    let max_t = samples.last().map_or(0, |s| s.0);
+    (min_t, max_t, offset)
+}
+
+/// The data of the times record at `at`, checked (once per record) to be one, intact,
+/// of `count` timestamps.
+fn times_record(
+    map: &[u8],
+    at: usize,
+    count: u16,
+    verified: &mut std::collections::HashMap<usize, (usize, usize, u16)>,
+) -> Result<(usize, usize), String> {
+    if let Some(&(start, len, n)) = verified.get(&at) {
+        return if n == count {
+            Ok((start, len))
+        } else {
+            Err(format!(
+                "times record at {at} has {n} timestamps, not {count}"
+            ))
+        };
+    }
+    let header = map
+        .get(at..at.saturating_add(CHUNK_HEADER))
+        .ok_or_else(|| format!("times record at {at} is out of the file"))?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let n = u16::from_le_bytes([header[4], header[5]]);
+    if header[6] != Encoding::Times as u8 {
+        return Err(format!("record at {at} is not a times record"));
+    }
+    let crc = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
+    let start = at + CHUNK_HEADER;
+    let data = map
+        .get(start..start + len)
+        .ok_or_else(|| format!("times record at {at} is torn"))?;
+    if crc32c::crc32c(data) != crc {
+        return Err(format!("times record at {at}: checksum mismatch"));
+    }
+    verified.insert(at, (start, len, n));
+    if n != count {
+        return Err(format!(
+            "times record at {at} has {n} timestamps, not {count}"
+        ));
+    }
+    Ok((start, len))
+}
+
 impl Block {
     /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
     pub(crate) fn open(dir: &Path) -> Result<Block, Error> {
@@ -278,6 +416,8 @@ impl Block {
         let nseries = r.uvarint().ok_or_else(bad)? as usize;
         let mut series = Vec::with_capacity(nseries.min(body.len()));
         let mut postings = Postings::default();
+        let mut verified_times: std::collections::HashMap<usize, (usize, usize, u16)> =
+            std::collections::HashMap::new();
         for i in 0..nseries {
             let nl = r.uvarint().ok_or_else(bad)? as usize;
             let mut ls = Vec::with_capacity(nl.min(64));
@@ -298,7 +438,13 @@ impl Block {
                 })?;
                 let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
                 let count = u16::from_le_bytes([header[4], header[5]]);
-                let crc = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+                let encoding = Encoding::from_byte(header[6]).ok_or_else(|| {
+                    corrupt(
+                        "chunks",
+                        format!("chunk at {offset}: unknown encoding {}", header[6]),
+                    )
+                })?;
+                let crc = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
                 let start = offset + CHUNK_HEADER;
                 let data = map
                     .get(start..start + len)
@@ -309,13 +455,40 @@ impl Block {
                         format!("chunk at {offset}: checksum mismatch"),
                     ));
                 }
-                chunks.push(ChunkMeta {
+                let mut chunk = ChunkMeta {
                     min_t,
                     max_t,
                     start,
                     len,
                     count,
-                });
+                    encoding,
+                    times_start: 0,
+                    times_len: 0,
+                };
+                match encoding {
+                    Encoding::Xor => {}
+                    Encoding::Dense => {
+                        let mut c = Cursor::new(data);
+                        let at = c.uvarint().ok_or_else(|| {
+                            corrupt("chunks", format!("chunk at {offset}: no time reference"))
+                        })? as usize;
+                        let (tstart, tlen) = times_record(&map, at, count, &mut verified_times)
+                            .map_err(|why| {
+                                corrupt("chunks", format!("chunk at {offset}: {why}"))
+                            })?;
+                        chunk.start = start + (len - c.rest().len());
+                        chunk.len = start + len - chunk.start;
+                        chunk.times_start = tstart;
+                        chunk.times_len = tlen;
+                    }
+                    Encoding::Times => {
+                        return Err(corrupt(
+                            "chunks",
+                            format!("chunk at {offset} is a times record"),
+                        ))
+                    }
+                }
+                chunks.push(chunk);
             }
             postings.add(SeriesRef(i as u32), &labels);
             series.push(BlockSeries { labels, chunks });
@@ -353,11 +526,9 @@ impl Block {
                 .chunks
                 .iter()
                 .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-                .map(|c| ChunkView::Mapped {
+                .map(|&chunk| ChunkView::Mapped {
                     file: Arc::clone(&self.chunks),
-                    start: c.start,
-                    len: c.len,
-                    count: c.count,
+                    chunk,
                 })
                 .collect();
             if !chunks.is_empty() {
@@ -395,7 +566,7 @@ mod tests {
         )?;
         let block = Block::open(&dir)?;
         assert_eq!(block.meta.num_samples, 302);
-        assert_eq!(block.meta.num_chunks, 4);
+        assert_eq!(block.meta.num_chunks, 2);
         let got = block.select(&[Matcher::equal("job", "a")], 0, i64::MAX);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, a);
@@ -411,6 +582,77 @@ mod tests {
         assert_eq!(bits[1], crate::STALE_NAN_BITS);
         assert!(bits[0] != crate::STALE_NAN_BITS && f64::from_bits(bits[0]).is_nan());
         assert_eq!(block.label_values("job"), vec!["a", "b"]);
+        Ok(())
+    }
+
+    /// (encoding, offset) of every record of a chunks file.
+    fn records(bytes: &[u8]) -> Vec<(u8, usize)> {
+        let mut at = CHUNKS_MAGIC.len();
+        let mut out = Vec::new();
+        while at + CHUNK_HEADER <= bytes.len() {
+            let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            out.push((bytes[at + 6], at));
+            at += CHUNK_HEADER + len as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn series_scraped_together_share_their_timestamps() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let times: Vec<i64> = (0..480).map(|i| i * 15_000 + (i * 7) % 5).collect();
+        let mut series: Vec<(Labels, Vec<(i64, f64)>)> = (0..10)
+            .map(|n| {
+                let l = Labels::from_pairs([("__name__", "m".to_string()), ("n", n.to_string())]);
+                let s = times
+                    .iter()
+                    .map(|&t| (t, (t / 1000 * n) as f64 / 100.0))
+                    .collect();
+                (l, s)
+            })
+            .collect();
+        series.push((
+            Labels::from_pairs([("__name__", "other")]),
+            times.iter().map(|&t| (t + 1, 1.0)).collect(),
+        ));
+        let dir = write_block(tmp.path(), &series, 0, 7_200_000)?;
+        let path = dir.join("chunks");
+        let mut bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let recs = records(&bytes);
+        let kinds: Vec<u8> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|&&k| k == Encoding::Times as u8)
+                .count(),
+            2
+        );
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|&&k| k == Encoding::Dense as u8)
+                .count(),
+            11
+        );
+        let block = Block::open(&dir)?;
+        for (labels, samples) in &series {
+            let m: Vec<Matcher> = labels
+                .iter()
+                .map(|l| Matcher::equal(&*l.name, &*l.value))
+                .collect();
+            let got = block.select(&m, i64::MIN, i64::MAX);
+            let back: Vec<(i64, f64)> = got[0].1.iter().flat_map(|c| c.iter()).collect();
+            assert_eq!(&back, samples);
+        }
+        // A flipped byte in the shared time section is caught at open.
+        drop(block);
+        let at = recs[0].1 + CHUNK_HEADER + 2;
+        bytes[at] ^= 0x10;
+        fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        match Block::open(&dir) {
+            Err(e) => assert!(e.to_string().contains("chunks"), "{e}"),
+            Ok(_) => panic!("a flipped byte in a times record went unnoticed"),
+        }
         Ok(())
     }
 

@@ -29,6 +29,7 @@
 mod block;
 mod chunk;
 mod db;
+mod dense;
 mod error;
 mod head;
 mod labels;

@@ -66,6 +66,13 @@ impl<'a> Cursor<'a> {
         Some(f64::from_bits(u64::from_le_bytes(a)))
     }
 
+    /// Everything not read yet.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
+        self.pos = self.buf.len();
+        rest
+    }
+
     pub(crate) fn done(&self) -> bool {
         self.pos == self.buf.len()
     }
