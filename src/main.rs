@@ -80,6 +80,11 @@ struct ServeArgs {
     /// `0` for no limit).
     #[arg(long = "retention.size", default_value = "0", value_parser = parse_size)]
     retention_bytes: u64,
+    /// Refuse samples that are out of order for their series and older than this before
+    /// the newest sample (`30m`). Without it, samples of any age are accepted: they are
+    /// queryable at once and reach blocks at the next cut.
+    #[arg(long = "storage.ooo-window", value_parser = parse_interval)]
+    ooo_window_ms: Option<i64>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -116,6 +121,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             block_range_ms: args.block_range_ms.max(1),
             retention_ms: (args.retention_ms > 0).then_some(args.retention_ms),
             retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+            ooo_window_ms: args.ooo_window_ms,
             ..Options::default()
         },
     )

@@ -103,17 +103,6 @@ fn each_bad_request_is_refused_whole() {
         "label name \"job\" appears more than once",
     );
 
-    let backwards = Ts {
-        labels: vec![("__name__", "m")],
-        samples: vec![(BASE + 1000, 1.0), (BASE, 2.0)],
-    };
-    refused(
-        &strata,
-        &write_body(&[good(), backwards]),
-        400,
-        "out of order",
-    );
-
     // Over the decompressed limit: refused from the snappy header, before decoding.
     // Repetitive, so that it compresses to far less than it decompresses to.
     let big: Vec<(i64, f64)> = vec![(BASE, 1.0); 1000];

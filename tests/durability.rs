@@ -222,16 +222,32 @@ fn blocks_are_cut_from_the_head_and_survive_kill_9() {
         count_and_sum(&strata, "blocks", 599),
         (600, (0..600).sum::<i64>() as f64)
     );
-    // Writing into a range that blocks already hold is refused with the reason.
+    // Backfill into the range blocks already hold: accepted, queryable at once, and the
+    // last write wins (sample 0 becomes 1000; the total grows by 1000).
     let body = write_body(&[Ts {
         labels: vec![("__name__", "seq"), ("writer", "blocks")],
-        samples: vec![(BASE, 1.0)],
+        samples: vec![(BASE, 1000.0)],
+    }]);
+    assert_eq!(strata.write(&body).status, 204);
+    let total = (0..600).sum::<i64>() as f64 + 1000.0;
+    assert_eq!(count_and_sum(&strata, "blocks", 599), (600, total));
+    strata.kill9();
+    let strata = Strata::start(dir.path(), &["--storage.block-range", "1m"]);
+    assert_eq!(count_and_sum(&strata, "blocks", 599), (600, total));
+}
+
+#[test]
+fn the_out_of_order_window_refuses_older_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &["--storage.ooo-window", "10s"]);
+    assert_eq!(write_seq(&strata, "w", 100), 204);
+    assert_eq!(write_seq(&strata, "w", 95), 204, "inside the window");
+    let body = write_body(&[Ts {
+        labels: vec![("__name__", "seq"), ("writer", "w")],
+        samples: vec![(BASE + 50_000, 50.0)],
     }]);
     let r = strata.write(&body);
     assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("older than the data already persisted"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("out-of-order window"), "{}", r.body);
+    assert_eq!(count_and_sum(&strata, "w", 100), (2, 195.0));
 }

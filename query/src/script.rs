@@ -129,8 +129,8 @@ fn load(
     for (labels, values) in &series {
         for (k, v) in values.iter().enumerate() {
             if let Some(v) = *v {
-                // Loads are cumulative; a sample older than one a previous block loaded
-                // into the same series cannot be stored and is left out.
+                // Loads are cumulative; a later load's sample for a timestamp an earlier
+                // one filled replaces it.
                 let _ = app.append(labels, k as i64 * step, v);
             }
         }

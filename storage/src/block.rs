@@ -71,6 +71,12 @@ pub struct BlockMeta {
     pub num_chunks: u64,
     pub num_samples: u64,
     pub version: u32,
+    /// Unique and increasing in the order blocks are written: where blocks overlap, the
+    /// higher sequence's sample wins at a timestamp both hold.
+    pub seq: u64,
+    /// The sequences of the blocks merged into this one (empty for a cut from the head).
+    #[serde(default)]
+    pub sources: Vec<u64>,
 }
 
 /// `meta.json` on disk: the fields and a CRC32C of their compact JSON encoding.
@@ -91,13 +97,19 @@ fn meta_crc(meta: &BlockMeta) -> Result<u32, Error> {
 #[derive(Clone, Debug)]
 pub(crate) enum ChunkView {
     Head(Arc<ClosedChunk>),
-    Mapped { file: Arc<Mmap>, chunk: ChunkMeta },
+    Mapped {
+        file: Arc<Mmap>,
+        chunk: ChunkMeta,
+    },
+    /// A head series' out-of-order samples, time-ordered.
+    Samples(Arc<[(i64, f64)]>),
 }
 
 /// The samples of a [`ChunkView`]: XOR chunks decode as they go, dense ones at once.
 pub(crate) enum ChunkIter<'a> {
     Xor(XorIter<'a>),
     Decoded(std::vec::IntoIter<(i64, f64)>),
+    Slice(std::iter::Copied<std::slice::Iter<'a, (i64, f64)>>),
 }
 
 impl Iterator for ChunkIter<'_> {
@@ -108,14 +120,28 @@ impl Iterator for ChunkIter<'_> {
         match self {
             ChunkIter::Xor(it) => it.next(),
             ChunkIter::Decoded(it) => it.next(),
+            ChunkIter::Slice(it) => it.next(),
         }
     }
 }
 
 impl ChunkView {
+    /// The first and last timestamp.
+    pub(crate) fn time_range(&self) -> (i64, i64) {
+        match self {
+            ChunkView::Head(c) => (c.min_t, c.max_t),
+            ChunkView::Mapped { chunk, .. } => (chunk.min_t, chunk.max_t),
+            ChunkView::Samples(s) => (
+                s.first().map_or(i64::MAX, |s| s.0),
+                s.last().map_or(i64::MIN, |s| s.0),
+            ),
+        }
+    }
+
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
             ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
+            ChunkView::Samples(s) => ChunkIter::Slice(s.iter().copied()),
             ChunkView::Mapped { file, chunk: c } => {
                 let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
                 if c.encoding == Encoding::Xor {
@@ -169,27 +195,37 @@ pub(crate) struct Block {
     pub(crate) bytes: u64,
 }
 
-/// The directory name of a block covering `[min, max)`.
-pub(crate) fn block_name(min: i64, max: i64) -> String {
-    format!("{min:016}-{max:016}")
+/// The directory name of a block.
+pub(crate) fn block_name(meta: &BlockMeta) -> String {
+    format!(
+        "{:016}-{:016}-{:08}",
+        meta.min_time, meta.max_time, meta.seq
+    )
 }
 
-/// Writes a block of `series` (labels sorted, samples in time order within
-/// `[min_time, max_time)`) into `blocks_dir`. Returns its directory.
+/// What identifies a block being written: its range, sequence and merge sources.
+#[derive(Debug, Clone)]
+pub(crate) struct NewBlock {
+    pub(crate) min_time: i64,
+    pub(crate) max_time: i64,
+    pub(crate) seq: u64,
+    pub(crate) sources: Vec<u64>,
+}
+
+/// Writes a block of `series` (labels sorted, samples in time order within the new
+/// block's range) into `blocks_dir`. Returns its directory.
 pub(crate) fn write_block(
     blocks_dir: &Path,
     series: &[(Labels, Vec<(i64, f64)>)],
-    min_time: i64,
-    max_time: i64,
+    new: NewBlock,
 ) -> Result<PathBuf, Error> {
     fs::create_dir_all(blocks_dir).map_err(|e| Error::io(blocks_dir, e))?;
-    let name = block_name(min_time, max_time);
-    let tmp = blocks_dir.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-
+    let NewBlock {
+        min_time,
+        max_time,
+        seq,
+        sources,
+    } = new;
     // Chunks file, remembering where each series' chunks went.
     let mut chunk_bytes: Vec<u8> = CHUNKS_MAGIC.to_vec();
     let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(series.len());
@@ -275,7 +311,15 @@ pub(crate) fn write_block(
         num_chunks,
         num_samples,
         version: FORMAT_VERSION,
+        seq,
+        sources,
     };
+    let name = block_name(&meta);
+    let tmp = blocks_dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let crc32c = meta_crc(&meta)?;
     let meta_json = serde_json::to_vec_pretty(&MetaFile { meta, crc32c })
         .map_err(|e| Error::Corrupt(format!("encoding meta.json: {e}")))?;
@@ -291,9 +335,6 @@ pub(crate) fn write_block(
     }
     sync_dir(&tmp)?;
     let dir = blocks_dir.join(&name);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
     fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     sync_dir(blocks_dir)?;
     Ok(dir)
@@ -551,6 +592,15 @@ impl Block {
 mod tests {
     use super::*;
 
+    fn nb(min_time: i64, max_time: i64) -> NewBlock {
+        NewBlock {
+            min_time,
+            max_time,
+            seq: 1,
+            sources: Vec::new(),
+        }
+    }
+
     #[test]
     fn write_open_select() -> Result<(), Error> {
         let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
@@ -561,8 +611,7 @@ mod tests {
         let dir = write_block(
             tmp.path(),
             &[(a.clone(), sa.clone()), (b.clone(), sb)],
-            0,
-            300_000,
+            nb(0, 300_000),
         )?;
         let block = Block::open(&dir)?;
         assert_eq!(block.meta.num_samples, 302);
@@ -615,7 +664,7 @@ mod tests {
             Labels::from_pairs([("__name__", "other")]),
             times.iter().map(|&t| (t + 1, 1.0)).collect(),
         ));
-        let dir = write_block(tmp.path(), &series, 0, 7_200_000)?;
+        let dir = write_block(tmp.path(), &series, nb(0, 7_200_000))?;
         let path = dir.join("chunks");
         let mut bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let recs = records(&bytes);
@@ -665,8 +714,7 @@ mod tests {
             let dir = write_block(
                 &tmp.path().join(file),
                 &[(a.clone(), samples.clone())],
-                0,
-                10,
+                nb(0, 10),
             )?;
             let path = dir.join(file);
             let mut bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;

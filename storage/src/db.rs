@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::block::{write_block, Block, BlockMeta, ChunkView};
-use crate::head::{lock, AppendOutcome, Head, MemSeries};
+use crate::block::{block_name, write_block, Block, BlockMeta, ChunkIter, ChunkView, NewBlock};
+use crate::head::{lock, merge_newest_wins, AppendOutcome, Head, MemSeries};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::wal::{self, Record, ReplayReport, WalWriter};
@@ -30,6 +30,10 @@ pub struct Options {
     pub retention_ms: Option<i64>,
     /// Oldest blocks are deleted while blocks and WAL together take more than this.
     pub retention_bytes: Option<u64>,
+    /// Samples older than this before the newest sample in the head are refused.
+    /// `None` (the default) accepts samples of any age: they are stored out of order and
+    /// reach blocks at the next cut.
+    pub ooo_window_ms: Option<i64>,
 }
 
 impl Default for Options {
@@ -40,6 +44,7 @@ impl Default for Options {
             block_range_ms: 2 * 3_600_000,
             retention_ms: Some(15 * 24 * 3_600_000),
             retention_bytes: None,
+            ooo_window_ms: None,
         }
     }
 }
@@ -52,8 +57,7 @@ pub struct Stats {
     pub chunk_bytes: u64,
     pub wal_bytes: u64,
     pub samples_appended: u64,
-    /// Samples dropped at apply time because a concurrent commit had already written a
-    /// newer sample to the same series.
+    /// Samples dropped at WAL replay because their series record was missing.
     pub samples_dropped: u64,
     /// Oldest and newest sample timestamp in the head, milliseconds.
     pub min_time: Option<i64>,
@@ -82,6 +86,8 @@ struct DbInner {
     apply_gate: RwLock<()>,
     /// Held while cutting blocks; one cut at a time.
     cutting: Mutex<()>,
+    /// The sequence number of the next block written.
+    next_seq: AtomicU64,
     replay: ReplayReport,
     _lock: File,
 }
@@ -112,9 +118,14 @@ impl Db {
         }
         let head = Head::new();
         let blocks = open_blocks(&dir.join("blocks"))?;
-        if let Some(last) = blocks.last() {
-            head.min_valid.store(last.meta.max_time, Ordering::Relaxed);
+        if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
+            head.min_valid.store(max, Ordering::Relaxed);
         }
+        let next_seq = blocks
+            .iter()
+            .flat_map(|b| b.meta.sources.iter().copied().chain([b.meta.seq]))
+            .max()
+            .map_or(1, |s| s + 1);
         let wal_dir = dir.join("wal");
         let (replay, next) = wal::replay(&wal_dir, |rec| match rec {
             Record::Series(list) => {
@@ -161,6 +172,7 @@ impl Db {
                 blocks: RwLock::new(blocks),
                 apply_gate: RwLock::new(()),
                 cutting: Mutex::new(()),
+                next_seq: AtomicU64::new(next_seq),
                 head,
                 wal: Wal {
                     writer: Mutex::new(writer),
@@ -188,8 +200,8 @@ impl Db {
         Appender {
             db: Arc::clone(&self.inner),
             series: Vec::new(),
-            pending_last: Vec::new(),
             local: HashMap::new(),
+            pending: Vec::new(),
             samples: Vec::new(),
         }
     }
@@ -268,14 +280,20 @@ impl Db {
                 .unwrap_or_else(PoisonError::into_inner);
             let mut wal = lock(&inner.wal.writer);
             let series = inner.head.samples_between(bmin, bmax);
-            let dir = write_block(&inner.dir.join("blocks"), &series, bmin, bmax)?;
+            let new = NewBlock {
+                min_time: bmin,
+                max_time: bmax,
+                seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
+                sources: Vec::new(),
+            };
+            let dir = write_block(&inner.dir.join("blocks"), &series, new)?;
             let block = Arc::new(Block::open(&dir)?);
             written.push(block.meta.clone());
-            inner
-                .blocks
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(block);
+            {
+                let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
+                list.push(block);
+                list.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
+            }
             inner.head.truncate_before(bmax);
             // The WAL now only needs what the head holds.
             let contents = inner.head.contents();
@@ -312,6 +330,11 @@ impl Db {
             .retention_ms
             .map_or(i64::MAX, |r| (r / 10).max(base));
         let mut written = Vec::new();
+        // Overlapping blocks (out-of-order samples cut after their range was persisted)
+        // merge first, each connected group into one block.
+        while let Some(group) = overlapping_group(&self.blocks()) {
+            written.push(self.merge(&group)?);
+        }
         let mut range = base.saturating_mul(3);
         while range <= cap {
             loop {
@@ -352,32 +375,48 @@ impl Db {
         Ok(written)
     }
 
-    /// Writes one block holding everything of `group` and swaps it in.
+    /// Writes one block holding everything of `group` and swaps it in. Where inputs
+    /// overlap, the sample of the later-written block wins.
     fn merge(&self, group: &[Arc<Block>]) -> Result<BlockMeta, Error> {
         let inner = &self.inner;
         let min = group.iter().map(|b| b.meta.min_time).min().unwrap_or(0);
         let max = group.iter().map(|b| b.meta.max_time).max().unwrap_or(0);
         let all = [Matcher::regex(crate::METRIC_NAME, ".*")?];
+        let mut by_seq: Vec<&Arc<Block>> = group.iter().collect();
+        by_seq.sort_by_key(|b| b.meta.seq);
         let mut series: std::collections::BTreeMap<Labels, Vec<(i64, f64)>> =
             std::collections::BTreeMap::new();
-        for b in group {
+        for b in by_seq {
             for (labels, chunks) in b.select(&all, i64::MIN, i64::MAX) {
-                series
-                    .entry(labels)
-                    .or_default()
-                    .extend(chunks.iter().flat_map(|c| c.iter()));
+                let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
+                let merged = series.entry(labels).or_default();
+                let after = match (merged.last(), samples.first()) {
+                    (Some(l), Some(f)) => l.0 < f.0,
+                    _ => true,
+                };
+                if after {
+                    merged.extend(samples);
+                } else {
+                    *merged = merge_newest_wins(merged, &samples);
+                }
             }
         }
         let series: Vec<(Labels, Vec<(i64, f64)>)> = series.into_iter().collect();
         let blocks_dir = inner.dir.join("blocks");
-        let dir = write_block(&blocks_dir, &series, min, max)?;
+        let new = NewBlock {
+            min_time: min,
+            max_time: max,
+            seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            sources: group.iter().map(|b| b.meta.seq).collect(),
+        };
+        let dir = write_block(&blocks_dir, &series, new)?;
         let merged = Arc::new(Block::open(&dir)?);
         let meta = merged.meta.clone();
         {
             let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
             list.retain(|b| !group.iter().any(|g| Arc::ptr_eq(b, g)));
             list.push(merged);
-            list.sort_by_key(|b| b.meta.min_time);
+            list.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
         }
         for b in group {
             remove_block(&blocks_dir, &b.meta)?;
@@ -464,9 +503,9 @@ impl Db {
 pub struct Appender {
     db: Arc<DbInner>,
     series: Vec<Arc<MemSeries>>,
-    /// Last pending timestamp per entry of `series`.
-    pending_last: Vec<i64>,
     local: HashMap<SeriesRef, usize>,
+    /// Newest timestamp waiting for commit per entry of `series` (`i64::MIN`: none).
+    pending: Vec<i64>,
     samples: Vec<(u32, i64, f64)>,
 }
 
@@ -517,7 +556,7 @@ impl Appender {
             Some(&i) => i,
             None => {
                 self.series.push(s);
-                self.pending_last.push(i64::MIN);
+                self.pending.push(i64::MIN);
                 self.local.insert(r, self.series.len() - 1);
                 self.series.len() - 1
             }
@@ -537,7 +576,7 @@ impl Appender {
                     .series_by_ref(r)
                     .ok_or(Error::UnknownSeries(r.0))?;
                 self.series.push(s);
-                self.pending_last.push(i64::MIN);
+                self.pending.push(i64::MIN);
                 self.local.insert(r, self.series.len() - 1);
                 self.series.len() - 1
             }
@@ -547,46 +586,33 @@ impl Appender {
 
     fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
         let s = &self.series[idx];
-        let min_valid = self.db.head.min_valid.load(Ordering::Relaxed);
-        if t < min_valid {
-            return Err(Error::OutOfBounds {
-                labels: s.labels.to_string(),
-                t,
-                min_valid,
-            });
+        let stored = lock(&s.data).check(t, v);
+        let pending = self.pending[idx];
+        let outcome = match stored {
+            _ if pending == i64::MIN => stored,
+            AppendOutcome::Appended if t > pending => AppendOutcome::Appended,
+            _ => AppendOutcome::OutOfOrder,
+        };
+        if outcome == AppendOutcome::Duplicate {
+            return Ok(());
         }
-        let pending = self.pending_last[idx];
-        if pending != i64::MIN {
-            if t <= pending {
-                return Err(Error::OutOfOrder {
-                    labels: s.labels.to_string(),
-                    t,
-                    last: pending,
-                });
-            }
-        } else {
-            let data = lock(&s.data);
-            match data.check(t, v) {
-                AppendOutcome::Appended => {}
-                AppendOutcome::Duplicate => return Ok(()),
-                AppendOutcome::Rejected => {
-                    let last = data.last().map_or(i64::MIN, |l| l.0);
-                    return Err(if t == last {
-                        Error::DuplicateTimestamp {
-                            labels: s.labels.to_string(),
-                            t,
-                        }
-                    } else {
-                        Error::OutOfOrder {
-                            labels: s.labels.to_string(),
-                            t,
-                            last,
-                        }
+        if let Some(window) = self.db.opts.ooo_window_ms {
+            let head = &self.db.head;
+            let persisted = t < head.min_valid.load(Ordering::Relaxed);
+            if persisted || outcome == AppendOutcome::OutOfOrder {
+                let oldest = head
+                    .time_range()
+                    .map_or(i64::MIN, |r| r.1.saturating_sub(window));
+                if t < oldest {
+                    return Err(Error::OutOfBounds {
+                        labels: s.labels.to_string(),
+                        t,
+                        oldest,
                     });
                 }
             }
         }
-        self.pending_last[idx] = t;
+        self.pending[idx] = pending.max(t);
         self.samples.push((idx as u32, t, v));
         Ok(())
     }
@@ -670,29 +696,110 @@ impl Appender {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub labels: Labels,
+    /// Time-ordered and disjoint, or (when `overlapping`) in order of precedence: at a
+    /// timestamp several hold, the last one's sample wins.
     chunks: Vec<ChunkView>,
+    overlapping: bool,
     mint: i64,
     maxt: i64,
 }
 
 impl Series {
+    fn new(labels: Labels, mut views: Vec<(u64, ChunkView)>, mint: i64, maxt: i64) -> Series {
+        // Views arrive in time order unless out-of-order data overlaps other data.
+        let mut end = i64::MIN;
+        let mut overlapping = false;
+        for (_, v) in &views {
+            let (a, z) = v.time_range();
+            overlapping |= a <= end;
+            end = end.max(z);
+        }
+        if overlapping {
+            views.sort_by_key(|v| v.0);
+        }
+        Series {
+            labels,
+            chunks: views.into_iter().map(|v| v.1).collect(),
+            overlapping,
+            mint,
+            maxt,
+        }
+    }
+
     /// The samples with timestamps in the querier's range, in time order. Stale markers
     /// are included; callers decide what they mean.
-    pub fn samples(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
-        let (mint, maxt) = (self.mint, self.maxt);
-        // A query that overlaps a block cut may see a sample both in the new block and in
-        // the head not yet truncated: only strictly newer samples are yielded.
-        let mut last = i64::MIN;
-        self.chunks
-            .iter()
-            .flat_map(|c| c.iter())
-            .skip_while(move |&(t, _)| t < mint)
-            .take_while(move |&(t, _)| t <= maxt)
-            .filter(move |&(t, _)| {
-                let newer = t > last;
-                last = last.max(t);
-                newer
-            })
+    pub fn samples(&self) -> Samples<'_> {
+        if !self.overlapping {
+            return Samples(SamplesInner::Plain {
+                chunks: self.chunks.iter(),
+                current: None,
+                mint: self.mint,
+                maxt: self.maxt,
+                last: i64::MIN,
+            });
+        }
+        let mut merged: Vec<(i64, f64)> = Vec::new();
+        for c in &self.chunks {
+            let part: Vec<(i64, f64)> = c
+                .iter()
+                .filter(|&(t, _)| t >= self.mint && t <= self.maxt)
+                .collect();
+            merged = if merged.is_empty() {
+                part
+            } else {
+                merge_newest_wins(&merged, &part)
+            };
+        }
+        Samples(SamplesInner::Merged(merged.into_iter()))
+    }
+}
+
+/// The samples of a [`Series`] in time order.
+pub struct Samples<'a>(SamplesInner<'a>);
+
+enum SamplesInner<'a> {
+    Plain {
+        chunks: std::slice::Iter<'a, ChunkView>,
+        current: Option<ChunkIter<'a>>,
+        mint: i64,
+        maxt: i64,
+        last: i64,
+    },
+    Merged(std::vec::IntoIter<(i64, f64)>),
+}
+
+impl Iterator for Samples<'_> {
+    type Item = (i64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        match &mut self.0 {
+            SamplesInner::Merged(it) => it.next(),
+            SamplesInner::Plain {
+                chunks,
+                current,
+                mint,
+                maxt,
+                last,
+            } => loop {
+                if let Some(it) = current {
+                    match it.next() {
+                        Some((t, _)) if t < *mint => continue,
+                        // A query that overlaps a block cut may see a sample both in the
+                        // new block and in the head not yet truncated: only strictly
+                        // newer samples are yielded.
+                        Some((t, v)) if t <= *maxt && t > *last => {
+                            *last = t;
+                            return Some((t, v));
+                        }
+                        Some((t, _)) if t <= *maxt => continue,
+                        // Past the range or the chunk's end: on to the next chunk.
+                        _ => *current = None,
+                    }
+                }
+                *current = Some(chunks.next()?.iter());
+            },
+        }
     }
 }
 
@@ -702,6 +809,10 @@ pub struct Querier {
     mint: i64,
     maxt: i64,
 }
+
+/// Precedence of the head's chunks and out-of-order samples over every block.
+const HEAD_CHUNKS: u64 = u64::MAX - 1;
+const HEAD_OUT_OF_ORDER: u64 = u64::MAX;
 
 impl Querier {
     /// Series matching every matcher with at least one sample in range, sorted by labels.
@@ -715,38 +826,44 @@ impl Querier {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let wrap = |(labels, chunks): (Labels, Vec<Arc<crate::head::ClosedChunk>>)| Series {
-            labels,
-            chunks: chunks.into_iter().map(ChunkView::Head).collect(),
-            mint: self.mint,
-            maxt: self.maxt,
+        let head_views = |chunks: Vec<Arc<crate::head::ClosedChunk>>, ooo: Vec<(i64, f64)>| {
+            let mut views: Vec<(u64, ChunkView)> = chunks
+                .into_iter()
+                .map(|c| (HEAD_CHUNKS, ChunkView::Head(c)))
+                .collect();
+            if !ooo.is_empty() {
+                views.push((HEAD_OUT_OF_ORDER, ChunkView::Samples(ooo.into())));
+            }
+            views
         };
         let mut out: Vec<Series> = if blocks.is_empty() {
-            head.into_iter().map(wrap).collect()
+            head.into_iter()
+                .map(|(labels, chunks, ooo)| {
+                    Series::new(labels, head_views(chunks, ooo), self.mint, self.maxt)
+                })
+                .collect()
         } else {
-            // Blocks are disjoint in time and older than the head: a series' chunks are
-            // its blocks' chunks, oldest first, then the head's.
-            let mut by_labels: std::collections::BTreeMap<Labels, Vec<ChunkView>> =
+            // Blocks are sorted by start: a series' views are its blocks' chunks, then
+            // the head's.
+            let mut by_labels: std::collections::BTreeMap<Labels, Vec<(u64, ChunkView)>> =
                 std::collections::BTreeMap::new();
             for b in &blocks {
                 for (labels, chunks) in b.select(matchers, self.mint, self.maxt) {
-                    by_labels.entry(labels).or_default().extend(chunks);
+                    by_labels
+                        .entry(labels)
+                        .or_default()
+                        .extend(chunks.into_iter().map(|c| (b.meta.seq, c)));
                 }
             }
-            for (labels, chunks) in head {
+            for (labels, chunks, ooo) in head {
                 by_labels
                     .entry(labels)
                     .or_default()
-                    .extend(chunks.into_iter().map(ChunkView::Head));
+                    .extend(head_views(chunks, ooo));
             }
             by_labels
                 .into_iter()
-                .map(|(labels, chunks)| Series {
-                    labels,
-                    chunks,
-                    mint: self.mint,
-                    maxt: self.maxt,
-                })
+                .map(|(labels, views)| Series::new(labels, views, self.mint, self.maxt))
                 .collect()
         };
         out.retain(|s| s.samples().next().is_some());
@@ -811,12 +928,32 @@ impl Querier {
 /// Deletes a block's directory: renamed first, so a crash never leaves half a block under
 /// its real name.
 fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
-    let name = crate::block::block_name(meta.min_time, meta.max_time);
+    let name = block_name(meta);
     let dir = blocks_dir.join(&name);
     let doomed = blocks_dir.join(format!(".deleting-{name}"));
     fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
     crate::wal::sync_dir(blocks_dir)?;
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
+/// The first connected group of overlapping blocks (`blocks` sorted by start), if any.
+fn overlapping_group(blocks: &[Arc<Block>]) -> Option<Vec<Arc<Block>>> {
+    let mut group: Vec<Arc<Block>> = Vec::new();
+    let mut end = i64::MIN;
+    for b in blocks {
+        if b.meta.min_time < end {
+            group.push(Arc::clone(b));
+            end = end.max(b.meta.max_time);
+            continue;
+        }
+        if group.len() > 1 {
+            break;
+        }
+        group.clear();
+        group.push(Arc::clone(b));
+        end = b.meta.max_time;
+    }
+    (group.len() > 1).then_some(group)
 }
 
 /// Opens every block under `dir`, oldest first. A block that fails its checks is moved
@@ -851,23 +988,20 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
             }
         }
     }
-    blocks.sort_by_key(|b| b.meta.min_time);
-    // A block inside another's range is an input of a merge that crashed before deleting
-    // it: the merged block holds its samples.
-    let ranges: Vec<(i64, i64)> = blocks
+    blocks.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
+    // A block that another names as a source is an input of a merge that crashed before
+    // deleting it: the merged block holds its samples.
+    let merged: std::collections::HashSet<u64> = blocks
         .iter()
-        .map(|b| (b.meta.min_time, b.meta.max_time))
+        .flat_map(|b| b.meta.sources.iter().copied())
         .collect();
     let mut kept = Vec::with_capacity(blocks.len());
     for b in blocks {
-        let (min, max) = (b.meta.min_time, b.meta.max_time);
-        let covered = ranges
-            .iter()
-            .any(|&(a, z)| a <= min && max <= z && (a, z) != (min, max));
-        if covered {
+        if merged.contains(&b.meta.seq) {
             tracing::warn!(
-                min_time = min,
-                max_time = max,
+                min_time = b.meta.min_time,
+                max_time = b.meta.max_time,
+                seq = b.meta.seq,
                 "removing a block left over from an interrupted merge"
             );
             remove_block(dir, &b.meta)?;
@@ -946,25 +1080,122 @@ mod tests {
         Ok(())
     }
 
+    /// The directory of the block starting at `min` (the first if several do).
+    fn block_dir(blocks: &Path, min: i64) -> PathBuf {
+        let prefix = format!("{min:016}-");
+        let mut names: Vec<String> = std::fs::read_dir(blocks)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        blocks.join(names.first().cloned().unwrap_or(prefix))
+    }
+
     #[test]
-    fn out_of_order_is_refused_and_resends_are_ignored() -> Result<(), Error> {
+    fn out_of_order_samples_are_kept_and_the_last_write_wins() -> Result<(), Error> {
         let dir = tmp();
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let mut app = db.appender();
+            app.append(&up("a"), 2000, 2.0)?;
+            app.append(&up("a"), 1000, 1.0)?;
+            app.commit()?;
+            assert_eq!(read_all(&db, "a"), vec![(1000, 1.0), (2000, 2.0)]);
+            let mut app = db.appender();
+            app.append(&up("a"), 2000, 2.0)?; // identical resend
+            app.append(&up("a"), 1000, 1.0)?; // identical resend of an out-of-order one
+            assert_eq!(app.commit()?.samples, 0);
+            let mut app = db.appender();
+            app.append(&up("a"), 2000, 5.0)?;
+            app.append(&up("a"), 1500, 1.5)?;
+            app.append(&up("a"), 1500, 1.75)?;
+            app.commit()?;
+            let want = vec![(1000, 1.0), (1500, 1.75), (2000, 5.0)];
+            assert_eq!(read_all(&db, "a"), want);
+            // A range that starts between samples.
+            let q = db.querier(1200, 1800);
+            let got: Vec<(i64, f64)> = q.select(&[Matcher::equal("job", "a")])?[0]
+                .samples()
+                .collect();
+            assert_eq!(got, vec![(1500, 1.75)]);
+        }
+        // The WAL replays the same outcome.
         let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(
+            read_all(&db, "a"),
+            vec![(1000, 1.0), (1500, 1.75), (2000, 5.0)]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_out_of_order_window_refuses_what_is_older() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                ooo_window_ms: Some(500),
+                ..Options::default()
+            },
+        )?;
         let mut app = db.appender();
         app.append(&up("a"), 2000, 2.0)?;
-        assert!(matches!(
-            app.append(&up("a"), 1000, 1.0),
-            Err(Error::OutOfOrder { .. })
-        ));
         app.commit()?;
         let mut app = db.appender();
-        app.append(&up("a"), 2000, 2.0)?; // identical resend
+        app.append(&up("a"), 1600, 1.6)?;
         assert!(matches!(
-            app.append(&up("a"), 2000, 5.0),
-            Err(Error::DuplicateTimestamp { .. })
+            app.append(&up("a"), 1000, 1.0),
+            Err(Error::OutOfBounds { oldest: 1500, .. })
         ));
-        assert_eq!(app.commit()?.samples, 0);
-        assert_eq!(read_all(&db, "a"), vec![(2000, 2.0)]);
+        // A new series is in order however old its first sample.
+        app.append(&up("b"), 10, 1.0)?;
+        app.commit()?;
+        assert_eq!(read_all(&db, "a"), vec![(1600, 1.6), (2000, 2.0)]);
+        assert_eq!(read_all(&db, "b"), vec![(10, 1.0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn backfilled_samples_reach_blocks_and_win_over_older_ones() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(1_000_000),
+            ..Options::default()
+        };
+        let mut want = nine_blocks(dir.path(), &opts)?;
+        let db = Db::open(dir.path(), opts.clone())?;
+        // Rewrite two persisted samples and add one between them, then a sample older
+        // than every block.
+        let mut app = db.appender();
+        app.append(&up("a"), 5_000, -5.0)?;
+        app.append(&up("a"), 5_500, 5.5)?;
+        app.append(&up("a"), 25_000, -25.0)?;
+        app.append(&up("a"), -50_000, -50.0)?;
+        app.commit()?;
+        want[5].1 = -5.0;
+        want[25].1 = -25.0;
+        want.insert(6, (5_500, 5.5));
+        want.insert(0, (-50_000, -50.0));
+        assert_eq!(read_all(&db, "a"), want, "queryable at once");
+        // The cut writes them into blocks of their own, overlapping older ones.
+        let cut = db.compact_head()?;
+        assert_eq!(cut.len(), 3, "{cut:?}");
+        assert_eq!(read_all(&db, "a"), want, "read across overlapping blocks");
+        // Merging resolves the overlaps.
+        db.compact_blocks()?;
+        let metas = db.block_metas();
+        for w in metas.windows(2) {
+            assert!(w[0].max_time <= w[1].min_time, "{metas:?}");
+        }
+        assert_eq!(read_all(&db, "a"), want);
+        drop(db);
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(read_all(&db, "a"), want, "after reopening");
         Ok(())
     }
 
@@ -1022,13 +1253,6 @@ mod tests {
                 stats.wal_bytes < wal_before,
                 "the WAL shrank after the checkpoint"
             );
-            // Older than what blocks hold: refused, not silently lost.
-            let mut app = db.appender();
-            assert!(matches!(
-                app.append(&up("a"), 5_000, 1.0),
-                Err(Error::OutOfBounds { .. })
-            ));
-            app.rollback();
             // Range reads across the boundary between blocks and head.
             let q = db.querier(35_000, 44_000);
             let s = q.select(&[Matcher::equal("job", "b")])?;
@@ -1048,7 +1272,11 @@ mod tests {
 
         // A corrupt block is moved aside; the rest keeps serving.
         let blocks = dir.path().join("blocks");
-        let first = blocks.join(crate::block::block_name(0, 10_000));
+        let first = block_dir(&blocks, 0);
+        let first_name = first
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let chunks = first.join("chunks");
         let mut bytes = std::fs::read(&chunks).map_err(|e| Error::io(&chunks, e))?;
         let last = bytes.len() - 1;
@@ -1056,9 +1284,7 @@ mod tests {
         std::fs::write(&chunks, &bytes).map_err(|e| Error::io(&chunks, e))?;
         let db = Db::open(dir.path(), opts)?;
         assert_eq!(db.stats().blocks, 3);
-        assert!(blocks
-            .join(format!("corrupt-{}", crate::block::block_name(0, 10_000)))
-            .exists());
+        assert!(blocks.join(format!("corrupt-{first_name}")).exists());
         let got = read_all(&db, "a");
         assert_eq!(
             got.len(),
@@ -1131,11 +1357,7 @@ mod tests {
         let deleted = db.apply_retention()?;
         assert_eq!(deleted.len(), 5);
         assert_eq!(read_all(&db, "a").first(), Some(&(50_000, 50.0)));
-        assert!(!dir
-            .path()
-            .join("blocks")
-            .join(crate::block::block_name(0, 10_000))
-            .exists());
+        assert!(!block_dir(&dir.path().join("blocks"), 0).exists());
         drop(db);
         // By size: blocks go while blocks and WAL exceed the limit; the head stays.
         let db = Db::open(

@@ -8,10 +8,6 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     #[error("data directory {} is in use by another process", .0.display())]
     Locked(PathBuf),
-    #[error("series {labels}: sample at {t} is out of order (the series already has a sample at {last})")]
-    OutOfOrder { labels: String, t: i64, last: i64 },
-    #[error("series {labels}: a different value for timestamp {t} is already stored")]
-    DuplicateTimestamp { labels: String, t: i64 },
     #[error("a series needs at least one label")]
     EmptyLabels,
     #[error("invalid matcher: {0}")]
@@ -22,12 +18,8 @@ pub enum Error {
     WalPoisoned(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    #[error("series {labels}: sample at {t} is older than the data already persisted in blocks (up to {min_valid})")]
-    OutOfBounds {
-        labels: String,
-        t: i64,
-        min_valid: i64,
-    },
+    #[error("series {labels}: sample at {t} is out of order and older than the out-of-order window allows (oldest accepted: {oldest})")]
+    OutOfBounds { labels: String, t: i64, oldest: i64 },
 }
 
 impl Error {
@@ -35,9 +27,7 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Error::OutOfOrder { .. }
-                | Error::OutOfBounds { .. }
-                | Error::DuplicateTimestamp { .. }
+            Error::OutOfBounds { .. }
                 | Error::EmptyLabels
                 | Error::InvalidMatcher(_)
                 | Error::UnknownSeries(_)

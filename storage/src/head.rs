@@ -56,17 +56,22 @@ impl ClosedChunk {
 /// The outcome of appending one sample to a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AppendOutcome {
+    /// Newer than every sample of the series: appended to its chunks.
     Appended,
     /// Same timestamp and bit-identical value as the last sample: a resend.
     Duplicate,
-    /// Older than the last sample, or a different value for the last timestamp.
-    Rejected,
+    /// Older than the last sample, or a new value for an existing timestamp: kept in the
+    /// series' out-of-order samples, where it wins over what the chunks hold.
+    OutOfOrder,
 }
 
 #[derive(Debug)]
 pub(crate) struct SeriesData {
     closed: Vec<Arc<ClosedChunk>>,
     open: XorChunk,
+    /// Samples that arrived out of order (or rewrote a timestamp), sorted by time, one
+    /// per timestamp; they win over the chunks' samples at the same timestamp.
+    ooo: Vec<(i64, f64)>,
     last_t: i64,
     last_v: u64,
 }
@@ -76,44 +81,75 @@ impl SeriesData {
         Self {
             closed: Vec::new(),
             open: XorChunk::new(),
+            ooo: Vec::new(),
             last_t: i64::MIN,
             last_v: 0,
         }
     }
 
-    pub(crate) fn last(&self) -> Option<(i64, u64)> {
-        (self.last_t != i64::MIN).then_some((self.last_t, self.last_v))
-    }
-
     pub(crate) fn check(&self, t: i64, v: f64) -> AppendOutcome {
         if self.last_t == i64::MIN || t > self.last_t {
-            AppendOutcome::Appended
-        } else if t == self.last_t && v.to_bits() == self.last_v {
+            return AppendOutcome::Appended;
+        }
+        // What a read returns at `t`, as far as cheaply known: the out-of-order sample, or
+        // the last in-order one.
+        let current = match self.ooo_at(t) {
+            Some(bits) => Some(bits),
+            None => (t == self.last_t).then_some(self.last_v),
+        };
+        if current == Some(v.to_bits()) {
             AppendOutcome::Duplicate
         } else {
-            AppendOutcome::Rejected
+            AppendOutcome::OutOfOrder
         }
+    }
+
+    fn ooo_at(&self, t: i64) -> Option<u64> {
+        if self.ooo.is_empty() {
+            return None;
+        }
+        self.ooo
+            .binary_search_by_key(&t, |s| s.0)
+            .ok()
+            .map(|i| self.ooo[i].1.to_bits())
     }
 
     pub(crate) fn append(&mut self, t: i64, v: f64) -> AppendOutcome {
         let outcome = self.check(t, v);
-        if outcome == AppendOutcome::Appended {
-            if self.open.len() >= SAMPLES_PER_CHUNK {
-                let full = std::mem::take(&mut self.open);
-                let (min_t, max_t) = (full.min_time(), full.max_time());
-                let (bytes, count) = full.into_encoded();
-                self.closed.push(Arc::new(ClosedChunk {
-                    bytes,
-                    count,
-                    min_t,
-                    max_t,
-                }));
+        if outcome == AppendOutcome::OutOfOrder {
+            match self.ooo.binary_search_by_key(&t, |s| s.0) {
+                Ok(i) => self.ooo[i].1 = v,
+                Err(i) => self.ooo.insert(i, (t, v)),
             }
-            self.open.append(t, v);
+        }
+        if outcome == AppendOutcome::Appended {
+            self.push_in_order(t, v);
             self.last_t = t;
             self.last_v = v.to_bits();
         }
         outcome
+    }
+
+    fn push_in_order(&mut self, t: i64, v: f64) {
+        if self.open.len() >= SAMPLES_PER_CHUNK {
+            let full = std::mem::take(&mut self.open);
+            let (min_t, max_t) = (full.min_time(), full.max_time());
+            let (bytes, count) = full.into_encoded();
+            self.closed.push(Arc::new(ClosedChunk {
+                bytes,
+                count,
+                min_t,
+                max_t,
+            }));
+        }
+        self.open.append(t, v);
+    }
+
+    /// The out-of-order samples in `[mint, maxt]`.
+    fn ooo_in(&self, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
+        let from = self.ooo.partition_point(|s| s.0 < mint);
+        let to = self.ooo.partition_point(|s| s.0 <= maxt);
+        self.ooo.get(from..to).unwrap_or(&[]).to_vec()
     }
 
     /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
@@ -135,8 +171,45 @@ impl SeriesData {
         out
     }
 
-    /// Every sample of the series, in time order.
+    /// Every sample of the series, in time order, out-of-order ones merged in.
     pub(crate) fn samples(&self) -> Vec<(i64, f64)> {
+        let mut out = Vec::with_capacity(self.sample_count());
+        for c in &self.closed {
+            out.extend(c.iter());
+        }
+        out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
+        if !self.ooo.is_empty() {
+            out = merge_newest_wins(&out, &self.ooo);
+        }
+        out
+    }
+
+    /// Keeps only the samples at or after `t`, re-encoded; the last sample seen is
+    /// remembered, so a resend of it is still recognised.
+    fn truncate_before(&mut self, t: i64) {
+        let in_order_first = self
+            .closed
+            .first()
+            .map_or(self.open.min_time(), |c| c.min_t);
+        if self.open.len() > 0 && in_order_first < t {
+            let keep: Vec<(i64, f64)> = self
+                .in_order_samples()
+                .into_iter()
+                .filter(|s| s.0 >= t)
+                .collect();
+            self.closed.clear();
+            self.open = XorChunk::new();
+            for (t, v) in keep {
+                self.push_in_order(t, v);
+            }
+        }
+        self.ooo.retain(|s| s.0 >= t);
+        if self.ooo.capacity() > 2 * self.ooo.len() + 16 {
+            self.ooo.shrink_to_fit();
+        }
+    }
+
+    fn in_order_samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
         for c in &self.closed {
             out.extend(c.iter());
@@ -145,41 +218,47 @@ impl SeriesData {
         out
     }
 
-    /// Keeps only the samples at or after `t`, re-encoded; the last sample seen is
-    /// remembered, so order checks still hold for a series whose samples all went.
-    fn truncate_before(&mut self, t: i64) {
-        if self
-            .closed
-            .first()
-            .map_or(self.open.min_time(), |c| c.min_t)
-            >= t
-        {
-            return;
-        }
-        let keep: Vec<(i64, f64)> = self.samples().into_iter().filter(|s| s.0 >= t).collect();
-        let (last_t, last_v) = (self.last_t, self.last_v);
-        *self = SeriesData::new();
-        for (t, v) in keep {
-            self.append(t, v);
-        }
-        self.last_t = last_t;
-        self.last_v = last_v;
-    }
-
     fn first_time(&self) -> Option<i64> {
-        match self.closed.first() {
+        let chunks = match self.closed.first() {
             Some(c) => Some(c.min_t),
             None => (self.open.len() > 0).then(|| self.open.min_time()),
+        };
+        match (chunks, self.ooo.first()) {
+            (Some(a), Some(b)) => Some(a.min(b.0)),
+            (a, b) => a.or(b.map(|s| s.0)),
         }
     }
 
     fn sample_count(&self) -> usize {
-        self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len()
+        self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len() + self.ooo.len()
     }
 
     fn chunk_bytes(&self) -> usize {
         self.closed.iter().map(|c| c.encoded_len()).sum::<usize>() + self.open.bytes().len()
     }
+}
+
+/// Merges two time-ordered sample lists (unique timestamps each); at a timestamp both
+/// hold, `newer`'s sample wins.
+pub(crate) fn merge_newest_wins(older: &[(i64, f64)], newer: &[(i64, f64)]) -> Vec<(i64, f64)> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let (mut i, mut j) = (0, 0);
+    while i < older.len() && j < newer.len() {
+        let (a, b) = (older[i], newer[j]);
+        if a.0 < b.0 {
+            out.push(a);
+            i += 1;
+        } else {
+            out.push(b);
+            j += 1;
+            if a.0 == b.0 {
+                i += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&older[i..]);
+    out.extend_from_slice(&newer[j..]);
+    out
 }
 
 /// One series in the head.
@@ -195,8 +274,9 @@ pub(crate) struct MemSeries {
 /// A series' reference, labels and every sample, for a WAL checkpoint.
 pub(crate) type SeriesContents = (SeriesRef, Labels, Vec<(i64, f64)>);
 
-/// A selected series: its labels and a snapshot of its chunks in range.
-pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>);
+/// A selected series: its labels, a snapshot of its chunks in range, and its
+/// out-of-order samples in range.
+pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>, Vec<(i64, f64)>);
 
 /// Counters kept by the head.
 #[derive(Debug, Default)]
@@ -218,7 +298,8 @@ pub(crate) struct Head {
     num_series: AtomicU64,
     min_t: AtomicI64,
     max_t: AtomicI64,
-    /// Samples older than this are in blocks; the head refuses them.
+    /// Samples older than this are in blocks (older samples that still arrive are kept
+    /// out of order and cut into blocks of their own).
     pub(crate) min_valid: AtomicI64,
     pub(crate) counters: HeadCounters,
 }
@@ -319,16 +400,10 @@ impl Head {
         table.get(r.0 as usize).and_then(|s| s.clone())
     }
 
-    /// Appends under the series lock; counts what it drops.
+    /// Appends under the series lock.
     pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64) {
-        if t < self.min_valid.load(Ordering::Relaxed) {
-            self.counters
-                .samples_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         match data.append(t, v) {
-            AppendOutcome::Appended => {
+            AppendOutcome::Appended | AppendOutcome::OutOfOrder => {
                 self.counters
                     .samples_appended
                     .fetch_add(1, Ordering::Relaxed);
@@ -336,11 +411,6 @@ impl Head {
                 self.max_t.fetch_max(t, Ordering::Relaxed);
             }
             AppendOutcome::Duplicate => {}
-            AppendOutcome::Rejected => {
-                self.counters
-                    .samples_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
         }
     }
 
@@ -376,7 +446,7 @@ impl Head {
         out
     }
 
-    /// Drops every sample older than `t` and refuses such samples from now on.
+    /// Drops every sample older than `t`, which blocks now hold.
     pub(crate) fn truncate_before(&self, t: i64) {
         self.min_valid.fetch_max(t, Ordering::Relaxed);
         let mut min = i64::MAX;
@@ -420,9 +490,12 @@ impl Head {
             if !seen.insert(Arc::as_ptr(&s)) {
                 continue;
             }
-            let chunks = lock(&s.data).chunks_in(mint, maxt);
-            if !chunks.is_empty() {
-                out.push((s.labels.clone(), chunks));
+            let (chunks, ooo) = {
+                let d = lock(&s.data);
+                (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt))
+            };
+            if !chunks.is_empty() || !ooo.is_empty() {
+                out.push((s.labels.clone(), chunks, ooo));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -494,7 +567,7 @@ mod tests {
         let jobs = |ms: &[Matcher]| -> Vec<Option<String>> {
             head.select(ms, i64::MIN, i64::MAX)
                 .into_iter()
-                .map(|(l, _)| l.get("job").map(str::to_owned))
+                .map(|(l, _, _)| l.get("job").map(str::to_owned))
                 .collect()
         };
         let up = Matcher::equal("__name__", "up");
@@ -546,8 +619,30 @@ mod tests {
         let mut d = SeriesData::new();
         assert_eq!(d.append(10, 1.0), AppendOutcome::Appended);
         assert_eq!(d.append(10, 1.0), AppendOutcome::Duplicate);
-        assert_eq!(d.append(10, 2.0), AppendOutcome::Rejected);
-        assert_eq!(d.append(5, 2.0), AppendOutcome::Rejected);
-        assert_eq!(d.last(), Some((10, 1.0f64.to_bits())));
+        assert_eq!(d.append(20, 3.0), AppendOutcome::Appended);
+        // A new value for an existing timestamp wins; so does an older sample.
+        assert_eq!(d.append(10, 2.0), AppendOutcome::OutOfOrder);
+        assert_eq!(d.append(5, 4.0), AppendOutcome::OutOfOrder);
+        assert_eq!(d.append(5, 4.0), AppendOutcome::Duplicate);
+        assert_eq!(d.samples(), vec![(5, 4.0), (10, 2.0), (20, 3.0)]);
+        // Writing the first value again is a write too: the last one wins.
+        assert_eq!(d.append(10, 1.0), AppendOutcome::OutOfOrder);
+        assert_eq!(d.samples(), vec![(5, 4.0), (10, 1.0), (20, 3.0)]);
+        assert_eq!(d.first_time(), Some(5));
+        d.truncate_before(10);
+        assert_eq!(d.samples(), vec![(10, 1.0), (20, 3.0)]);
+        d.truncate_before(21);
+        assert!(d.samples().is_empty());
+        assert_eq!(d.append(20, 3.0), AppendOutcome::Duplicate);
+    }
+
+    #[test]
+    fn merge_newest_wins_prefers_the_newer_list() {
+        let older = [(1, 1.0), (2, 2.0), (4, 4.0)];
+        let newer = [(0, 0.5), (2, 20.0), (5, 50.0)];
+        assert_eq!(
+            merge_newest_wins(&older, &newer),
+            vec![(0, 0.5), (1, 1.0), (2, 20.0), (4, 4.0), (5, 50.0)]
+        );
     }
 }

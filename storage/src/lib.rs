@@ -39,7 +39,7 @@ mod varint;
 mod wal;
 
 pub use block::BlockMeta;
-pub use db::{Appender, CommitStats, Db, Options, Querier, Series, Stats};
+pub use db::{Appender, CommitStats, Db, Options, Querier, Samples, Series, Stats};
 pub use error::Error;
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchKind, Matcher};
