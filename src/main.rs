@@ -85,6 +85,10 @@ struct ServeArgs {
     /// queryable at once and reach blocks at the next cut.
     #[arg(long = "storage.ooo-window", value_parser = parse_interval)]
     ooo_window_ms: Option<i64>,
+    /// Serve the TSDB admin API (`/api/v1/admin/tsdb/delete_series`, `clean_tombstones`,
+    /// `snapshot`).
+    #[arg(long = "enable-admin-api", alias = "web.enable-admin-api")]
+    enable_admin_api: bool,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
@@ -161,6 +165,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.query_max_concurrency.max(1),
             )),
             query_timeout,
+            admin_api: args.enable_admin_api,
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));

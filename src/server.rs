@@ -9,6 +9,7 @@
 //! Decoding, evaluation and WAL syncs run on the blocking pool so that a heavy query or a
 //! slow disk never stalls the reactor.
 
+mod admin;
 mod json;
 mod params;
 
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) query_slots: Arc<Semaphore>,
     /// The engine's timeout, the longest a `timeout` parameter may ask for.
     pub(crate) query_timeout: Duration,
+    /// Whether `/api/v1/admin/…` answers (`--enable-admin-api`).
+    pub(crate) admin_api: bool,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -63,6 +66,19 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(query_exemplars).post(query_exemplars),
         )
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/status/tsdb", get(admin::tsdb_status))
+        .route(
+            "/api/v1/admin/tsdb/delete_series",
+            post(admin::delete_series).put(admin::delete_series),
+        )
+        .route(
+            "/api/v1/admin/tsdb/clean_tombstones",
+            post(admin::clean_tombstones).put(admin::clean_tombstones),
+        )
+        .route(
+            "/api/v1/admin/tsdb/snapshot",
+            post(admin::snapshot).put(admin::snapshot),
+        )
         .route("/-/healthy", get(|| async { "Strata is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Strata is Ready.\n" }))
         .with_state(state)

@@ -31,6 +31,7 @@ use crate::{Error, SeriesRef};
 
 const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK02";
 const INDEX_MAGIC: &[u8; 8] = b"STRIDX01";
+const TOMBSTONES_MAGIC: &[u8; 8] = b"STRTMB01";
 const CHUNK_HEADER: usize = 11; // len u32, count u16, encoding u8, crc u32
 /// Most samples in a dense chunk: a series' whole range in a block of up to a day at 15 s.
 const DENSE_MAX_SAMPLES: usize = 8192;
@@ -186,9 +187,14 @@ struct BlockSeries {
     chunks: Vec<ChunkMeta>,
 }
 
+/// Deleted time ranges (inclusive) by series index in a block.
+pub(crate) type Tombstones = std::collections::BTreeMap<u32, Vec<(i64, i64)>>;
+
 /// An open block.
 pub(crate) struct Block {
     pub(crate) meta: BlockMeta,
+    pub(crate) dir: PathBuf,
+    pub(crate) tombstones: Tombstones,
     chunks: Arc<Mmap>,
     series: Vec<BlockSeries>,
     postings: Postings,
@@ -401,6 +407,66 @@ fn times_record(
     Ok((start, len))
 }
 
+/// Reads a block's `tombstones` file, if it has one.
+fn read_tombstones(dir: &Path, num_series: usize) -> Result<Tombstones, Error> {
+    let path = dir.join("tombstones");
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tombstones::new()),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let bad = |why: &str| Error::Corrupt(format!("{}: {why}", path.display()));
+    if bytes.len() < TOMBSTONES_MAGIC.len() + 4
+        || &bytes[..TOMBSTONES_MAGIC.len()] != TOMBSTONES_MAGIC
+    {
+        return Err(bad("bad magic"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut r = Cursor::new(&body[TOMBSTONES_MAGIC.len()..]);
+    let n = r.uvarint().ok_or_else(|| bad("malformed"))?;
+    let mut out = Tombstones::new();
+    for _ in 0..n {
+        let series = r.uvarint().ok_or_else(|| bad("malformed"))?;
+        let mint = r.varint().ok_or_else(|| bad("malformed"))?;
+        let maxt = r.varint().ok_or_else(|| bad("malformed"))?;
+        let series = u32::try_from(series)
+            .ok()
+            .filter(|&s| (s as usize) < num_series)
+            .ok_or_else(|| bad("names a series the block does not have"))?;
+        out.entry(series).or_default().push((mint, maxt));
+    }
+    if !r.done() {
+        return Err(bad("malformed"));
+    }
+    Ok(out)
+}
+
+/// Replaces a block's `tombstones` file (written aside, fsynced, renamed).
+pub(crate) fn write_tombstones(dir: &Path, tombstones: &Tombstones) -> Result<(), Error> {
+    let mut bytes = TOMBSTONES_MAGIC.to_vec();
+    let n: usize = tombstones.values().map(Vec::len).sum();
+    put_uvarint(&mut bytes, n as u64);
+    for (&series, ranges) in tombstones {
+        for &(mint, maxt) in ranges {
+            put_uvarint(&mut bytes, u64::from(series));
+            put_varint(&mut bytes, mint);
+            put_varint(&mut bytes, maxt);
+        }
+    }
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join("tombstones.tmp");
+    let path = dir.join("tombstones");
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    sync_dir(dir)
+}
+
 impl Block {
     /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
     pub(crate) fn open(dir: &Path) -> Result<Block, Error> {
@@ -534,13 +600,16 @@ impl Block {
             postings.add(SeriesRef(i as u32), &labels);
             series.push(BlockSeries { labels, chunks });
         }
-        let bytes = [meta_path, index_path, chunks_path]
+        let tombstones = read_tombstones(dir, series.len())?;
+        let bytes = [meta_path, index_path, chunks_path, dir.join("tombstones")]
             .iter()
             .filter_map(|p| fs::metadata(p).ok())
             .map(|m| m.len())
             .sum();
         Ok(Block {
             meta,
+            dir: dir.to_owned(),
+            tombstones,
             chunks: Arc::new(map),
             series,
             postings,
@@ -563,7 +632,7 @@ impl Block {
             let Some(s) = self.series.get(r as usize) else {
                 continue;
             };
-            let chunks: Vec<ChunkView> = s
+            let mut chunks: Vec<ChunkView> = s
                 .chunks
                 .iter()
                 .filter(|c| c.max_t >= mint && c.min_t <= maxt)
@@ -572,11 +641,28 @@ impl Block {
                     chunk,
                 })
                 .collect();
+            if let Some(deleted) = self.tombstones.get(&r) {
+                let kept: Vec<(i64, f64)> = chunks
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .filter(|&(t, _)| !deleted.iter().any(|&(a, z)| t >= a && t <= z))
+                    .collect();
+                chunks = if kept.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![ChunkView::Samples(kept.into())]
+                };
+            }
             if !chunks.is_empty() {
                 out.push((s.labels.clone(), chunks));
             }
         }
         out
+    }
+
+    /// Indexes of the series matching `matchers`.
+    pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
+        self.postings.select(matchers).iter().collect()
     }
 
     pub(crate) fn label_names(&self) -> Vec<String> {

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::block::{block_name, write_block, Block, BlockMeta, ChunkIter, ChunkView, NewBlock};
+use crate::block::{
+    block_name, write_block, write_tombstones, Block, BlockMeta, ChunkIter, ChunkView, NewBlock,
+};
 use crate::head::{lock, merge_newest_wins, AppendOutcome, Head, MemSeries};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
@@ -65,6 +67,16 @@ pub struct Stats {
     pub blocks: u64,
     pub block_bytes: u64,
     pub block_samples: u64,
+}
+
+/// The head's figures for `/api/v1/status/tsdb`.
+#[derive(Debug, Clone, Default)]
+pub struct TsdbStatus {
+    pub num_series: u64,
+    pub chunk_count: u64,
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub postings: crate::postings::PostingsStats,
 }
 
 struct Wal {
@@ -155,6 +167,13 @@ impl Db {
                     i = j;
                 }
             }
+            Record::Deletes(list) => {
+                for (r, mint, maxt) in list {
+                    if let Some(s) = head.series_by_ref(r) {
+                        head.delete_range(&s, mint, maxt);
+                    }
+                }
+            }
         })?;
         if let Some(c) = &replay.corruption {
             tracing::warn!(
@@ -215,9 +234,24 @@ impl Db {
         }
     }
 
+    /// The head's figures for `/api/v1/status/tsdb`: series, chunks, time range and the
+    /// top `limit` of each cardinality list.
+    pub fn tsdb_status(&self, limit: usize) -> TsdbStatus {
+        let head = &self.inner.head;
+        let range = head.time_range();
+        TsdbStatus {
+            num_series: head.num_series(),
+            chunk_count: head.chunk_stats().chunks,
+            min_time: range.map(|r| r.0),
+            max_time: range.map(|r| r.1),
+            postings: head.postings_stats(limit),
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         let head = &self.inner.head;
-        let (samples, chunk_bytes) = head.chunk_stats();
+        let cs = head.chunk_stats();
+        let (samples, chunk_bytes) = (cs.samples, cs.bytes);
         let wal_bytes = lock(&self.inner.wal.writer).disk_size();
         let range = head.time_range();
         let blocks = self.blocks();
@@ -268,16 +302,22 @@ impl Db {
         };
         let range = inner.opts.block_range_ms.max(1);
         let mut written = Vec::new();
-        while let Some((min, max)) = inner.head.time_range() {
+        loop {
+            // The range is chosen with commits held off: a commit landing between the
+            // choice and the truncation below could add samples older than the range,
+            // which the truncation would drop unwritten.
+            let _gate = inner
+                .apply_gate
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some((min, max)) = inner.head.time_range() else {
+                break;
+            };
             if max - min <= range + range / 2 {
                 break;
             }
             let bmin = min.div_euclid(range) * range;
             let bmax = bmin + range;
-            let _gate = inner
-                .apply_gate
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
             let mut wal = lock(&inner.wal.writer);
             let series = inner.head.samples_between(bmin, bmax);
             let new = NewBlock {
@@ -479,6 +519,132 @@ impl Db {
             deleted.push(oldest.meta.clone());
         }
         Ok(deleted)
+    }
+
+    /// Deletes the samples in `[mint, maxt]` of every series matching `matchers`: from
+    /// the head (logged in the WAL, so a replay deletes them again) and, as tombstones,
+    /// from blocks. Returns the number of series touched. Samples written afterwards are
+    /// not affected.
+    pub fn delete_series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<u64, Error> {
+        let inner = &self.inner;
+        let _cutting = lock(&inner.cutting);
+        let mut touched = 0u64;
+        for b in self.blocks() {
+            if b.meta.max_time <= mint || b.meta.min_time > maxt {
+                continue;
+            }
+            let ids = b.matching(matchers);
+            if ids.is_empty() {
+                continue;
+            }
+            touched += ids.len() as u64;
+            let mut tombstones = b.tombstones.clone();
+            for id in ids {
+                tombstones.entry(id).or_default().push((mint, maxt));
+            }
+            write_tombstones(&b.dir, &tombstones)?;
+            let reopened = Arc::new(Block::open(&b.dir)?);
+            let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
+            for slot in list.iter_mut() {
+                if Arc::ptr_eq(slot, &b) {
+                    *slot = Arc::clone(&reopened);
+                }
+            }
+        }
+        // No commit may sit between its WAL write and its head update while the deletion
+        // is logged and applied, or a replay would order them differently.
+        let _gate = inner
+            .apply_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let series = inner.head.matching(matchers);
+        if !series.is_empty() {
+            let deletes: Vec<(SeriesRef, i64, i64)> =
+                series.iter().map(|s| (s.sref, mint, maxt)).collect();
+            {
+                let mut w = lock(&inner.wal.writer);
+                // The series records must precede the deletes at replay.
+                let unlogged: Vec<(SeriesRef, &Labels)> = series
+                    .iter()
+                    .filter(|s| !s.logged.load(Ordering::Acquire))
+                    .map(|s| (s.sref, &s.labels))
+                    .collect();
+                w.write(&unlogged, &[])?;
+                for s in &series {
+                    s.logged.store(true, Ordering::Release);
+                }
+                w.write_deletes(&deletes)?;
+                w.sync()?;
+            }
+            for s in &series {
+                inner.head.delete_range(s, mint, maxt);
+            }
+            touched += series.len() as u64;
+        }
+        tracing::info!(series = touched, mint, maxt, "deleted series data");
+        Ok(touched)
+    }
+
+    /// Rewrites every block that has tombstones without the deleted samples. Returns the
+    /// blocks written.
+    pub fn clean_tombstones(&self) -> Result<Vec<BlockMeta>, Error> {
+        let _cutting = lock(&self.inner.cutting);
+        let mut written = Vec::new();
+        for b in self.blocks() {
+            if !b.tombstones.is_empty() {
+                written.push(self.merge(std::slice::from_ref(&b))?);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes a snapshot of the store to `<data-dir>/snapshots/<name>/` and returns the
+    /// name: every block hard-linked, and (with `with_head`) the head written as one more
+    /// block. The snapshot directory can be opened as a data directory of its own.
+    pub fn snapshot(&self, with_head: bool) -> Result<String, Error> {
+        let inner = &self.inner;
+        let _cutting = lock(&inner.cutting);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "{}-{:016x}",
+            snapshot_time(now.as_secs() as i64),
+            crc32c::crc32c(&now.as_nanos().to_le_bytes()) as u64
+                | (u64::from(std::process::id()) << 32)
+        );
+        let root = inner.dir.join("snapshots").join(&name);
+        let blocks_dir = root.join("blocks");
+        fs::create_dir_all(&blocks_dir).map_err(|e| Error::io(&blocks_dir, e))?;
+        for b in self.blocks() {
+            let Some(dir_name) = b.dir.file_name() else {
+                continue;
+            };
+            let target = blocks_dir.join(dir_name);
+            fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+            for file in ["chunks", "index", "meta.json", "tombstones"] {
+                let from = b.dir.join(file);
+                if file == "tombstones" && !from.exists() {
+                    continue;
+                }
+                fs::hard_link(&from, target.join(file)).map_err(|e| Error::io(&from, e))?;
+            }
+        }
+        if with_head {
+            if let Some((min, max)) = inner.head.time_range() {
+                let series = inner.head.samples_between(min, max.saturating_add(1));
+                let new = NewBlock {
+                    min_time: min,
+                    max_time: max.saturating_add(1),
+                    seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
+                    sources: Vec::new(),
+                };
+                write_block(&blocks_dir, &series, new)?;
+            }
+        }
+        crate::wal::sync_dir(&blocks_dir)?;
+        tracing::info!(snapshot = %root.display(), "wrote a snapshot");
+        Ok(name)
     }
 
     /// Cuts blocks from the head, merges blocks and applies retention.
@@ -936,6 +1102,28 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
+/// `YYYYMMDDTHHMMSSZ` for seconds since the epoch (UTC).
+fn snapshot_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The first connected group of overlapping blocks (`blocks` sorted by start), if any.
 fn overlapping_group(blocks: &[Arc<Block>]) -> Option<Vec<Arc<Block>>> {
     let mut group: Vec<Arc<Block>> = Vec::new();
@@ -1372,6 +1560,180 @@ mod tests {
         db.apply_retention()?;
         assert_eq!(db.stats().blocks, 0);
         assert_eq!(read_all(&db, "a").first(), Some(&(90_000, 90.0)));
+        Ok(())
+    }
+
+    #[test]
+    fn deletes_reach_head_and_blocks_and_survive_replay() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(1_000_000),
+            ..Options::default()
+        };
+        let want = nine_blocks(dir.path(), &opts)?;
+        {
+            let db = Db::open(dir.path(), opts.clone())?;
+            let mut app = db.appender();
+            app.append(&up("b"), 95_000, 1.0)?;
+            app.commit()?;
+            // 5 s .. 94 s of job a: across five blocks and the head.
+            let touched = db.delete_series(&[Matcher::equal("job", "a")], 5_000, 94_000)?;
+            assert!(touched >= 2, "{touched}");
+            // Written after the deletion, inside its range: kept.
+            let mut app = db.appender();
+            app.append(&up("a"), 93_500, 93.5)?;
+            app.commit()?;
+            let got = read_all(&db, "a");
+            let mut expect: Vec<(i64, f64)> = want
+                .iter()
+                .copied()
+                .filter(|s| s.0 < 5_000 || s.0 > 94_000)
+                .collect();
+            expect.insert(5, (93_500, 93.5));
+            assert_eq!(got, expect);
+            assert_eq!(read_all(&db, "b"), vec![(95_000, 1.0)]);
+            assert!(db.blocks().iter().any(|b| !b.tombstones.is_empty()));
+        }
+        // Tombstones from disk, the head's deletion from the WAL.
+        let db = Db::open(dir.path(), opts.clone())?;
+        let got = read_all(&db, "a");
+        assert_eq!(got.len(), 5 + 1 + 5, "{got:?}");
+        // Cleaning rewrites the blocks without the deleted samples.
+        let bytes_before: u64 = db.blocks().iter().map(|b| b.bytes).sum();
+        let cleaned = db.clean_tombstones()?;
+        assert!(!cleaned.is_empty());
+        assert!(db.blocks().iter().all(|b| b.tombstones.is_empty()));
+        assert!(db.blocks().iter().map(|b| b.bytes).sum::<u64>() < bytes_before);
+        assert_eq!(read_all(&db, "a"), got);
+        drop(db);
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(read_all(&db, "a"), got);
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_opens_as_a_store_of_its_own() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(1_000_000),
+            ..Options::default()
+        };
+        let want = nine_blocks(dir.path(), &opts)?;
+        let db = Db::open(dir.path(), opts.clone())?;
+        let name = db.snapshot(true)?;
+        assert!(name.len() > 16 && name.contains('T'), "{name}");
+        let without_head = db.snapshot(false)?;
+        drop(db);
+        let snap = Db::open(dir.path().join("snapshots").join(&name), opts.clone())?;
+        assert_eq!(read_all(&snap, "a"), want);
+        let snap = Db::open(dir.path().join("snapshots").join(&without_head), opts)?;
+        assert_eq!(read_all(&snap, "a"), want[..90].to_vec());
+        Ok(())
+    }
+
+    #[test]
+    fn tsdb_status_counts_the_head() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let mut app = db.appender();
+        for i in 0..5 {
+            app.append(&up(&format!("j{i}")), 1000, 1.0)?;
+        }
+        app.append(
+            &Labels::from_pairs([("__name__", "down"), ("job", "j0")]),
+            2000,
+            1.0,
+        )?;
+        app.commit()?;
+        let s = db.tsdb_status(2);
+        assert_eq!(s.num_series, 6);
+        assert_eq!(s.chunk_count, 6);
+        assert_eq!((s.min_time, s.max_time), (Some(1000), Some(2000)));
+        assert_eq!(
+            s.postings.series_by_metric_name,
+            vec![("up".to_string(), 5), ("down".to_string(), 1)]
+        );
+        assert_eq!(
+            s.postings.values_by_label_name,
+            vec![("job".to_string(), 5), ("__name__".to_string(), 2)]
+        );
+        assert_eq!(
+            s.postings.series_by_pair,
+            vec![("__name__=up".to_string(), 5), ("job=j0".to_string(), 2)]
+        );
+        assert_eq!(s.postings.bytes_by_label_name[0], ("job".to_string(), 10));
+        Ok(())
+    }
+
+    #[test]
+    fn a_series_written_after_others_were_cut_reads_whole() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 60_000,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts.clone())?;
+        let samples: Vec<(i64, f64)> = (0..600).map(|i| (i * 1000, i as f64)).collect();
+        for job in ["a", "b"] {
+            let mut app = db.appender();
+            for &(t, v) in &samples {
+                app.append(&up(job), t, v)?;
+            }
+            app.commit()?;
+            db.compact_head()?;
+            assert_eq!(read_all(&db, job), samples, "{job} after its cut");
+        }
+        db.maintain()?;
+        assert_eq!(read_all(&db, "a"), samples);
+        assert_eq!(read_all(&db, "b"), samples);
+        drop(db);
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(read_all(&db, "b"), samples);
+        Ok(())
+    }
+
+    #[test]
+    fn backfill_during_cuts_loses_nothing() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 60_000,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        let samples: Vec<(i64, f64)> = (0..600).map(|i| (i * 1000, i as f64)).collect();
+        let mut app = db.appender();
+        for &(t, v) in &samples {
+            app.append(&up("a"), t, v)?;
+        }
+        app.commit()?;
+        // Series written one by one, oldest sample first, while blocks are being cut.
+        std::thread::scope(|scope| -> Result<(), Error> {
+            let cutter = scope.spawn(|| -> Result<(), Error> {
+                for _ in 0..200 {
+                    db.compact_head()?;
+                }
+                Ok(())
+            });
+            for j in 0..20 {
+                let mut app = db.appender();
+                for &(t, v) in &samples {
+                    app.append(&up(&format!("b{j}")), t, v)?;
+                }
+                app.commit()?;
+            }
+            cutter
+                .join()
+                .unwrap_or_else(|_| Err(Error::Corrupt("cutter".into())))
+        })?;
+        db.maintain()?;
+        for j in 0..20 {
+            assert_eq!(read_all(&db, &format!("b{j}")), samples, "b{j}");
+        }
         Ok(())
     }
 

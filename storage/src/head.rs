@@ -209,6 +209,33 @@ impl SeriesData {
         }
     }
 
+    /// Removes the samples in `[mint, maxt]`; returns how many went.
+    pub(crate) fn delete_range(&mut self, mint: i64, maxt: i64) -> usize {
+        let before = self.sample_count();
+        let in_range = |t: i64| t >= mint && t <= maxt;
+        let chunks_hit = self
+            .closed
+            .iter()
+            .any(|c| c.max_t >= mint && c.min_t <= maxt)
+            || (self.open.len() > 0
+                && self.open.max_time() >= mint
+                && self.open.min_time() <= maxt);
+        if chunks_hit {
+            let keep: Vec<(i64, f64)> = self
+                .in_order_samples()
+                .into_iter()
+                .filter(|s| !in_range(s.0))
+                .collect();
+            self.closed.clear();
+            self.open = XorChunk::new();
+            for (t, v) in keep {
+                self.push_in_order(t, v);
+            }
+        }
+        self.ooo.retain(|s| !in_range(s.0));
+        before - self.sample_count()
+    }
+
     fn in_order_samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
         for c in &self.closed {
@@ -277,6 +304,14 @@ pub(crate) type SeriesContents = (SeriesRef, Labels, Vec<(i64, f64)>);
 /// A selected series: its labels, a snapshot of its chunks in range, and its
 /// out-of-order samples in range.
 pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>, Vec<(i64, f64)>);
+
+/// Samples, encoded bytes and chunks held by the head.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ChunkStats {
+    pub(crate) samples: u64,
+    pub(crate) bytes: u64,
+    pub(crate) chunks: u64,
+}
 
 /// Counters kept by the head.
 #[derive(Debug, Default)]
@@ -414,6 +449,26 @@ impl Head {
         }
     }
 
+    /// The distinct series matching `matchers`.
+    pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let refs = self
+            .postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select(matchers);
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashSet::new();
+        refs.iter()
+            .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
+            .filter(|s| seen.insert(Arc::as_ptr(s)))
+            .collect()
+    }
+
+    /// Removes the samples in `[mint, maxt]` of one series.
+    pub(crate) fn delete_range(&self, s: &MemSeries, mint: i64, maxt: i64) {
+        lock(&s.data).delete_range(mint, maxt);
+    }
+
     /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
     /// by labels.
     /// Every distinct series (aliases once).
@@ -531,19 +586,27 @@ impl Head {
     }
 
     /// Total samples and encoded chunk bytes held.
-    pub(crate) fn chunk_stats(&self) -> (u64, u64) {
+    pub(crate) fn chunk_stats(&self) -> ChunkStats {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        let mut samples = 0u64;
-        let mut bytes = 0u64;
+        let mut out = ChunkStats::default();
         let mut seen = std::collections::HashSet::new();
         for s in table.iter().flatten() {
             if seen.insert(Arc::as_ptr(s)) {
                 let d = lock(&s.data);
-                samples += d.sample_count() as u64;
-                bytes += d.chunk_bytes() as u64;
+                out.samples += d.sample_count() as u64;
+                out.bytes += d.chunk_bytes() as u64;
+                out.chunks += d.closed.len() as u64 + u64::from(d.open.len() > 0);
             }
         }
-        (samples, bytes)
+        out
+    }
+
+    /// Cardinality figures of the head's index, top `limit` of each.
+    pub(crate) fn postings_stats(&self, limit: usize) -> crate::postings::PostingsStats {
+        self.postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats(limit)
     }
 }
 

@@ -39,10 +39,11 @@ mod varint;
 mod wal;
 
 pub use block::BlockMeta;
-pub use db::{Appender, CommitStats, Db, Options, Querier, Samples, Series, Stats};
+pub use db::{Appender, CommitStats, Db, Options, Querier, Samples, Series, Stats, TsdbStatus};
 pub use error::Error;
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchKind, Matcher};
+pub use postings::PostingsStats;
 pub use wal::ReplayReport;
 
 /// The bit pattern of Prometheus' stale marker, a NaN that means "this series ended".

@@ -17,7 +17,49 @@ pub(crate) struct Postings {
     all: RoaringBitmap,
 }
 
+/// Cardinality figures, each list sorted by count (descending) then name, cut to a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostingsStats {
+    /// Series per metric name.
+    pub series_by_metric_name: Vec<(String, u64)>,
+    /// Distinct values per label name.
+    pub values_by_label_name: Vec<(String, u64)>,
+    /// Total bytes of the distinct values per label name.
+    pub bytes_by_label_name: Vec<(String, u64)>,
+    /// Series per `name=value` pair.
+    pub series_by_pair: Vec<(String, u64)>,
+}
+
+fn top(mut v: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
+    v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(limit);
+    v
+}
+
 impl Postings {
+    pub(crate) fn stats(&self, limit: usize) -> PostingsStats {
+        let mut by_metric = Vec::new();
+        let mut values = Vec::new();
+        let mut bytes = Vec::new();
+        let mut pairs = Vec::new();
+        for (name, vals) in &self.by_label {
+            values.push((name.to_string(), vals.len() as u64));
+            bytes.push((name.to_string(), vals.keys().map(|v| v.len() as u64).sum()));
+            for (value, p) in vals {
+                if &**name == crate::METRIC_NAME {
+                    by_metric.push((value.to_string(), p.len()));
+                }
+                pairs.push((format!("{name}={value}"), p.len()));
+            }
+        }
+        PostingsStats {
+            series_by_metric_name: top(by_metric, limit),
+            values_by_label_name: top(values, limit),
+            bytes_by_label_name: top(bytes, limit),
+            series_by_pair: top(pairs, limit),
+        }
+    }
+
     /// Label names, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.by_label.keys().map(|k| k.to_string()).collect();

@@ -24,6 +24,7 @@ const MAGIC: &[u8; 8] = b"STRWAL01";
 const HEADER_LEN: usize = 9; // kind u8, len u32, crc u32
 const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
+const KIND_DELETES: u8 = 3;
 const FLAG_SNAPPY: u8 = 0x80;
 /// Payloads larger than this are snappy-compressed.
 const COMPRESS_MIN: usize = 4096;
@@ -35,6 +36,8 @@ const MAX_RECORD: usize = 256 << 20;
 pub(crate) enum Record {
     Series(Vec<(SeriesRef, Labels)>),
     Samples(Vec<(SeriesRef, i64, f64)>),
+    /// Samples of a series in `[mint, maxt]` deleted.
+    Deletes(Vec<(SeriesRef, i64, i64)>),
 }
 
 /// What replay found.
@@ -133,6 +136,7 @@ fn replay_segment(
                 match &rec {
                     Record::Series(s) => report.series += s.len() as u64,
                     Record::Samples(s) => report.samples += s.len() as u64,
+                    Record::Deletes(_) => {}
                 }
                 apply(rec);
                 off += used;
@@ -182,6 +186,7 @@ fn read_record(buf: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, usize), Str
     let rec = match kind & !FLAG_SNAPPY {
         KIND_SERIES => Record::Series(decode_series(body).ok_or("malformed series record")?),
         KIND_SAMPLES => Record::Samples(decode_samples(body).ok_or("malformed samples record")?),
+        KIND_DELETES => Record::Deletes(decode_deletes(body).ok_or("malformed deletes record")?),
         k => return Err(format!("unknown record kind {k}")),
     };
     Ok((rec, end))
@@ -201,6 +206,17 @@ fn decode_series(body: &[u8]) -> Option<Vec<(SeriesRef, Labels)>> {
             ls.push(Label::new(name, value));
         }
         out.push((r, Labels::from_vec(ls)));
+    }
+    c.done().then_some(out)
+}
+
+fn decode_deletes(body: &[u8]) -> Option<Vec<(SeriesRef, i64, i64)>> {
+    let mut c = Cursor::new(body);
+    let n = c.uvarint()? as usize;
+    let mut out = Vec::with_capacity(n.min(body.len()));
+    for _ in 0..n {
+        let r = SeriesRef(u32::try_from(c.uvarint()?).ok()?);
+        out.push((r, c.varint()?, c.varint()?));
     }
     c.done().then_some(out)
 }
@@ -288,6 +304,28 @@ impl WalWriter {
             }
             frame(&mut self.buf, KIND_SAMPLES, &self.body);
         }
+        self.append_buf()
+    }
+
+    /// Writes a deletes record. Not synced: see [`WalWriter::file`].
+    pub(crate) fn write_deletes(&mut self, deletes: &[(SeriesRef, i64, i64)]) -> Result<(), Error> {
+        if let Some(p) = &self.poisoned {
+            return Err(Error::WalPoisoned(p.clone()));
+        }
+        self.buf.clear();
+        self.body.clear();
+        put_uvarint(&mut self.body, deletes.len() as u64);
+        for &(r, mint, maxt) in deletes {
+            put_uvarint(&mut self.body, r.0 as u64);
+            put_varint(&mut self.body, mint);
+            put_varint(&mut self.body, maxt);
+        }
+        frame(&mut self.buf, KIND_DELETES, &self.body);
+        self.append_buf()
+    }
+
+    /// Appends the framed records in `buf` to the current segment with one write.
+    fn append_buf(&mut self) -> Result<(), Error> {
         if self.buf.is_empty() {
             return Ok(());
         }
