@@ -2,6 +2,7 @@
 //! shuts down cleanly on SIGINT or SIGTERM.
 
 mod collect;
+mod import;
 mod server;
 
 use std::net::SocketAddr;
@@ -35,8 +36,31 @@ enum Command {
         after_help = "Examples:\n  strata serve\n  strata serve --data-dir /var/lib/strata --listen 0.0.0.0:9310"
     )]
     Serve(ServeArgs),
+    /// Backfill a Prometheus text or OpenMetrics file (every sample with a timestamp)
+    /// into blocks. Run it while `strata serve` is stopped, or import into another data
+    /// directory and move its `blocks/` entries into place.
+    #[command(
+        after_help = "Examples:\n  strata import --data-dir ./data metrics.om\n  strata import --format prometheus dump.prom"
+    )]
+    Import(ImportArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Directory of the store (created if missing).
+    #[arg(long = "data-dir", default_value = "data")]
+    data_dir: PathBuf,
+    /// Time range of the blocks written.
+    #[arg(long = "storage.block-range", default_value = "2h", value_parser = parse_interval)]
+    block_range_ms: i64,
+    /// `openmetrics` (timestamps in seconds), `prometheus` (milliseconds), or `auto`:
+    /// OpenMetrics when the file ends with `# EOF`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "openmetrics", "prometheus"])]
+    format: String,
+    /// The file to import.
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -105,7 +129,43 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args),
+        Command::Import(args) => import_file(args),
     }
+}
+
+fn import_file(args: ImportArgs) -> anyhow::Result<()> {
+    let dialect = match args.format.as_str() {
+        "openmetrics" => strata_ingest::text::Dialect::OpenMetrics,
+        "prometheus" => strata_ingest::text::Dialect::Prometheus,
+        _ => import::detect_dialect(&args.file)?,
+    };
+    let db = Db::open(
+        &args.data_dir,
+        Options {
+            block_range_ms: args.block_range_ms.max(1),
+            ..Options::default()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "opening the store in {} (stop strata serve first, or import into another directory)",
+            args.data_dir.display()
+        )
+    })?;
+    let stats = import::import(&db, &args.file, dialect)?;
+    db.close().context("closing the store")?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "imported {} samples of {} series from {} into {} blocks in {}",
+            stats.samples,
+            stats.series,
+            args.file.display(),
+            stats.blocks,
+            args.data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

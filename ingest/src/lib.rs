@@ -10,6 +10,7 @@
 //! appended, and an error while appending rolls the whole request back.
 
 pub mod remote_write;
+pub mod text;
 
 pub use remote_write::{
     decode_write_request, write_to_store, DecodedWriteRequest, IngestError, WriteRequest,

@@ -69,6 +69,9 @@ pub struct Stats {
     pub block_samples: u64,
 }
 
+/// A series' labels and samples.
+pub type SeriesSamples = (Labels, Vec<(i64, f64)>);
+
 /// The head's figures for `/api/v1/status/tsdb`.
 #[derive(Debug, Clone, Default)]
 pub struct TsdbStatus {
@@ -645,6 +648,61 @@ impl Db {
         crate::wal::sync_dir(&blocks_dir)?;
         tracing::info!(snapshot = %root.display(), "wrote a snapshot");
         Ok(name)
+    }
+
+    /// Writes samples straight into blocks, past the head and the WAL: backfill of large
+    /// volumes (`strata import`). Samples are split by aligned block range, sorted, and a
+    /// series' timestamp given twice keeps the value given last. The blocks may overlap
+    /// existing ones; [`Db::compact_blocks`] merges them. Returns the blocks written.
+    pub fn write_blocks(&self, series: Vec<SeriesSamples>) -> Result<Vec<BlockMeta>, Error> {
+        let inner = &self.inner;
+        let _cutting = lock(&inner.cutting);
+        let range = inner.opts.block_range_ms.max(1);
+        let mut by_range: std::collections::BTreeMap<i64, Vec<SeriesSamples>> =
+            std::collections::BTreeMap::new();
+        for (labels, mut samples) in series {
+            if labels.is_empty() {
+                return Err(Error::EmptyLabels);
+            }
+            // Stable: among equal timestamps the last given stays last, and wins below.
+            samples.sort_by_key(|s| s.0);
+            let mut deduped: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
+            for s in samples {
+                match deduped.last_mut() {
+                    Some(last) if last.0 == s.0 => *last = s,
+                    _ => deduped.push(s),
+                }
+            }
+            let mut start = 0;
+            while start < deduped.len() {
+                let bmin = deduped[start].0.div_euclid(range) * range;
+                let end =
+                    start + deduped[start..].partition_point(|s| s.0 < bmin.saturating_add(range));
+                by_range
+                    .entry(bmin)
+                    .or_default()
+                    .push((labels.clone(), deduped[start..end].to_vec()));
+                start = end;
+            }
+        }
+        let blocks_dir = inner.dir.join("blocks");
+        let mut written = Vec::new();
+        for (bmin, mut list) in by_range {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            let new = NewBlock {
+                min_time: bmin,
+                max_time: bmin.saturating_add(range),
+                seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
+                sources: Vec::new(),
+            };
+            let dir = write_block(&blocks_dir, &list, new)?;
+            let block = Arc::new(Block::open(&dir)?);
+            written.push(block.meta.clone());
+            let mut blocks = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
+            blocks.push(block);
+            blocks.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
+        }
+        Ok(written)
     }
 
     /// Cuts blocks from the head, merges blocks and applies retention.
@@ -1734,6 +1792,36 @@ mod tests {
         for j in 0..20 {
             assert_eq!(read_all(&db, &format!("b{j}")), samples, "b{j}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn blocks_written_directly_split_by_range_and_merge_with_the_rest() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            retention_ms: Some(1_000_000),
+            ..Options::default()
+        };
+        let mut want = nine_blocks(dir.path(), &opts)?;
+        let db = Db::open(dir.path(), opts.clone())?;
+        // 25 s of job b, unsorted, one timestamp twice; and one rewrite of job a.
+        let mut b: Vec<(i64, f64)> = (0..25).rev().map(|i| (i * 1000, i as f64)).collect();
+        b.push((3000, 33.0));
+        let written = db.write_blocks(vec![(up("b"), b), (up("a"), vec![(15_000, -15.0)])])?;
+        assert_eq!(written.len(), 3);
+        let mut want_b: Vec<(i64, f64)> = (0..25).map(|i| (i * 1000, i as f64)).collect();
+        want_b[3].1 = 33.0;
+        want[15].1 = -15.0;
+        assert_eq!(read_all(&db, "b"), want_b);
+        assert_eq!(read_all(&db, "a"), want);
+        db.compact_blocks()?;
+        let metas = db.block_metas();
+        for w in metas.windows(2) {
+            assert!(w[0].max_time <= w[1].min_time, "{metas:?}");
+        }
+        assert_eq!(read_all(&db, "b"), want_b);
+        assert_eq!(read_all(&db, "a"), want);
         Ok(())
     }
 

@@ -39,7 +39,9 @@ mod varint;
 mod wal;
 
 pub use block::BlockMeta;
-pub use db::{Appender, CommitStats, Db, Options, Querier, Samples, Series, Stats, TsdbStatus};
+pub use db::{
+    Appender, CommitStats, Db, Options, Querier, Samples, Series, SeriesSamples, Stats, TsdbStatus,
+};
 pub use error::Error;
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchKind, Matcher};
