@@ -166,6 +166,22 @@ impl ChunkView {
     }
 }
 
+impl ChunkMeta {
+    /// An XOR chunk at `start..start + len` of a mapped file.
+    pub(crate) fn xor(start: usize, len: usize, count: u16, min_t: i64, max_t: i64) -> Self {
+        Self {
+            min_t,
+            max_t,
+            start,
+            len,
+            count,
+            encoding: Encoding::Xor,
+            times_start: 0,
+            times_len: 0,
+        }
+    }
+}
+
 /// Where one chunk of a series lies in the chunks file.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkMeta {

@@ -5,6 +5,9 @@
 //! read while it is open ([`XorChunk::iter`] reads what has been written so far). Values are
 //! stored bit-exactly, so NaN payloads such as the Prometheus stale marker survive.
 
+/// Bytes a chunk's buffer grows by.
+const GROWTH: usize = 64;
+
 /// A bit-level writer over a byte vector. The last byte may be partially filled.
 #[derive(Debug, Clone, Default)]
 struct BitWriter {
@@ -14,18 +17,22 @@ struct BitWriter {
 }
 
 impl BitWriter {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(n),
-            free: 0,
+    /// Starts a new byte. The buffer grows by a fixed step, not by doubling: a head
+    /// series keeps its open chunk in memory, and doubling would leave up to half of it
+    /// unused.
+    #[inline]
+    fn new_byte(&mut self) {
+        if self.bytes.len() == self.bytes.capacity() {
+            self.bytes.reserve_exact(GROWTH);
         }
+        self.bytes.push(0);
+        self.free = 8;
     }
 
     #[inline]
     fn write_bit(&mut self, bit: bool) {
         if self.free == 0 {
-            self.bytes.push(0);
-            self.free = 8;
+            self.new_byte();
         }
         self.free -= 1;
         if bit {
@@ -40,8 +47,7 @@ impl BitWriter {
     fn write_bits(&mut self, v: u64, mut n: u8) {
         while n > 0 {
             if self.free == 0 {
-                self.bytes.push(0);
-                self.free = 8;
+                self.new_byte();
             }
             let take = n.min(self.free);
             let shift = n - take;
@@ -170,8 +176,12 @@ impl Default for XorChunk {
 
 impl XorChunk {
     pub(crate) fn new() -> Self {
+        Self::new_with(Vec::with_capacity(32))
+    }
+
+    fn new_with(bytes: Vec<u8>) -> Self {
         Self {
-            bits: BitWriter::with_capacity(128),
+            bits: BitWriter { bytes, free: 0 },
             count: 0,
             first_t: 0,
             t: 0,
@@ -277,6 +287,14 @@ impl XorChunk {
     }
 
     /// Freezes the chunk into its encoded bytes and sample count.
+    /// Empties the chunk for reuse, keeping its buffer: a head series fills one chunk
+    /// after another, and reusing the buffer spares the allocator the churn.
+    pub(crate) fn reset(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bits.bytes);
+        bytes.clear();
+        *self = Self::new_with(bytes);
+    }
+
     pub(crate) fn into_encoded(self) -> (Box<[u8]>, u16) {
         (self.bits.bytes.into_boxed_slice(), self.count)
     }

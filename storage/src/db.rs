@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use crate::block::{
     block_name, write_block, write_tombstones, Block, BlockMeta, ChunkIter, ChunkView, NewBlock,
 };
-use crate::head::{lock, merge_newest_wins, AppendOutcome, Head, MemSeries};
+use crate::head::{lock, merge_newest_wins, AppendOutcome, Batch, Head, MemSeries};
+use crate::head_chunks::HeadChunks;
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::wal::{self, Record, ReplayReport, WalWriter};
@@ -30,7 +31,8 @@ pub struct Options {
     /// Blocks ending this long before the newest sample are deleted (Prometheus'
     /// `--storage.tsdb.retention.time`, 15 d). `None` keeps everything.
     pub retention_ms: Option<i64>,
-    /// Oldest blocks are deleted while blocks and WAL together take more than this.
+    /// Oldest blocks are deleted while blocks, WAL and head chunk files together take more
+    /// than this.
     pub retention_bytes: Option<u64>,
     /// Samples older than this before the newest sample in the head are refused.
     /// `None` (the default) accepts samples of any age: they are stored out of order and
@@ -58,6 +60,8 @@ pub struct Stats {
     pub samples: u64,
     pub chunk_bytes: u64,
     pub wal_bytes: u64,
+    /// Bytes of full head chunks written to `chunks_head/`.
+    pub head_chunk_file_bytes: u64,
     pub samples_appended: u64,
     /// Samples dropped at WAL replay because their series record was missing.
     pub samples_dropped: u64,
@@ -131,7 +135,7 @@ impl Db {
         if lock_file.try_lock().is_err() {
             return Err(Error::Locked(dir));
         }
-        let head = Head::new();
+        let head = Head::new(HeadChunks::open(&dir.join("chunks_head"))?);
         let blocks = open_blocks(&dir.join("blocks"))?;
         if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
             head.min_valid.store(max, Ordering::Relaxed);
@@ -142,42 +146,7 @@ impl Db {
             .max()
             .map_or(1, |s| s + 1);
         let wal_dir = dir.join("wal");
-        let (replay, next) = wal::replay(&wal_dir, |rec| match rec {
-            Record::Series(list) => {
-                for (r, labels) in list {
-                    head.get_or_create(&labels, Some(r));
-                }
-            }
-            Record::Samples(list) => {
-                let mut i = 0;
-                while i < list.len() {
-                    let r = list[i].0;
-                    let mut j = i;
-                    if let Some(s) = head.series_by_ref(r) {
-                        let mut data = lock(&s.data);
-                        while j < list.len() && list[j].0 == r {
-                            head.append_locked(&mut data, list[j].1, list[j].2);
-                            j += 1;
-                        }
-                    } else {
-                        while j < list.len() && list[j].0 == r {
-                            j += 1;
-                        }
-                        head.counters
-                            .samples_dropped
-                            .fetch_add((j - i) as u64, Ordering::Relaxed);
-                    }
-                    i = j;
-                }
-            }
-            Record::Deletes(list) => {
-                for (r, mint, maxt) in list {
-                    if let Some(s) = head.series_by_ref(r) {
-                        head.delete_range(&s, mint, maxt);
-                    }
-                }
-            }
-        })?;
+        let (replay, next) = replay_wal(&wal_dir, &head)?;
         if let Some(c) = &replay.corruption {
             tracing::warn!(
                 corruption = %c,
@@ -251,6 +220,11 @@ impl Db {
         }
     }
 
+    /// How many head series match `matchers`: the postings lookup alone.
+    pub fn head_postings_count(&self, matchers: &[Matcher]) -> u64 {
+        self.inner.head.postings_count(matchers)
+    }
+
     pub fn stats(&self) -> Stats {
         let head = &self.inner.head;
         let cs = head.chunk_stats();
@@ -266,6 +240,7 @@ impl Db {
             samples,
             chunk_bytes,
             wal_bytes,
+            head_chunk_file_bytes: head.chunks.disk_size(),
             samples_appended: head.counters.samples_appended.load(Ordering::Relaxed),
             samples_dropped: head.counters.samples_dropped.load(Ordering::Relaxed),
             min_time: range.map(|r| r.0),
@@ -475,7 +450,8 @@ impl Db {
     }
 
     /// Deletes whole blocks, oldest first: those past the retention time (relative to the
-    /// newest sample), then while blocks and WAL exceed the retention size.
+    /// newest sample), then while blocks, WAL and head chunk files exceed the retention
+    /// size.
     pub fn apply_retention(&self) -> Result<Vec<BlockMeta>, Error> {
         let inner = &self.inner;
         let newest = inner
@@ -498,7 +474,8 @@ impl Db {
                 .is_some_and(|r| oldest.meta.max_time <= newest - r);
             let too_big = inner.opts.retention_bytes.is_some_and(|limit| {
                 let wal = lock(&inner.wal.writer).disk_size();
-                blocks.iter().map(|b| b.bytes).sum::<u64>() + wal > limit
+                let head_chunks = inner.head.chunks.disk_size();
+                blocks.iter().map(|b| b.bytes).sum::<u64>() + wal + head_chunks > limit
             });
             if !too_old && !too_big {
                 break;
@@ -896,16 +873,18 @@ impl Appender {
                 *synced = target;
             }
         }
+        let mut batch = Batch::default();
         let mut i = 0;
         while i < self.samples.len() {
             let idx = self.samples[i].0;
             let mut data = lock(&self.series[idx as usize].data);
             while i < self.samples.len() && self.samples[i].0 == idx {
                 let (_, t, v) = self.samples[i];
-                db.head.append_locked(&mut data, t, v);
+                db.head.append_locked(&mut data, t, v, &mut batch);
                 i += 1;
             }
         }
+        db.head.apply_batch(&batch);
         Ok(CommitStats {
             samples: self.samples.len(),
             new_series,
@@ -1050,11 +1029,9 @@ impl Querier {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let head_views = |chunks: Vec<Arc<crate::head::ClosedChunk>>, ooo: Vec<(i64, f64)>| {
-            let mut views: Vec<(u64, ChunkView)> = chunks
-                .into_iter()
-                .map(|c| (HEAD_CHUNKS, ChunkView::Head(c)))
-                .collect();
+        let head_views = |chunks: Vec<ChunkView>, ooo: Vec<(i64, f64)>| {
+            let mut views: Vec<(u64, ChunkView)> =
+                chunks.into_iter().map(|c| (HEAD_CHUNKS, c)).collect();
             if !ooo.is_empty() {
                 views.push((HEAD_OUT_OF_ORDER, ChunkView::Samples(ooo.into())));
             }
@@ -1158,6 +1135,74 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
     crate::wal::sync_dir(blocks_dir)?;
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
+/// Replays the WAL into `head`: one thread reads and decodes records while this one
+/// applies them, in log order.
+fn replay_wal(wal_dir: &Path, head: &Head) -> Result<(ReplayReport, u64), Error> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(8);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            wal::replay(wal_dir, |rec| {
+                // The applier only stops early by panicking; nothing to do then.
+                let _ = tx.send(rec);
+            })
+        });
+        for rec in rx {
+            apply_record(head, rec);
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Corrupt("the WAL reader thread panicked".into())))
+    })
+}
+
+fn apply_record(head: &Head, rec: Record) {
+    match rec {
+        Record::Series(list) => {
+            for (r, labels) in list {
+                head.get_or_create(&labels, Some(r));
+            }
+        }
+        Record::Samples(list) => {
+            let mut batch = Batch::default();
+            let mut dropped = 0u64;
+            head.with_table(|table| {
+                let mut i = 0;
+                while i < list.len() {
+                    let r = list[i].0;
+                    let mut j = i;
+                    match table.get(r.0 as usize).and_then(Option::as_ref) {
+                        Some(s) => {
+                            let mut data = lock(&s.data);
+                            while j < list.len() && list[j].0 == r {
+                                head.append_locked(&mut data, list[j].1, list[j].2, &mut batch);
+                                j += 1;
+                            }
+                        }
+                        None => {
+                            while j < list.len() && list[j].0 == r {
+                                j += 1;
+                            }
+                            dropped += (j - i) as u64;
+                        }
+                    }
+                    i = j;
+                }
+            });
+            head.apply_batch(&batch);
+            head.counters
+                .samples_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        Record::Deletes(list) => {
+            for (r, mint, maxt) in list {
+                if let Some(s) = head.series_by_ref(r) {
+                    head.delete_range(&s, mint, maxt);
+                }
+            }
+        }
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ` for seconds since the epoch (UTC).

@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use crate::block::ChunkView;
 use crate::chunk::{XorChunk, XorIter};
+use crate::head_chunks::{HeadChunk, HeadChunks};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::postings::Postings;
@@ -40,6 +42,15 @@ pub(crate) struct ClosedChunk {
 }
 
 impl ClosedChunk {
+    pub(crate) fn new(bytes: Box<[u8]>, count: u16, min_t: i64, max_t: i64) -> Self {
+        Self {
+            bytes,
+            count,
+            min_t,
+            max_t,
+        }
+    }
+
     pub(crate) fn iter(&self) -> XorIter<'_> {
         XorIter::new(&self.bytes, self.count)
     }
@@ -67,11 +78,14 @@ pub(crate) enum AppendOutcome {
 
 #[derive(Debug)]
 pub(crate) struct SeriesData {
-    closed: Vec<Arc<ClosedChunk>>,
+    closed: Vec<HeadChunk>,
     open: XorChunk,
     /// Samples that arrived out of order (or rewrote a timestamp), sorted by time, one
     /// per timestamp; they win over the chunks' samples at the same timestamp.
-    ooo: Vec<(i64, f64)>,
+    // A pointer to a vector, not a vector: 8 bytes instead of 24 in every series, most of
+    // which never have out-of-order samples.
+    #[allow(clippy::box_collection)]
+    ooo: Option<Box<Vec<(i64, f64)>>>,
     last_t: i64,
     last_v: u64,
 }
@@ -81,7 +95,7 @@ impl SeriesData {
         Self {
             closed: Vec::new(),
             open: XorChunk::new(),
-            ooo: Vec::new(),
+            ooo: None,
             last_t: i64::MIN,
             last_v: 0,
         }
@@ -104,69 +118,79 @@ impl SeriesData {
         }
     }
 
-    fn ooo_at(&self, t: i64) -> Option<u64> {
-        if self.ooo.is_empty() {
-            return None;
-        }
-        self.ooo
-            .binary_search_by_key(&t, |s| s.0)
-            .ok()
-            .map(|i| self.ooo[i].1.to_bits())
+    /// The out-of-order samples (kept behind a pointer: most series never have any).
+    fn ooo(&self) -> &[(i64, f64)] {
+        self.ooo.as_deref().map_or(&[], Vec::as_slice)
     }
 
-    pub(crate) fn append(&mut self, t: i64, v: f64) -> AppendOutcome {
+    fn retain_ooo(&mut self, keep: impl FnMut(&(i64, f64)) -> bool) {
+        if let Some(ooo) = &mut self.ooo {
+            ooo.retain(keep);
+            if ooo.is_empty() {
+                self.ooo = None;
+            } else if ooo.capacity() > 2 * ooo.len() + 16 {
+                ooo.shrink_to_fit();
+            }
+        }
+    }
+
+    fn ooo_at(&self, t: i64) -> Option<u64> {
+        let ooo = self.ooo();
+        ooo.binary_search_by_key(&t, |s| s.0)
+            .ok()
+            .map(|i| ooo[i].1.to_bits())
+    }
+
+    pub(crate) fn append(&mut self, t: i64, v: f64, chunks: &HeadChunks) -> AppendOutcome {
         let outcome = self.check(t, v);
         if outcome == AppendOutcome::OutOfOrder {
-            match self.ooo.binary_search_by_key(&t, |s| s.0) {
-                Ok(i) => self.ooo[i].1 = v,
-                Err(i) => self.ooo.insert(i, (t, v)),
+            let ooo = self.ooo.get_or_insert_with(Box::default);
+            match ooo.binary_search_by_key(&t, |s| s.0) {
+                Ok(i) => ooo[i].1 = v,
+                Err(i) => ooo.insert(i, (t, v)),
             }
         }
         if outcome == AppendOutcome::Appended {
-            self.push_in_order(t, v);
+            self.push_in_order(t, v, chunks);
             self.last_t = t;
             self.last_v = v.to_bits();
         }
         outcome
     }
 
-    fn push_in_order(&mut self, t: i64, v: f64) {
+    fn push_in_order(&mut self, t: i64, v: f64, chunks: &HeadChunks) {
         if self.open.len() >= SAMPLES_PER_CHUNK {
-            let full = std::mem::take(&mut self.open);
-            let (min_t, max_t) = (full.min_time(), full.max_time());
-            let (bytes, count) = full.into_encoded();
-            self.closed.push(Arc::new(ClosedChunk {
-                bytes,
-                count,
-                min_t,
-                max_t,
-            }));
+            // One more chunk every half hour or so: grow exactly, no slack.
+            self.closed.reserve_exact(1);
+            self.closed.push(chunks.persist(&self.open));
+            self.open.reset();
         }
         self.open.append(t, v);
     }
 
     /// The out-of-order samples in `[mint, maxt]`.
     fn ooo_in(&self, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
-        let from = self.ooo.partition_point(|s| s.0 < mint);
-        let to = self.ooo.partition_point(|s| s.0 <= maxt);
-        self.ooo.get(from..to).unwrap_or(&[]).to_vec()
+        let ooo = self.ooo();
+        let from = ooo.partition_point(|s| s.0 < mint);
+        let to = ooo.partition_point(|s| s.0 <= maxt);
+        ooo.get(from..to).unwrap_or(&[]).to_vec()
     }
 
     /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
-    fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<Arc<ClosedChunk>> {
-        let mut out: Vec<Arc<ClosedChunk>> = self
+    fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<ChunkView> {
+        let mut out: Vec<ChunkView> = self
             .closed
             .iter()
-            .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-            .cloned()
+            .filter(|c| c.max_t() >= mint && c.min_t() <= maxt)
+            .map(HeadChunk::view)
             .collect();
         if self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt {
-            out.push(Arc::new(ClosedChunk {
+            out.push(ChunkView::Head(Arc::new(ClosedChunk {
                 bytes: self.open.bytes().into(),
                 count: self.open.len() as u16,
                 min_t: self.open.min_time(),
                 max_t: self.open.max_time(),
-            }));
+            })));
         }
         out
     }
@@ -178,20 +202,21 @@ impl SeriesData {
             out.extend(c.iter());
         }
         out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
-        if !self.ooo.is_empty() {
-            out = merge_newest_wins(&out, &self.ooo);
+        if !self.ooo().is_empty() {
+            out = merge_newest_wins(&out, self.ooo());
         }
         out
     }
 
     /// Keeps only the samples at or after `t`, re-encoded; the last sample seen is
     /// remembered, so a resend of it is still recognised.
-    fn truncate_before(&mut self, t: i64) {
-        let in_order_first = self
-            .closed
-            .first()
-            .map_or(self.open.min_time(), |c| c.min_t);
-        if self.open.len() > 0 && in_order_first < t {
+    fn truncate_before(&mut self, t: i64, chunks: &HeadChunks) {
+        // Whole chunks older than `t` go; when a chunk straddles `t` (or the open chunk
+        // does), the series' chunks are written anew from `t` on.
+        self.closed.retain(|c| c.max_t() >= t);
+        let straddles = self.closed.first().is_some_and(|c| c.min_t() < t)
+            || (self.closed.is_empty() && self.open.len() > 0 && self.open.min_time() < t);
+        if straddles {
             let keep: Vec<(i64, f64)> = self
                 .in_order_samples()
                 .into_iter()
@@ -200,23 +225,20 @@ impl SeriesData {
             self.closed.clear();
             self.open = XorChunk::new();
             for (t, v) in keep {
-                self.push_in_order(t, v);
+                self.push_in_order(t, v, chunks);
             }
         }
-        self.ooo.retain(|s| s.0 >= t);
-        if self.ooo.capacity() > 2 * self.ooo.len() + 16 {
-            self.ooo.shrink_to_fit();
-        }
+        self.retain_ooo(|s| s.0 >= t);
     }
 
     /// Removes the samples in `[mint, maxt]`; returns how many went.
-    pub(crate) fn delete_range(&mut self, mint: i64, maxt: i64) -> usize {
+    pub(crate) fn delete_range(&mut self, mint: i64, maxt: i64, chunks: &HeadChunks) -> usize {
         let before = self.sample_count();
         let in_range = |t: i64| t >= mint && t <= maxt;
         let chunks_hit = self
             .closed
             .iter()
-            .any(|c| c.max_t >= mint && c.min_t <= maxt)
+            .any(|c| c.max_t() >= mint && c.min_t() <= maxt)
             || (self.open.len() > 0
                 && self.open.max_time() >= mint
                 && self.open.min_time() <= maxt);
@@ -229,10 +251,10 @@ impl SeriesData {
             self.closed.clear();
             self.open = XorChunk::new();
             for (t, v) in keep {
-                self.push_in_order(t, v);
+                self.push_in_order(t, v, chunks);
             }
         }
-        self.ooo.retain(|s| !in_range(s.0));
+        self.retain_ooo(|s| !in_range(s.0));
         before - self.sample_count()
     }
 
@@ -247,17 +269,17 @@ impl SeriesData {
 
     fn first_time(&self) -> Option<i64> {
         let chunks = match self.closed.first() {
-            Some(c) => Some(c.min_t),
+            Some(c) => Some(c.min_t()),
             None => (self.open.len() > 0).then(|| self.open.min_time()),
         };
-        match (chunks, self.ooo.first()) {
+        match (chunks, self.ooo().first()) {
             (Some(a), Some(b)) => Some(a.min(b.0)),
             (a, b) => a.or(b.map(|s| s.0)),
         }
     }
 
     fn sample_count(&self) -> usize {
-        self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len() + self.ooo.len()
+        self.closed.iter().map(|c| c.len()).sum::<usize>() + self.open.len() + self.ooo().len()
     }
 
     fn chunk_bytes(&self) -> usize {
@@ -303,7 +325,25 @@ pub(crate) type SeriesContents = (SeriesRef, Labels, Vec<(i64, f64)>);
 
 /// A selected series: its labels, a snapshot of its chunks in range, and its
 /// out-of-order samples in range.
-pub(crate) type SelectedSeries = (Labels, Vec<Arc<ClosedChunk>>, Vec<(i64, f64)>);
+pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>);
+
+/// What a batch of appends stored: published to the head's atomics once per batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch {
+    pub(crate) samples: u64,
+    pub(crate) min_t: i64,
+    pub(crate) max_t: i64,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            samples: 0,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+        }
+    }
+}
 
 /// Samples, encoded bytes and chunks held by the head.
 #[derive(Debug, Default, Clone, Copy)]
@@ -320,9 +360,32 @@ pub(crate) struct HeadCounters {
     pub(crate) samples_dropped: AtomicU64,
 }
 
-/// Series of one shard by label hash; a bucket holds more than one series only on a
-/// hash collision.
-type SeriesByHash = HashMap<u64, Vec<Arc<MemSeries>>>;
+/// The series with one label hash: one, but for a hash collision.
+#[derive(Debug)]
+enum Bucket {
+    One(Arc<MemSeries>),
+    Many(Vec<Arc<MemSeries>>),
+}
+
+impl Bucket {
+    fn find(&self, is_it: impl Fn(&Labels) -> bool) -> Option<&Arc<MemSeries>> {
+        match self {
+            Bucket::One(s) => is_it(&s.labels).then_some(s),
+            Bucket::Many(v) => v.iter().find(|s| is_it(&s.labels)),
+        }
+    }
+
+    fn push(&mut self, s: Arc<MemSeries>) {
+        match self {
+            Bucket::One(first) => *self = Bucket::Many(vec![Arc::clone(first), s]),
+            Bucket::Many(v) => v.push(s),
+        }
+    }
+}
+
+/// Series of one shard by label hash (no allocation besides the map's for a bucket of
+/// one, which nearly every bucket is).
+type SeriesByHash = HashMap<u64, Bucket>;
 
 pub(crate) struct Head {
     shards: Box<[Mutex<SeriesByHash>]>,
@@ -333,6 +396,8 @@ pub(crate) struct Head {
     num_series: AtomicU64,
     min_t: AtomicI64,
     max_t: AtomicI64,
+    /// Where full chunks go.
+    pub(crate) chunks: HeadChunks,
     /// Samples older than this are in blocks (older samples that still arrive are kept
     /// out of order and cut into blocks of their own).
     pub(crate) min_valid: AtomicI64,
@@ -340,8 +405,9 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(chunks: HeadChunks) -> Self {
         Self {
+            chunks,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             symbols: Mutex::new(HashSet::new()),
             series: RwLock::new(Vec::new()),
@@ -375,8 +441,7 @@ impl Head {
         sref: Option<SeriesRef>,
     ) -> Arc<MemSeries> {
         let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
-        let bucket = shard.entry(hash).or_default();
-        if let Some(s) = bucket.iter().find(|s| is_it(&s.labels)) {
+        if let Some(s) = shard.get(&hash).and_then(|b| b.find(&is_it)) {
             let s = Arc::clone(s);
             drop(shard);
             if let Some(r) = sref {
@@ -416,7 +481,12 @@ impl Head {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .add(r, &s.labels);
-        bucket.push(Arc::clone(&s));
+        match shard.get_mut(&hash) {
+            Some(b) => b.push(Arc::clone(&s)),
+            None => {
+                shard.insert(hash, Bucket::One(Arc::clone(&s)));
+            }
+        }
         self.num_series.fetch_add(1, Ordering::Relaxed);
         s
     }
@@ -435,18 +505,36 @@ impl Head {
         table.get(r.0 as usize).and_then(|s| s.clone())
     }
 
-    /// Appends under the series lock.
-    pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64) {
-        match data.append(t, v) {
+    /// Appends under the series lock, noting what it stored in `batch`; the head's
+    /// counters and time range are updated once per batch by [`Head::apply_batch`].
+    pub(crate) fn append_locked(&self, data: &mut SeriesData, t: i64, v: f64, batch: &mut Batch) {
+        match data.append(t, v, &self.chunks) {
             AppendOutcome::Appended | AppendOutcome::OutOfOrder => {
-                self.counters
-                    .samples_appended
-                    .fetch_add(1, Ordering::Relaxed);
-                self.min_t.fetch_min(t, Ordering::Relaxed);
-                self.max_t.fetch_max(t, Ordering::Relaxed);
+                batch.samples += 1;
+                batch.min_t = batch.min_t.min(t);
+                batch.max_t = batch.max_t.max(t);
             }
             AppendOutcome::Duplicate => {}
         }
+    }
+
+    /// Publishes what a batch of appends stored.
+    pub(crate) fn apply_batch(&self, batch: &Batch) {
+        if batch.samples == 0 {
+            return;
+        }
+        self.counters
+            .samples_appended
+            .fetch_add(batch.samples, Ordering::Relaxed);
+        self.min_t.fetch_min(batch.min_t, Ordering::Relaxed);
+        self.max_t.fetch_max(batch.max_t, Ordering::Relaxed);
+    }
+
+    /// Runs `f` with the series table read-locked: lookups by reference without
+    /// reference-count traffic, for replay.
+    pub(crate) fn with_table<T>(&self, f: impl FnOnce(&[Option<Arc<MemSeries>>]) -> T) -> T {
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        f(&table)
     }
 
     /// The distinct series matching `matchers`.
@@ -464,9 +552,17 @@ impl Head {
             .collect()
     }
 
+    pub(crate) fn postings_count(&self, matchers: &[Matcher]) -> u64 {
+        self.postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select(matchers)
+            .len()
+    }
+
     /// Removes the samples in `[mint, maxt]` of one series.
     pub(crate) fn delete_range(&self, s: &MemSeries, mint: i64, maxt: i64) {
-        lock(&s.data).delete_range(mint, maxt);
+        lock(&s.data).delete_range(mint, maxt, &self.chunks);
     }
 
     /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
@@ -507,11 +603,12 @@ impl Head {
         let mut min = i64::MAX;
         for s in self.all_series() {
             let mut d = lock(&s.data);
-            d.truncate_before(t);
+            d.truncate_before(t, &self.chunks);
             if let Some(f) = d.first_time() {
                 min = min.min(f);
             }
         }
+        self.chunks.truncate_before(t);
         self.min_t.store(min, Ordering::Relaxed);
         if min == i64::MAX {
             self.max_t.store(i64::MIN, Ordering::Relaxed);
@@ -620,13 +717,17 @@ mod tests {
 
     #[test]
     fn postings_select_all_matcher_kinds() -> Result<(), crate::Error> {
-        let head = Head::new();
+        let head = Head::new(HeadChunks::in_memory());
         for (i, job) in ["api", "web", "db"].iter().enumerate() {
             let s = head.get_or_create(&ls(&[("__name__", "up"), ("job", job)]), None);
-            head.append_locked(&mut lock(&s.data), i as i64, 1.0);
+            let mut b = Batch::default();
+            head.append_locked(&mut lock(&s.data), i as i64, 1.0, &mut b);
+            head.apply_batch(&b);
         }
         let s = head.get_or_create(&ls(&[("__name__", "up")]), None);
-        head.append_locked(&mut lock(&s.data), 10, 1.0);
+        let mut b = Batch::default();
+        head.append_locked(&mut lock(&s.data), 10, 1.0, &mut b);
+        head.apply_batch(&b);
         let jobs = |ms: &[Matcher]| -> Vec<Option<String>> {
             head.select(ms, i64::MIN, i64::MAX)
                 .into_iter()
@@ -657,10 +758,12 @@ mod tests {
 
     #[test]
     fn chunks_are_cut_and_read_across() {
-        let head = Head::new();
+        let head = Head::new(HeadChunks::in_memory());
         let s = head.get_or_create(&ls(&[("__name__", "x")]), None);
         for i in 0..1000 {
-            head.append_locked(&mut lock(&s.data), i * 15_000, i as f64);
+            let mut b = Batch::default();
+            head.append_locked(&mut lock(&s.data), i * 15_000, i as f64, &mut b);
+            head.apply_batch(&b);
         }
         let sel = head.select(
             &[Matcher::equal("__name__", "x")],
@@ -679,24 +782,38 @@ mod tests {
 
     #[test]
     fn duplicates_and_out_of_order() {
+        let hc = HeadChunks::in_memory();
         let mut d = SeriesData::new();
-        assert_eq!(d.append(10, 1.0), AppendOutcome::Appended);
-        assert_eq!(d.append(10, 1.0), AppendOutcome::Duplicate);
-        assert_eq!(d.append(20, 3.0), AppendOutcome::Appended);
+        assert_eq!(d.append(10, 1.0, &hc), AppendOutcome::Appended);
+        assert_eq!(d.append(10, 1.0, &hc), AppendOutcome::Duplicate);
+        assert_eq!(d.append(20, 3.0, &hc), AppendOutcome::Appended);
         // A new value for an existing timestamp wins; so does an older sample.
-        assert_eq!(d.append(10, 2.0), AppendOutcome::OutOfOrder);
-        assert_eq!(d.append(5, 4.0), AppendOutcome::OutOfOrder);
-        assert_eq!(d.append(5, 4.0), AppendOutcome::Duplicate);
+        assert_eq!(d.append(10, 2.0, &hc), AppendOutcome::OutOfOrder);
+        assert_eq!(d.append(5, 4.0, &hc), AppendOutcome::OutOfOrder);
+        assert_eq!(d.append(5, 4.0, &hc), AppendOutcome::Duplicate);
         assert_eq!(d.samples(), vec![(5, 4.0), (10, 2.0), (20, 3.0)]);
         // Writing the first value again is a write too: the last one wins.
-        assert_eq!(d.append(10, 1.0), AppendOutcome::OutOfOrder);
+        assert_eq!(d.append(10, 1.0, &hc), AppendOutcome::OutOfOrder);
         assert_eq!(d.samples(), vec![(5, 4.0), (10, 1.0), (20, 3.0)]);
         assert_eq!(d.first_time(), Some(5));
-        d.truncate_before(10);
+        d.truncate_before(10, &hc);
         assert_eq!(d.samples(), vec![(10, 1.0), (20, 3.0)]);
-        d.truncate_before(21);
+        d.truncate_before(21, &hc);
         assert!(d.samples().is_empty());
-        assert_eq!(d.append(20, 3.0), AppendOutcome::Duplicate);
+        assert_eq!(d.append(20, 3.0, &hc), AppendOutcome::Duplicate);
+    }
+
+    #[test]
+    fn series_with_colliding_hashes_stay_apart() {
+        let head = Head::new(HeadChunks::in_memory());
+        let (a, b, c) = (ls(&[("x", "a")]), ls(&[("x", "b")]), ls(&[("x", "c")]));
+        let sa = head.get_or_create_with(42, |l| *l == a, || a.clone(), None);
+        let sb = head.get_or_create_with(42, |l| *l == b, || b.clone(), None);
+        let sc = head.get_or_create_with(42, |l| *l == c, || c.clone(), None);
+        assert!(sa.sref != sb.sref && sb.sref != sc.sref);
+        let again = head.get_or_create_with(42, |l| *l == b, || b.clone(), None);
+        assert_eq!(again.sref, sb.sref);
+        assert_eq!(head.num_series(), 3);
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod db;
 mod dense;
 mod error;
 mod head;
+mod head_chunks;
 mod labels;
 mod matcher;
 mod postings;

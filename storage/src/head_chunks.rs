@@ -1,0 +1,343 @@
+//! Head chunk files: a head chunk that is full leaves the heap for a file under
+//! `<data-dir>/chunks_head/` and is read back through a memory map, so that an active
+//! series keeps only its open chunk (and a small reference per full one) in memory.
+//!
+//! ```text
+//!  XorChunk full ──pwrite──> chunks_head/00000003 (pre-sized, sparse, mapped read-only)
+//!                  series keeps HeadChunk::Mapped { map, start, len, count, min_t, max_t }
+//! ```
+//!
+//! The files are a cache of what the WAL holds: they are never synced, and they are
+//! removed at start, when the WAL replay writes them anew. A segment goes once every
+//! chunk in it is older than what the head keeps. If a write fails (a full disk), the
+//! chunk stays on the heap and the failure is logged once.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use memmap2::Mmap;
+
+use crate::block::{ChunkMeta, ChunkView};
+use crate::chunk::{XorChunk, XorIter};
+use crate::head::{lock, ClosedChunk};
+use crate::Error;
+
+const MAGIC: &[u8; 8] = b"STRHCK01";
+/// Size of a segment file (sparse: only what is written takes disk space).
+const SEGMENT_SIZE: u64 = 64 << 20;
+/// `len u32 | count u16 | crc32c u32` before each chunk's bytes.
+const RECORD_HEADER: u64 = 10;
+
+/// A full head chunk: on the heap, or in a head chunk file.
+#[derive(Debug, Clone)]
+pub(crate) enum HeadChunk {
+    Mem(Arc<ClosedChunk>),
+    /// 32 bytes with the tag: a series holds one per half hour or so of samples.
+    Mapped {
+        map: Arc<Mmap>,
+        min_t: i64,
+        start: u32,
+        /// `max_t - min_t`, or `u32::MAX` when larger (then read as unbounded).
+        span: u32,
+        len: u16,
+        count: u16,
+    },
+}
+
+impl HeadChunk {
+    pub(crate) fn iter(&self) -> XorIter<'_> {
+        match self {
+            HeadChunk::Mem(c) => c.iter(),
+            HeadChunk::Mapped {
+                map,
+                start,
+                len,
+                count,
+                ..
+            } => {
+                let (s, l) = (*start as usize, usize::from(*len));
+                XorIter::new(map.get(s..s + l).unwrap_or(&[]), *count)
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            HeadChunk::Mem(c) => c.len(),
+            HeadChunk::Mapped { count, .. } => usize::from(*count),
+        }
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            HeadChunk::Mem(c) => c.encoded_len(),
+            HeadChunk::Mapped { len, .. } => usize::from(*len),
+        }
+    }
+
+    pub(crate) fn min_t(&self) -> i64 {
+        match self {
+            HeadChunk::Mem(c) => c.min_t,
+            HeadChunk::Mapped { min_t, .. } => *min_t,
+        }
+    }
+
+    pub(crate) fn max_t(&self) -> i64 {
+        match self {
+            HeadChunk::Mem(c) => c.max_t,
+            HeadChunk::Mapped { min_t, span, .. } => match *span {
+                u32::MAX => i64::MAX,
+                d => min_t.saturating_add(i64::from(d)),
+            },
+        }
+    }
+
+    /// How a query reads it.
+    pub(crate) fn view(&self) -> ChunkView {
+        match self {
+            HeadChunk::Mem(c) => ChunkView::Head(Arc::clone(c)),
+            HeadChunk::Mapped {
+                map,
+                start,
+                len,
+                count,
+                min_t,
+                ..
+            } => ChunkView::Mapped {
+                file: Arc::clone(map),
+                chunk: ChunkMeta::xor(
+                    *start as usize,
+                    usize::from(*len),
+                    *count,
+                    *min_t,
+                    self.max_t(),
+                ),
+            },
+        }
+    }
+}
+
+struct Segment {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    /// Newest sample of any chunk written to it.
+    max_t: i64,
+    /// Bytes written.
+    used: u64,
+}
+
+struct Writer {
+    next_index: u64,
+    /// Live segments, oldest first; the last one is written to.
+    segments: Vec<Segment>,
+    file: Option<File>,
+}
+
+/// The head chunk files of a store (or, without a directory, none: chunks stay on the
+/// heap).
+pub(crate) struct HeadChunks {
+    dir: Option<PathBuf>,
+    writer: Mutex<Writer>,
+    failed: AtomicBool,
+}
+
+impl HeadChunks {
+    /// Head chunk files in `dir`; files left by an earlier run are removed.
+    pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(Self {
+            dir: Some(dir.to_owned()),
+            writer: Mutex::new(Writer {
+                next_index: 0,
+                segments: Vec::new(),
+                file: None,
+            }),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// No files: full chunks stay on the heap.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Self {
+        Self {
+            dir: None,
+            writer: Mutex::new(Writer {
+                next_index: 0,
+                segments: Vec::new(),
+                file: None,
+            }),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Copies a full chunk out of the heap (the caller reuses the chunk's buffer).
+    pub(crate) fn persist(&self, full: &XorChunk) -> HeadChunk {
+        let (min_t, max_t) = (full.min_time(), full.max_time());
+        let (bytes, count) = (full.bytes(), full.len() as u16);
+        let in_memory = |bytes: &[u8]| {
+            HeadChunk::Mem(Arc::new(ClosedChunk::new(
+                bytes.into(),
+                count,
+                min_t,
+                max_t,
+            )))
+        };
+        let Some(dir) = &self.dir else {
+            return in_memory(bytes);
+        };
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return in_memory(bytes);
+        };
+        if self.failed.load(Ordering::Relaxed) {
+            return in_memory(bytes);
+        }
+        match self.write(dir, bytes, count, max_t) {
+            Ok((map, start)) => HeadChunk::Mapped {
+                map,
+                min_t,
+                start,
+                span: u32::try_from(max_t.saturating_sub(min_t)).unwrap_or(u32::MAX),
+                len,
+                count,
+            },
+            Err(e) => {
+                if !self.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "writing a head chunk file failed; full chunks stay in memory from now on");
+                }
+                in_memory(bytes)
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        dir: &Path,
+        bytes: &[u8],
+        count: u16,
+        max_t: i64,
+    ) -> Result<(Arc<Mmap>, u32), Error> {
+        let mut w = lock(&self.writer);
+        let need = RECORD_HEADER + bytes.len() as u64;
+        let full = w
+            .segments
+            .last()
+            .is_none_or(|s| s.used + need > SEGMENT_SIZE);
+        if full || w.file.is_none() {
+            self.rotate(&mut w, dir)?;
+        }
+        let Writer { segments, file, .. } = &mut *w;
+        let (Some(seg), Some(file)) = (segments.last_mut(), file.as_ref()) else {
+            return Err(Error::Corrupt("no head chunk segment".into()));
+        };
+        let mut record = Vec::with_capacity(need as usize);
+        record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        record.extend_from_slice(&count.to_le_bytes());
+        record.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        record.extend_from_slice(bytes);
+        file.write_all_at(&record, seg.used)
+            .map_err(|e| Error::io(&seg.path, e))?;
+        let start = (seg.used + RECORD_HEADER) as u32;
+        seg.used += need;
+        seg.max_t = seg.max_t.max(max_t);
+        Ok((Arc::clone(&seg.map), start))
+    }
+
+    fn rotate(&self, w: &mut Writer, dir: &Path) -> Result<(), Error> {
+        let path = dir.join(format!("{:08}", w.next_index));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.set_len(SEGMENT_SIZE)
+            .map_err(|e| Error::io(&path, e))?;
+        file.write_all_at(MAGIC, 0)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the file is private to this process. Bytes are only ever appended past
+        // what has been handed out, with pwrite, and a handed-out range is never written
+        // again; readers only look at ranges handed out, so no byte they read changes.
+        // The file keeps its length while mapped (unlinking does not affect the map).
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        w.next_index += 1;
+        w.segments.push(Segment {
+            path,
+            map: Arc::new(map),
+            max_t: i64::MIN,
+            used: MAGIC.len() as u64,
+        });
+        w.file = Some(file);
+        Ok(())
+    }
+
+    /// Removes the segments, other than the one written to, whose every chunk is older
+    /// than `t` (the head has dropped them all).
+    pub(crate) fn truncate_before(&self, t: i64) {
+        let mut w = lock(&self.writer);
+        let n = w.segments.len();
+        let mut keep = Vec::with_capacity(n);
+        for (i, s) in std::mem::take(&mut w.segments).into_iter().enumerate() {
+            if i + 1 < n && s.max_t < t {
+                if let Err(e) = fs::remove_file(&s.path) {
+                    tracing::warn!(file = %s.path.display(), error = %e, "removing a head chunk file failed");
+                }
+            } else {
+                keep.push(s);
+            }
+        }
+        w.segments = keep;
+    }
+
+    /// Bytes written to live segments.
+    pub(crate) fn disk_size(&self) -> u64 {
+        lock(&self.writer).segments.iter().map(|s| s.used).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_through_files_and_old_segments_go() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path().join("chunks_head");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        fs::write(dir.join("00000000"), b"left over").map_err(|e| Error::io(&dir, e))?;
+        let hc = HeadChunks::open(&dir)?;
+        assert!(
+            !dir.join("00000000").exists(),
+            "files of an earlier run are removed"
+        );
+        let mut chunks = Vec::new();
+        for k in 0..3 {
+            let mut c = XorChunk::new();
+            for i in 0..120 {
+                c.append(k * 1000 + i, (k * 1000 + i) as f64 / 4.0);
+            }
+            chunks.push(hc.persist(&c));
+        }
+        for (k, c) in chunks.iter().enumerate() {
+            assert!(matches!(c, HeadChunk::Mapped { .. }));
+            let k = k as i64;
+            let got: Vec<(i64, f64)> = c.iter().collect();
+            assert_eq!(got.len(), 120);
+            assert_eq!(got[7], (k * 1000 + 7, (k * 1000 + 7) as f64 / 4.0));
+            assert_eq!((c.min_t(), c.max_t()), (k * 1000, k * 1000 + 119));
+        }
+        assert!(hc.disk_size() > 3 * 120);
+        // Only the segment being written exists; it is never removed.
+        hc.truncate_before(i64::MAX);
+        assert!(dir.join("00000000").exists());
+        let mem = HeadChunks::in_memory().persist(&XorChunk::new());
+        assert!(matches!(mem, HeadChunk::Mem(_)));
+        Ok(())
+    }
+}
