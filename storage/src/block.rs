@@ -356,9 +356,11 @@ pub(crate) fn write_block(
         f.sync_all().map_err(|e| Error::io(&path, e))?;
     }
     sync_dir(&tmp)?;
+    crate::fault::point("block-written");
     let dir = blocks_dir.join(&name);
     fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     sync_dir(blocks_dir)?;
+    crate::fault::point("block-renamed");
     Ok(dir)
 }
 

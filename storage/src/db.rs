@@ -438,6 +438,7 @@ impl Db {
         }
         for b in group {
             remove_block(&blocks_dir, &b.meta)?;
+            crate::fault::point("merge-input-removed");
         }
         tracing::info!(
             min_time = min,

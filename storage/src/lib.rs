@@ -31,6 +31,7 @@ mod chunk;
 mod db;
 mod dense;
 mod error;
+mod fault;
 mod head;
 mod head_chunks;
 mod labels;

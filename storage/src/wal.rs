@@ -384,6 +384,7 @@ impl WalWriter {
             self.write(&[], part)?;
         }
         self.sync()?;
+        crate::fault::point("checkpoint-written");
         for old in list_segments(&self.dir)?.into_iter().filter(|&i| i < first) {
             let p = segment_path(&self.dir, old);
             fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;

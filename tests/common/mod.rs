@@ -26,6 +26,11 @@ pub fn free_port() -> u16 {
 
 impl Strata {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Strata {
+        Self::start_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Strata::start`], with extra environment variables.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Strata {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log_path = data_dir.join("strata-test.log");
@@ -39,6 +44,7 @@ impl Strata {
             // Tests that want the host collectors pass their own interval after this.
             .args(["--collect.interval", "0s"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -62,6 +68,14 @@ impl Strata {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the process has ended (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(
+            self.child.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_))) | None
+        )
     }
 
     pub fn pid(&self) -> u32 {

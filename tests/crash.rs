@@ -1,0 +1,158 @@
+//! Crashes at the riskiest steps of a block cut, a WAL checkpoint and a merge (test-only
+//! fault points: `STRATA_FAULT` makes strata abort there, as `kill -9` would stop it).
+//! After a restart every acknowledged sample is back, once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{request, vector_map, write_body, Strata, Ts};
+
+const BASE: i64 = 1_700_000_000_000;
+const MINUTES: i64 = 14;
+
+/// One request per minute of one-per-second samples; returns the samples acknowledged
+/// before the process went away.
+fn write_until_crash(strata: &mut Strata) -> Vec<(i64, f64)> {
+    let mut acked = Vec::new();
+    for minute in 0..MINUTES {
+        let samples: Vec<(i64, f64)> = (0..60)
+            .map(|s| {
+                let i = minute * 60 + s;
+                (BASE + i * 1000, i as f64)
+            })
+            .collect();
+        let body = write_body(&[Ts {
+            labels: vec![("__name__", "seq"), ("writer", "crash")],
+            samples: samples.clone(),
+        }]);
+        let sent = request(
+            strata.addr,
+            "POST",
+            "/api/v1/write",
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "snappy"),
+            ],
+            &body,
+        );
+        match sent {
+            Ok(r) if r.status == 204 => acked.extend(samples),
+            _ => break,
+        }
+        // Give the background cut a moment, as a real sender's pacing would.
+        std::thread::sleep(Duration::from_millis(30));
+        if strata.has_exited() {
+            break;
+        }
+    }
+    acked
+}
+
+/// Samples in blocks, from their `meta.json` files, and whether any two blocks overlap.
+fn blocks(dir: &std::path::Path) -> (u64, bool) {
+    let mut ranges = Vec::new();
+    let mut samples = 0;
+    for e in std::fs::read_dir(dir.join("blocks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.starts_with("corrupt") {
+            continue;
+        }
+        let Ok(b) = std::fs::read(e.path().join("meta.json")) else {
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        samples += m["numSamples"].as_u64().unwrap();
+        ranges.push((
+            m["minTime"].as_i64().unwrap(),
+            m["maxTime"].as_i64().unwrap(),
+        ));
+    }
+    ranges.sort();
+    let overlap = ranges.windows(2).any(|w| w[1].0 < w[0].1);
+    (samples, overlap)
+}
+
+fn check(strata: &Strata, acked: &[(i64, f64)]) {
+    let last = acked.last().unwrap().0;
+    let t = format!("{}", last as f64 / 1000.0);
+    let window = format!("{}s", (last - BASE) / 1000 + 1);
+    let sel = format!("seq{{writer=\"crash\"}}[{window}]");
+    let count = vector_map(&strata.query(&format!("count_over_time({sel})"), &t));
+    let sum = vector_map(&strata.query(&format!("sum_over_time({sel})"), &t));
+    assert_eq!(count["writer=crash"], acked.len().to_string());
+    let want: f64 = acked.iter().map(|s| s.1).sum();
+    assert_eq!(sum["writer=crash"], want.to_string());
+}
+
+fn crash_at(point: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--storage.block-range", "1m"];
+    let mut strata = Strata::start_env(dir.path(), &args, &[("STRATA_FAULT", point)]);
+    let acked = write_until_crash(&mut strata);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !strata.has_exited() {
+        assert!(
+            Instant::now() < deadline,
+            "{point}: the fault point was never reached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(acked.len() >= 60, "{point}: nothing was acknowledged");
+    let log = std::fs::read_to_string(dir.path().join("strata-test.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("point=\"{point}\"")),
+        "{point}: strata ended without reaching the point:\n{log}"
+    );
+
+    let strata = Strata::start(dir.path(), &args);
+    check(&strata, &acked);
+    // Maintenance after the restart settles the blocks: no overlap, no sample twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (in_blocks, overlap) = blocks(dir.path());
+        assert!(
+            in_blocks <= acked.len() as u64,
+            "{point}: {in_blocks} samples in blocks for {} acknowledged",
+            acked.len()
+        );
+        if !overlap {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{point}: overlapping blocks stay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check(&strata, &acked);
+    strata.kill9();
+    let strata = Strata::start(dir.path(), &args);
+    check(&strata, &acked);
+}
+
+#[test]
+fn crash_with_a_block_written_but_not_renamed() {
+    crash_at("block-written");
+}
+
+#[test]
+fn crash_with_a_block_in_place_before_the_head_is_truncated() {
+    crash_at("block-renamed");
+}
+
+#[test]
+fn crash_with_a_checkpoint_written_before_old_segments_go() {
+    crash_at("checkpoint-written");
+}
+
+#[test]
+fn crash_in_the_middle_of_removing_merged_blocks() {
+    crash_at("merge-input-removed");
+}
