@@ -1138,33 +1138,99 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
-/// Replays the WAL into `head`: one thread reads and decodes records while this one
-/// applies them, in log order.
+/// Samples gathered before they are sorted by series and applied: applying a series'
+/// samples together touches its chunk once rather than once per sample.
+const REPLAY_BATCH: usize = 4 << 20;
+
+/// Replays the WAL into `head`. This thread reads and decodes records, creates series
+/// and gathers samples into batches sorted by series (stably: each series keeps its log
+/// order); another thread applies the batches and deletions, in log order.
 fn replay_wal(wal_dir: &Path, head: &Head) -> Result<(ReplayReport, u64), Error> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(8);
+    type Samples = Vec<(SeriesRef, i64, f64)>;
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            wal::replay(wal_dir, |rec| {
-                // The applier only stops early by panicking; nothing to do then.
-                let _ = tx.send(rec);
-            })
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(1);
+        // Applied batches come back, emptied, to be filled again: no fresh pages to fault
+        // in for every batch.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Samples>();
+        let applier = scope.spawn(move || {
+            for rec in rx {
+                apply_record(head, &rec, |_| true);
+                if let Record::Samples(mut v) = rec {
+                    v.clear();
+                    let _ = back_tx.send(v);
+                }
+            }
         });
-        for rec in rx {
-            apply_record(head, rec);
+        let mut pending: Samples = Vec::new();
+        let mut counts: Vec<usize> = Vec::new();
+        let mut flush = |pending: &mut Samples| {
+            if !pending.is_empty() {
+                let mut sorted = back_rx.try_recv().unwrap_or_default();
+                sort_by_series(pending, &mut sorted, &mut counts);
+                pending.clear();
+                // The applier only stops early by panicking; nothing to do then.
+                let _ = tx.send(Record::Samples(sorted));
+            }
+        };
+        let replayed = wal::replay(wal_dir, |rec| match rec {
+            // Series here and at once: every batch sent later may use them.
+            Record::Series(list) => {
+                for (r, labels) in list {
+                    head.get_or_create(&labels, Some(r));
+                }
+            }
+            Record::Samples(list) => {
+                if pending.capacity() == 0 {
+                    pending.reserve(REPLAY_BATCH + list.len());
+                }
+                pending.extend_from_slice(&list);
+                if pending.len() >= REPLAY_BATCH {
+                    flush(&mut pending);
+                }
+            }
+            Record::Deletes(list) => {
+                flush(&mut pending);
+                let _ = tx.send(Record::Deletes(list));
+            }
+        });
+        flush(&mut pending);
+        drop(tx);
+        if applier.join().is_err() {
+            return Err(Error::Corrupt("the WAL replay thread panicked".into()));
         }
-        reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Corrupt("the WAL reader thread panicked".into())))
+        replayed
     })
 }
 
-fn apply_record(head: &Head, rec: Record) {
+/// Counting sort of `src` into `dst` by series reference, keeping the order of each
+/// series' samples: linear, where a comparison sort of a batch costs several passes.
+fn sort_by_series(
+    src: &[(SeriesRef, i64, f64)],
+    dst: &mut Vec<(SeriesRef, i64, f64)>,
+    counts: &mut Vec<usize>,
+) {
+    let max = src.iter().map(|s| s.0 .0 as usize).max().unwrap_or(0);
+    counts.clear();
+    counts.resize(max + 2, 0);
+    for s in src {
+        counts[s.0 .0 as usize + 1] += 1;
+    }
+    for i in 1..counts.len() {
+        counts[i] += counts[i - 1];
+    }
+    dst.clear();
+    dst.resize(src.len(), (SeriesRef(0), 0, 0.0));
+    for &s in src {
+        let at = &mut counts[s.0 .0 as usize];
+        dst[*at] = s;
+        *at += 1;
+    }
+}
+
+/// Applies the samples and deletions of `rec` for the series `mine` accepts.
+fn apply_record(head: &Head, rec: &Record, mine: impl Fn(SeriesRef) -> bool) {
     match rec {
-        Record::Series(list) => {
-            for (r, labels) in list {
-                head.get_or_create(&labels, Some(r));
-            }
-        }
+        Record::Series(_) => {}
         Record::Samples(list) => {
             let mut batch = Batch::default();
             let mut dropped = 0u64;
@@ -1173,19 +1239,18 @@ fn apply_record(head: &Head, rec: Record) {
                 while i < list.len() {
                     let r = list[i].0;
                     let mut j = i;
-                    match table.get(r.0 as usize).and_then(Option::as_ref) {
-                        Some(s) => {
-                            let mut data = lock(&s.data);
-                            while j < list.len() && list[j].0 == r {
-                                head.append_locked(&mut data, list[j].1, list[j].2, &mut batch);
-                                j += 1;
+                    while j < list.len() && list[j].0 == r {
+                        j += 1;
+                    }
+                    if mine(r) {
+                        match table.get(r.0 as usize).and_then(Option::as_ref) {
+                            Some(s) => {
+                                let mut data = lock(&s.data);
+                                for &(_, t, v) in &list[i..j] {
+                                    head.append_locked(&mut data, t, v, &mut batch);
+                                }
                             }
-                        }
-                        None => {
-                            while j < list.len() && list[j].0 == r {
-                                j += 1;
-                            }
-                            dropped += (j - i) as u64;
+                            None => dropped += (j - i) as u64,
                         }
                     }
                     i = j;
@@ -1197,9 +1262,11 @@ fn apply_record(head: &Head, rec: Record) {
                 .fetch_add(dropped, Ordering::Relaxed);
         }
         Record::Deletes(list) => {
-            for (r, mint, maxt) in list {
-                if let Some(s) = head.series_by_ref(r) {
-                    head.delete_range(&s, mint, maxt);
+            for &(r, mint, maxt) in list {
+                if mine(r) {
+                    if let Some(s) = head.series_by_ref(r) {
+                        head.delete_range(&s, mint, maxt);
+                    }
                 }
             }
         }
@@ -1869,6 +1936,29 @@ mod tests {
         assert_eq!(read_all(&db, "b"), want_b);
         assert_eq!(read_all(&db, "a"), want);
         Ok(())
+    }
+
+    #[test]
+    fn replay_sorting_keeps_each_series_in_log_order() {
+        let src: Vec<(SeriesRef, i64, f64)> = vec![
+            (SeriesRef(3), 5, 1.0),
+            (SeriesRef(1), 9, 2.0),
+            (SeriesRef(3), 2, 3.0),
+            (SeriesRef(0), 1, 4.0),
+            (SeriesRef(1), 9, 5.0),
+        ];
+        let (mut dst, mut counts) = (Vec::new(), Vec::new());
+        sort_by_series(&src, &mut dst, &mut counts);
+        assert_eq!(
+            dst,
+            vec![
+                (SeriesRef(0), 1, 4.0),
+                (SeriesRef(1), 9, 2.0),
+                (SeriesRef(1), 9, 5.0),
+                (SeriesRef(3), 5, 1.0),
+                (SeriesRef(3), 2, 3.0),
+            ]
+        );
     }
 
     #[test]
