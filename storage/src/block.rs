@@ -27,10 +27,10 @@ use crate::matcher::Matcher;
 use crate::postings::Postings;
 use crate::varint::{put_uvarint, put_varint, Cursor};
 use crate::wal::sync_dir;
-use crate::{Error, SeriesRef};
+use crate::Error;
 
 const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK02";
-const INDEX_MAGIC: &[u8; 8] = b"STRIDX01";
+const INDEX_MAGIC: &[u8; 8] = b"STRIDX02";
 const TOMBSTONES_MAGIC: &[u8; 8] = b"STRTMB01";
 const CHUNK_HEADER: usize = 11; // len u32, count u16, encoding u8, crc u32
 /// Most samples in a dense chunk: a series' whole range in a block of up to a day at 15 s.
@@ -323,6 +323,28 @@ pub(crate) fn write_block(
             put_uvarint(&mut index, offset);
         }
     }
+    // Postings: for every label pair, the bitmap of the series (by position) carrying it.
+    let mut postings: std::collections::BTreeMap<(u64, u64), roaring::RoaringBitmap> =
+        std::collections::BTreeMap::new();
+    for (i, (labels, _)) in series.iter().enumerate() {
+        for l in labels {
+            postings
+                .entry((sym(&l.name), sym(&l.value)))
+                .or_default()
+                .insert(i as u32);
+        }
+    }
+    put_uvarint(&mut index, postings.len() as u64);
+    let mut bitmap = Vec::new();
+    for ((name, value), p) in &postings {
+        put_uvarint(&mut index, *name);
+        put_uvarint(&mut index, *value);
+        bitmap.clear();
+        p.serialize_into(&mut bitmap)
+            .map_err(|e| Error::Corrupt(format!("encoding postings: {e}")))?;
+        put_uvarint(&mut index, bitmap.len() as u64);
+        index.extend_from_slice(&bitmap);
+    }
     let crc = crc32c::crc32c(&index);
     index.extend_from_slice(&crc.to_le_bytes());
 
@@ -543,7 +565,7 @@ impl Block {
         let mut postings = Postings::default();
         let mut verified_times: std::collections::HashMap<usize, (usize, usize, u16)> =
             std::collections::HashMap::new();
-        for i in 0..nseries {
+        for _ in 0..nseries {
             let nl = r.uvarint().ok_or_else(bad)? as usize;
             let mut ls = Vec::with_capacity(nl.min(64));
             for _ in 0..nl {
@@ -615,8 +637,27 @@ impl Block {
                 }
                 chunks.push(chunk);
             }
-            postings.add(SeriesRef(i as u32), &labels);
             series.push(BlockSeries { labels, chunks });
+        }
+        let npairs = r.uvarint().ok_or_else(bad)? as usize;
+        for _ in 0..npairs {
+            let name = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
+            let value = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
+            let n = r.uvarint().ok_or_else(bad)? as usize;
+            let bytes = r.bytes(n).ok_or_else(bad)?;
+            let bitmap = roaring::RoaringBitmap::deserialize_from(bytes)
+                .map_err(|e| corrupt("index", format!("postings of {name}={value}: {e}")))?;
+            if bitmap.max().is_some_and(|m| m as usize >= series.len()) {
+                return Err(corrupt(
+                    "index",
+                    format!("postings of {name}={value} name a series the block does not have"),
+                ));
+            }
+            postings.insert_bitmap(name, value, bitmap);
+        }
+        postings.set_all(series.len() as u32);
+        if !r.done() {
+            return Err(bad());
         }
         let tombstones = read_tombstones(dir, series.len())?;
         let bytes = [meta_path, index_path, chunks_path, dir.join("tombstones")]

@@ -78,6 +78,22 @@ impl Postings {
         v
     }
 
+    /// Adds a whole bitmap for one label pair (a block's serialized postings).
+    pub(crate) fn insert_bitmap(&mut self, name: Arc<str>, value: Arc<str>, bitmap: RoaringBitmap) {
+        *self
+            .by_label
+            .entry(name)
+            .or_default()
+            .entry(value)
+            .or_default() |= bitmap;
+    }
+
+    /// Declares the series `0..n` as every series there is.
+    pub(crate) fn set_all(&mut self, n: u32) {
+        self.all = RoaringBitmap::new();
+        self.all.insert_range(0..n);
+    }
+
     pub(crate) fn add(&mut self, r: SeriesRef, labels: &Labels) {
         for l in labels {
             self.by_label
