@@ -725,7 +725,11 @@ impl Appender {
         if labels.is_empty() {
             return Err(Error::EmptyLabels);
         }
-        let s = self.db.head.get_or_create(labels, None);
+        let s = self.db.head.get_or_create_pinned(
+            labels.stable_hash(),
+            |l| l == labels,
+            || labels.clone(),
+        );
         self.append_series(s, t, v)
     }
 
@@ -743,11 +747,10 @@ impl Appender {
         }
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
         let hash = crate::labels::hash_pairs(pairs.iter().copied());
-        let s = self.db.head.get_or_create_with(
+        let s = self.db.head.get_or_create_pinned(
             hash,
             |l| l.eq_pairs(pairs),
             || Labels::from_pairs(pairs.iter().copied()),
-            None,
         );
         self.append_series(s, t, v)
     }
@@ -755,7 +758,11 @@ impl Appender {
     fn append_series(&mut self, s: Arc<MemSeries>, t: i64, v: f64) -> Result<SeriesRef, Error> {
         let r = s.sref;
         let idx = match self.local.get(&r) {
-            Some(&i) => i,
+            Some(&i) => {
+                // Pinned once already by this appender.
+                s.unpin();
+                i
+            }
             None => {
                 self.series.push(s);
                 self.pending.push(i64::MIN);
@@ -775,7 +782,7 @@ impl Appender {
                 let s = self
                     .db
                     .head
-                    .series_by_ref(r)
+                    .series_by_ref_pinned(r)
                     .ok_or(Error::UnknownSeries(r.0))?;
                 self.series.push(s);
                 self.pending.push(i64::MIN);
@@ -894,6 +901,15 @@ impl Appender {
 
     /// Discards everything appended.
     pub fn rollback(self) {}
+}
+
+impl Drop for Appender {
+    /// Releases the appender's series: from now on the head may drop those left empty.
+    fn drop(&mut self) {
+        for s in &self.series {
+            s.unpin();
+        }
+    }
 }
 
 /// One series selected by a [`Querier`]: its labels and its samples in the query range.
@@ -1959,6 +1975,44 @@ mod tests {
                 (SeriesRef(3), 2, 3.0),
             ]
         );
+    }
+
+    #[test]
+    fn series_left_without_samples_leave_the_head_unless_an_appender_holds_them(
+    ) -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts.clone())?;
+        let mut app = db.appender();
+        for i in 0..5 {
+            app.append(&up("gone"), i * 1000, i as f64)?;
+        }
+        for i in 0..30 {
+            app.append(&up("stays"), i * 1000, i as f64)?;
+        }
+        app.commit()?;
+        let mut held = db.appender();
+        held.append(&up("held"), 2000, 2.0)?;
+        db.compact_head()?;
+        assert_eq!(db.tsdb_status(10).num_series, 2, "gone left the head");
+        assert_eq!(db.head_postings_count(&[Matcher::equal("job", "gone")]), 0);
+        assert_eq!(read_all(&db, "gone").len(), 5, "its samples are in blocks");
+        held.commit()?;
+        assert_eq!(read_all(&db, "held"), vec![(2000, 2.0)]);
+        // The same labels again make a new series.
+        let mut app = db.appender();
+        app.append(&up("gone"), 31_000, 31.0)?;
+        app.commit()?;
+        assert_eq!(read_all(&db, "gone").len(), 6);
+        drop(db);
+        let db = Db::open(dir.path(), opts)?;
+        assert_eq!(read_all(&db, "gone").len(), 6);
+        assert_eq!(read_all(&db, "held"), vec![(2000, 2.0)]);
+        assert_eq!(read_all(&db, "stays").len(), 30);
+        Ok(())
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! postings write locks, which happens once per series, not per sample.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::ChunkView;
@@ -317,7 +317,18 @@ pub(crate) struct MemSeries {
     pub(crate) labels: Labels,
     /// Whether a WAL series record for this series has been written.
     pub(crate) logged: AtomicBool,
+    /// Appenders holding this series for a commit: it is not collected meanwhile.
+    pub(crate) pins: AtomicU32,
+    /// Whether the WAL knows it by a second reference (then it is never collected).
+    aliased: AtomicBool,
     pub(crate) data: Mutex<SeriesData>,
+}
+
+impl MemSeries {
+    /// Releases an appender's pin.
+    pub(crate) fn unpin(&self) {
+        self.pins.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A series' reference, labels and every sample, for a WAL checkpoint.
@@ -368,6 +379,21 @@ enum Bucket {
 }
 
 impl Bucket {
+    /// Removes `s`; returns whether the bucket is now empty.
+    fn remove(&mut self, s: &Arc<MemSeries>) -> bool {
+        match self {
+            Bucket::One(one) => Arc::ptr_eq(one, s),
+            Bucket::Many(v) => {
+                v.retain(|x| !Arc::ptr_eq(x, s));
+                if v.len() == 1 {
+                    let last = Arc::clone(&v[0]);
+                    *self = Bucket::One(last);
+                }
+                v_is_empty(self)
+            }
+        }
+    }
+
     fn find(&self, is_it: impl Fn(&Labels) -> bool) -> Option<&Arc<MemSeries>> {
         match self {
             Bucket::One(s) => is_it(&s.labels).then_some(s),
@@ -381,6 +407,10 @@ impl Bucket {
             Bucket::Many(v) => v.push(s),
         }
     }
+}
+
+fn v_is_empty(b: &Bucket) -> bool {
+    matches!(b, Bucket::Many(v) if v.is_empty())
 }
 
 /// Series of one shard by label hash (no allocation besides the map's for a bucket of
@@ -440,13 +470,39 @@ impl Head {
         make: impl FnOnce() -> Labels,
         sref: Option<SeriesRef>,
     ) -> Arc<MemSeries> {
+        self.find_or_create(hash, is_it, make, sref, false)
+    }
+
+    /// Like [`Head::get_or_create_with`], pinned for an appender (see
+    /// [`MemSeries::unpin`]); pinned under the shard lock, so never collected in between.
+    pub(crate) fn get_or_create_pinned(
+        &self,
+        hash: u64,
+        is_it: impl Fn(&Labels) -> bool,
+        make: impl FnOnce() -> Labels,
+    ) -> Arc<MemSeries> {
+        self.find_or_create(hash, is_it, make, None, true)
+    }
+
+    fn find_or_create(
+        &self,
+        hash: u64,
+        is_it: impl Fn(&Labels) -> bool,
+        make: impl FnOnce() -> Labels,
+        sref: Option<SeriesRef>,
+        pin: bool,
+    ) -> Arc<MemSeries> {
         let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
         if let Some(s) = shard.get(&hash).and_then(|b| b.find(&is_it)) {
             let s = Arc::clone(s);
+            if pin {
+                s.pins.fetch_add(1, Ordering::AcqRel);
+            }
             drop(shard);
             if let Some(r) = sref {
                 if r != s.sref {
                     // The WAL names this series by a second reference: alias it.
+                    s.aliased.store(true, Ordering::Release);
                     self.put_series(r, Arc::clone(&s));
                 }
             }
@@ -469,6 +525,8 @@ impl Head {
             sref: r,
             labels,
             logged: AtomicBool::new(sref.is_some()),
+            pins: AtomicU32::new(u32::from(pin)),
+            aliased: AtomicBool::new(false),
             data: Mutex::new(SeriesData::new()),
         });
         let idx = r.0 as usize;
@@ -503,6 +561,61 @@ impl Head {
     pub(crate) fn series_by_ref(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
         table.get(r.0 as usize).and_then(|s| s.clone())
+    }
+
+    /// Like [`Head::series_by_ref`], pinned for an appender under the table lock.
+    pub(crate) fn series_by_ref_pinned(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
+        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        let s = table.get(r.0 as usize).and_then(|s| s.clone())?;
+        s.pins.fetch_add(1, Ordering::AcqRel);
+        Some(s)
+    }
+
+    /// Drops the series that hold no sample any more, unless an appender holds them:
+    /// from the shard maps, the reference table, the postings and (for strings no other
+    /// series uses) the symbol set. Returns how many went.
+    fn collect_empty_series(&self, candidates: Vec<Arc<MemSeries>>) -> usize {
+        let mut gone: Vec<Arc<MemSeries>> = Vec::new();
+        for s in candidates {
+            let hash = s.labels.stable_hash();
+            let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
+            let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
+            if s.pins.load(Ordering::Acquire) > 0
+                || s.aliased.load(Ordering::Acquire)
+                || lock(&s.data).sample_count() > 0
+            {
+                continue;
+            }
+            if let Some(b) = shard.get_mut(&hash) {
+                if b.remove(&s) {
+                    shard.remove(&hash);
+                }
+            }
+            if let Some(slot) = table.get_mut(s.sref.0 as usize) {
+                if slot.as_ref().is_some_and(|x| Arc::ptr_eq(x, &s)) {
+                    *slot = None;
+                }
+            }
+            gone.push(s);
+        }
+        if gone.is_empty() {
+            return 0;
+        }
+        {
+            let mut postings = self
+                .postings
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for s in &gone {
+                postings.remove(s.sref, &s.labels);
+            }
+        }
+        self.num_series
+            .fetch_sub(gone.len() as u64, Ordering::Relaxed);
+        let n = gone.len();
+        drop(gone);
+        lock(&self.symbols).retain(|s| Arc::strong_count(s) > 1);
+        n
     }
 
     /// Appends under the series lock, noting what it stored in `batch`; the head's
@@ -601,12 +714,24 @@ impl Head {
     pub(crate) fn truncate_before(&self, t: i64) {
         self.min_valid.fetch_max(t, Ordering::Relaxed);
         let mut min = i64::MAX;
+        let mut empty = Vec::new();
         for s in self.all_series() {
             let mut d = lock(&s.data);
             d.truncate_before(t, &self.chunks);
-            if let Some(f) = d.first_time() {
-                min = min.min(f);
+            match d.first_time() {
+                Some(f) => min = min.min(f),
+                None => {
+                    drop(d);
+                    empty.push(s);
+                }
             }
+        }
+        let collected = self.collect_empty_series(empty);
+        if collected > 0 {
+            tracing::debug!(
+                series = collected,
+                "dropped series without samples from the head"
+            );
         }
         self.chunks.truncate_before(t);
         self.min_t.store(min, Ordering::Relaxed);

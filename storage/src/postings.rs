@@ -94,6 +94,24 @@ impl Postings {
         self.all.insert_range(0..n);
     }
 
+    /// Removes a series; label values and names left without series go too.
+    pub(crate) fn remove(&mut self, r: SeriesRef, labels: &Labels) {
+        for l in labels {
+            if let Some(values) = self.by_label.get_mut(&*l.name) {
+                if let Some(p) = values.get_mut(&*l.value) {
+                    p.remove(r.0);
+                    if p.is_empty() {
+                        values.remove(&*l.value);
+                    }
+                }
+                if values.is_empty() {
+                    self.by_label.remove(&*l.name);
+                }
+            }
+        }
+        self.all.remove(r.0);
+    }
+
     pub(crate) fn add(&mut self, r: SeriesRef, labels: &Labels) {
         for l in labels {
             self.by_label
