@@ -135,7 +135,8 @@ impl Db {
         if lock_file.try_lock().is_err() {
             return Err(Error::Locked(dir));
         }
-        let head = Head::new(HeadChunks::open(&dir.join("chunks_head"))?);
+        let hc_dir = dir.join("chunks_head");
+        let (head, from_segment, snapshot_series) = load_snapshot(&hc_dir)?;
         let blocks = open_blocks(&dir.join("blocks"))?;
         if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
             head.min_valid.store(max, Ordering::Relaxed);
@@ -146,7 +147,8 @@ impl Db {
             .max()
             .map_or(1, |s| s + 1);
         let wal_dir = dir.join("wal");
-        let (replay, next) = replay_wal(&wal_dir, &head)?;
+        let (mut replay, next) = replay_wal(&wal_dir, from_segment, &head)?;
+        replay.snapshot_series = snapshot_series;
         if let Some(c) = &replay.corruption {
             tracing::warn!(
                 corruption = %c,
@@ -322,6 +324,8 @@ impl Db {
                 .flat_map(|(r, _, s)| s.iter().map(move |&(t, v)| (*r, t, v)))
                 .collect();
             wal.checkpoint(&records, &samples)?;
+            // A head snapshot refers to the log just rewritten.
+            crate::snapshot::remove(&inner.dir.join("chunks_head"))?;
             tracing::info!(
                 block = %dir.display(),
                 series = series.len(),
@@ -691,10 +695,30 @@ impl Db {
         Ok(())
     }
 
-    /// Flushes the WAL to stable storage. Called on shutdown; after it returns, nothing
-    /// written so far needs recovery beyond a plain replay.
+    /// Flushes the WAL to stable storage and writes a snapshot of the head, so that the
+    /// next start loads the head instead of replaying the WAL. Called on shutdown.
+    /// Writes after it are still safe: they go to a WAL segment the snapshot does not
+    /// cover, and are replayed on top of it.
     pub fn close(&self) -> Result<(), Error> {
-        lock(&self.inner.wal.writer).sync()
+        let inner = &self.inner;
+        let _cutting = lock(&inner.cutting);
+        let _gate = inner
+            .apply_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut wal = lock(&inner.wal.writer);
+        wal.sync()?;
+        let started = std::time::Instant::now();
+        let snap = inner.head.snapshot(wal.index())?;
+        let series = snap.series.len();
+        crate::snapshot::write(&inner.dir.join("chunks_head"), &snap)?;
+        wal.start_segment()?;
+        tracing::info!(
+            series,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "wrote the head snapshot"
+        );
+        Ok(())
     }
 }
 
@@ -1154,6 +1178,46 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
+/// A head loaded from the snapshot a clean shutdown left in `dir` (which is then removed),
+/// or an empty one with the head chunk files cleared. Returns the head, the first WAL
+/// segment still to replay and the number of series loaded.
+fn load_snapshot(dir: &Path) -> Result<(Head, u64, u64), Error> {
+    let loaded = match crate::snapshot::read(dir) {
+        Ok(Some(snap)) => {
+            let segment = snap.wal_segment;
+            let n = snap.series.len() as u64;
+            let restored = HeadChunks::adopt(dir, &snap.segments()).and_then(|(chunks, maps)| {
+                let head = Head::new(chunks);
+                head.restore(snap, &maps).map(|()| head)
+            });
+            match restored {
+                Ok(head) => Some((head, segment + 1, n)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the head snapshot could not be loaded; replaying the whole WAL");
+                    None
+                }
+            }
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the head snapshot is damaged; replaying the whole WAL");
+            None
+        }
+    };
+    crate::snapshot::remove(dir).or_else(|e| {
+        // Without the directory there is nothing to remove.
+        if dir.exists() {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    })?;
+    match loaded {
+        Some(l) => Ok(l),
+        None => Ok((Head::new(HeadChunks::open(dir)?), 0, 0)),
+    }
+}
+
 /// Samples gathered before they are sorted by series and applied: applying a series'
 /// samples together touches its chunk once rather than once per sample.
 const REPLAY_BATCH: usize = 4 << 20;
@@ -1161,7 +1225,11 @@ const REPLAY_BATCH: usize = 4 << 20;
 /// Replays the WAL into `head`. This thread reads and decodes records, creates series
 /// and gathers samples into batches sorted by series (stably: each series keeps its log
 /// order); another thread applies the batches and deletions, in log order.
-fn replay_wal(wal_dir: &Path, head: &Head) -> Result<(ReplayReport, u64), Error> {
+fn replay_wal(
+    wal_dir: &Path,
+    from_segment: u64,
+    head: &Head,
+) -> Result<(ReplayReport, u64), Error> {
     type Samples = Vec<(SeriesRef, i64, f64)>;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(1);
@@ -1188,7 +1256,7 @@ fn replay_wal(wal_dir: &Path, head: &Head) -> Result<(ReplayReport, u64), Error>
                 let _ = tx.send(Record::Samples(sorted));
             }
         };
-        let replayed = wal::replay(wal_dir, |rec| match rec {
+        let replayed = wal::replay(wal_dir, from_segment, |rec| match rec {
             // Series here and at once: every batch sent later may use them.
             Record::Series(list) => {
                 for (r, labels) in list {
@@ -2012,6 +2080,63 @@ mod tests {
         assert_eq!(read_all(&db, "gone").len(), 6);
         assert_eq!(read_all(&db, "held"), vec![(2000, 2.0)]);
         assert_eq!(read_all(&db, "stays").len(), 30);
+        Ok(())
+    }
+
+    #[test]
+    fn a_clean_close_leaves_a_head_snapshot_that_the_next_open_loads() -> Result<(), Error> {
+        let dir = tmp();
+        let mut want: Vec<(i64, f64)> = (0..300).map(|i| (i * 1000, i as f64 / 8.0)).collect();
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let mut app = db.appender();
+            for &(t, v) in &want {
+                app.append(&up("a"), t, v)?;
+            }
+            app.append(&up("b"), 5, 1.0)?;
+            app.commit()?;
+            let mut app = db.appender();
+            app.append(&up("a"), 1500, -1.5)?; // out of order
+            app.commit()?;
+            db.close()?;
+            // Written after the snapshot: replayed on top of it.
+            let mut app = db.appender();
+            app.append(&up("a"), 400_000, 400.0)?;
+            app.commit()?;
+        }
+        want.insert(2, (1500, -1.5));
+        want.push((400_000, 400.0));
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let r = db.replay_report();
+            assert_eq!(r.snapshot_series, 2);
+            assert_eq!(
+                r.samples, 1,
+                "only what came after the snapshot is replayed"
+            );
+            assert_eq!(read_all(&db, "a"), want);
+            assert_eq!(read_all(&db, "b"), vec![(5, 1.0)]);
+            // The loaded head keeps working: more chunks, a resend recognised.
+            let mut app = db.appender();
+            for i in 401..700 {
+                app.append(&up("a"), i * 1000, i as f64)?;
+            }
+            app.append(&up("b"), 5, 1.0)?;
+            assert_eq!(app.commit()?.samples, 299);
+            for i in 401..700 {
+                want.push((i * 1000, i as f64));
+            }
+            assert_eq!(read_all(&db, "a"), want);
+            // No close: as after a crash.
+        }
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(
+            db.replay_report().snapshot_series,
+            0,
+            "a snapshot is used once"
+        );
+        assert_eq!(read_all(&db, "a"), want);
+        assert_eq!(read_all(&db, "b"), vec![(5, 1.0)]);
         Ok(())
     }
 

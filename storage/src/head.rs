@@ -20,7 +20,8 @@ use crate::head_chunks::{HeadChunk, HeadChunks};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::postings::Postings;
-use crate::SeriesRef;
+use crate::snapshot::{SnapChunk, SnapSeries, Snapshot};
+use crate::{Error, SeriesRef};
 
 const SHARDS: usize = 64;
 /// Samples per chunk before it is closed.
@@ -53,6 +54,10 @@ impl ClosedChunk {
 
     pub(crate) fn iter(&self) -> XorIter<'_> {
         XorIter::new(&self.bytes, self.count)
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -267,6 +272,49 @@ impl SeriesData {
         out
     }
 
+    /// The series as a head snapshot records it; `segment_of` names the head chunk file
+    /// of a map.
+    fn to_snapshot(
+        &self,
+        segment_of: &dyn Fn(&Arc<memmap2::Mmap>) -> Option<u32>,
+    ) -> SeriesSnapshot {
+        let closed = self
+            .closed
+            .iter()
+            .map(|c| {
+                let mem = || SnapChunk::Mem {
+                    count: c.len() as u16,
+                    min_t: c.min_t(),
+                    max_t: c.max_t(),
+                    bytes: c.bytes().to_vec(),
+                };
+                match c {
+                    HeadChunk::Mapped {
+                        map,
+                        start,
+                        len,
+                        count,
+                        min_t,
+                        ..
+                    } => match segment_of(map) {
+                        Some(segment) => SnapChunk::Mapped {
+                            segment,
+                            start: *start,
+                            len: *len,
+                            count: *count,
+                            min_t: *min_t,
+                            max_t: c.max_t(),
+                        },
+                        None => mem(),
+                    },
+                    HeadChunk::Mem(_) => mem(),
+                }
+            })
+            .collect();
+        let open = XorIter::new(self.open.bytes(), self.open.len() as u16).collect();
+        (closed, open, self.ooo().to_vec())
+    }
+
     fn first_time(&self) -> Option<i64> {
         let chunks = match self.closed.first() {
             Some(c) => Some(c.min_t()),
@@ -309,6 +357,9 @@ pub(crate) fn merge_newest_wins(older: &[(i64, f64)], newer: &[(i64, f64)]) -> V
     out.extend_from_slice(&newer[j..]);
     out
 }
+
+/// A series' full chunks, open-chunk samples and out-of-order samples, for a snapshot.
+type SeriesSnapshot = (Vec<SnapChunk>, Vec<(i64, f64)>, Vec<(i64, f64)>);
 
 /// One series in the head.
 #[derive(Debug)]
@@ -569,6 +620,111 @@ impl Head {
         let s = table.get(r.0 as usize).and_then(|s| s.clone())?;
         s.pins.fetch_add(1, Ordering::AcqRel);
         Some(s)
+    }
+
+    /// A snapshot of the head for a fast restart: every series with its chunk references
+    /// (after syncing the head chunk files), open chunk and out-of-order samples.
+    pub(crate) fn snapshot(&self, wal_segment: u64) -> Result<Snapshot, Error> {
+        let maps = self.chunks.sync()?;
+        let segment_of = |m: &Arc<memmap2::Mmap>| {
+            maps.iter()
+                .find(|(x, _)| Arc::ptr_eq(x, m))
+                .map(|&(_, i)| i)
+        };
+        let series = self
+            .all_series()
+            .into_iter()
+            .map(|s| {
+                let d = lock(&s.data);
+                let (closed, open, ooo) = d.to_snapshot(&segment_of);
+                SnapSeries {
+                    sref: s.sref,
+                    labels: s.labels.clone(),
+                    last_t: d.last_t,
+                    last_v: d.last_v,
+                    closed,
+                    open,
+                    ooo,
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            wal_segment,
+            series,
+        })
+    }
+
+    /// Fills an empty head from a snapshot, its chunk files mapped in `maps`.
+    pub(crate) fn restore(
+        &self,
+        snap: Snapshot,
+        maps: &HashMap<u32, Arc<memmap2::Mmap>>,
+    ) -> Result<(), Error> {
+        let bad = |why: String| Error::Corrupt(format!("head snapshot: {why}"));
+        let mut batch = Batch::default();
+        for s in snap.series {
+            let mut closed = Vec::with_capacity(s.closed.len());
+            for c in s.closed {
+                closed.push(match c {
+                    SnapChunk::Mapped {
+                        segment,
+                        start,
+                        len,
+                        count,
+                        min_t,
+                        max_t,
+                    } => {
+                        let map = maps
+                            .get(&segment)
+                            .ok_or_else(|| bad(format!("no chunk file {segment}")))?;
+                        if start as usize + usize::from(len) > map.len() {
+                            return Err(bad(format!("a chunk past the end of file {segment}")));
+                        }
+                        HeadChunk::Mapped {
+                            map: Arc::clone(map),
+                            min_t,
+                            start,
+                            span: u32::try_from(max_t.saturating_sub(min_t)).unwrap_or(u32::MAX),
+                            len,
+                            count,
+                        }
+                    }
+                    SnapChunk::Mem {
+                        count,
+                        min_t,
+                        max_t,
+                        bytes,
+                    } => HeadChunk::Mem(Arc::new(ClosedChunk::new(
+                        bytes.into_boxed_slice(),
+                        count,
+                        min_t,
+                        max_t,
+                    ))),
+                });
+            }
+            let mut data = SeriesData::new();
+            data.closed = closed;
+            for &(t, v) in &s.open {
+                data.open.append(t, v);
+            }
+            if !s.ooo.is_empty() {
+                data.ooo = Some(Box::new(s.ooo));
+            }
+            data.last_t = s.last_t;
+            data.last_v = s.last_v;
+            if let Some(first) = data.first_time() {
+                batch.samples += data.sample_count() as u64;
+                batch.min_t = batch.min_t.min(first);
+                batch.max_t = batch
+                    .max_t
+                    .max(s.last_t)
+                    .max(data.ooo().last().map_or(i64::MIN, |o| o.0));
+            }
+            let series = self.get_or_create(&s.labels, Some(s.sref));
+            *lock(&series.data) = data;
+        }
+        self.apply_batch(&batch);
+        Ok(())
     }
 
     /// Drops the series that hold no sample any more, unless an appender holds them:

@@ -64,6 +64,19 @@ impl HeadChunk {
         }
     }
 
+    /// The encoded bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            HeadChunk::Mem(c) => c.bytes(),
+            HeadChunk::Mapped {
+                map, start, len, ..
+            } => {
+                let s = *start as usize;
+                map.get(s..s + usize::from(*len)).unwrap_or(&[])
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         match self {
             HeadChunk::Mem(c) => c.len(),
@@ -121,6 +134,7 @@ impl HeadChunk {
 }
 
 struct Segment {
+    index: u32,
     path: PathBuf,
     map: Arc<Mmap>,
     /// Newest sample of any chunk written to it.
@@ -160,6 +174,80 @@ impl HeadChunks {
             }),
             failed: AtomicBool::new(false),
         })
+    }
+
+    /// Takes over the segment files a head snapshot names (`segments`: index → newest
+    /// sample and bytes used), removing every other file; new chunks go to a new segment.
+    /// Returns the maps by segment index.
+    pub(crate) fn adopt(
+        dir: &Path,
+        segments: &std::collections::BTreeMap<u32, (i64, u64)>,
+    ) -> Result<(Self, std::collections::HashMap<u32, Arc<Mmap>>), Error> {
+        let mut maps = std::collections::HashMap::new();
+        let mut live = Vec::new();
+        for (&index, &(max_t, used)) in segments {
+            let path = dir.join(format!("{index:08}"));
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+            if len < used {
+                return Err(Error::Corrupt(format!(
+                    "{}: shorter than the snapshot says",
+                    path.display()
+                )));
+            }
+            // SAFETY: as in `rotate`; these files are no longer written at all.
+            #[allow(unsafe_code)]
+            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
+            maps.insert(index, Arc::clone(&map));
+            live.push(Segment {
+                index,
+                path,
+                map,
+                max_t,
+                used,
+            });
+        }
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let keep = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|i| segments.contains_key(&i))
+                || entry.file_name() == "snapshot";
+            if !keep {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        let next_index = segments.keys().next_back().map_or(0, |&i| u64::from(i) + 1);
+        Ok((
+            Self {
+                dir: Some(dir.to_owned()),
+                writer: Mutex::new(Writer {
+                    next_index,
+                    segments: live,
+                    file: None,
+                }),
+                failed: AtomicBool::new(false),
+            },
+            maps,
+        ))
+    }
+
+    /// Flushes the segment files to stable storage (for a head snapshot), and says
+    /// which segment each map is.
+    pub(crate) fn sync(&self) -> Result<Vec<(Arc<Mmap>, u32)>, Error> {
+        let w = lock(&self.writer);
+        for s in &w.segments {
+            File::open(&s.path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| Error::io(&s.path, e))?;
+        }
+        Ok(w.segments
+            .iter()
+            .map(|s| (Arc::clone(&s.map), s.index))
+            .collect())
     }
 
     /// No files: full chunks stay on the heap.
@@ -266,8 +354,10 @@ impl HeadChunks {
         // The file keeps its length while mapped (unlinking does not affect the map).
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let index = w.next_index as u32;
         w.next_index += 1;
         w.segments.push(Segment {
+            index,
             path,
             map: Arc::new(map),
             max_t: i64::MIN,

@@ -51,6 +51,9 @@ pub struct ReplayReport {
     pub corruption: Option<String>,
     /// Bytes removed from the WAL by the repair.
     pub dropped_bytes: u64,
+    /// Series loaded from the head snapshot of a clean shutdown (the WAL segments it
+    /// covers were not replayed); 0 when there was none.
+    pub snapshot_series: u64,
 }
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -75,12 +78,14 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, Error> {
 /// Returns the report and the index the next segment should use.
 pub(crate) fn replay(
     dir: &Path,
+    from_segment: u64,
     mut apply: impl FnMut(Record),
 ) -> Result<(ReplayReport, u64), Error> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let segments = list_segments(dir)?;
+    let all = list_segments(dir)?;
+    let next = all.last().map_or(0, |i| i + 1);
+    let segments: Vec<u64> = all.into_iter().filter(|&i| i >= from_segment).collect();
     let mut report = ReplayReport::default();
-    let next = segments.last().map_or(0, |i| i + 1);
     let mut buf = Vec::new();
     for (pos, &index) in segments.iter().enumerate() {
         let path = segment_path(dir, index);
@@ -346,6 +351,16 @@ impl WalWriter {
         Ok(())
     }
 
+    /// The segment being written.
+    pub(crate) fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Closes the current segment (synced) and starts the next.
+    pub(crate) fn start_segment(&mut self) -> Result<(), Error> {
+        self.rotate()
+    }
+
     /// Number of successful writes so far.
     pub(crate) fn seq(&self) -> u64 {
         self.seq
@@ -464,7 +479,7 @@ mod tests {
 
     fn collect(dir: &Path) -> (Vec<Record>, ReplayReport, u64) {
         let mut recs = Vec::new();
-        let (report, next) = replay(dir, |r| recs.push(r)).expect("replay");
+        let (report, next) = replay(dir, 0, |r| recs.push(r)).expect("replay");
         (recs, report, next)
     }
 
