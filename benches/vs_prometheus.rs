@@ -13,10 +13,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{enc, free_port, request, write_body, Strata, Ts};
+use common::{enc, request, write_body, Prometheus, Strata, Ts};
 
 const HOSTS: usize = 100;
 const MODES: [&str; 8] = [
@@ -140,55 +140,6 @@ fn bodies(series: &[Series], start: i64, steps: i64) -> (Vec<Vec<u8>>, usize) {
         flush(&mut batch, &mut out);
     }
     (out, total)
-}
-
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start() -> Option<Prometheus> {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-remote-write-receiver")
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .ok()?;
-        let p = Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if request(addr, "GET", "/-/ready", &[], &[]).is_ok_and(|r| r.status == 200) {
-                return Some(p);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn push(addr: SocketAddr, bodies: &[Vec<u8>]) -> Duration {

@@ -227,6 +227,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )),
             query_timeout,
             admin_api: args.enable_admin_api,
+            started_at: chrono::Utc::now(),
+            flags: flag_values(&args),
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));
@@ -243,6 +245,57 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     db.close().context("flushing the WAL")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Every `serve` flag and its value as given or defaulted, for `/api/v1/status/flags`.
+fn flag_values(a: &ServeArgs) -> Vec<(String, String)> {
+    let d = |ms: i64| format_duration(ms);
+    let mut v: Vec<(&str, String)> = vec![
+        ("collect.interval", d(a.collect_interval_ms)),
+        ("data-dir", a.data_dir.display().to_string()),
+        ("enable-admin-api", a.enable_admin_api.to_string()),
+        ("listen", a.listen.to_string()),
+        ("log.level", a.log_level.clone()),
+        ("query.lookback-delta", d(a.query_lookback_ms)),
+        ("query.max-concurrency", a.query_max_concurrency.to_string()),
+        ("query.max-samples", a.query_max_samples.to_string()),
+        ("query.timeout", d(a.query_timeout_ms)),
+        ("retention.size", a.retention_bytes.to_string()),
+        ("retention.time", d(a.retention_ms)),
+        ("storage.block-range", d(a.block_range_ms)),
+        (
+            "storage.ooo-window",
+            a.ooo_window_ms.map(d).unwrap_or_default(),
+        ),
+        ("wal-fsync", a.wal_fsync.to_string()),
+        ("write.max-bytes", a.write_max_bytes.to_string()),
+    ];
+    v.sort_by(|x, y| x.0.cmp(y.0));
+    v.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Milliseconds as Prometheus prints a duration (`15d`, `2h`, `1m30s`, `0s`).
+fn format_duration(ms: i64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = ms;
+    for (unit, size) in [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
 }
 
 /// A size with Prometheus' units (`B`, `KB`, `MB`, `GB`, `TB`, `PB`, powers of 1024).
@@ -289,5 +342,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_print_as_prometheus_does() {
+        assert_eq!(super::format_duration(15 * 86_400_000), "2w1d");
+        assert_eq!(super::format_duration(7_200_000), "2h");
+        assert_eq!(super::format_duration(90_000), "1m30s");
+        assert_eq!(super::format_duration(0), "0s");
+        assert_eq!(super::format_duration(1_500), "1s500ms");
     }
 }

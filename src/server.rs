@@ -12,6 +12,7 @@
 mod admin;
 mod json;
 mod params;
+mod status;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub(crate) struct AppState {
     pub(crate) query_timeout: Duration,
     /// Whether `/api/v1/admin/…` answers (`--enable-admin-api`).
     pub(crate) admin_api: bool,
+    /// Wall-clock start, for `/api/v1/status/runtimeinfo`.
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    /// Every flag and its value, for `/api/v1/status/flags`.
+    pub(crate) flags: Vec<(String, String)>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -67,6 +72,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .route("/api/v1/status/tsdb", get(admin::tsdb_status))
+        .route("/api/v1/status/runtimeinfo", get(status::runtimeinfo))
+        .route("/api/v1/status/flags", get(status::flags))
+        .route("/api/v1/status/config", get(status::config))
+        .route("/api/v1/rules", get(status::rules))
+        .route("/api/v1/alerts", get(status::alerts))
+        .route("/api/v1/targets", get(status::targets))
+        .route("/api/v1/targets/metadata", get(status::targets_metadata))
+        .route("/api/v1/scrape_pools", get(status::scrape_pools))
+        .route("/api/v1/alertmanagers", get(status::alertmanagers))
         .route(
             "/api/v1/admin/tsdb/delete_series",
             post(admin::delete_series).put(admin::delete_series),
@@ -345,11 +359,53 @@ async fn label_values(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    if !strata_ingest::remote_write::is_valid_label_name(&name) {
+    // Names outside the classic character set come `U__`-escaped (Prometheus 3, and
+    // Grafana's metric browser); strata stores classic names only, so any other name has
+    // no values.
+    let name = unescape_label_name(&name);
+    if name.is_empty() || name.contains('\0') {
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
     }
     let p = read_params(req).await?;
     names_or_values(st, p, Some(name)).await
+}
+
+/// Decodes Prometheus' `U__` escaping of a label name: after the prefix, `__` is `_` and
+/// `_<hex>_` is the character with that code point. A name that is not validly escaped
+/// is taken as it is.
+fn unescape_label_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("U__") else {
+        return name.to_string();
+    };
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        let mut hex = String::new();
+        let mut closed = false;
+        for h in chars.by_ref() {
+            if h == '_' {
+                closed = true;
+                break;
+            }
+            hex.push(h);
+        }
+        if !closed {
+            return name.to_string();
+        }
+        if hex.is_empty() {
+            out.push('_');
+            continue;
+        }
+        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+            Some(ch) => out.push(ch),
+            None => return name.to_string(),
+        }
+    }
+    out
 }
 
 /// `/labels` (when `name` is `None`) and `/label/<name>/values`.
@@ -473,5 +529,21 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             format!("worker failed: {e}\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_label_name as u;
+
+    #[test]
+    fn u_escaped_label_names() {
+        assert_eq!(u("job"), "job");
+        assert_eq!(u("U__job"), "job");
+        assert_eq!(u("U__a__b"), "a_b");
+        assert_eq!(u("U__http_2e_status"), "http.status");
+        assert_eq!(u("U___1f600_"), "\u{1f600}");
+        assert_eq!(u("U__bad_zz_"), "U__bad_zz_");
+        assert_eq!(u("U__open_2e"), "U__open_2e");
     }
 }

@@ -222,6 +222,17 @@ impl Db {
         }
     }
 
+    /// Blocks moved aside as corrupt (`blocks/corrupt-*`).
+    pub fn corrupt_blocks(&self) -> u64 {
+        fs::read_dir(self.inner.dir.join("blocks"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("corrupt-"))
+                    .count() as u64
+            })
+            .unwrap_or(0)
+    }
+
     /// How many head series match `matchers`: the postings lookup alone.
     pub fn head_postings_count(&self, matchers: &[Matcher]) -> u64 {
         self.inner.head.postings_count(matchers)

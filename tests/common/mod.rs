@@ -329,3 +329,55 @@ pub fn labels_key(metric: &serde_json::Value) -> String {
     pairs.sort();
     pairs.join(",")
 }
+
+/// A real Prometheus (the `prometheus` binary, Debian's 2.42) on a free loopback port with
+/// a temporary data directory and its remote-write receiver on; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// `None` when the binary is missing or does not become ready within a minute.
+    pub fn start() -> Option<Prometheus> {
+        let dir = tempfile::tempdir().ok()?;
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 15s\n").ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().ok()?;
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).ok()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.enable-remote-write-receiver")
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .ok()?;
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if request(addr, "GET", "/-/ready", &[], &[]).is_ok_and(|r| r.status == 200) {
+                return Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
