@@ -229,6 +229,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin_api: args.enable_admin_api,
             started_at: chrono::Utc::now(),
             flags: flag_values(&args),
+            metadata: Default::default(),
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));

@@ -55,6 +55,8 @@ pub(crate) struct AppState {
     pub(crate) started_at: chrono::DateTime<chrono::Utc>,
     /// Every flag and its value, for `/api/v1/status/flags`.
     pub(crate) flags: Vec<(String, String)>,
+    /// Metric metadata received with remote write.
+    pub(crate) metadata: strata_ingest::metadata::MetadataStore,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -76,6 +78,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/status/flags", get(status::flags))
         .route("/api/v1/status/config", get(status::config))
         .route("/api/v1/rules", get(status::rules))
+        .route("/api/v1/metadata", get(status::metadata))
         .route("/api/v1/alerts", get(status::alerts))
         .route("/api/v1/targets", get(status::targets))
         .route("/api/v1/targets/metadata", get(status::targets_metadata))
@@ -505,6 +508,7 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         let mut app = st.db.appender();
         let stats = strata_ingest::write_to_store(&req, &mut app)?;
         app.commit()?;
+        st.metadata.record(req.metadata());
         Ok((stats.series, stats.samples))
     })
     .await;

@@ -206,6 +206,7 @@ fn grafana_sees_the_same_answers_as_from_prometheus() {
             String::new(),
         ),
         ("GET", "/api/v1/rules".into(), String::new()),
+        ("GET", "/api/v1/metadata?limit=40000".into(), String::new()),
         ("GET", "/api/v1/alerts".into(), String::new()),
         ("GET", "/api/v1/alertmanagers".into(), String::new()),
         (

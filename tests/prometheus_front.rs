@@ -81,7 +81,7 @@ fn prometheus_remote_writing_to_strata_gives_the_same_answers() {
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['{ne_addr}']\n\
-             remote_write:\n  - url: http://{}/api/v1/write\n    queue_config:\n      batch_send_deadline: 500ms\n      min_backoff: 100ms\n",
+             remote_write:\n  - url: http://{}/api/v1/write\n    queue_config:\n      batch_send_deadline: 500ms\n      min_backoff: 100ms\n    metadata_config:\n      send_interval: 1s\n",
             strata.addr
         ),
     )
@@ -167,6 +167,30 @@ fn prometheus_remote_writing_to_strata_gives_the_same_answers() {
                 (x - y).abs() <= 1e-9 * (x.abs() + y.abs()) || (x.is_nan() && y.is_nan()),
                 "{q} {k}: strata {x}, prometheus {y}"
             );
+        }
+    }
+
+    // Metadata: Prometheus' from its scrapes, strata's from remote write (sent every
+    // second here), bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for metric in [
+        "node_load1",
+        "node_cpu_seconds_total",
+        "node_memory_MemTotal_bytes",
+    ] {
+        let path = format!("/api/v1/metadata?metric={metric}");
+        let want = get(prom_addr, &path)["data"].clone();
+        assert!(want[metric][0]["help"].is_string(), "{metric}: {want}");
+        loop {
+            let got = get(strata.addr, &path)["data"].clone();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{metric}: strata {got}, prometheus {want}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

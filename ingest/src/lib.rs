@@ -9,6 +9,7 @@
 //! A request is all or nothing: every series is validated before the first sample is
 //! appended, and an error while appending rolls the whole request back.
 
+pub mod metadata;
 pub mod remote_write;
 pub mod text;
 

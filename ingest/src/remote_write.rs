@@ -116,6 +116,7 @@ pub struct DecodedWriteRequest {
     series: Vec<SeriesSpan>,
     labels: Vec<LabelSpan>,
     samples: Vec<(i64, f64)>,
+    metadata: Vec<crate::metadata::MetricMetadata>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +276,12 @@ fn span(r: (usize, usize)) -> Result<(u32, u32), IngestError> {
 }
 
 impl DecodedWriteRequest {
+    /// The metric metadata the request carries (Prometheus sends it in requests of its
+    /// own).
+    pub fn metadata(&self) -> &[crate::metadata::MetricMetadata] {
+        &self.metadata
+    }
+
     /// Parses `prometheus.WriteRequest` bytes.
     pub fn parse(raw: Vec<u8>) -> Result<Self, IngestError> {
         let mut req = DecodedWriteRequest {
@@ -282,6 +289,7 @@ impl DecodedWriteRequest {
             series: Vec::new(),
             labels: Vec::new(),
             samples: Vec::new(),
+            metadata: Vec::new(),
         };
         let mut top = Pb {
             buf: &raw,
@@ -290,8 +298,41 @@ impl DecodedWriteRequest {
         };
         while !top.done() {
             let (field, wire) = top.tag()?;
+            if field == 3 {
+                top.expect_wire(wire, WIRE_LEN, "metadata")?;
+                let mut m = top.message()?;
+                let mut meta = crate::metadata::MetricMetadata::default();
+                while !m.done() {
+                    let (f, w) = m.tag()?;
+                    match f {
+                        1 => {
+                            m.expect_wire(w, WIRE_VARINT, "metadata type")?;
+                            meta.kind = crate::metadata::MetricType::from_wire(m.varint()?);
+                        }
+                        2 | 4 | 5 => {
+                            m.expect_wire(w, WIRE_LEN, "metadata string")?;
+                            let (a, b) = m.len_delimited()?;
+                            let text = std::str::from_utf8(raw.get(a..b).unwrap_or(&[]))
+                                .map_err(|_| {
+                                    IngestError::Protobuf("metadata is not valid UTF-8".into())
+                                })?
+                                .to_string();
+                            match f {
+                                2 => meta.family = text,
+                                4 => meta.help = text,
+                                _ => meta.unit = text,
+                            }
+                        }
+                        _ => m.skip(w)?,
+                    }
+                }
+                if !meta.family.is_empty() {
+                    req.metadata.push(meta);
+                }
+                continue;
+            }
             if field != 1 {
-                // metadata (3) and anything newer: not stored yet.
+                // Anything newer: ignored.
                 top.skip(wire)?;
                 continue;
             }
@@ -545,6 +586,15 @@ mod tests {
         };
         let d = decoded(&req);
         assert_eq!(d.series_count(), 2);
+        assert_eq!(
+            d.metadata(),
+            &[crate::metadata::MetricMetadata {
+                family: "up".into(),
+                kind: crate::metadata::MetricType::Counter,
+                help: "h".into(),
+                unit: String::new(),
+            }]
+        );
         let s: Vec<SeriesView<'_>> = d.series().collect();
         let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().collect();
         assert_eq!(

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::{json, json_response, AppState};
+use super::{json, json_response, read_params, ApiError, AppState};
 
 /// A fixed answer: `{"status":"success","data":<data>}`.
 fn fixed(data: &'static str) -> Response {
@@ -90,4 +90,52 @@ pub(crate) async fn runtimeinfo(State(st): State<Arc<AppState>>) -> Response {
         out.push('}');
     });
     json_response(StatusCode::OK, body)
+}
+
+/// `/api/v1/metadata?metric=&limit=&limit_per_metric=`: `{family: [{type, help, unit}]}`.
+pub(crate) async fn metadata(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let p = read_params(req).await?;
+    let number = |name: &str| -> Result<usize, ApiError> {
+        match p.get(name) {
+            None => Ok(0),
+            Some(raw) => raw.parse::<i64>().map(|n| n.max(0) as usize).map_err(|_| {
+                ApiError::bad_data(format!(
+                    "invalid parameter \"{name}\": cannot parse \"{raw}\""
+                ))
+            }),
+        }
+    };
+    let (limit, per_metric) = (number("limit")?, number("limit_per_metric")?);
+    let list = st.metadata.list(p.get("metric"), limit, per_metric);
+    let body = json::success(|out| {
+        out.push('{');
+        let mut last: Option<&str> = None;
+        for m in &list {
+            if last != Some(m.family.as_str()) {
+                if last.is_some() {
+                    out.push_str("],");
+                }
+                json::push_str(out, &m.family);
+                out.push_str(":[");
+            } else {
+                out.push(',');
+            }
+            out.push_str("{\"type\":");
+            json::push_str(out, m.kind.as_str());
+            out.push_str(",\"help\":");
+            json::push_str(out, &m.help);
+            out.push_str(",\"unit\":");
+            json::push_str(out, &m.unit);
+            out.push('}');
+            last = Some(m.family.as_str());
+        }
+        if last.is_some() {
+            out.push(']');
+        }
+        out.push('}');
+    });
+    Ok(json_response(StatusCode::OK, body))
 }
