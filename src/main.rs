@@ -1,6 +1,7 @@
 //! `strata`: the binary. Parses the command line, opens the store, serves the API, and
 //! shuts down cleanly on SIGINT or SIGTERM.
 
+mod cli;
 mod collect;
 mod import;
 mod server;
@@ -43,8 +44,58 @@ enum Command {
         after_help = "Examples:\n  strata import --data-dir ./data metrics.om\n  strata import --format prometheus dump.prom"
     )]
     Import(ImportArgs),
+    /// Evaluate a PromQL expression on a running strata and print a table.
+    #[command(
+        after_help = "Examples:\n  strata query up\n  strata query 'rate(node_cpu_seconds_total[5m])' --time 2026-11-24T10:00:00Z\n  strata query 'node_load1' --start 2026-11-24T10:00:00Z --end 2026-11-24T11:00:00Z --step 5m\n  strata query --url http://10.0.0.5:9310 --json 'count(up)'"
+    )]
+    Query(QueryCmd),
+    /// List the series matching selectors on a running strata.
+    #[command(
+        after_help = "Examples:\n  strata series 'up'\n  strata series 'node_cpu_seconds_total{mode=\"idle\"}' --start 2026-11-24T10:00:00Z"
+    )]
+    Series(SeriesCmd),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct QueryCmd {
+    /// The server to ask.
+    #[arg(long, default_value = "http://127.0.0.1:9310")]
+    url: String,
+    /// Evaluation time (RFC 3339 or Unix seconds); now when absent.
+    #[arg(long)]
+    time: Option<String>,
+    /// Start of a range query (with --end and --step).
+    #[arg(long, requires_all = ["end", "step"])]
+    start: Option<String>,
+    /// End of a range query.
+    #[arg(long, requires_all = ["start", "step"])]
+    end: Option<String>,
+    /// Resolution of a range query (`15s`, `5m`, or seconds).
+    #[arg(long, requires_all = ["start", "end"])]
+    step: Option<String>,
+    /// Print the API's JSON `data` instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The PromQL expression.
+    expr: String,
+}
+
+#[derive(clap::Args)]
+struct SeriesCmd {
+    /// The server to ask.
+    #[arg(long, default_value = "http://127.0.0.1:9310")]
+    url: String,
+    /// Only series with samples at or after this time.
+    #[arg(long)]
+    start: Option<String>,
+    /// Only series with samples at or before this time.
+    #[arg(long)]
+    end: Option<String>,
+    /// Series selectors (at least one).
+    #[arg(required = true)]
+    selectors: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +181,30 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => serve(args),
         Command::Import(args) => import_file(args),
+        Command::Query(q) => {
+            let server = cli::Server::parse(&q.url)?;
+            let range = match (&q.start, &q.end, &q.step) {
+                (Some(s), Some(e), Some(st)) => Some((s.as_str(), e.as_str(), st.as_str())),
+                _ => None,
+            };
+            let args = cli::QueryArgs {
+                expr: &q.expr,
+                time: q.time.as_deref(),
+                range,
+                json: q.json,
+            };
+            cli::query(&server, &args, &mut std::io::stdout().lock())
+        }
+        Command::Series(c) => {
+            let server = cli::Server::parse(&c.url)?;
+            cli::series(
+                &server,
+                &c.selectors,
+                c.start.as_deref(),
+                c.end.as_deref(),
+                &mut std::io::stdout().lock(),
+            )
+        }
     }
 }
 
