@@ -5,14 +5,21 @@
 //!
 //! ```text
 //!  /proc/loadavg ──> LoadAvg ──┐
-//!  /proc/meminfo ──> MemInfo ──┴──> Vec<Sample> ──> caller (Appender, /metrics)
+//!  /proc/meminfo ──> MemInfo ──┤
+//!  /proc/stat ─────> Stat ─────┤   (cpu seconds, boot time, context switches, procs)
+//!  /proc/net/dev ──> NetDev ───┼──> Vec<Sample> ──> caller (Appender, /metrics)
+//!  /proc/diskstats > DiskStats ┤
+//!  /proc/pressure ─> Pressure ─┤
+//!  /proc/sys/kernel> System ───┘   (uname info, time)
 //! ```
 
 mod node;
+mod procfs;
 
 use std::path::PathBuf;
 
 pub use node::{LoadAvg, MemInfo};
+pub use procfs::{DiskStats, NetDev, Pressure, Stat, System};
 use strata_storage::Labels;
 
 /// One value a collector read.
@@ -47,6 +54,11 @@ pub fn node_collectors(proc: impl Into<PathBuf>) -> Vec<Box<dyn Collector>> {
     let proc = proc.into();
     vec![
         Box::new(LoadAvg::new(proc.clone())),
-        Box::new(MemInfo::new(proc)),
+        Box::new(MemInfo::new(proc.clone())),
+        Box::new(Stat::new(proc.clone())),
+        Box::new(NetDev::new(proc.clone())),
+        Box::new(DiskStats::new(proc.clone())),
+        Box::new(Pressure::new(proc.clone())),
+        Box::new(System::new(proc)),
     ]
 }
