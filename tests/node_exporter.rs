@@ -105,6 +105,10 @@ fn host_families_match_node_exporter() {
         "node_memory_MemTotal_bytes",
         "node_memory_MemAvailable_bytes",
         "node_time_seconds",
+        "node_filesystem_size_bytes",
+        "node_filesystem_avail_bytes",
+        "node_filesystem_files",
+        "node_filesystem_readonly",
     ] {
         let (a, b) = (ours.get(family), theirs.get(family));
         let (Some(a), Some(b)) = (a, b) else {
@@ -157,4 +161,6 @@ fn host_families_match_node_exporter() {
     close("node_time_seconds", 30.0);
     close("node_cpu_seconds_total", 30.0);
     close("node_disk_read_bytes_total", 64.0 * 1024.0 * 1024.0);
+    close("node_filesystem_size_bytes", 0.0);
+    close("node_filesystem_readonly", 0.0);
 }

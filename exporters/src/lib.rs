@@ -10,6 +10,7 @@
 //!  /proc/net/dev ──> NetDev ───┼──> Vec<Sample> ──> caller (Appender, /metrics)
 //!  /proc/diskstats > DiskStats ┤
 //!  /proc/pressure ─> Pressure ─┤
+//!  /proc/1/mounts ─> Filesystem┤   (+ statvfs of each mount point)
 //!  /proc/sys/kernel> System ───┘   (uname info, time)
 //! ```
 
@@ -19,7 +20,7 @@ mod procfs;
 use std::path::PathBuf;
 
 pub use node::{LoadAvg, MemInfo};
-pub use procfs::{DiskStats, NetDev, Pressure, Stat, System};
+pub use procfs::{DiskStats, Filesystem, NetDev, Pressure, Stat, System};
 use strata_storage::Labels;
 
 /// One value a collector read.
@@ -59,6 +60,7 @@ pub fn node_collectors(proc: impl Into<PathBuf>) -> Vec<Box<dyn Collector>> {
         Box::new(NetDev::new(proc.clone())),
         Box::new(DiskStats::new(proc.clone())),
         Box::new(Pressure::new(proc.clone())),
+        Box::new(Filesystem::new(proc.clone())),
         Box::new(System::new(proc)),
     ]
 }

@@ -364,6 +364,148 @@ impl Collector for System {
     }
 }
 
+/// `node_filesystem_{size,free,avail}_bytes`, `node_filesystem_files{,_free}`,
+/// `node_filesystem_readonly` and `node_filesystem_device_error`
+/// `{device,fstype,mountpoint}` for the mounted filesystems (`/proc/1/mounts`, else
+/// `/proc/self/mounts`), leaving out pseudo filesystems and the mount points
+/// node_exporter leaves out by default.
+pub struct Filesystem {
+    proc: PathBuf,
+}
+
+impl Filesystem {
+    pub fn new(proc: impl Into<PathBuf>) -> Self {
+        Self { proc: proc.into() }
+    }
+}
+
+/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
+const PSEUDO_FS: [&str; 23] = [
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "procfs",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+];
+
+/// node_exporter's default `--collector.filesystem.mount-points-exclude` (1.5):
+/// `^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)`.
+fn excluded_mount(m: &str) -> bool {
+    let under = |p: &str| m == p || m.starts_with(&format!("{p}/"));
+    let below = |p: &str| {
+        m.strip_prefix(p)
+            .is_some_and(|r| r.len() > 1 && r.starts_with('/'))
+    };
+    ["/dev", "/proc", "/run", "/sys", "/mnt", "/media"]
+        .iter()
+        .any(|p| under(p))
+        || below("/var/lib/docker")
+        || below("/var/lib/containers/storage")
+}
+
+/// Undoes the octal escapes of `/proc/*/mounts` (`\040` for a space).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Collector for Filesystem {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn collect(&self, out: &mut Vec<Sample>) -> Result<(), ExporterError> {
+        let (_, text) =
+            read(self.proc.join("1/mounts")).or_else(|_| read(self.proc.join("self/mounts")))?;
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let (device, mountpoint, fstype) = (unescape_mount(f[0]), unescape_mount(f[1]), f[2]);
+            if PSEUDO_FS.contains(&fstype) || fstype == "tracefs" || excluded_mount(&mountpoint) {
+                continue;
+            }
+            if !seen.insert((device.clone(), mountpoint.clone())) {
+                continue;
+            }
+            let readonly = f[3].split(',').any(|o| o == "ro");
+            let labels = [
+                ("device", device.as_str()),
+                ("fstype", fstype),
+                ("mountpoint", mountpoint.as_str()),
+            ];
+            match rustix::fs::statvfs(mountpoint.as_str()) {
+                Ok(st) => {
+                    let bsize = st.f_bsize as f64;
+                    out.push(sample(
+                        "node_filesystem_size_bytes",
+                        labels,
+                        st.f_blocks as f64 * bsize,
+                    ));
+                    out.push(sample(
+                        "node_filesystem_free_bytes",
+                        labels,
+                        st.f_bfree as f64 * bsize,
+                    ));
+                    out.push(sample(
+                        "node_filesystem_avail_bytes",
+                        labels,
+                        st.f_bavail as f64 * bsize,
+                    ));
+                    out.push(sample("node_filesystem_files", labels, st.f_files as f64));
+                    out.push(sample(
+                        "node_filesystem_files_free",
+                        labels,
+                        st.f_ffree as f64,
+                    ));
+                    out.push(sample(
+                        "node_filesystem_readonly",
+                        labels,
+                        f64::from(u8::from(readonly)),
+                    ));
+                    out.push(sample("node_filesystem_device_error", labels, 0.0));
+                }
+                Err(_) => out.push(sample("node_filesystem_device_error", labels, 1.0)),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,6 +683,58 @@ mod tests {
         );
         assert_eq!(u.map(|s| s.value), Some(1.0));
         assert!(find(&out, "node_time_seconds", &[]).is_some_and(|s| s.value > 1.7e9));
+    }
+
+    #[test]
+    fn filesystems_follow_node_exporter_exclusions() {
+        for m in [
+            "/dev",
+            "/dev/shm",
+            "/proc",
+            "/sys/fs/cgroup",
+            "/run",
+            "/run/user/1000",
+            "/mnt/usb",
+            "/media/cd",
+            "/var/lib/docker/overlay2/a",
+        ] {
+            assert!(excluded_mount(m), "{m}");
+        }
+        for m in [
+            "/",
+            "/home",
+            "/devices",
+            "/running",
+            "/var/lib/docker",
+            "/srv",
+        ] {
+            assert!(!excluded_mount(m), "{m}");
+        }
+        assert_eq!(unescape_mount("/mnt/my\\040disk"), "/mnt/my disk");
+        let dir = proc_with(&[(
+            "self/mounts",
+            "proc /proc proc rw 0 0\n/dev/root / ext4 ro,relatime 0 0\n/dev/root / ext4 ro,relatime 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n",
+        )]);
+        let mut out = Vec::new();
+        Filesystem::new(dir.path())
+            .collect(&mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let size = find(
+            &out,
+            "node_filesystem_size_bytes",
+            &[("mountpoint", "/"), ("fstype", "ext4")],
+        );
+        assert!(size.is_some_and(|s| s.value > 0.0), "{out:?}");
+        assert_eq!(
+            find(&out, "node_filesystem_readonly", &[("mountpoint", "/")]).map(|s| s.value),
+            Some(1.0)
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|s| s.labels.metric_name() == Some("node_filesystem_size_bytes"))
+                .count(),
+            1
+        );
     }
 
     #[test]
