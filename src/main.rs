@@ -305,6 +305,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             started_at: chrono::Utc::now(),
             flags: flag_values(&args),
             metadata: Default::default(),
+            counters: Default::default(),
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));

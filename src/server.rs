@@ -11,6 +11,7 @@
 
 mod admin;
 mod json;
+mod metrics;
 mod params;
 mod status;
 
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     pub(crate) flags: Vec<(String, String)>,
     /// Metric metadata received with remote write.
     pub(crate) metadata: strata_ingest::metadata::MetadataStore,
+    /// Request counters for `/metrics`.
+    pub(crate) counters: metrics::ServerCounters,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -96,6 +99,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/api/v1/admin/tsdb/snapshot",
             post(admin::snapshot).put(admin::snapshot),
         )
+        .route("/metrics", get(metrics::metrics))
         .route("/-/healthy", get(|| async { "Strata is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Strata is Ready.\n" }))
         .with_state(state)
@@ -237,7 +241,19 @@ async fn run_query(
     let queue_time = queued.elapsed();
     let body = blocking(move || {
         let _permit = permit;
-        let r = eval(&st)?;
+        let started = Instant::now();
+        let r = eval(&st);
+        let c = &st.counters;
+        c.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.query_micros.fetch_add(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if r.is_err() {
+            c.query_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let r = r?;
         Ok(json::success_with(
             |out| {
                 json::push_query_value(out, &r.value);
@@ -486,11 +502,19 @@ pub(crate) async fn compact_periodically(db: Db, every: Duration) {
 
 /// Remote write 1.0. 204 only once every sample is in the WAL, synced.
 async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let counted = Arc::clone(&st);
+    let st_counters = &counted.counters;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if content_type.contains("io.prometheus.write.v2.Request") {
+        st_counters
+            .write_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st_counters
+            .write_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "remote write 2.0 is not supported yet; send prometheus.WriteRequest (1.0)\n",
@@ -501,7 +525,15 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
     let db = st.db.clone();
     let bytes = match read_body(body, limit).await {
         Ok(b) => b,
-        Err(e) => return (e.status, format!("{}\n", e.message)).into_response(),
+        Err(e) => {
+            st_counters
+                .write_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            st_counters
+                .write_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return (e.status, format!("{}\n", e.message)).into_response();
+        }
     };
     let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), IngestError> {
         let req = strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?;
@@ -512,8 +544,19 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         Ok((stats.series, stats.samples))
     })
     .await;
+    st_counters
+        .write_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !matches!(result, Ok(Ok(_))) {
+        st_counters
+            .write_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match result {
         Ok(Ok((series, samples))) => {
+            st_counters
+                .write_samples
+                .fetch_add(samples as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::trace!(series, samples, "remote write stored");
             compact_in_background(&db);
             StatusCode::NO_CONTENT.into_response()
