@@ -308,7 +308,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             counters: Default::default(),
         });
         if args.collect_interval_ms > 0 {
-            tokio::spawn(collect::run(db.clone(), args.collect_interval_ms));
+            tokio::spawn(collect::run(
+                db.clone(),
+                Arc::clone(&state.metadata),
+                args.collect_interval_ms,
+            ));
         }
         tokio::spawn(server::compact_periodically(
             db.clone(),

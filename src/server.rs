@@ -57,7 +57,7 @@ pub(crate) struct AppState {
     /// Every flag and its value, for `/api/v1/status/flags`.
     pub(crate) flags: Vec<(String, String)>,
     /// Metric metadata received with remote write.
-    pub(crate) metadata: strata_ingest::metadata::MetadataStore,
+    pub(crate) metadata: Arc<strata_ingest::metadata::MetadataStore>,
     /// Request counters for `/metrics`.
     pub(crate) counters: metrics::ServerCounters,
 }

@@ -64,3 +64,50 @@ pub fn node_collectors(proc: impl Into<PathBuf>) -> Vec<Box<dyn Collector>> {
         Box::new(System::new(proc)),
     ]
 }
+
+/// Type (`counter` or `gauge`) and help text of a family the collectors emit, as
+/// node_exporter describes it.
+pub fn describe(name: &str) -> (&'static str, String) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let help = match name {
+        "node_cpu_seconds_total" => "Seconds the CPUs spent in each mode.".to_string(),
+        "node_load1" => "1m load average.".to_string(),
+        "node_load5" => "5m load average.".to_string(),
+        "node_load15" => "15m load average.".to_string(),
+        "node_boot_time_seconds" => "Node boot time, in unixtime.".to_string(),
+        "node_time_seconds" => "System time in seconds since epoch (1970).".to_string(),
+        "node_context_switches_total" => "Total number of context switches.".to_string(),
+        "node_intr_total" => "Total number of interrupts serviced.".to_string(),
+        "node_forks_total" => "Total number of forks.".to_string(),
+        "node_procs_running" => "Number of processes in runnable state.".to_string(),
+        "node_procs_blocked" => {
+            "Number of processes blocked waiting for I/O to complete.".to_string()
+        }
+        "node_uname_info" => {
+            "Labeled system information as provided by the uname system call.".to_string()
+        }
+        _ => {
+            if let Some(field) = name.strip_prefix("node_memory_") {
+                format!("Memory information field {field}.")
+            } else if let Some(rest) = name.strip_prefix("node_network_") {
+                format!(
+                    "Network device statistic {}.",
+                    rest.trim_end_matches("_total")
+                )
+            } else if let Some(rest) = name.strip_prefix("node_disk_") {
+                format!("Block device statistic {rest}.")
+            } else if let Some(rest) = name.strip_prefix("node_filesystem_") {
+                format!("Filesystem statistic {rest}.")
+            } else if let Some(rest) = name.strip_prefix("node_pressure_") {
+                format!("Pressure stall information: {rest}.")
+            } else {
+                format!("{name}.")
+            }
+        }
+    };
+    (kind, help)
+}
