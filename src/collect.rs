@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strata_exporters::{describe, node_collectors, Collector, Sample};
+use strata_exporters::{describe, host_collectors, Collector, Sample};
 use strata_ingest::metadata::{MetadataStore, MetricMetadata, MetricType};
 use strata_storage::{stale_nan, Db, Labels};
 
@@ -17,7 +17,7 @@ pub(crate) async fn run(db: Db, metadata: Arc<MetadataStore>, interval_ms: i64) 
     let instance = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let collectors = Arc::new(node_collectors("/proc"));
+    let collectors = Arc::new(host_collectors("/proc", "/sys/fs/cgroup"));
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.unsigned_abs()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval_ms, instance = %instance, "collecting host metrics");
@@ -53,16 +53,24 @@ pub(crate) fn collect_once(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut samples: Vec<Sample> = Vec::new();
+    let mut jobs: Vec<(usize, &'static str)> = Vec::new();
     for c in collectors {
+        let from = samples.len();
         if let Err(e) = c.collect(&mut samples) {
             tracing::warn!(collector = c.name(), error = %e, "collector failed");
         }
+        jobs.push((from, c.job()));
     }
     let mut seen: HashSet<Labels> = HashSet::with_capacity(samples.len());
     let mut families: Vec<MetricMetadata> = Vec::new();
     let mut app = db.appender();
-    for mut s in samples {
-        s.labels.set("job", "node");
+    for (i, mut s) in samples.into_iter().enumerate() {
+        let job = jobs
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= i)
+            .map_or("node", |j| j.1);
+        s.labels.set("job", job);
         s.labels.set("instance", instance);
         if let Some(name) = s.labels.metric_name() {
             if families.last().is_none_or(|f| f.family != name) {

@@ -343,9 +343,37 @@ fn host_metrics_are_collected_into_the_store() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let names = strata.get("/api/v1/label/__name__/values").json();
-    assert!(names["data"]
+    let names: Vec<&str> = names["data"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|n| n == "node_load1"));
+        .filter_map(|n| n.as_str())
+        .collect();
+    for family in [
+        "node_load1",
+        "node_cpu_seconds_total",
+        "node_network_receive_bytes_total",
+        "node_filesystem_size_bytes",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+    ] {
+        assert!(names.contains(&family), "{family} not collected: {names:?}");
+    }
+    // The root cgroup's CPU, under cAdvisor's job, and help and type for the families.
+    let q = strata.query(
+        "container_cpu_usage_seconds_total{id=\"/\",job=\"cadvisor\",cpu=\"total\"}",
+        &format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 1
+        ),
+    );
+    assert_eq!(q["result"].as_array().map(Vec::len), Some(1), "{q}");
+    let meta = strata
+        .get("/api/v1/metadata?metric=node_cpu_seconds_total")
+        .json();
+    assert_eq!(meta["data"]["node_cpu_seconds_total"][0]["type"], "counter");
 }

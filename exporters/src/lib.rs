@@ -14,11 +14,13 @@
 //!  /proc/sys/kernel> System ───┘   (uname info, time)
 //! ```
 
+mod cgroup;
 mod node;
 mod procfs;
 
 use std::path::PathBuf;
 
+pub use cgroup::Cgroups;
 pub use node::{LoadAvg, MemInfo};
 pub use procfs::{DiskStats, Filesystem, NetDev, Pressure, Stat, System};
 use strata_storage::Labels;
@@ -48,6 +50,23 @@ pub trait Collector: Send + Sync {
     fn name(&self) -> &'static str;
     /// Appends the current values to `out`.
     fn collect(&self, out: &mut Vec<Sample>) -> Result<(), ExporterError>;
+    /// The `job` label its samples get when stored (node_exporter's families: `node`;
+    /// cAdvisor's: `cadvisor`).
+    fn job(&self) -> &'static str {
+        "node"
+    }
+}
+
+/// Every built-in collector: the node collectors on `proc`, and the cgroup collector on
+/// `cgroup` (normally `/sys/fs/cgroup`) naming Docker containers from
+/// `/var/lib/docker/containers` when readable.
+pub fn host_collectors(
+    proc: impl Into<PathBuf>,
+    cgroup: impl Into<PathBuf>,
+) -> Vec<Box<dyn Collector>> {
+    let mut all = node_collectors(proc);
+    all.push(Box::new(Cgroups::new(cgroup, "/var/lib/docker/containers")));
+    all
 }
 
 /// The node collectors available in this version, reading from `proc` (normally `/proc`).
@@ -104,6 +123,8 @@ pub fn describe(name: &str) -> (&'static str, String) {
                 format!("Filesystem statistic {rest}.")
             } else if let Some(rest) = name.strip_prefix("node_pressure_") {
                 format!("Pressure stall information: {rest}.")
+            } else if let Some(rest) = name.strip_prefix("container_") {
+                format!("Container {}.", rest.replace('_', " "))
             } else {
                 format!("{name}.")
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use strata_exporters::{describe, node_collectors, Sample};
+use strata_exporters::{describe, host_collectors, Sample};
 use strata_storage::Labels;
 
 use super::AppState;
@@ -268,7 +268,7 @@ pub(crate) fn render(st: &AppState) -> String {
 
     let mut host: Vec<Sample> = Vec::new();
     let mut failed = 0.0;
-    for c in node_collectors("/proc") {
+    for c in host_collectors("/proc", "/sys/fs/cgroup") {
         if c.collect(&mut host).is_err() {
             failed += 1.0;
         }

@@ -1,0 +1,673 @@
+//! cAdvisor-compatible container families read from the cgroup filesystem, for cgroup v2
+//! (unified), v1, and hybrid hosts (v1 controllers beside a v2 `unified` mount: the v1
+//! controllers are read).
+//!
+//! ```text
+//!  /sys/fs/cgroup ─┬─ cgroup.controllers? ──> v2: one tree, cpu.stat, memory.*, io.stat, pids
+//!                  └─ cpuacct/, memory/, cpu/, pids/, blkio/ ──> v1: a tree per controller
+//!  every cgroup ──> container_*{id="/path", name, image} (name and image for Docker
+//!                   containers whose config is readable, else empty)
+//! ```
+//!
+//! Every cgroup is reported, as cAdvisor reports raw cgroups; `id` is its path from the
+//! root (`/` for the root), so `/system.slice/docker-<id>.scope` and `/docker/<id>` keep
+//! the paths dashboards filter on.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use strata_storage::Labels;
+
+use crate::{Collector, ExporterError, Sample};
+
+/// Kernel clock ticks per second in `cpuacct.stat`.
+const USER_HZ: f64 = 100.0;
+/// Deepest cgroup nesting walked.
+const MAX_DEPTH: usize = 16;
+/// Most cgroups reported in one collection.
+const MAX_CGROUPS: usize = 10_000;
+
+/// The cgroup collector, rooted at a cgroup mount point (normally `/sys/fs/cgroup`).
+pub struct Cgroups {
+    root: PathBuf,
+    /// Where Docker keeps container configs (normally `/var/lib/docker/containers`).
+    docker: PathBuf,
+}
+
+impl Cgroups {
+    pub fn new(root: impl Into<PathBuf>, docker_containers: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            docker: docker_containers.into(),
+        }
+    }
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn read_num(p: &Path) -> Option<f64> {
+    read_trim(p)?.parse::<f64>().ok()
+}
+
+/// `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`).
+fn flat_keyed(p: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(p)
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    Some((k.to_string(), v.trim().parse::<f64>().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn keyed(list: &[(String, f64)], key: &str) -> Option<f64> {
+    list.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+/// Every cgroup directory under `base`, as paths relative to it (`""` for `base`).
+fn walk(base: &Path) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::new()];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_CGROUPS {
+        let rel = out[i].clone();
+        i += 1;
+        if rel.components().count() >= MAX_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(base.join(&rel)) else {
+            continue;
+        };
+        let mut children: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| rel.join(e.file_name()))
+            .collect();
+        children.sort();
+        out.extend(children);
+    }
+    out.truncate(MAX_CGROUPS);
+    out
+}
+
+/// A Docker, containerd or Podman container id in a cgroup path's last element.
+fn container_id(id: &str) -> Option<&str> {
+    let last = id.rsplit('/').next().unwrap_or("");
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for (prefix, suffix) in [
+        ("docker-", ".scope"),
+        ("cri-containerd-", ".scope"),
+        ("libpod-", ".scope"),
+        ("crio-", ".scope"),
+        ("", ""),
+    ] {
+        if let Some(core) = last
+            .strip_prefix(prefix)
+            .and_then(|s| s.strip_suffix(suffix))
+        {
+            if hex(core) {
+                return Some(core);
+            }
+        }
+    }
+    None
+}
+
+/// Name and image of a Docker container from its on-disk config, when readable.
+fn docker_identity(docker: &Path, cid: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(docker.join(cid).join("config.v2.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let name = v["Name"].as_str()?.trim_start_matches('/').to_string();
+    let image = v["Config"]["Image"].as_str().unwrap_or("").to_string();
+    Some((name, image))
+}
+
+/// cAdvisor's conversion of a v2 `cpu.weight` (1–10000) to v1 shares (2–262144).
+fn weight_to_shares(weight: f64) -> f64 {
+    (2.0 + ((weight - 1.0) * 262_142.0) / 9_999.0).round()
+}
+
+/// Appends the samples of one cgroup.
+struct Emit<'a> {
+    out: &'a mut Vec<Sample>,
+    id: &'a str,
+    name: &'a str,
+    image: &'a str,
+}
+
+impl Emit<'_> {
+    fn put(&mut self, metric: &str, extra: &[(&str, &str)], v: f64) {
+        let labels = [
+            ("__name__", metric),
+            ("id", self.id),
+            ("image", self.image),
+            ("name", self.name),
+        ];
+        self.out.push(Sample {
+            labels: Labels::from_pairs(labels.iter().copied().chain(extra.iter().copied())),
+            value: v,
+        });
+    }
+
+    fn opt(&mut self, metric: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.put(metric, &[], v);
+        }
+    }
+}
+
+/// PSI totals (µs) of a `*.pressure` file, as `container_pressure_<res>_{waiting,stalled}_seconds_total`.
+fn pressure(e: &mut Emit<'_>, file: &Path, resource: &str) {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let kind = match f.next() {
+            Some("some") => "waiting",
+            Some("full") => "stalled",
+            _ => continue,
+        };
+        if let Some(total) = f
+            .find_map(|x| x.strip_prefix("total="))
+            .and_then(|t| t.parse::<f64>().ok())
+        {
+            e.put(
+                &format!("container_pressure_{resource}_{kind}_seconds_total"),
+                &[],
+                total / 1e6,
+            );
+        }
+    }
+}
+
+impl Cgroups {
+    fn v2(&self, rel: &Path, e: &mut Emit<'_>) {
+        let d = self.root.join(rel);
+        let cpu = flat_keyed(&d.join("cpu.stat"));
+        if let Some(u) = keyed(&cpu, "usage_usec") {
+            e.put(
+                "container_cpu_usage_seconds_total",
+                &[("cpu", "total")],
+                u / 1e6,
+            );
+        }
+        e.opt(
+            "container_cpu_user_seconds_total",
+            keyed(&cpu, "user_usec").map(|v| v / 1e6),
+        );
+        e.opt(
+            "container_cpu_system_seconds_total",
+            keyed(&cpu, "system_usec").map(|v| v / 1e6),
+        );
+        e.opt("container_cpu_cfs_periods_total", keyed(&cpu, "nr_periods"));
+        e.opt(
+            "container_cpu_cfs_throttled_periods_total",
+            keyed(&cpu, "nr_throttled"),
+        );
+        e.opt(
+            "container_cpu_cfs_throttled_seconds_total",
+            keyed(&cpu, "throttled_usec").map(|v| v / 1e6),
+        );
+        if let Some(max) = read_trim(&d.join("cpu.max")) {
+            let mut f = max.split_whitespace();
+            let (quota, period) = (f.next(), f.next().and_then(|p| p.parse::<f64>().ok()));
+            if let Some(q) = quota.and_then(|q| q.parse::<f64>().ok()) {
+                e.put("container_spec_cpu_quota", &[], q);
+            }
+            e.opt("container_spec_cpu_period", period);
+        }
+        e.opt(
+            "container_spec_cpu_shares",
+            read_num(&d.join("cpu.weight")).map(weight_to_shares),
+        );
+        let usage = read_num(&d.join("memory.current"));
+        let mem = flat_keyed(&d.join("memory.stat"));
+        e.opt("container_memory_usage_bytes", usage);
+        if let Some(u) = usage {
+            let inactive = keyed(&mem, "inactive_file").unwrap_or(0.0);
+            e.put(
+                "container_memory_working_set_bytes",
+                &[],
+                (u - inactive).max(0.0),
+            );
+        }
+        e.opt("container_memory_rss", keyed(&mem, "anon"));
+        e.opt("container_memory_cache", keyed(&mem, "file"));
+        e.opt(
+            "container_memory_swap",
+            read_num(&d.join("memory.swap.current")),
+        );
+        if let Some(limit) = read_trim(&d.join("memory.max")) {
+            // "max" is no limit, which cAdvisor reports as 0.
+            e.put(
+                "container_spec_memory_limit_bytes",
+                &[],
+                limit.parse::<f64>().unwrap_or(0.0),
+            );
+        }
+        let events = flat_keyed(&d.join("memory.events"));
+        e.opt("container_memory_failcnt", keyed(&events, "max"));
+        e.opt("container_oom_events_total", keyed(&events, "oom_kill"));
+        e.opt("container_processes", read_num(&d.join("pids.current")));
+        if let Ok(io) = std::fs::read_to_string(d.join("io.stat")) {
+            let (mut r, mut w) = (0.0, 0.0);
+            for line in io.lines() {
+                for kv in line.split_whitespace().skip(1) {
+                    match kv.split_once('=') {
+                        Some(("rbytes", v)) => r += v.parse::<f64>().unwrap_or(0.0),
+                        Some(("wbytes", v)) => w += v.parse::<f64>().unwrap_or(0.0),
+                        _ => {}
+                    }
+                }
+            }
+            e.put("container_fs_reads_bytes_total", &[], r);
+            e.put("container_fs_writes_bytes_total", &[], w);
+        }
+        for res in ["cpu", "memory", "io"] {
+            pressure(e, &d.join(format!("{res}.pressure")), res);
+        }
+    }
+
+    /// The directory of a v1 controller (mounted alone or combined, `cpu,cpuacct`).
+    fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
+        let alone = self.root.join(controller);
+        if alone.is_dir() {
+            return Some(alone);
+        }
+        std::fs::read_dir(&self.root)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.split(',').any(|c| c == controller))
+            })
+    }
+
+    fn v1(&self, rel: &Path, e: &mut Emit<'_>) {
+        if let Some(acct) = self.v1_dir("cpuacct").map(|b| b.join(rel)) {
+            if let Some(ns) = read_num(&acct.join("cpuacct.usage")) {
+                e.put(
+                    "container_cpu_usage_seconds_total",
+                    &[("cpu", "total")],
+                    ns / 1e9,
+                );
+            }
+            let stat = flat_keyed(&acct.join("cpuacct.stat"));
+            e.opt(
+                "container_cpu_user_seconds_total",
+                keyed(&stat, "user").map(|t| t / USER_HZ),
+            );
+            e.opt(
+                "container_cpu_system_seconds_total",
+                keyed(&stat, "system").map(|t| t / USER_HZ),
+            );
+        }
+        if let Some(cpu) = self.v1_dir("cpu").map(|b| b.join(rel)) {
+            let stat = flat_keyed(&cpu.join("cpu.stat"));
+            e.opt(
+                "container_cpu_cfs_periods_total",
+                keyed(&stat, "nr_periods"),
+            );
+            e.opt(
+                "container_cpu_cfs_throttled_periods_total",
+                keyed(&stat, "nr_throttled"),
+            );
+            e.opt(
+                "container_cpu_cfs_throttled_seconds_total",
+                keyed(&stat, "throttled_time").map(|ns| ns / 1e9),
+            );
+            // -1 is no quota: cAdvisor leaves the quota out then.
+            e.opt(
+                "container_spec_cpu_quota",
+                read_num(&cpu.join("cpu.cfs_quota_us")).filter(|q| *q >= 0.0),
+            );
+            e.opt(
+                "container_spec_cpu_period",
+                read_num(&cpu.join("cpu.cfs_period_us")),
+            );
+            e.opt(
+                "container_spec_cpu_shares",
+                read_num(&cpu.join("cpu.shares")),
+            );
+        }
+        if let Some(mem) = self.v1_dir("memory").map(|b| b.join(rel)) {
+            let usage = read_num(&mem.join("memory.usage_in_bytes"));
+            let stat = flat_keyed(&mem.join("memory.stat"));
+            e.opt("container_memory_usage_bytes", usage);
+            if let Some(u) = usage {
+                let inactive = keyed(&stat, "total_inactive_file").unwrap_or(0.0);
+                e.put(
+                    "container_memory_working_set_bytes",
+                    &[],
+                    (u - inactive).max(0.0),
+                );
+            }
+            e.opt("container_memory_rss", keyed(&stat, "total_rss"));
+            e.opt("container_memory_cache", keyed(&stat, "total_cache"));
+            if let (Some(memsw), Some(u)) =
+                (read_num(&mem.join("memory.memsw.usage_in_bytes")), usage)
+            {
+                e.put("container_memory_swap", &[], (memsw - u).max(0.0));
+            }
+            e.opt(
+                "container_memory_failcnt",
+                read_num(&mem.join("memory.failcnt")),
+            );
+            if let Some(limit) = read_num(&mem.join("memory.limit_in_bytes")) {
+                // Unlimited is a page-rounded maximum: cAdvisor reports it as 0.
+                let unlimited = limit >= 9.0e18 || limit >= (1u64 << 62) as f64;
+                e.put(
+                    "container_spec_memory_limit_bytes",
+                    &[],
+                    if unlimited { 0.0 } else { limit },
+                );
+            }
+            let oom = std::fs::read_to_string(mem.join("memory.oom_control"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill "))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                });
+            e.opt("container_oom_events_total", oom);
+        }
+        if let Some(pids) = self.v1_dir("pids").map(|b| b.join(rel)) {
+            e.opt("container_processes", read_num(&pids.join("pids.current")));
+        }
+        if let Some(blkio) = self.v1_dir("blkio").map(|b| b.join(rel)) {
+            if let Ok(t) = std::fs::read_to_string(blkio.join("blkio.throttle.io_service_bytes")) {
+                let (mut r, mut w) = (0.0, 0.0);
+                for line in t.lines() {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if f.len() == 3 {
+                        let v = f[2].parse::<f64>().unwrap_or(0.0);
+                        match f[1] {
+                            "Read" => r += v,
+                            "Write" => w += v,
+                            _ => {}
+                        }
+                    }
+                }
+                e.put("container_fs_reads_bytes_total", &[], r);
+                e.put("container_fs_writes_bytes_total", &[], w);
+            }
+        }
+    }
+}
+
+impl Collector for Cgroups {
+    fn name(&self) -> &'static str {
+        "cgroup"
+    }
+
+    fn job(&self) -> &'static str {
+        "cadvisor"
+    }
+
+    fn collect(&self, out: &mut Vec<Sample>) -> Result<(), ExporterError> {
+        let unified = self.root.join("cgroup.controllers").exists();
+        let base = if unified {
+            self.root.clone()
+        } else {
+            self.v1_dir("cpuacct")
+                .or_else(|| self.v1_dir("memory"))
+                .ok_or_else(|| ExporterError::Parse {
+                    path: self.root.clone(),
+                    reason: "neither a cgroup v2 mount nor v1 cpuacct or memory controllers".into(),
+                })?
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for rel in walk(&base) {
+            let id = format!("/{}", rel.display());
+            let id = if id == "/" {
+                id
+            } else {
+                id.trim_end_matches('/').to_string()
+            };
+            let (name, image) = container_id(&id)
+                .and_then(|cid| docker_identity(&self.docker, cid))
+                .unwrap_or_default();
+            let mut e = Emit {
+                out,
+                id: &id,
+                name: &name,
+                image: &image,
+            };
+            if unified {
+                self.v2(&rel, &mut e);
+            } else {
+                self.v1(&rel, &mut e);
+            }
+            let started = std::fs::metadata(base.join(&rel))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64());
+            e.opt("container_start_time_seconds", started);
+            e.put("container_last_seen", &[], now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::write(p, text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        dir
+    }
+
+    fn get(out: &[Sample], metric: &str, id: &str) -> Option<f64> {
+        out.iter()
+            .find(|s| s.labels.metric_name() == Some(metric) && s.labels.get("id") == Some(id))
+            .map(|s| s.value)
+    }
+
+    const DOCKER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn cgroup_v2_with_a_docker_container() {
+        let scope = format!("system.slice/docker-{DOCKER}.scope");
+        let files = [
+            ("cgroup.controllers".to_string(), "cpu memory io pids\n".to_string()),
+            ("cpu.stat".into(), "usage_usec 9000000\nuser_usec 6000000\nsystem_usec 3000000\n".into()),
+            (format!("{scope}/cpu.stat"), "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 100\nnr_throttled 7\nthrottled_usec 350000\n".into()),
+            (format!("{scope}/cpu.max"), "50000 100000\n".into()),
+            (format!("{scope}/cpu.weight"), "100\n".into()),
+            (format!("{scope}/memory.current"), "104857600\n".into()),
+            (format!("{scope}/memory.stat"), "anon 52428800\nfile 41943040\ninactive_file 20971520\n".into()),
+            (format!("{scope}/memory.max"), "max\n".into()),
+            (format!("{scope}/memory.swap.current"), "4096\n".into()),
+            (format!("{scope}/memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".into()),
+            (format!("{scope}/pids.current"), "12\n".into()),
+            (format!("{scope}/io.stat"), "8:0 rbytes=1000 wbytes=2000 rios=1 wios=2\n8:16 rbytes=24 wbytes=48 rios=1 wios=1\n".into()),
+            (format!("{scope}/memory.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n".into()),
+            (format!("docker/{DOCKER}/config.v2.json"), r#"{"Name":"/web","Config":{"Image":"nginx:1.25"}}"#.into()),
+        ];
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let dir = tree(&refs);
+        let c = Cgroups::new(dir.path(), dir.path().join("docker"));
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        let id = format!("/{scope}");
+        assert_eq!(
+            get(&out, "container_cpu_usage_seconds_total", &id),
+            Some(2.5)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_usage_seconds_total", "/"),
+            Some(9.0)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_cfs_throttled_periods_total", &id),
+            Some(7.0)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_cfs_throttled_seconds_total", &id),
+            Some(0.35)
+        );
+        assert_eq!(get(&out, "container_spec_cpu_quota", &id), Some(50_000.0));
+        assert_eq!(get(&out, "container_spec_cpu_period", &id), Some(100_000.0));
+        assert_eq!(get(&out, "container_spec_cpu_shares", &id), Some(2597.0));
+        assert_eq!(
+            get(&out, "container_memory_usage_bytes", &id),
+            Some(104_857_600.0)
+        );
+        assert_eq!(
+            get(&out, "container_memory_working_set_bytes", &id),
+            Some(83_886_080.0)
+        );
+        assert_eq!(get(&out, "container_memory_rss", &id), Some(52_428_800.0));
+        assert_eq!(get(&out, "container_memory_cache", &id), Some(41_943_040.0));
+        assert_eq!(
+            get(&out, "container_spec_memory_limit_bytes", &id),
+            Some(0.0)
+        );
+        assert_eq!(get(&out, "container_memory_failcnt", &id), Some(3.0));
+        assert_eq!(get(&out, "container_oom_events_total", &id), Some(1.0));
+        assert_eq!(get(&out, "container_processes", &id), Some(12.0));
+        assert_eq!(
+            get(&out, "container_fs_reads_bytes_total", &id),
+            Some(1024.0)
+        );
+        assert_eq!(
+            get(&out, "container_fs_writes_bytes_total", &id),
+            Some(2048.0)
+        );
+        assert_eq!(
+            get(&out, "container_pressure_memory_stalled_seconds_total", &id),
+            Some(1.0)
+        );
+        let s = out
+            .iter()
+            .find(|s| s.labels.get("id") == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("no sample for {id}"));
+        assert_eq!(s.labels.get("name"), Some("web"));
+        assert_eq!(s.labels.get("image"), Some("nginx:1.25"));
+        assert!(get(&out, "container_last_seen", &id).is_some_and(|t| t > 1.7e9));
+    }
+
+    #[test]
+    fn cgroup_v1_hybrid_with_combined_controllers() {
+        let files = [
+            ("unified/cgroup.controllers".to_string(), String::new()),
+            ("cpu,cpuacct/cpuacct.usage".into(), "5000000000\n".into()),
+            (format!("cpu,cpuacct/docker/{DOCKER}/cpuacct.usage"), "1500000000\n".into()),
+            (format!("cpu,cpuacct/docker/{DOCKER}/cpuacct.stat"), "user 100\nsystem 50\n".into()),
+            (format!("cpu,cpuacct/docker/{DOCKER}/cpu.stat"), "nr_periods 10\nnr_throttled 2\nthrottled_time 2000000000\n".into()),
+            (format!("cpu,cpuacct/docker/{DOCKER}/cpu.cfs_quota_us"), "-1\n".into()),
+            (format!("cpu,cpuacct/docker/{DOCKER}/cpu.shares"), "1024\n".into()),
+            (format!("memory/docker/{DOCKER}/memory.usage_in_bytes"), "2000000\n".into()),
+            (format!("memory/docker/{DOCKER}/memory.stat"), "cache 100\nrss 200\ntotal_cache 1000\ntotal_rss 500000\ntotal_inactive_file 300000\n".into()),
+            (format!("memory/docker/{DOCKER}/memory.limit_in_bytes"), "9223372036854771712\n".into()),
+            (format!("memory/docker/{DOCKER}/memory.failcnt"), "4\n".into()),
+            (format!("pids/docker/{DOCKER}/pids.current"), "3\n".into()),
+            (format!("blkio/docker/{DOCKER}/blkio.throttle.io_service_bytes"), "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n".into()),
+        ];
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let dir = tree(&refs);
+        let c = Cgroups::new(dir.path(), dir.path().join("no-docker"));
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        let id = format!("/docker/{DOCKER}");
+        assert_eq!(
+            get(&out, "container_cpu_usage_seconds_total", "/"),
+            Some(5.0)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_usage_seconds_total", &id),
+            Some(1.5)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_user_seconds_total", &id),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(&out, "container_cpu_cfs_throttled_seconds_total", &id),
+            Some(2.0)
+        );
+        assert_eq!(get(&out, "container_spec_cpu_quota", &id), None);
+        assert_eq!(get(&out, "container_spec_cpu_shares", &id), Some(1024.0));
+        assert_eq!(
+            get(&out, "container_memory_working_set_bytes", &id),
+            Some(1_700_000.0)
+        );
+        assert_eq!(get(&out, "container_memory_rss", &id), Some(500_000.0));
+        assert_eq!(
+            get(&out, "container_spec_memory_limit_bytes", &id),
+            Some(0.0)
+        );
+        assert_eq!(get(&out, "container_memory_failcnt", &id), Some(4.0));
+        assert_eq!(get(&out, "container_processes", &id), Some(3.0));
+        assert_eq!(
+            get(&out, "container_fs_reads_bytes_total", &id),
+            Some(4096.0)
+        );
+        let s = out
+            .iter()
+            .find(|s| s.labels.get("id") == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("no sample"));
+        assert_eq!(
+            s.labels.get("name"),
+            None,
+            "no config: empty name, no label"
+        );
+    }
+
+    #[test]
+    fn ids_from_runtimes_paths() {
+        assert_eq!(container_id(&format!("/docker/{DOCKER}")), Some(DOCKER));
+        assert_eq!(
+            container_id(&format!("/system.slice/docker-{DOCKER}.scope")),
+            Some(DOCKER)
+        );
+        assert_eq!(
+            container_id(&format!(
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{DOCKER}.scope"
+            )),
+            Some(DOCKER)
+        );
+        assert_eq!(
+            container_id(&format!("/machine.slice/libpod-{DOCKER}.scope")),
+            Some(DOCKER)
+        );
+        assert_eq!(container_id("/system.slice/sshd.service"), None);
+        assert_eq!(weight_to_shares(1.0), 2.0);
+        assert_eq!(weight_to_shares(10_000.0), 262_144.0);
+    }
+
+    #[test]
+    fn this_machine() {
+        // The real cgroup mount of the machine running the tests, whatever its layout.
+        let c = Cgroups::new("/sys/fs/cgroup", "/var/lib/docker/containers");
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert!(get(&out, "container_cpu_usage_seconds_total", "/").unwrap_or(0.0) > 0.0);
+    }
+}
