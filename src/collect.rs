@@ -13,11 +13,18 @@ use strata_ingest::metadata::{MetadataStore, MetricMetadata, MetricType};
 use strata_storage::{stale_nan, Db, Labels};
 
 /// Collects every `interval_ms` until the runtime shuts down.
-pub(crate) async fn run(db: Db, metadata: Arc<MetadataStore>, interval_ms: i64) {
+pub(crate) async fn run(
+    db: Db,
+    metadata: Arc<MetadataStore>,
+    interval_ms: i64,
+    disabled: Vec<String>,
+) {
     let instance = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let collectors = Arc::new(host_collectors("/proc", "/sys/fs/cgroup"));
+    let mut collectors = host_collectors("/proc", "/sys/fs/cgroup");
+    collectors.retain(|c| !disabled.iter().any(|d| d == c.name()));
+    let collectors = Arc::new(collectors);
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.unsigned_abs()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval_ms, instance = %instance, "collecting host metrics");

@@ -132,6 +132,10 @@ struct ServeArgs {
     /// How often the built-in host collectors run (`15s`, `1m`); `0s` turns them off.
     #[arg(long = "collect.interval", default_value = "15s", value_parser = parse_interval)]
     collect_interval_ms: i64,
+    /// Collectors to leave out, comma-separated: loadavg, meminfo, stat, netdev, diskstats,
+    /// pressure, filesystem, system, cgroup.
+    #[arg(long = "collector.disable", value_delimiter = ',')]
+    collector_disable: Vec<String>,
     /// Longest a query may run; longer ones fail with a `timeout` error.
     #[arg(long = "query.timeout", default_value = "2m", value_parser = parse_interval)]
     query_timeout_ms: i64,
@@ -244,6 +248,20 @@ fn import_file(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let known: Vec<&str> = strata_exporters::host_collectors("/proc", "/sys/fs/cgroup")
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    if let Some(bad) = args
+        .collector_disable
+        .iter()
+        .find(|n| !known.contains(&n.as_str()))
+    {
+        anyhow::bail!(
+            "--collector.disable: no collector is called {bad:?}; the collectors are {}",
+            known.join(", ")
+        );
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("invalid --log.level {:?}", args.log_level))?;
     tracing_subscriber::fmt()
@@ -306,12 +324,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             flags: flag_values(&args),
             metadata: Default::default(),
             counters: Default::default(),
+            disabled_collectors: args.collector_disable.clone(),
         });
         if args.collect_interval_ms > 0 {
             tokio::spawn(collect::run(
                 db.clone(),
                 Arc::clone(&state.metadata),
                 args.collect_interval_ms,
+                args.collector_disable.clone(),
             ));
         }
         tokio::spawn(server::compact_periodically(
@@ -333,6 +353,7 @@ fn flag_values(a: &ServeArgs) -> Vec<(String, String)> {
     let d = |ms: i64| format_duration(ms);
     let mut v: Vec<(&str, String)> = vec![
         ("collect.interval", d(a.collect_interval_ms)),
+        ("collector.disable", a.collector_disable.join(",")),
         ("data-dir", a.data_dir.display().to_string()),
         ("enable-admin-api", a.enable_admin_api.to_string()),
         ("listen", a.listen.to_string()),

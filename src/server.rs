@@ -60,6 +60,8 @@ pub(crate) struct AppState {
     pub(crate) metadata: Arc<strata_ingest::metadata::MetadataStore>,
     /// Request counters for `/metrics`.
     pub(crate) counters: metrics::ServerCounters,
+    /// Collectors turned off (`--collector.disable`).
+    pub(crate) disabled_collectors: Vec<String>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {

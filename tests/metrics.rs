@@ -132,3 +132,26 @@ fn metrics_parse_count_requests_and_pass_promtool_like_node_exporter() {
         );
     }
 }
+
+#[test]
+fn collectors_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &["--collector.disable", "cgroup,diskstats"]);
+    let r = strata.get("/metrics");
+    assert!(!r.body.contains("container_cpu_usage_seconds_total"));
+    assert!(!r.body.contains("node_disk_"));
+    assert!(r.body.contains("node_cpu_seconds_total"));
+    drop(strata);
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--collector.disable", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no collector is called \"cpu\"") && err.contains("stat"),
+        "{err}"
+    );
+}

@@ -268,7 +268,10 @@ pub(crate) fn render(st: &AppState) -> String {
 
     let mut host: Vec<Sample> = Vec::new();
     let mut failed = 0.0;
-    for c in host_collectors("/proc", "/sys/fs/cgroup") {
+    for c in host_collectors("/proc", "/sys/fs/cgroup")
+        .into_iter()
+        .filter(|c| !st.disabled_collectors.iter().any(|d| d == c.name()))
+    {
         if c.collect(&mut host).is_err() {
             failed += 1.0;
         }
