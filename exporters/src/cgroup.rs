@@ -32,6 +32,8 @@ pub struct Cgroups {
     root: PathBuf,
     /// Where Docker keeps container configs (normally `/var/lib/docker/containers`).
     docker: PathBuf,
+    /// procfs, for containers' network counters (normally `/proc`).
+    proc: PathBuf,
 }
 
 impl Cgroups {
@@ -39,6 +41,62 @@ impl Cgroups {
         Self {
             root: root.into(),
             docker: docker_containers.into(),
+            proc: PathBuf::from("/proc"),
+        }
+    }
+
+    /// Reads processes' network counters from `proc` instead of `/proc`.
+    pub fn with_proc(mut self, proc: impl Into<PathBuf>) -> Self {
+        self.proc = proc.into();
+        self
+    }
+
+    /// `container_network_*_total{interface}` of a container with a network namespace of
+    /// its own, read through one of its processes (`/proc/<pid>/net/dev`).
+    fn network(&self, cgroup_dir: &Path, e: &mut Emit<'_>) {
+        let procs = read_trim(&cgroup_dir.join("cgroup.procs"))
+            .or_else(|| read_trim(&cgroup_dir.join("tasks")))
+            .unwrap_or_default();
+        let Some(pid) = procs.lines().next().filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let ns = |p: &Path| std::fs::read_link(p).ok();
+        let theirs = ns(&self.proc.join(pid).join("ns/net"));
+        if theirs.is_none() || theirs == ns(&self.proc.join("self/ns/net")) {
+            // The host's namespace: its counters are the host's, not the container's.
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(self.proc.join(pid).join("net/dev")) else {
+            return;
+        };
+        for line in text.lines().skip(2) {
+            let Some((dev, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let dev = dev.trim();
+            if dev == "lo" {
+                continue;
+            }
+            let f: Vec<f64> = rest
+                .split_whitespace()
+                .map(|x| x.parse::<f64>().unwrap_or(0.0))
+                .collect();
+            if f.len() < 16 {
+                continue;
+            }
+            let i = [("interface", dev)];
+            e.put("container_network_receive_bytes_total", &i, f[0]);
+            e.put("container_network_receive_packets_total", &i, f[1]);
+            e.put("container_network_receive_errors_total", &i, f[2]);
+            e.put("container_network_receive_packets_dropped_total", &i, f[3]);
+            e.put("container_network_transmit_bytes_total", &i, f[8]);
+            e.put("container_network_transmit_packets_total", &i, f[9]);
+            e.put("container_network_transmit_errors_total", &i, f[10]);
+            e.put(
+                "container_network_transmit_packets_dropped_total",
+                &i,
+                f[11],
+            );
         }
     }
 }
@@ -449,6 +507,9 @@ impl Collector for Cgroups {
             } else {
                 self.v1(&rel, &mut e);
             }
+            if container_id(&id).is_some() {
+                self.network(&base.join(&rel), &mut e);
+            }
             let started = std::fs::metadata(base.join(&rel))
                 .and_then(|m| m.modified())
                 .ok()
@@ -503,13 +564,23 @@ mod tests {
             (format!("{scope}/io.stat"), "8:0 rbytes=1000 wbytes=2000 rios=1 wios=2\n8:16 rbytes=24 wbytes=48 rios=1 wios=1\n".into()),
             (format!("{scope}/memory.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n".into()),
             (format!("docker/{DOCKER}/config.v2.json"), r#"{"Name":"/web","Config":{"Image":"nginx:1.25"}}"#.into()),
+            (format!("{scope}/cgroup.procs"), "4242\n4243\n".into()),
+            ("proc/4242/net/dev".into(), "Inter-|   Receive\n face |bytes\n    lo: 9 9 0 0 0 0 0 0 9 9 0 0 0 0 0 0\n  eth0: 1000 10 1 2 0 0 0 0 3000 30 3 4 0 0 0 0\n".into()),
         ];
         let refs: Vec<(&str, &str)> = files
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
         let dir = tree(&refs);
-        let c = Cgroups::new(dir.path(), dir.path().join("docker"));
+        // The container's process is in a network namespace of its own.
+        std::fs::create_dir_all(dir.path().join("proc/4242/ns")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("proc/self/ns")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("net:[4026532001]", dir.path().join("proc/4242/ns/net"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("net:[4026531992]", dir.path().join("proc/self/ns/net"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            Cgroups::new(dir.path(), dir.path().join("docker")).with_proc(dir.path().join("proc"));
         let mut out = Vec::new();
         c.collect(&mut out).unwrap_or_else(|e| panic!("{e}"));
         let id = format!("/{scope}");
@@ -568,6 +639,22 @@ mod tests {
         assert_eq!(s.labels.get("name"), Some("web"));
         assert_eq!(s.labels.get("image"), Some("nginx:1.25"));
         assert!(get(&out, "container_last_seen", &id).is_some_and(|t| t > 1.7e9));
+        assert_eq!(
+            get(&out, "container_network_receive_bytes_total", &id),
+            Some(1000.0)
+        );
+        assert_eq!(
+            get(
+                &out,
+                "container_network_transmit_packets_dropped_total",
+                &id
+            ),
+            Some(4.0)
+        );
+        assert!(
+            !out.iter().any(|s| s.labels.get("interface") == Some("lo")),
+            "the loopback is not reported"
+        );
     }
 
     #[test]
