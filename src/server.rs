@@ -510,7 +510,10 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.contains("io.prometheus.write.v2.Request") {
+    // Remote write 2.0 names its message in the content type; 1.0 names its own or
+    // nothing.
+    let v2 = content_type.contains("io.prometheus.write.v2.Request");
+    if content_type.contains("proto=") && !v2 && !content_type.contains("prometheus.WriteRequest") {
         st_counters
             .write_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -519,7 +522,9 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "remote write 2.0 is not supported yet; send prometheus.WriteRequest (1.0)\n",
+            format!(
+                "unknown remote-write message {content_type:?}: send prometheus.WriteRequest or io.prometheus.write.v2.Request\n"
+            ),
         )
             .into_response();
     }
@@ -538,7 +543,11 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         }
     };
     let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), IngestError> {
-        let req = strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?;
+        let req = if v2 {
+            strata_ingest::decode_write_request_v2(&bytes, st.max_write_bytes)?
+        } else {
+            strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?
+        };
         let mut app = st.db.appender();
         let stats = strata_ingest::write_to_store(&req, &mut app)?;
         app.commit()?;
@@ -561,7 +570,27 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
                 .fetch_add(samples as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::trace!(series, samples, "remote write stored");
             compact_in_background(&db);
-            StatusCode::NO_CONTENT.into_response()
+            let written = [
+                (
+                    "x-prometheus-remote-write-samples-written",
+                    samples.to_string(),
+                ),
+                (
+                    "x-prometheus-remote-write-histograms-written",
+                    "0".to_string(),
+                ),
+                (
+                    "x-prometheus-remote-write-exemplars-written",
+                    "0".to_string(),
+                ),
+            ];
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            for (k, v) in written {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            r
         }
         Ok(Err(e)) => {
             let status =

@@ -377,3 +377,50 @@ fn host_metrics_are_collected_into_the_store() {
         .json();
     assert_eq!(meta["data"]["node_cpu_seconds_total"][0]["type"], "counter");
 }
+
+#[test]
+fn remote_write_2_0_is_stored_and_counted_in_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    let body = common::write_body_v2(
+        &[
+            common::Ts {
+                labels: vec![("__name__", "jobs_total"), ("job", "a")],
+                samples: vec![(1_700_000_000_000, 1.0), (1_700_000_015_000, 2.0)],
+            },
+            common::Ts {
+                labels: vec![("__name__", "jobs_total"), ("job", "b")],
+                samples: vec![(1_700_000_000_000, 5.0)],
+            },
+        ],
+        Some("Jobs done."),
+    );
+    let r = common::request(
+        strata.addr,
+        "POST",
+        "/api/v1/write",
+        &[
+            (
+                "Content-Type",
+                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            ),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "2.0.0"),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let headers = r.headers.to_ascii_lowercase();
+    assert!(
+        headers.contains("x-prometheus-remote-write-samples-written: 3"),
+        "{headers}"
+    );
+    assert!(headers.contains("x-prometheus-remote-write-histograms-written: 0"));
+    let v = common::vector_map(&strata.query("jobs_total", "1700000015"));
+    assert_eq!(v["__name__=jobs_total,job=a"], "2");
+    assert_eq!(v["__name__=jobs_total,job=b"], "5");
+    let meta = strata.get("/api/v1/metadata?metric=jobs_total").json();
+    assert_eq!(meta["data"]["jobs_total"][0]["type"], "counter");
+    assert_eq!(meta["data"]["jobs_total"][0]["help"], "Jobs done.");
+}

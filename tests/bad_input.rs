@@ -118,7 +118,27 @@ fn each_bad_request_is_refused_whole() {
     let junk = vec![0u8; 64 << 10];
     refused(&strata, &junk, 413, "over the limit");
 
-    // Remote write 2.0 is not decoded yet: 415, which senders take as "use 1.0".
+    // An unknown message type: 415, which senders take as "use another".
+    let r = common::request(
+        strata.addr,
+        "POST",
+        "/api/v1/write",
+        &[(
+            "Content-Type",
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
+        )],
+        &write_body(&[good()]),
+    )
+    .unwrap();
+    assert_eq!(r.status, 415);
+    // Remote write 2.0 naming a symbol it does not have: 400, nothing stored.
+    let mut bad_v2 = Vec::new();
+    for (field, bytes) in [(4u8, &b""[..]), (4, b"__name__")] {
+        bad_v2.push((field << 3) | 2);
+        bad_v2.push(bytes.len() as u8);
+        bad_v2.extend_from_slice(bytes);
+    }
+    bad_v2.extend_from_slice(&[(5 << 3) | 2, 4, (1 << 3) | 2, 2, 1, 9]);
     let r = common::request(
         strata.addr,
         "POST",
@@ -127,10 +147,11 @@ fn each_bad_request_is_refused_whole() {
             "Content-Type",
             "application/x-protobuf;proto=io.prometheus.write.v2.Request",
         )],
-        &write_body(&[good()]),
+        &snap::raw::Encoder::new().compress_vec(&bad_v2).unwrap(),
     )
     .unwrap();
-    assert_eq!(r.status, 415);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("symbol reference 9"), "{}", r.body);
     assert_eq!(stored_series(&strata), 0);
 
     // The process is still healthy and a good request still works.

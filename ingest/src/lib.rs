@@ -14,7 +14,8 @@ pub mod remote_write;
 pub mod text;
 
 pub use remote_write::{
-    decode_write_request, write_to_store, DecodedWriteRequest, IngestError, WriteRequest,
+    decode_write_request, decode_write_request_v2, write_to_store, DecodedWriteRequest,
+    IngestError, WriteRequest,
 };
 
 /// The largest snappy-compressed body whose content fits in `max_decompressed` bytes; a

@@ -295,6 +295,55 @@ pub fn write_request_proto(series: &[Ts]) -> Vec<u8> {
     req
 }
 
+/// `io.prometheus.write.v2.Request` bytes, snappy-compressed: a symbol table (the empty
+/// string first) and series of symbol references, each with its samples and, when
+/// `help` is given, counter metadata.
+pub fn write_body_v2(series: &[Ts], help: Option<&str>) -> Vec<u8> {
+    fn sym(s: &str, symbols: &mut Vec<String>) -> u64 {
+        match symbols.iter().position(|x| x == s) {
+            Some(i) => i as u64,
+            None => {
+                symbols.push(s.to_string());
+                (symbols.len() - 1) as u64
+            }
+        }
+    }
+    let mut table: Vec<String> = vec![String::new()];
+    let mut body = Vec::new();
+    let mut series_bytes = Vec::new();
+    for ts in series {
+        let mut t = Vec::new();
+        let mut refs = Vec::new();
+        for (name, value) in &ts.labels {
+            varint(&mut refs, sym(name, &mut table));
+            varint(&mut refs, sym(value, &mut table));
+        }
+        field_bytes(&mut t, 1, &refs);
+        for &(ts_ms, v) in &ts.samples {
+            let mut s = Vec::new();
+            s.push((1 << 3) | 1);
+            s.extend_from_slice(&v.to_bits().to_le_bytes());
+            varint(&mut s, 2 << 3);
+            varint(&mut s, ts_ms as u64);
+            field_bytes(&mut t, 2, &s);
+        }
+        if let Some(h) = help {
+            let mut m = Vec::new();
+            varint(&mut m, 1 << 3);
+            varint(&mut m, 1); // counter
+            varint(&mut m, 3 << 3);
+            varint(&mut m, sym(h, &mut table));
+            field_bytes(&mut t, 5, &m);
+        }
+        field_bytes(&mut series_bytes, 5, &t);
+    }
+    for s in &table {
+        field_bytes(&mut body, 4, s.as_bytes());
+    }
+    body.extend_from_slice(&series_bytes);
+    snap::raw::Encoder::new().compress_vec(&body).unwrap()
+}
+
 /// A snappy-compressed remote-write body.
 pub fn write_body(series: &[Ts]) -> Vec<u8> {
     snap::raw::Encoder::new()
