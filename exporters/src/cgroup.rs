@@ -486,7 +486,19 @@ impl Collector for Cgroups {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        for rel in walk(&base) {
+        // v1: a cgroup may exist in some hierarchies only (a memory limit without a CPU
+        // cgroup): every controller's tree counts.
+        let mut paths: Vec<PathBuf> = walk(&base);
+        if !unified {
+            let mut all: std::collections::BTreeSet<PathBuf> = paths.into_iter().collect();
+            for c in ["memory", "cpu", "pids", "blkio"] {
+                if let Some(dir) = self.v1_dir(c) {
+                    all.extend(walk(&dir));
+                }
+            }
+            paths = all.into_iter().take(MAX_CGROUPS).collect();
+        }
+        for rel in paths {
             let id = format!("/{}", rel.display());
             let id = if id == "/" {
                 id
@@ -507,10 +519,21 @@ impl Collector for Cgroups {
             } else {
                 self.v1(&rel, &mut e);
             }
+            let dir = if base.join(&rel).is_dir() {
+                base.join(&rel)
+            } else {
+                // Only in other v1 hierarchies.
+                ["memory", "cpu", "pids", "blkio"]
+                    .iter()
+                    .filter_map(|c| self.v1_dir(c))
+                    .map(|d| d.join(&rel))
+                    .find(|d| d.is_dir())
+                    .unwrap_or_else(|| base.join(&rel))
+            };
             if container_id(&id).is_some() {
-                self.network(&base.join(&rel), &mut e);
+                self.network(&dir, &mut e);
             }
-            let started = std::fs::metadata(base.join(&rel))
+            let started = std::fs::metadata(&dir)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -673,6 +696,7 @@ mod tests {
             (format!("memory/docker/{DOCKER}/memory.failcnt"), "4\n".into()),
             (format!("pids/docker/{DOCKER}/pids.current"), "3\n".into()),
             (format!("blkio/docker/{DOCKER}/blkio.throttle.io_service_bytes"), "8:0 Read 4096\n8:0 Write 8192\n8:0 Total 12288\nTotal 12288\n".into()),
+            ("memory/sandbox/memory.usage_in_bytes".into(), "4096\n".into()),
         ];
         let refs: Vec<(&str, &str)> = files
             .iter()
@@ -715,6 +739,11 @@ mod tests {
         assert_eq!(
             get(&out, "container_fs_reads_bytes_total", &id),
             Some(4096.0)
+        );
+        assert_eq!(
+            get(&out, "container_memory_usage_bytes", "/sandbox"),
+            Some(4096.0),
+            "a cgroup in the memory hierarchy only"
         );
         let s = out
             .iter()
