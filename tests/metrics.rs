@@ -8,20 +8,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use common::{free_port, request, write_body, Strata, Ts};
+use common::{request, start_node_exporter, write_body, Strata, Ts};
 use strata_ingest::text::{parse_line, Dialect, TextLine};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The problems `promtool check metrics` reports for `text`.
 fn promtool_problems(text: &str) -> BTreeSet<String> {
@@ -101,25 +91,10 @@ fn metrics_parse_count_requests_and_pass_promtool_like_node_exporter() {
     // promtool: nothing about strata's own families; about the host families, nothing
     // it does not also say about node_exporter's (whose meminfo names are not snake case).
     let ours = promtool_problems(&r.body);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _ne = Proc(
-        Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-node-exporter is needed"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let theirs_text = loop {
-        match request(addr.parse().unwrap(), "GET", "/metrics", &[], &[]) {
-            Ok(r) if r.status == 200 => break r.body,
-            _ => {
-                assert!(Instant::now() < deadline, "node_exporter did not answer");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
+    let (_ne, addr) = start_node_exporter();
+    let theirs_text = request(addr.parse().unwrap(), "GET", "/metrics", &[], &[])
+        .unwrap()
+        .body;
     let theirs = promtool_problems(&theirs_text);
     for p in &ours {
         assert!(

@@ -7,20 +7,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{free_port, request};
+use common::{request, start_node_exporter};
 use strata_ingest::text::{parse_line, Dialect, TextLine};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// family -> labels (without __name__, sorted "k=v,...") -> value
 type Families = BTreeMap<String, BTreeMap<String, f64>>;
@@ -35,27 +24,10 @@ fn key<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 }
 
 fn node_exporter() -> Families {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _ne = Proc(
-        Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "prometheus-node-exporter is needed (apt-get install prometheus-node-exporter)",
-            ),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        match request(addr.parse().unwrap(), "GET", "/metrics", &[], &[]) {
-            Ok(r) if r.status == 200 => break r.body,
-            _ => {
-                assert!(Instant::now() < deadline, "node_exporter did not answer");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
+    let (_ne, addr) = start_node_exporter();
+    let body = request(addr.parse().unwrap(), "GET", "/metrics", &[], &[])
+        .unwrap()
+        .body;
     let mut out = Families::new();
     for line in body.lines() {
         if let Ok(TextLine::Sample(s)) = parse_line(line, Dialect::Prometheus) {

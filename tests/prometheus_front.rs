@@ -7,20 +7,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{enc, free_port, request, Strata};
+use common::{enc, free_port, request, start_node_exporter, Proc, Strata};
 use serde_json::Value;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_ready(addr: &str, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -61,18 +52,7 @@ fn prometheus_remote_writing_to_strata_gives_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
     let strata = Strata::start(&dir.path().join("strata"), &[]);
 
-    let ne_addr = format!("127.0.0.1:{}", free_port());
-    let _node_exporter = Proc(
-        Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address={ne_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "prometheus-node-exporter is needed (apt-get install prometheus-node-exporter)",
-            ),
-    );
-    wait_ready(&ne_addr, "/metrics");
+    let (_node_exporter, ne_addr) = start_node_exporter();
 
     let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.path().join("prometheus.yml");

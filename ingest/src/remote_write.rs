@@ -279,6 +279,27 @@ impl<'a> Pb<'a> {
         })
     }
 
+    /// A `Sample` message (the same in 1.0 and 2.0): value (1, double) and timestamp
+    /// (2, int64).
+    fn sample(mut self) -> Result<(i64, f64), IngestError> {
+        let (mut value, mut timestamp) = (0.0f64, 0i64);
+        while !self.done() {
+            let (f, w) = self.tag()?;
+            match f {
+                1 => {
+                    self.expect_wire(w, WIRE_FIXED64, "sample value")?;
+                    value = f64::from_bits(self.fixed64()?);
+                }
+                2 => {
+                    self.expect_wire(w, WIRE_VARINT, "sample timestamp")?;
+                    timestamp = self.varint()? as i64;
+                }
+                _ => self.skip(w)?,
+            }
+        }
+        Ok((timestamp, value))
+    }
+
     fn expect_wire(&self, got: u64, want: u64, field: &str) -> Result<(), IngestError> {
         if got == want {
             Ok(())
@@ -387,23 +408,7 @@ impl DecodedWriteRequest {
                     }
                     2 => {
                         ts.expect_wire(wire, WIRE_LEN, "sample")?;
-                        let mut s = ts.message()?;
-                        let (mut value, mut timestamp) = (0.0f64, 0i64);
-                        while !s.done() {
-                            let (f, w) = s.tag()?;
-                            match f {
-                                1 => {
-                                    s.expect_wire(w, WIRE_FIXED64, "sample value")?;
-                                    value = f64::from_bits(s.fixed64()?);
-                                }
-                                2 => {
-                                    s.expect_wire(w, WIRE_VARINT, "sample timestamp")?;
-                                    timestamp = s.varint()? as i64;
-                                }
-                                _ => s.skip(w)?,
-                            }
-                        }
-                        req.samples.push((timestamp, value));
+                        req.samples.push(ts.message()?.sample()?);
                     }
                     4 => {
                         has_histograms = true;
@@ -474,23 +479,7 @@ impl DecodedWriteRequest {
                             }
                             (2, _) => {
                                 ts.expect_wire(w, WIRE_LEN, "sample")?;
-                                let mut sm = ts.message()?;
-                                let (mut value, mut timestamp) = (0.0f64, 0i64);
-                                while !sm.done() {
-                                    let (f, w) = sm.tag()?;
-                                    match f {
-                                        1 => {
-                                            sm.expect_wire(w, WIRE_FIXED64, "sample value")?;
-                                            value = f64::from_bits(sm.fixed64()?);
-                                        }
-                                        2 => {
-                                            sm.expect_wire(w, WIRE_VARINT, "sample timestamp")?;
-                                            timestamp = sm.varint()? as i64;
-                                        }
-                                        _ => sm.skip(w)?,
-                                    }
-                                }
-                                req.samples.push((timestamp, value));
+                                req.samples.push(ts.message()?.sample()?);
                             }
                             (3, _) => {
                                 has_histograms = true;

@@ -430,3 +430,39 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's `prometheus-node-exporter` on a free loopback port; its address once it
+/// answers `/metrics` (bounded wait).
+pub fn start_node_exporter() -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let p = Proc(
+        Command::new("prometheus-node-exporter")
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "prometheus-node-exporter is needed (apt-get install prometheus-node-exporter)",
+            ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = request(addr.parse().unwrap(), "GET", "/metrics", &[], &[])
+            .is_ok_and(|r| r.status == 200);
+        if up {
+            return (p, addr);
+        }
+        assert!(Instant::now() < deadline, "node_exporter did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
