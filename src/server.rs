@@ -16,6 +16,7 @@ mod params;
 mod status;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -141,6 +142,10 @@ impl From<QueryError> for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "execution")
             }
             QueryError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            QueryError::Canceled(_) => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "canceled",
+            ),
             QueryError::Storage(se) if se.is_bad_input() => (StatusCode::BAD_REQUEST, "bad_data"),
             QueryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -209,6 +214,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs CPU- or disk-bound work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -233,8 +247,12 @@ fn timeout_param(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
 async fn run_query(
     st: Arc<AppState>,
     with_stats: bool,
-    eval: impl FnOnce(&AppState) -> Result<QueryOutput, QueryError> + Send + 'static,
+    eval: impl FnOnce(&AppState, &AtomicBool) -> Result<QueryOutput, QueryError> + Send + 'static,
 ) -> Result<Response, ApiError> {
+    // Dropped with this future when the client goes away (hyper drops the handler of a
+    // closed connection): the evaluation then stops at its next check.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = Arc::clone(&cancel.0);
     let queued = Instant::now();
     let permit = Arc::clone(&st.query_slots)
         .acquire_owned()
@@ -244,7 +262,7 @@ async fn run_query(
     let body = blocking(move || {
         let _permit = permit;
         let started = Instant::now();
-        let r = eval(&st);
+        let r = eval(&st, &flag);
         let c = &st.counters;
         c.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         c.query_micros.fetch_add(
@@ -283,8 +301,9 @@ async fn query(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
     let t = p.time_or("time", now_ms())?;
     let timeout = timeout_param(&st, &p)?;
     let with_stats = p.get("stats").is_some();
-    run_query(st, with_stats, move |st| {
-        st.engine.instant_query_with_timeout(&st.db, &q, t, timeout)
+    run_query(st, with_stats, move |st, cancel| {
+        st.engine
+            .instant_query_cancellable(&st.db, &q, t, timeout, cancel)
     })
     .await
 }
@@ -300,9 +319,9 @@ async fn query_range(State(st): State<Arc<AppState>>, req: Request) -> Result<Re
     let step = p.duration("step")?;
     let timeout = timeout_param(&st, &p)?;
     let with_stats = p.get("stats").is_some();
-    run_query(st, with_stats, move |st| {
+    run_query(st, with_stats, move |st, cancel| {
         st.engine
-            .range_query_with_timeout(&st.db, &q, start, end, step, timeout)
+            .range_query_cancellable(&st.db, &q, (start, end, step), timeout, cancel)
     })
     .await
 }

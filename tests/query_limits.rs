@@ -132,3 +132,61 @@ fn stats_format_query_and_exemplars() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["data"], serde_json::json!([]));
 }
+
+/// strata_query_failures_total from /metrics.
+fn query_failures(strata: &Strata) -> f64 {
+    strata
+        .get("/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_query_failures_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_query_whose_client_goes_away_stops() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    let names: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+    let series: Vec<Ts> = names
+        .iter()
+        .map(|i| Ts {
+            labels: vec![("__name__", "m"), ("i", i)],
+            samples: (0..240).map(|k| (BASE + k * 15_000, k as f64)).collect(),
+        })
+        .collect();
+    assert_eq!(strata.write(&write_body(&series)).status, 204);
+    let q = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=1",
+        enc("sum(count_over_time(m[1h]))"),
+        BASE / 1000,
+        BASE / 1000 + 3600
+    );
+    // How long the query takes when the client waits for it.
+    let started = Instant::now();
+    assert_eq!(strata.get(&q).status, 200);
+    let full = started.elapsed();
+    assert!(
+        full > Duration::from_millis(300),
+        "too light to tell: {full:?}"
+    );
+    assert_eq!(query_failures(&strata), 0.0);
+
+    // The same query, from a client that goes away after a moment: the query stops
+    // (counted as failed, 499 canceled) long before it would have finished.
+    let mut s = std::net::TcpStream::connect(strata.addr).unwrap();
+    write!(s, "GET {q} HTTP/1.1\r\nHost: strata\r\n\r\n").unwrap();
+    std::thread::sleep(full / 5);
+    drop(s);
+    let gone = Instant::now();
+    while query_failures(&strata) < 1.0 {
+        assert!(
+            gone.elapsed() < full / 2,
+            "the query went on after its client left (full run {full:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -13,6 +13,9 @@ pub enum QueryError {
     /// The query ran past its timeout (`timeout`, 503).
     #[error("{0}")]
     Timeout(String),
+    /// The client went away and the query was stopped (`canceled`, 499).
+    #[error("{0}")]
+    Canceled(String),
     /// The store failed (`internal`, 500).
     #[error(transparent)]
     Storage(#[from] strata_storage::Error),

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher as ParsedMatcher};
@@ -131,9 +132,22 @@ impl Engine {
         t: i64,
         timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
+        self.instant_query_cancellable(db, query, t, timeout, &NEVER)
+    }
+
+    /// [`Engine::instant_query_with_timeout`] that stops with [`QueryError::Canceled`]
+    /// soon after `cancel` is set (the client went away).
+    pub fn instant_query_cancellable(
+        &self,
+        db: &Db,
+        query: &str,
+        t: i64,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
         let expr = crate::parse(query)?;
-        let ctx = self.context(db, query, t, t, 0, timeout);
+        let ctx = self.context(db, query, (t, t, 0), timeout, cancel);
         let ev = Evaluator {
             ctx: &ctx,
             start: t,
@@ -185,6 +199,19 @@ impl Engine {
         step: i64,
         timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
+        self.range_query_cancellable(db, query, (start, end, step), timeout, &NEVER)
+    }
+
+    /// [`Engine::range_query_with_timeout`] over `(start, end, step)` that stops with
+    /// [`QueryError::Canceled`] soon after `cancel` is set.
+    pub fn range_query_cancellable(
+        &self,
+        db: &Db,
+        query: &str,
+        (start, end, step): (i64, i64, i64),
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
         if end < start {
             return Err(QueryError::BadData(
@@ -211,7 +238,7 @@ impl Engine {
                 type_description(vt)
             )));
         }
-        let ctx = self.context(db, query, start, end, step, timeout);
+        let ctx = self.context(db, query, (start, end, step), timeout, cancel);
         let ev = Evaluator {
             ctx: &ctx,
             start,
@@ -255,10 +282,9 @@ impl Engine {
         &self,
         db: &'a Db,
         query: &'a str,
-        start: i64,
-        end: i64,
-        step: i64,
+        (start, end, step): (i64, i64, i64),
         timeout: Duration,
+        cancel: &'a AtomicBool,
     ) -> Ctx<'a> {
         Ctx {
             db,
@@ -271,6 +297,7 @@ impl Engine {
             delayed_name_removal: self.opts.delayed_name_removal,
             subquery_step: self.opts.default_subquery_step_ms,
             deadline: Instant::now() + timeout.min(self.opts.timeout),
+            cancel,
             max_samples: self.opts.max_samples,
             loaded: Cell::new(0),
             queryable: Cell::new(0),
@@ -313,6 +340,9 @@ fn type_description(vt: ValueType) -> &'static str {
     }
 }
 
+/// A cancel flag nobody sets, for queries that cannot be canceled.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
 /// What every evaluator of one query shares.
 struct Ctx<'a> {
     db: &'a Db,
@@ -328,6 +358,8 @@ struct Ctx<'a> {
     delayed_name_removal: bool,
     subquery_step: i64,
     deadline: Instant,
+    /// Set when the client went away.
+    cancel: &'a AtomicBool,
     max_samples: usize,
     /// Samples loaded so far, against `max_samples`.
     loaded: Cell<usize>,
@@ -337,6 +369,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Fails the query once its time is up.
     fn check_deadline(&self) -> Result<(), QueryError> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(QueryError::Canceled(
+                "query was canceled in expression evaluation".into(),
+            ));
+        }
         if Instant::now() > self.deadline {
             return Err(QueryError::Timeout(
                 "query timed out in expression evaluation".into(),
