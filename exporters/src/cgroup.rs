@@ -34,6 +34,8 @@ pub struct Cgroups {
     docker: PathBuf,
     /// procfs, for containers' network counters (normally `/proc`).
     proc: PathBuf,
+    /// containerd's task state, for CRI containers' pod and container names.
+    containerd: PathBuf,
 }
 
 impl Cgroups {
@@ -42,7 +44,14 @@ impl Cgroups {
             root: root.into(),
             docker: docker_containers.into(),
             proc: PathBuf::from("/proc"),
+            containerd: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io"),
         }
+    }
+
+    /// Reads containerd's OCI bundles from `state` instead of its default place.
+    pub fn with_containerd(mut self, state: impl Into<PathBuf>) -> Self {
+        self.containerd = state.into();
+        self
     }
 
     /// Reads processes' network counters from `proc` instead of `/proc`.
@@ -177,13 +186,48 @@ fn container_id(id: &str) -> Option<&str> {
     None
 }
 
-/// Name and image of a Docker container from its on-disk config, when readable.
-fn docker_identity(docker: &Path, cid: &str) -> Option<(String, String)> {
+/// What is known of a container besides its cgroup path.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Identity {
+    name: String,
+    image: String,
+    pod: String,
+    namespace: String,
+    container: String,
+}
+
+/// A Docker container's identity from its on-disk config, when readable (Kubernetes
+/// pods run by Docker carry their pod in the container's labels).
+fn docker_identity(docker: &Path, cid: &str) -> Option<Identity> {
     let text = std::fs::read_to_string(docker.join(cid).join("config.v2.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let name = v["Name"].as_str()?.trim_start_matches('/').to_string();
-    let image = v["Config"]["Image"].as_str().unwrap_or("").to_string();
-    Some((name, image))
+    let label = |k: &str| v["Config"]["Labels"][k].as_str().unwrap_or("").to_string();
+    Some(Identity {
+        name: v["Name"].as_str()?.trim_start_matches('/').to_string(),
+        image: v["Config"]["Image"].as_str().unwrap_or("").to_string(),
+        pod: label("io.kubernetes.pod.name"),
+        namespace: label("io.kubernetes.pod.namespace"),
+        container: label("io.kubernetes.container.name"),
+    })
+}
+
+/// A containerd (CRI) container's identity from the annotations of its OCI bundle
+/// (`<state>/<id>/config.json`), when readable.
+fn containerd_identity(state: &Path, cid: &str) -> Option<Identity> {
+    let text = std::fs::read_to_string(state.join(cid).join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let a = |k: &str| v["annotations"][k].as_str().unwrap_or("").to_string();
+    let container = a("io.kubernetes.cri.container-name");
+    if container.is_empty() {
+        return None;
+    }
+    Some(Identity {
+        name: container.clone(),
+        image: a("io.kubernetes.cri.image-name"),
+        pod: a("io.kubernetes.cri.sandbox-name"),
+        namespace: a("io.kubernetes.cri.sandbox-namespace"),
+        container,
+    })
 }
 
 /// cAdvisor's conversion of a v2 `cpu.weight` (1–10000) to v1 shares (2–262144).
@@ -195,17 +239,20 @@ fn weight_to_shares(weight: f64) -> f64 {
 struct Emit<'a> {
     out: &'a mut Vec<Sample>,
     id: &'a str,
-    name: &'a str,
-    image: &'a str,
+    who: &'a Identity,
 }
 
 impl Emit<'_> {
     fn put(&mut self, metric: &str, extra: &[(&str, &str)], v: f64) {
+        let w = self.who;
         let labels = [
             ("__name__", metric),
             ("id", self.id),
-            ("image", self.image),
-            ("name", self.name),
+            ("image", w.image.as_str()),
+            ("name", w.name.as_str()),
+            ("pod", w.pod.as_str()),
+            ("namespace", w.namespace.as_str()),
+            ("container", w.container.as_str()),
         ];
         self.out.push(Sample {
             labels: Labels::from_pairs(labels.iter().copied().chain(extra.iter().copied())),
@@ -505,14 +552,16 @@ impl Collector for Cgroups {
             } else {
                 id.trim_end_matches('/').to_string()
             };
-            let (name, image) = container_id(&id)
-                .and_then(|cid| docker_identity(&self.docker, cid))
+            let who = container_id(&id)
+                .and_then(|cid| {
+                    docker_identity(&self.docker, cid)
+                        .or_else(|| containerd_identity(&self.containerd, cid))
+                })
                 .unwrap_or_default();
             let mut e = Emit {
                 out,
                 id: &id,
-                name: &name,
-                image: &image,
+                who: &who,
             };
             if unified {
                 self.v2(&rel, &mut e);
@@ -754,6 +803,41 @@ mod tests {
             None,
             "no config: empty name, no label"
         );
+    }
+
+    #[test]
+    fn kubernetes_pods_from_containerd_annotations() {
+        let scope = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{DOCKER}.scope");
+        let files = [
+            ("cg/cgroup.controllers".to_string(), String::new()),
+            (format!("cg/{scope}/cpu.stat"), "usage_usec 1000000\n".to_string()),
+            (
+                format!("k8s/{DOCKER}/config.json"),
+                r#"{"annotations":{"io.kubernetes.cri.container-name":"app","io.kubernetes.cri.sandbox-name":"web-7d9f","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.image-name":"registry/web:2"}}"#.to_string(),
+            ),
+        ];
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let dir = tree(&refs);
+        let c = Cgroups::new(dir.path().join("cg"), dir.path().join("no-docker"))
+            .with_containerd(dir.path().join("k8s"));
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        let id = format!("/{scope}");
+        let s = out
+            .iter()
+            .find(|s| {
+                s.labels.metric_name() == Some("container_cpu_usage_seconds_total")
+                    && s.labels.get("id") == Some(id.as_str())
+            })
+            .unwrap_or_else(|| panic!("no sample for {id}"));
+        assert_eq!(s.value, 1.0);
+        assert_eq!(s.labels.get("pod"), Some("web-7d9f"));
+        assert_eq!(s.labels.get("namespace"), Some("shop"));
+        assert_eq!(s.labels.get("container"), Some("app"));
+        assert_eq!(s.labels.get("image"), Some("registry/web:2"));
     }
 
     #[test]
