@@ -93,18 +93,7 @@ pub fn decode_write_request(
     body: &[u8],
     max_decompressed: usize,
 ) -> Result<DecodedWriteRequest, IngestError> {
-    let size = snap::raw::decompress_len(body).map_err(|e| IngestError::Snappy(e.to_string()))?;
-    if size > max_decompressed {
-        return Err(IngestError::TooLarge {
-            size,
-            limit: max_decompressed,
-        });
-    }
-    let mut raw = vec![0u8; size];
-    snap::raw::Decoder::new()
-        .decompress(body, &mut raw)
-        .map_err(|e| IngestError::Snappy(e.to_string()))?;
-    DecodedWriteRequest::parse(raw)
+    DecodedWriteRequest::parse(decompress(body, max_decompressed)?)
 }
 
 /// Like [`decode_write_request`], for a remote write 2.0 body
@@ -113,6 +102,12 @@ pub fn decode_write_request_v2(
     body: &[u8],
     max_decompressed: usize,
 ) -> Result<DecodedWriteRequest, IngestError> {
+    DecodedWriteRequest::parse_v2(decompress(body, max_decompressed)?)
+}
+
+/// A snappy body decompressed, its size checked against `max_decompressed` from the
+/// header before anything is allocated.
+fn decompress(body: &[u8], max_decompressed: usize) -> Result<Vec<u8>, IngestError> {
     let size = snap::raw::decompress_len(body).map_err(|e| IngestError::Snappy(e.to_string()))?;
     if size > max_decompressed {
         return Err(IngestError::TooLarge {
@@ -124,7 +119,7 @@ pub fn decode_write_request_v2(
     snap::raw::Decoder::new()
         .decompress(body, &mut raw)
         .map_err(|e| IngestError::Snappy(e.to_string()))?;
-    DecodedWriteRequest::parse_v2(raw)
+    Ok(raw)
 }
 
 /// A decoded `prometheus.WriteRequest` that borrows every label string from the

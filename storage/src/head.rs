@@ -684,7 +684,7 @@ impl Head {
                             map: Arc::clone(map),
                             min_t,
                             start,
-                            span: u32::try_from(max_t.saturating_sub(min_t)).unwrap_or(u32::MAX),
+                            span: crate::head_chunks::span(min_t, max_t),
                             len,
                             count,
                         }

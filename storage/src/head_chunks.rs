@@ -47,6 +47,11 @@ pub(crate) enum HeadChunk {
     },
 }
 
+/// `max_t - min_t` as a [`HeadChunk::Mapped`] keeps it: `u32::MAX` when larger.
+pub(crate) fn span(min_t: i64, max_t: i64) -> u32 {
+    u32::try_from(max_t.saturating_sub(min_t)).unwrap_or(u32::MAX)
+}
+
 impl HeadChunk {
     pub(crate) fn iter(&self) -> XorIter<'_> {
         match self {
@@ -290,7 +295,7 @@ impl HeadChunks {
                 map,
                 min_t,
                 start,
-                span: u32::try_from(max_t.saturating_sub(min_t)).unwrap_or(u32::MAX),
+                span: span(min_t, max_t),
                 len,
                 count,
             },
