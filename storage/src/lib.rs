@@ -44,12 +44,13 @@ mod wal;
 pub use block::BlockMeta;
 pub use db::{
     Appender, CommitStats, Db, Options, Querier, Samples, Series, SeriesSamples, Stats, TsdbStatus,
+    WalHold,
 };
 pub use error::Error;
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchKind, Matcher};
 pub use postings::PostingsStats;
-pub use wal::ReplayReport;
+pub use wal::{Record as WalRecord, ReplayReport, WalPosition, WalReader};
 
 /// The bit pattern of Prometheus' stale marker, a NaN that means "this series ended".
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;

@@ -25,6 +25,11 @@ const HEADER_LEN: usize = 9; // kind u8, len u32, crc u32
 const KIND_SERIES: u8 = 1;
 const KIND_SAMPLES: u8 = 2;
 const KIND_DELETES: u8 = 3;
+/// Samples a checkpoint copied from older segments: replayed like samples, but not new.
+const KIND_CHECKPOINT_SAMPLES: u8 = 4;
+/// File in the WAL directory naming the first segment replay needs (the newest
+/// checkpoint); older segments are kept only while a reader holds them.
+const START_FILE: &str = "start";
 const FLAG_SNAPPY: u8 = 0x80;
 /// Payloads larger than this are snappy-compressed.
 const COMPRESS_MIN: usize = 4096;
@@ -33,11 +38,16 @@ const MAX_RECORD: usize = 256 << 20;
 
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Record {
+pub enum Record {
+    /// Series created, with the references later records use.
     Series(Vec<(SeriesRef, Labels)>),
+    /// Samples committed.
     Samples(Vec<(SeriesRef, i64, f64)>),
     /// Samples of a series in `[mint, maxt]` deleted.
     Deletes(Vec<(SeriesRef, i64, i64)>),
+    /// Samples a checkpoint copied from the segments it replaced; they were logged before
+    /// as [`Record::Samples`].
+    CheckpointSamples(Vec<(SeriesRef, i64, f64)>),
 }
 
 /// What replay found.
@@ -84,6 +94,7 @@ pub(crate) fn replay(
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let all = list_segments(dir)?;
     let next = all.last().map_or(0, |i| i + 1);
+    let from_segment = from_segment.max(read_start(dir));
     let segments: Vec<u64> = all.into_iter().filter(|&i| i >= from_segment).collect();
     let mut report = ReplayReport::default();
     let mut buf = Vec::new();
@@ -108,6 +119,26 @@ pub(crate) fn replay(
         }
     }
     Ok((report, next))
+}
+
+/// The first segment replay needs, from the start file (0 without one).
+fn read_start(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(START_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Records `index` as the first segment replay needs, atomically.
+fn write_start(dir: &Path, index: u64) -> Result<(), Error> {
+    let tmp = dir.join("start.tmp");
+    fs::write(&tmp, format!("{index}\n")).map_err(|e| Error::io(&tmp, e))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    let dst = dir.join(START_FILE);
+    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    sync_dir(dir)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), Error> {
@@ -140,7 +171,9 @@ fn replay_segment(
                 report.records += 1;
                 match &rec {
                     Record::Series(s) => report.series += s.len() as u64,
-                    Record::Samples(s) => report.samples += s.len() as u64,
+                    Record::Samples(s) | Record::CheckpointSamples(s) => {
+                        report.samples += s.len() as u64
+                    }
                     Record::Deletes(_) => {}
                 }
                 apply(rec);
@@ -191,6 +224,9 @@ fn read_record(buf: &[u8], scratch: &mut Vec<u8>) -> Result<(Record, usize), Str
     let rec = match kind & !FLAG_SNAPPY {
         KIND_SERIES => Record::Series(decode_series(body).ok_or("malformed series record")?),
         KIND_SAMPLES => Record::Samples(decode_samples(body).ok_or("malformed samples record")?),
+        KIND_CHECKPOINT_SAMPLES => Record::CheckpointSamples(
+            decode_samples(body).ok_or("malformed checkpoint samples record")?,
+        ),
         KIND_DELETES => Record::Deletes(decode_deletes(body).ok_or("malformed deletes record")?),
         k => return Err(format!("unknown record kind {k}")),
     };
@@ -280,6 +316,15 @@ impl WalWriter {
         series: &[(SeriesRef, &Labels)],
         samples: &[(SeriesRef, i64, f64)],
     ) -> Result<(), Error> {
+        self.write_kind(series, samples, KIND_SAMPLES)
+    }
+
+    fn write_kind(
+        &mut self,
+        series: &[(SeriesRef, &Labels)],
+        samples: &[(SeriesRef, i64, f64)],
+        samples_kind: u8,
+    ) -> Result<(), Error> {
         if let Some(p) = &self.poisoned {
             return Err(Error::WalPoisoned(p.clone()));
         }
@@ -307,7 +352,7 @@ impl WalWriter {
                 prev = t;
                 self.body.extend_from_slice(&v.to_bits().to_le_bytes());
             }
-            frame(&mut self.buf, KIND_SAMPLES, &self.body);
+            frame(&mut self.buf, samples_kind, &self.body);
         }
         self.append_buf()
     }
@@ -361,6 +406,11 @@ impl WalWriter {
         self.rotate()
     }
 
+    /// Bytes in the segment being written.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Number of successful writes so far.
     pub(crate) fn seq(&self) -> u64 {
         self.seq
@@ -382,13 +432,15 @@ impl WalWriter {
     }
 
     /// Replaces the whole log with a checkpoint: a new segment holding `series` and
-    /// `samples`, synced, after which every older segment is deleted. A crash in between
-    /// leaves old segments and a complete or torn checkpoint, both of which replay to the
-    /// same head (resent samples are ignored).
+    /// `samples`, synced and named in the start file, after which every older segment is
+    /// deleted — but none at or after `keep_from`, the oldest segment a [`WalReader`]
+    /// still needs. A crash in between leaves old segments and a complete or torn
+    /// checkpoint, both of which replay to the same head (resent samples are ignored).
     pub(crate) fn checkpoint(
         &mut self,
         series: &[(SeriesRef, &Labels)],
         samples: &[(SeriesRef, i64, f64)],
+        keep_from: u64,
     ) -> Result<(), Error> {
         self.rotate()?;
         let first = self.index;
@@ -396,11 +448,16 @@ impl WalWriter {
             self.write(part, &[])?;
         }
         for part in samples.chunks(1_000_000) {
-            self.write(&[], part)?;
+            self.write_kind(&[], part, KIND_CHECKPOINT_SAMPLES)?;
         }
         self.sync()?;
         crate::fault::point("checkpoint-written");
-        for old in list_segments(&self.dir)?.into_iter().filter(|&i| i < first) {
+        write_start(&self.dir, first)?;
+        let keep_from = keep_from.min(first);
+        for old in list_segments(&self.dir)?
+            .into_iter()
+            .filter(|&i| i < keep_from)
+        {
             let p = segment_path(&self.dir, old);
             fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
@@ -421,6 +478,179 @@ impl WalWriter {
             .filter_map(|&i| fs::metadata(segment_path(&self.dir, i)).ok())
             .map(|m| m.len())
             .sum()
+    }
+}
+
+/// A place in the WAL: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct WalPosition {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for WalPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.segment, self.offset)
+    }
+}
+
+/// Reads the WAL while it is written, for forwarding: every record after a position, in
+/// log order, as soon as it is complete on disk. A record cut short at the end of the
+/// newest segment is one still being written and is read at a later call.
+pub struct WalReader {
+    dir: PathBuf,
+    pos: WalPosition,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    read_size: usize,
+    skipped: u64,
+}
+
+impl WalReader {
+    pub(crate) fn new(dir: &Path, pos: WalPosition) -> Self {
+        WalReader {
+            dir: dir.to_owned(),
+            pos,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            read_size: 4 << 20,
+            skipped: 0,
+        }
+    }
+
+    /// Where the next record starts.
+    pub fn position(&self) -> WalPosition {
+        self.pos
+    }
+
+    /// Bytes passed over because their segment was deleted before it was read or held a
+    /// damaged record.
+    pub fn skipped_bytes(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Calls `f` with each complete record after the position and the position after it,
+    /// until about `max_bytes` were read or the end of the log. Returns the records read:
+    /// 0 means the reader is at the end of what is written.
+    pub fn read(
+        &mut self,
+        max_bytes: usize,
+        mut f: impl FnMut(Record, WalPosition),
+    ) -> Result<usize, Error> {
+        let mut records = 0;
+        let mut bytes = 0;
+        while bytes < max_bytes {
+            let path = segment_path(&self.dir, self.pos.segment);
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !self.next_segment()? {
+                        return Ok(records);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            };
+            // Whether a later segment exists is asked before the length: once it exists,
+            // this one is complete, and a length taken afterwards is its final one.
+            let later = self.later_segment()?;
+            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+            if self.pos.offset < MAGIC.len() as u64 {
+                if len < MAGIC.len() as u64 {
+                    if later.is_some() && !self.next_segment()? {
+                        return Ok(records);
+                    }
+                    if later.is_none() {
+                        return Ok(records);
+                    }
+                    continue;
+                }
+                self.pos.offset = MAGIC.len() as u64;
+            }
+            if self.pos.offset >= len {
+                if later.is_none() || !self.next_segment()? {
+                    return Ok(records);
+                }
+                continue;
+            }
+            let want = ((len - self.pos.offset) as usize).min(self.read_size);
+            self.buf.resize(want, 0);
+            io::Seek::seek(&mut file, io::SeekFrom::Start(self.pos.offset))
+                .and_then(|_| file.read_exact(&mut self.buf))
+                .map_err(|e| Error::io(&path, e))?;
+            let mut off = 0;
+            let mut problem = None;
+            while off < self.buf.len() {
+                let rest = &self.buf[off..];
+                if rest.len() < HEADER_LEN {
+                    break;
+                }
+                let n = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+                if n <= MAX_RECORD && rest.len() < HEADER_LEN + n {
+                    break;
+                }
+                match read_record(rest, &mut self.scratch) {
+                    Ok((rec, used)) => {
+                        off += used;
+                        records += 1;
+                        f(
+                            rec,
+                            WalPosition {
+                                segment: self.pos.segment,
+                                offset: self.pos.offset + off as u64,
+                            },
+                        );
+                    }
+                    Err(why) => {
+                        problem = Some(why);
+                        break;
+                    }
+                }
+            }
+            self.pos.offset += off as u64;
+            bytes += off;
+            if problem.is_some() {
+                // Damaged: what follows in this segment cannot be trusted. At the end of
+                // the log, wait for the repair a restart makes.
+                if later.is_none() {
+                    return Ok(records);
+                }
+                self.skipped += len - self.pos.offset;
+                if !self.next_segment()? {
+                    return Ok(records);
+                }
+            } else if off == 0 {
+                // A record longer than one read, or one still being written.
+                if want == self.read_size && self.read_size < MAX_RECORD + HEADER_LEN {
+                    self.read_size *= 2;
+                } else {
+                    return Ok(records);
+                }
+            } else if off < self.buf.len() && later.is_none() && want < self.read_size {
+                // The rest is a record still being written.
+                return Ok(records);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The first segment after the current one, if any.
+    fn later_segment(&self) -> Result<Option<u64>, Error> {
+        Ok(list_segments(&self.dir)?
+            .into_iter()
+            .find(|&i| i > self.pos.segment))
+    }
+
+    /// Moves to the start of the next segment; false when there is none.
+    fn next_segment(&mut self) -> Result<bool, Error> {
+        let Some(next) = self.later_segment()? else {
+            return Ok(false);
+        };
+        self.pos = WalPosition {
+            segment: next,
+            offset: 0,
+        };
+        Ok(true)
     }
 }
 
