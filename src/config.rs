@@ -19,7 +19,7 @@
 //!
 //! Every field is checked at load and an unknown one is refused with its line, so a typo
 //! never silently turns a feature off. Sections of a Prometheus configuration that strata
-//! does not act on yet (`remote_write`, `remote_read`, …) are accepted and reported as
+//! does not act on (`remote_read`, `storage`, …) are accepted and reported as
 //! warnings.
 
 use std::path::{Path, PathBuf};
@@ -41,6 +41,7 @@ pub(crate) struct Config {
     pub(crate) alertmanagers: Vec<AlertmanagerConfig>,
     pub(crate) hooks: Vec<HookConfig>,
     pub(crate) scrape_configs: Vec<crate::scrape::config::ScrapeConfig>,
+    pub(crate) remote_write: Vec<crate::remote::config::RemoteWriteConfig>,
     /// Sections read but not acted on.
     pub(crate) warnings: Vec<String>,
 }
@@ -56,6 +57,7 @@ impl Default for Config {
             alertmanagers: Vec::new(),
             hooks: Vec::new(),
             scrape_configs: Vec::new(),
+            remote_write: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -105,13 +107,7 @@ pub(crate) enum HookAction {
 }
 
 /// Prometheus sections accepted and not acted on.
-const PROMETHEUS_ONLY: [&str; 5] = [
-    "scrape_config_files",
-    "remote_write",
-    "remote_read",
-    "storage",
-    "tracing",
-];
+const PROMETHEUS_ONLY: [&str; 4] = ["scrape_config_files", "remote_read", "storage", "tracing"];
 
 impl Config {
     /// Reads and checks a configuration file.
@@ -139,6 +135,7 @@ impl Config {
             "alerting",
             "hooks",
             "scrape_configs",
+            "remote_write",
         ];
         allowed.extend(PROMETHEUS_ONLY);
         let fields = root.fields("config", &allowed)?;
@@ -162,6 +159,9 @@ impl Config {
                     )?;
                 }
                 "rule_files" => cfg.rule_files = v.strings("rule_files")?,
+                "remote_write" if !v.is_null() => {
+                    cfg.remote_write = crate::remote::config::parse(v, &cfg.base)?;
+                }
                 "alerting" => cfg.alerting(v)?,
                 "hooks" => {
                     for h in v.seq("hooks")? {

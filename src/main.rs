@@ -6,6 +6,7 @@ mod collect;
 mod config;
 mod http;
 mod import;
+mod remote;
 mod rules;
 mod scrape;
 mod server;
@@ -499,8 +500,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metadata = Arc::new(strata_ingest::metadata::MetadataStore::default());
     let scraper = scrape::ScrapeManager::new(db.clone(), Arc::clone(&metadata));
+    let remote_write = remote::RemoteWrite::new(db.clone(), &args.data_dir);
     if let Some(l) = loaded {
         scraper.apply(l.config().scrape_configs.clone(), l.config().base.clone());
+        remote_write.apply(&l.config().remote_write, &l.config().external_labels);
         manager.apply(l);
         tracing::info!(groups = manager.groups().len(), "rules loaded");
     }
@@ -534,6 +537,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             host_paths: host_paths.clone(),
             rules: Arc::clone(&manager),
             scrape: Arc::clone(&scraper),
+            remote_write: Arc::clone(&remote_write),
             config_file: args.config_file.clone(),
             lifecycle_api: args.enable_lifecycle,
             write_limits: strata_ingest::Limits {
@@ -570,6 +574,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     scraper.stop();
     manager.stop();
+    remote_write.stop();
     db.close().context("flushing the WAL")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -72,6 +72,8 @@ pub(crate) struct AppState {
     pub(crate) rules: Arc<crate::rules::Manager>,
     /// Scrape targets and their loops.
     pub(crate) scrape: Arc<crate::scrape::ScrapeManager>,
+    /// Forwarding queues (`remote_write`).
+    pub(crate) remote_write: Arc<crate::remote::RemoteWrite>,
     /// Where the configuration is reloaded from.
     pub(crate) config_file: Option<std::path::PathBuf>,
     /// Whether `POST /-/reload` is allowed (`--web.enable-lifecycle`).
@@ -147,11 +149,16 @@ pub(crate) async fn reload_config(st: &Arc<AppState>) -> Result<(), String> {
     };
     let manager = Arc::clone(&st.rules);
     let scraper = Arc::clone(&st.scrape);
+    let remote_write = Arc::clone(&st.remote_write);
     let result = tokio::task::spawn_blocking(move || {
         let loaded = crate::load_config(&path)?;
         scraper.apply(
             loaded.config().scrape_configs.clone(),
             loaded.config().base.clone(),
+        );
+        remote_write.apply(
+            &loaded.config().remote_write,
+            &loaded.config().external_labels,
         );
         manager.apply(loaded);
         Ok::<_, String>(manager.groups().len())

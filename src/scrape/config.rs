@@ -135,34 +135,7 @@ fn one(
             "scheme" => sc.scheme = v.str(k)?.to_string(),
             "honor_labels" => sc.honor_labels = bool_of(v, k)?,
             "honor_timestamps" => sc.honor_timestamps = bool_of(v, k)?,
-            "bearer_token" => sc.auth = Some(format!("Bearer {}", v.str(k)?)),
-            "authorization" => {
-                let mut typ = "Bearer".to_string();
-                let mut cred = String::new();
-                for (ak, av) in v.fields("authorization", &["type", "credentials"])? {
-                    if ak == "type" {
-                        typ = av.str(ak)?.to_string();
-                    } else {
-                        cred = av.str(ak)?.to_string();
-                    }
-                }
-                sc.auth = Some(format!("{typ} {cred}"));
-            }
-            "basic_auth" => {
-                let mut user = String::new();
-                let mut pass = String::new();
-                for (bk, bv) in v.fields("basic_auth", &["username", "password"])? {
-                    if bk == "username" {
-                        user = bv.str(bk)?.to_string();
-                    } else {
-                        pass = bv.str(bk)?.to_string();
-                    }
-                }
-                sc.auth = Some(format!(
-                    "Basic {}",
-                    crate::config::base64(format!("{user}:{pass}").as_bytes())
-                ));
-            }
+            "bearer_token" | "authorization" | "basic_auth" => sc.auth = auth_header(k, v)?,
             "static_configs" => {
                 for g in v.seq(k)? {
                     sc.static_configs.push(target_group(g)?);
@@ -224,6 +197,42 @@ fn one(
         _ => global_timeout_ms.min(sc.interval_ms),
     };
     Ok(sc)
+}
+
+/// The `Authorization` header of a `bearer_token`, `authorization` or `basic_auth` field
+/// (`k`), as Prometheus sends it.
+pub(crate) fn auth_header(k: &str, v: &Node) -> Result<Option<String>, PosError> {
+    Ok(Some(match k {
+        "bearer_token" => format!("Bearer {}", v.str(k)?),
+        "authorization" => {
+            let mut typ = "Bearer".to_string();
+            let mut cred = String::new();
+            for (ak, av) in v.fields("authorization", &["type", "credentials"])? {
+                if ak == "type" {
+                    typ = av.str(ak)?.to_string();
+                } else {
+                    cred = av.str(ak)?.to_string();
+                }
+            }
+            format!("{typ} {cred}")
+        }
+        "basic_auth" => {
+            let mut user = String::new();
+            let mut pass = String::new();
+            for (bk, bv) in v.fields("basic_auth", &["username", "password"])? {
+                if bk == "username" {
+                    user = bv.str(bk)?.to_string();
+                } else {
+                    pass = bv.str(bk)?.to_string();
+                }
+            }
+            format!(
+                "Basic {}",
+                crate::config::base64(format!("{user}:{pass}").as_bytes())
+            )
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// Prometheus' `tls_config`: `ca_file`, `cert_file`, `key_file`, `server_name`,

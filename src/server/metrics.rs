@@ -302,6 +302,7 @@ pub(crate) fn self_metrics(st: &AppState, add_labeled: AddMetric<'_>) {
         );
     }
     st.rules.metrics(add_labeled);
+    st.remote_write.metrics(add_labeled);
     st.scrape.metrics(add_labeled);
 }
 
