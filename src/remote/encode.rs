@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Batch, SeriesEntry};
+use super::{Batch, IdMap, SeriesEntry};
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -57,7 +57,8 @@ fn sample_len(t: i64) -> usize {
 
 /// The batch's samples grouped by series, each series' samples in log order.
 fn by_series(batch: &Batch) -> Vec<(&SeriesEntry, Vec<(i64, f64)>)> {
-    let mut index: HashMap<*const SeriesEntry, usize> = HashMap::new();
+    let mut index: IdMap<*const SeriesEntry, usize> = IdMap::default();
+    index.reserve(batch.len());
     let mut out: Vec<(&SeriesEntry, Vec<(i64, f64)>)> = Vec::new();
     for (s, t, v) in batch {
         let key = std::sync::Arc::as_ptr(s);

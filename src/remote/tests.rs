@@ -45,7 +45,10 @@ fn batch() -> (Batch, Vec<(Vec<(String, String)>, Vec<(i64, u64)>)>) {
     ];
     let owned = |s: &SeriesEntry| s.labels.clone();
     let want = vec![
-        (owned(&a), vec![(1_000, 1f64.to_bits()), (2_000, stale.to_bits())]),
+        (
+            owned(&a),
+            vec![(1_000, 1f64.to_bits()), (2_000, stale.to_bits())],
+        ),
         (
             owned(&b),
             vec![(1_000, (-2.5f64).to_bits()), (-5, f64::INFINITY.to_bits())],
@@ -93,13 +96,31 @@ fn configuration_defaults_and_errors() {
     for (text, why) in [
         ("- name: x\n", "url for remote_write is empty"),
         ("- url: ftp://x/\n", "http:// or https://"),
-        ("- url: http://x/\n  protobuf_message: foo\n", "unknown remote write protobuf message"),
-        ("- url: http://x/\n  headers: {Content-Type: x}\n", "reserved header"),
-        ("- url: http://x/\n  queue_config: {min_shards: 5, max_shards: 2}\n", "min_shards"),
-        ("- url: http://x/\n  queue_config: {capacity: 0}\n", "at least 1"),
+        (
+            "- url: http://x/\n  protobuf_message: foo\n",
+            "unknown remote write protobuf message",
+        ),
+        (
+            "- url: http://x/\n  headers: {Content-Type: x}\n",
+            "reserved header",
+        ),
+        (
+            "- url: http://x/\n  queue_config: {min_shards: 5, max_shards: 2}\n",
+            "min_shards",
+        ),
+        (
+            "- url: http://x/\n  queue_config: {capacity: 0}\n",
+            "at least 1",
+        ),
         ("- url: http://x/\n  queue_config: {shards: 2}\n", "shards"),
-        ("- url: http://x/\n  bearer_token: a\n  basic_auth: {username: u}\n", "at most one"),
-        ("- {url: 'http://x/', name: a}\n- {url: 'http://y/', name: a}\n", "multiple remote write"),
+        (
+            "- url: http://x/\n  bearer_token: a\n  basic_auth: {username: u}\n",
+            "at most one",
+        ),
+        (
+            "- {url: 'http://x/', name: a}\n- {url: 'http://y/', name: a}\n",
+            "multiple remote write",
+        ),
         ("- url: http://x/\n  name: a/b\n", "may only hold"),
     ] {
         let e = parse(text).unwrap_err();
