@@ -5,6 +5,9 @@ use strata_ingest::remote_write::DecodedWriteRequest;
 use super::config::{self, Protocol};
 use super::{encode, Batch, SeriesEntry};
 
+/// Per series of a request: its labels and samples (value bits).
+type Content = Vec<(Vec<(String, String)>, Vec<(i64, u64)>)>;
+
 fn series(pairs: &[(&str, &str)]) -> Arc<SeriesEntry> {
     let labels: Vec<(String, String)> = pairs
         .iter()
@@ -15,7 +18,7 @@ fn series(pairs: &[(&str, &str)]) -> Arc<SeriesEntry> {
 }
 
 /// What a decoded request holds: per series its labels and samples.
-fn decoded(d: &DecodedWriteRequest) -> Vec<(Vec<(String, String)>, Vec<(i64, u64)>)> {
+fn decoded(d: &DecodedWriteRequest) -> Content {
     d.series()
         .map(|s| {
             let labels = s
@@ -33,7 +36,7 @@ fn decoded(d: &DecodedWriteRequest) -> Vec<(Vec<(String, String)>, Vec<(i64, u64
         .collect()
 }
 
-fn batch() -> (Batch, Vec<(Vec<(String, String)>, Vec<(i64, u64)>)>) {
+fn batch() -> (Batch, Content) {
     let a = series(&[("__name__", "up"), ("job", "a")]);
     let b = series(&[("__name__", "up"), ("job", "b"), ("zone", "é")]);
     let stale = strata_storage::stale_nan();
