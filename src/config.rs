@@ -41,7 +41,7 @@ pub(crate) struct Config {
     pub(crate) alertmanagers: Vec<AlertmanagerConfig>,
     pub(crate) hooks: Vec<HookConfig>,
     pub(crate) scrape_configs: Vec<crate::scrape::config::ScrapeConfig>,
-    pub(crate) remote_write: Vec<crate::remote::config::RemoteWriteConfig>,
+    pub(crate) remote_write: Vec<crate::forward::config::RemoteWriteConfig>,
     /// Sections read but not acted on.
     pub(crate) warnings: Vec<String>,
 }
@@ -160,7 +160,7 @@ impl Config {
                 }
                 "rule_files" => cfg.rule_files = v.strings("rule_files")?,
                 "remote_write" if !v.is_null() => {
-                    cfg.remote_write = crate::remote::config::parse(v, &cfg.base)?;
+                    cfg.remote_write = crate::forward::config::parse(v, &cfg.base)?;
                 }
                 "alerting" => cfg.alerting(v)?,
                 "hooks" => {

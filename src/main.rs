@@ -6,7 +6,7 @@ mod collect;
 mod config;
 mod http;
 mod import;
-mod remote;
+mod forward;
 mod rules;
 mod scrape;
 mod server;
@@ -500,7 +500,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let metadata = Arc::new(strata_ingest::metadata::MetadataStore::default());
     let scraper = scrape::ScrapeManager::new(db.clone(), Arc::clone(&metadata));
-    let remote_write = remote::RemoteWrite::new(db.clone(), &args.data_dir);
+    let remote_write = forward::RemoteWrite::new(db.clone(), &args.data_dir);
     if let Some(l) = loaded {
         scraper.apply(l.config().scrape_configs.clone(), l.config().base.clone());
         remote_write.apply(&l.config().remote_write, &l.config().external_labels);

@@ -73,7 +73,7 @@ pub(crate) struct AppState {
     /// Scrape targets and their loops.
     pub(crate) scrape: Arc<crate::scrape::ScrapeManager>,
     /// Forwarding queues (`remote_write`).
-    pub(crate) remote_write: Arc<crate::remote::RemoteWrite>,
+    pub(crate) remote_write: Arc<crate::forward::RemoteWrite>,
     /// Where the configuration is reloaded from.
     pub(crate) config_file: Option<std::path::PathBuf>,
     /// Whether `POST /-/reload` is allowed (`--web.enable-lifecycle`).
