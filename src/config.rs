@@ -551,6 +551,8 @@ alerting:
       basic_auth: {username: a, password: b}
 remote_write:
   - url: http://x
+remote_read:
+  - url: http://y
 hooks:
   - name: restart-web
     match: {alertname: ContainerDown}
@@ -576,7 +578,8 @@ hooks:
             ]
         );
         assert_eq!(c.alertmanagers[0].headers[0].1, "Basic YTpi");
-        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings.len(), 1, "remote_read: {:?}", c.warnings);
+        assert_eq!(c.remote_write[0].url, "http://x");
         let h = &c.hooks[0];
         assert_eq!(h.matchers.len(), 2);
         assert!(h.on_firing && h.on_resolved);

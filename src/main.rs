@@ -4,9 +4,9 @@
 mod cli;
 mod collect;
 mod config;
+mod forward;
 mod http;
 mod import;
-mod forward;
 mod rules;
 mod scrape;
 mod server;
