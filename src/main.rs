@@ -231,6 +231,17 @@ struct ServeArgs {
     /// users (bcrypt hashes, see `strata hash-password`) per kind of request.
     #[arg(long = "web.auth-file")]
     auth_file: Option<PathBuf>,
+    /// Serve HTTPS: a YAML file in Prometheus' web configuration format with
+    /// `tls_server_config: {cert_file, key_file}`; re-read on SIGHUP.
+    #[arg(long = "web.config.file")]
+    web_config_file: Option<PathBuf>,
+    /// Most connections served at once; more wait to be accepted.
+    #[arg(long = "web.max-connections", default_value_t = 512)]
+    max_connections: usize,
+    /// Longest a request may take to arrive, body included; idle connections are closed
+    /// after it too.
+    #[arg(long = "web.read-timeout", default_value = "5m", value_parser = parse_interval)]
+    read_timeout_ms: i64,
     /// Configuration file (rule files, Alertmanagers, hooks, external labels).
     #[arg(long = "config.file")]
     config_file: Option<PathBuf>,
@@ -492,6 +503,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audit_log: Some(args.data_dir.join("hook-runs.jsonl")),
         },
     );
+    let web_tls = match &args.web_config_file {
+        Some(p) => {
+            let web = server::listener::WebConfig::load(p).map_err(|e| anyhow::anyhow!(e))?;
+            let cfg = web.server_config().map_err(|e| anyhow::anyhow!(e))?;
+            Some((web, Arc::new(std::sync::RwLock::new(cfg))))
+        }
+        None => None,
+    };
     let auth = match &args.auth_file {
         Some(p) => Some(Arc::new(
             server::auth::Auth::load(p).map_err(|e| anyhow::anyhow!(e))?,
@@ -517,7 +536,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr().unwrap_or(args.listen);
-        tracing::info!(address = %addr, "serving the HTTP API");
+        tracing::info!(
+            address = %addr,
+            tls = web_tls.is_some(),
+            "serving the HTTP API"
+        );
+        let listener = server::listener::Listener::new(
+            listener,
+            args.max_connections,
+            Duration::from_millis(args.read_timeout_ms.max(1) as u64),
+            web_tls.as_ref().map(|(_, state)| Arc::clone(state)),
+        )
+        .context("starting the listener")?;
         let query_timeout = Duration::from_millis(args.query_timeout_ms.max(1) as u64);
         let state = Arc::new(server::AppState {
             db: db.clone(),
@@ -538,6 +568,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rules: Arc::clone(&manager),
             scrape: Arc::clone(&scraper),
             remote_write: Arc::clone(&remote_write),
+            web_tls: web_tls.clone(),
             config_file: args.config_file.clone(),
             lifecycle_api: args.enable_lifecycle,
             write_limits: strata_ingest::Limits {
@@ -550,7 +581,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(axum::http::StatusCode::TOO_MANY_REQUESTS),
             auth,
         });
-        if args.config_file.is_some() {
+        if args.config_file.is_some() || web_tls.is_some() {
             tokio::spawn(server::reload_on_sighup(Arc::clone(&state)));
         }
         if args.collect_interval_ms > 0 {
@@ -599,6 +630,15 @@ fn flag_values(a: &ServeArgs) -> Vec<(String, String)> {
         ),
         ("rules.alert.resend-delay", d(a.resend_delay_ms)),
         ("web.enable-lifecycle", a.enable_lifecycle.to_string()),
+        (
+            "web.config.file",
+            a.web_config_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
+        ("web.max-connections", a.max_connections.to_string()),
+        ("web.read-timeout", d(a.read_timeout_ms)),
         (
             "web.external-url",
             a.external_url.clone().unwrap_or_default(),

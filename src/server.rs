@@ -12,6 +12,7 @@
 mod admin;
 pub(crate) mod auth;
 mod json;
+pub(crate) mod listener;
 pub(crate) mod metrics;
 mod params;
 mod pull;
@@ -74,6 +75,8 @@ pub(crate) struct AppState {
     pub(crate) scrape: Arc<crate::scrape::ScrapeManager>,
     /// Forwarding queues (`remote_write`).
     pub(crate) remote_write: Arc<crate::forward::RemoteWrite>,
+    /// `--web.config.file` and the TLS configuration in use, when serving HTTPS.
+    pub(crate) web_tls: Option<(listener::WebConfig, listener::TlsState)>,
     /// Where the configuration is reloaded from.
     pub(crate) config_file: Option<std::path::PathBuf>,
     /// Whether `POST /-/reload` is allowed (`--web.enable-lifecycle`).
@@ -188,7 +191,17 @@ pub(crate) async fn reload_on_sighup(st: Arc<AppState>) {
         }
     };
     while hup.recv().await.is_some() {
-        let _ = reload_config(&st).await;
+        if let Some((web, state)) = &st.web_tls {
+            match listener::reload_tls(web, state) {
+                Ok(()) => tracing::info!(file = %web.path.display(), "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays")
+                }
+            }
+        }
+        if st.config_file.is_some() {
+            let _ = reload_config(&st).await;
+        }
     }
 }
 
