@@ -169,6 +169,9 @@ struct ServeArgs {
     /// refused with --storage.series-limit-status; existing series keep ingesting.
     #[arg(long = "storage.max-series", default_value_t = 0)]
     max_series: usize,
+    /// Most series one metric name may have (0: no limit); refused like --storage.max-series.
+    #[arg(long = "storage.max-series-per-metric", default_value_t = 0)]
+    max_series_per_metric: usize,
     /// Status for writes refused by --storage.max-series: 429 (senders retry) or 400
     /// (senders drop).
     #[arg(long = "storage.series-limit-status", default_value = "429", value_parser = parse_limit_status)]
@@ -466,6 +469,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retention_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
             ooo_window_ms: args.ooo_window_ms,
             max_series: (args.max_series > 0).then_some(args.max_series),
+            max_series_per_metric: (args.max_series_per_metric > 0)
+                .then_some(args.max_series_per_metric),
             ..Options::default()
         },
     )
@@ -688,6 +693,10 @@ fn flag_values(a: &ServeArgs) -> Vec<(String, String)> {
             a.write_max_value_len.to_string(),
         ),
         ("storage.max-series", a.max_series.to_string()),
+        (
+            "storage.max-series-per-metric",
+            a.max_series_per_metric.to_string(),
+        ),
         (
             "storage.series-limit-status",
             a.series_limit_status.to_string(),

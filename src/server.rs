@@ -721,12 +721,15 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             let reason = match &e {
                 IngestError::Limit { reason, .. } => Some(*reason),
                 IngestError::Storage(strata_storage::Error::SeriesLimit { .. }) => Some("series"),
+                IngestError::Storage(strata_storage::Error::SeriesPerMetricLimit { .. }) => {
+                    Some("series_per_metric")
+                }
                 _ => None,
             };
             if let Some(r) = reason {
                 st_counters.refused(r);
             }
-            let status = if reason == Some("series") {
+            let status = if matches!(reason, Some("series" | "series_per_metric")) {
                 counted.series_limit_status
             } else {
                 StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

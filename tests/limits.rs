@@ -112,3 +112,39 @@ fn limits_refuse_with_reasons_and_existing_series_keep_ingesting() {
     let r = s.write(&one(vec![("__name__", "m"), ("i", "e")], 5000));
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+#[test]
+fn the_per_metric_limit_refuses_new_series_of_that_metric_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Strata::start(dir.path(), &["--storage.max-series-per-metric", "2"]);
+    for i in ["a", "b"] {
+        assert_eq!(
+            s.write(&one(vec![("__name__", "m"), ("i", i)], 1000))
+                .status,
+            204
+        );
+    }
+    let r = s.write(&one(vec![("__name__", "m"), ("i", "c")], 1000));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.body.contains(r#"metric "m" has its limit of 2 series"#),
+        "{}",
+        r.body
+    );
+    // Another metric, and the existing series, still ingest.
+    assert_eq!(
+        s.write(&one(vec![("__name__", "n"), ("i", "c")], 1000))
+            .status,
+        204
+    );
+    assert_eq!(
+        s.write(&one(vec![("__name__", "m"), ("i", "a")], 2000))
+            .status,
+        204
+    );
+    assert_eq!(s.query("count(m)", "5")["result"][0]["value"][1], "2");
+    assert!(s
+        .get("/metrics")
+        .body
+        .contains(r#"strata_remote_write_limited_total{limit="series_per_metric"} 1"#));
+}

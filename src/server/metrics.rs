@@ -281,6 +281,7 @@ pub(crate) fn self_metrics(st: &AppState, add_labeled: AddMetric<'_>) {
     process_metrics(&mut |name, kind, help, v| add_labeled(name, kind, help, Labels::default(), v));
     for reason in [
         "series",
+        "series_per_metric",
         "labels",
         "label_name_length",
         "label_value_length",

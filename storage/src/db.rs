@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use crate::block::{
     block_name, write_block, write_tombstones, Block, BlockMeta, ChunkIter, ChunkView, NewBlock,
 };
-use crate::head::{lock, merge_newest_wins, AppendOutcome, Batch, Head, MemSeries};
+use crate::head::{
+    lock, merge_newest_wins, AppendOutcome, Batch, Head, LimitHit, MemSeries, SeriesLimits,
+};
 use crate::head_chunks::HeadChunks;
 use crate::labels::Labels;
 use crate::matcher::Matcher;
@@ -41,6 +43,9 @@ pub struct Options {
     /// Most series the head may hold: appends that would create more fail with
     /// [`Error::SeriesLimit`]; samples of existing series are still accepted.
     pub max_series: Option<usize>,
+    /// Most series one metric name may have in the head: appends that would create more
+    /// fail with [`Error::SeriesPerMetricLimit`].
+    pub max_series_per_metric: Option<usize>,
 }
 
 impl Default for Options {
@@ -53,6 +58,7 @@ impl Default for Options {
             retention_bytes: None,
             ooo_window_ms: None,
             max_series: None,
+            max_series_per_metric: None,
         }
     }
 }
@@ -820,7 +826,6 @@ impl Appender {
         if labels.is_empty() {
             return Err(Error::EmptyLabels);
         }
-        let limit = self.db.opts.max_series;
         let s = self
             .db
             .head
@@ -828,12 +833,9 @@ impl Appender {
                 labels.stable_hash(),
                 |l| l == labels,
                 || labels.clone(),
-                limit,
+                self.limits(),
             )
-            .ok_or_else(|| Error::SeriesLimit {
-                labels: labels.to_string(),
-                limit: limit.unwrap_or(0),
-            })?;
+            .map_err(|k| self.limit_error(k, labels))?;
         self.append_series(s, t, v)
     }
 
@@ -851,7 +853,6 @@ impl Appender {
         }
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
         let hash = crate::labels::hash_pairs(pairs.iter().copied());
-        let limit = self.db.opts.max_series;
         let s = self
             .db
             .head
@@ -859,13 +860,34 @@ impl Appender {
                 hash,
                 |l| l.eq_pairs(pairs),
                 || Labels::from_pairs(pairs.iter().copied()),
-                limit,
+                self.limits(),
             )
-            .ok_or_else(|| Error::SeriesLimit {
-                labels: Labels::from_pairs(pairs.iter().copied()).to_string(),
-                limit: limit.unwrap_or(0),
-            })?;
+            .map_err(|k| self.limit_error(k, &Labels::from_pairs(pairs.iter().copied())))?;
         self.append_series(s, t, v)
+    }
+
+    fn limits(&self) -> SeriesLimits {
+        SeriesLimits {
+            total: self.db.opts.max_series,
+            per_metric: self.db.opts.max_series_per_metric,
+        }
+    }
+
+    fn limit_error(&self, kind: LimitHit, labels: &Labels) -> Error {
+        match kind {
+            LimitHit::Total => Error::SeriesLimit {
+                labels: labels.to_string(),
+                limit: self.db.opts.max_series.unwrap_or(0),
+            },
+            LimitHit::PerMetric => Error::SeriesPerMetricLimit {
+                labels: labels.to_string(),
+                metric: labels
+                    .get(crate::METRIC_NAME)
+                    .unwrap_or_default()
+                    .to_string(),
+                limit: self.db.opts.max_series_per_metric.unwrap_or(0),
+            },
+        }
     }
 
     fn append_series(&mut self, s: Arc<MemSeries>, t: i64, v: f64) -> Result<SeriesRef, Error> {
@@ -2292,6 +2314,37 @@ mod tests {
         );
         assert_eq!(read_all(&db, "a"), want);
         assert_eq!(read_all(&db, "b"), vec![(5, 1.0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_per_metric_limit_refuses_new_series_of_that_metric_only() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                wal_fsync: false,
+                max_series_per_metric: Some(2),
+                ..Options::default()
+            },
+        )?;
+        let l = |m: &str, i: u32| {
+            Labels::from_pairs([("__name__", m.to_string()), ("i", i.to_string())])
+        };
+        let mut app = db.appender();
+        app.append(&l("m", 1), 1000, 1.0)?;
+        app.append(&l("m", 2), 1000, 1.0)?;
+        let e = app.append(&l("m", 3), 1000, 1.0).unwrap_err();
+        assert!(
+            matches!(&e, Error::SeriesPerMetricLimit { metric, limit: 2, .. } if metric == "m"),
+            "{e}"
+        );
+        assert!(e.is_bad_input());
+        // Other metrics and existing series go on.
+        app.append(&l("other", 3), 1000, 1.0)?;
+        app.append(&l("m", 1), 2000, 2.0)?;
+        assert_eq!(app.commit()?.samples, 4);
+        assert_eq!(db.stats().series, 3);
         Ok(())
     }
 

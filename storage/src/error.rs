@@ -22,6 +22,12 @@ pub enum Error {
     OutOfBounds { labels: String, t: i64, oldest: i64 },
     #[error("series {labels} would be new, but the store holds its limit of {limit} series (--storage.max-series); samples of existing series are still accepted")]
     SeriesLimit { labels: String, limit: usize },
+    #[error("series {labels} would be new, but metric {metric:?} has its limit of {limit} series (--storage.max-series-per-metric); samples of existing series are still accepted")]
+    SeriesPerMetricLimit {
+        labels: String,
+        metric: String,
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -31,6 +37,7 @@ impl Error {
             self,
             Error::OutOfBounds { .. }
                 | Error::SeriesLimit { .. }
+                | Error::SeriesPerMetricLimit { .. }
                 | Error::EmptyLabels
                 | Error::InvalidMatcher(_)
                 | Error::UnknownSeries(_)

@@ -485,8 +485,22 @@ pub(crate) struct Head {
     pub(crate) counters: HeadCounters,
 }
 
+/// Limits on creating series: in total and per metric name.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SeriesLimits {
+    pub(crate) total: Option<usize>,
+    pub(crate) per_metric: Option<usize>,
+}
+
+/// Which limit refused a new series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    Total,
+    PerMetric,
+}
+
 /// Without a limit a series is always found or created.
-fn unreachable_without_limit() -> Arc<MemSeries> {
+fn unreachable_without_limit(_: LimitHit) -> Arc<MemSeries> {
     panic!("find_or_create without a limit returned no series")
 }
 
@@ -526,21 +540,21 @@ impl Head {
         make: impl FnOnce() -> Labels,
         sref: Option<SeriesRef>,
     ) -> Arc<MemSeries> {
-        self.find_or_create(hash, is_it, make, sref, false, None)
+        self.find_or_create(hash, is_it, make, sref, false, SeriesLimits::default())
             .unwrap_or_else(unreachable_without_limit)
     }
 
     /// Like [`Head::get_or_create_with`], pinned for an appender (see
     /// [`MemSeries::unpin`]); pinned under the shard lock, so never collected in between.
-    /// `None` when the series would be new and the head already holds `limit` series.
+    /// Fails when the series would be new and a limit is reached.
     pub(crate) fn get_or_create_pinned(
         &self,
         hash: u64,
         is_it: impl Fn(&Labels) -> bool,
         make: impl FnOnce() -> Labels,
-        limit: Option<usize>,
-    ) -> Option<Arc<MemSeries>> {
-        self.find_or_create(hash, is_it, make, None, true, limit)
+        limits: SeriesLimits,
+    ) -> Result<Arc<MemSeries>, LimitHit> {
+        self.find_or_create(hash, is_it, make, None, true, limits)
     }
 
     fn find_or_create(
@@ -550,8 +564,8 @@ impl Head {
         make: impl FnOnce() -> Labels,
         sref: Option<SeriesRef>,
         pin: bool,
-        limit: Option<usize>,
-    ) -> Option<Arc<MemSeries>> {
+        limits: SeriesLimits,
+    ) -> Result<Arc<MemSeries>, LimitHit> {
         let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
         if let Some(s) = shard.get(&hash).and_then(|b| b.find(&is_it)) {
             let s = Arc::clone(s);
@@ -566,12 +580,26 @@ impl Head {
                     self.put_series(r, Arc::clone(&s));
                 }
             }
-            return Some(s);
+            return Ok(s);
         }
-        if limit.is_some_and(|l| self.num_series.load(Ordering::Relaxed) >= l as u64) {
-            return None;
+        if limits
+            .total
+            .is_some_and(|l| self.num_series.load(Ordering::Relaxed) >= l as u64)
+        {
+            return Err(LimitHit::Total);
         }
         let mut labels = make();
+        if let Some(l) = limits.per_metric {
+            let name = labels.get(crate::METRIC_NAME).unwrap_or_default();
+            let have = self
+                .postings
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .count(crate::METRIC_NAME, name);
+            if have >= l as u64 {
+                return Err(LimitHit::PerMetric);
+            }
+        }
         {
             let mut symbols = lock(&self.symbols);
             labels.intern(|s| match symbols.get(s) {
@@ -609,7 +637,7 @@ impl Head {
             }
         }
         self.num_series.fetch_add(1, Ordering::Relaxed);
-        Some(s)
+        Ok(s)
     }
 
     fn put_series(&self, r: SeriesRef, s: Arc<MemSeries>) {

@@ -37,6 +37,14 @@ fn top(mut v: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
 }
 
 impl Postings {
+    /// Series carrying the pair `name=value`.
+    pub(crate) fn count(&self, name: &str, value: &str) -> u64 {
+        self.by_label
+            .get(name)
+            .and_then(|m| m.get(value))
+            .map_or(0, RoaringBitmap::len)
+    }
+
     pub(crate) fn stats(&self, limit: usize) -> PostingsStats {
         let mut by_metric = Vec::new();
         let mut values = Vec::new();
