@@ -534,6 +534,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Parsing and evaluating a query recurse once per level of nesting: room for
+        // the deepest query strata_query accepts (reserved, not committed, memory).
+        .thread_stack_size(strata_query::STACK_SIZE)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {

@@ -27,9 +27,83 @@ pub mod script;
 pub use error::QueryError;
 pub use eval::{Annotations, Engine, EngineOptions, QueryOutput, QueryStats, QueryValue};
 
-/// Parses a query, mapping the parser's message to [`QueryError::BadData`].
+/// Deepest nesting of parentheses, brackets and braces a query may have.
+pub const MAX_NESTING: usize = 128;
+/// Most operators (binary, unary minus, `and`/`or`/`unless`) a query may have.
+pub const MAX_OPERATORS: usize = 2_000;
+/// Stack for threads that parse or evaluate queries: enough for the deepest query
+/// [`parse`] accepts, in debug builds too.
+pub const STACK_SIZE: usize = 64 << 20;
+
+/// Parses a query, mapping the parser's message to [`QueryError::BadData`]. Queries
+/// nested deeper than [`MAX_NESTING`] or with more than [`MAX_OPERATORS`] operators are
+/// refused before parsing: parsing and evaluation recurse once per level, and a hostile
+/// query must not exhaust a thread's stack.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
+    check_shape(query)?;
     promql_parser::parser::parse(query).map_err(QueryError::BadData)
+}
+
+/// Counts nesting and operators outside string literals and label matchers.
+fn check_shape(query: &str) -> Result<(), QueryError> {
+    let b = query.as_bytes();
+    let (mut depth, mut deepest, mut ops, mut braces) = (0usize, 0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                // Skip the literal (backslash escapes in the quoted forms).
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                braces += usize::from(c == b'{');
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                braces = braces.saturating_sub(usize::from(c == b'}'));
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' if braces == 0 => {
+                ops += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'_') {
+                    i += 1;
+                }
+                let word = &query[start..=i];
+                if braces == 0 && matches!(word, "and" | "or" | "unless" | "atan2") {
+                    ops += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if deepest > MAX_NESTING {
+        return Err(QueryError::BadData(format!(
+            "query nests {deepest} levels deep, over the limit of {MAX_NESTING}"
+        )));
+    }
+    if ops > MAX_OPERATORS {
+        return Err(QueryError::BadData(format!(
+            "query has {ops} operators, over the limit of {MAX_OPERATORS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a series selector (`up{job="a"}`) as the `match[]` parameters of the series
@@ -40,5 +114,30 @@ pub fn parse_selector(s: &str) -> Result<Vec<strata_storage::Matcher>, QueryErro
         _ => Err(QueryError::BadData(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn nesting_and_operators_are_counted_outside_literals_and_matchers() {
+        let parens_in_string = format!("up{{job=\"{}\"}}", "(".repeat(500));
+        assert!(check_shape(&parens_in_string).is_ok());
+        let ops_in_matchers = format!("up{{{}}}", vec!["a!=\"x\""; 3000].join(","));
+        assert!(check_shape(&ops_in_matchers).is_ok());
+        assert!(check_shape("# ((((((\nup").is_ok());
+        let deep = format!("{}1{}", "(".repeat(129), ")".repeat(129));
+        assert!(
+            matches!(check_shape(&deep), Err(QueryError::BadData(m)) if m.contains("129 levels"))
+        );
+        assert!(check_shape(&format!("{}1{}", "(".repeat(128), ")".repeat(128))).is_ok());
+        let words = vec!["up"; 2_002].join(" unless ");
+        assert!(
+            matches!(check_shape(&words), Err(QueryError::BadData(m)) if m.contains("2001 operators"))
+        );
+        // Label names that read like operators count, but a real query stays far below.
+        assert!(check_shape(&vec!["sum by (and, or) (up)"; 10].join(" + ")).is_ok());
     }
 }

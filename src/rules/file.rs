@@ -253,7 +253,7 @@ fn parse_rule(group: &GroupSpec, r: &Node) -> Result<RuleSpec, RuleErrors> {
             name.clone(),
             "field 'expr' must be set in rule".into(),
         ));
-    } else if let Err(e) = promql_parser::parser::parse(&expr_s) {
+    } else if let Err(e) = strata_query::parse(&expr_s) {
         errs.push((
             pos_of(expr),
             name.clone(),

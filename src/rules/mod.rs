@@ -296,6 +296,7 @@ impl Manager {
             let name = format!("rules-{}", g.spec.name);
             let handle = std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
+                .stack_size(strata_query::STACK_SIZE)
                 .spawn(move || me.run_group(&g, &s));
             match handle {
                 Ok(handle) => runners.push(Runner { stop, handle }),
