@@ -138,6 +138,6 @@ mod shape_tests {
             matches!(check_shape(&words), Err(QueryError::BadData(m)) if m.contains("2001 operators"))
         );
         // Label names that read like operators count, but a real query stays far below.
-        assert!(check_shape(&vec!["sum by (and, or) (up)"; 10].join(" + ")).is_ok());
+        assert!(check_shape(&["sum by (and, or) (up)"; 10].join(" + ")).is_ok());
     }
 }
