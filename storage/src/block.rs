@@ -12,6 +12,7 @@
 //! place, so a reader never sees a half-written block. Opening verifies every checksum;
 //! a block that fails is reported and moved aside by the caller.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,24 @@ pub(crate) fn write_block(
     series: &[(Labels, Vec<(i64, f64)>)],
     new: NewBlock,
 ) -> Result<PathBuf, Error> {
+    let labels: Vec<&Labels> = series.iter().map(|(l, _)| l).collect();
+    write_block_with(
+        blocks_dir,
+        &labels,
+        |i| Cow::Borrowed(&series[i].1[..]),
+        new,
+    )
+}
+
+/// [`write_block`] with each series' samples fetched when its turn comes (`samples(i)` for
+/// `labels[i]`, labels sorted), so that only one series' samples are in memory at a time.
+/// Series without samples are left out.
+pub(crate) fn write_block_with<'a>(
+    blocks_dir: &Path,
+    labels: &[&Labels],
+    mut samples_of: impl FnMut(usize) -> Cow<'a, [(i64, f64)]>,
+    new: NewBlock,
+) -> Result<PathBuf, Error> {
     fs::create_dir_all(blocks_dir).map_err(|e| Error::io(blocks_dir, e))?;
     let NewBlock {
         min_time,
@@ -250,12 +269,18 @@ pub(crate) fn write_block(
     } = new;
     // Chunks file, remembering where each series' chunks went.
     let mut chunk_bytes: Vec<u8> = CHUNKS_MAGIC.to_vec();
-    let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(series.len());
+    let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(labels.len());
+    // The series written (with samples), by position in `labels`.
+    let mut kept: Vec<&Labels> = Vec::with_capacity(labels.len());
     let (mut num_chunks, mut num_samples) = (0u64, 0u64);
     let mut data = Vec::new();
     // Time sections already written, by content: series scraped together share one.
     let mut times_at: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
-    for (_, samples) in series {
+    for (i, &series_labels) in labels.iter().enumerate() {
+        let samples = samples_of(i);
+        if samples.is_empty() {
+            continue;
+        }
         let mut mine = Vec::new();
         // Even parts of at most DENSE_MAX_SAMPLES, so no part is a poorly packed stub.
         let parts = samples.len().div_ceil(DENSE_MAX_SAMPLES).max(1);
@@ -293,12 +318,14 @@ pub(crate) fn write_block(
         }
         num_chunks += mine.len() as u64;
         refs.push(mine);
+        kept.push(series_labels);
     }
+    let series = kept;
 
     // Index: symbols, then series.
     let mut symbols: Vec<&str> = series
         .iter()
-        .flat_map(|(l, _)| l.iter().flat_map(|l| [&*l.name, &*l.value]))
+        .flat_map(|l| l.iter().flat_map(|l| [&*l.name, &*l.value]))
         .collect();
     symbols.sort_unstable();
     symbols.dedup();
@@ -310,9 +337,9 @@ pub(crate) fn write_block(
     }
     let sym = |s: &str| symbols.binary_search(&s).unwrap_or(0) as u64;
     put_uvarint(&mut index, series.len() as u64);
-    for ((labels, _), chunks) in series.iter().zip(&refs) {
+    for (labels, chunks) in series.iter().zip(&refs) {
         put_uvarint(&mut index, labels.len() as u64);
-        for l in labels {
+        for l in labels.iter() {
             put_uvarint(&mut index, sym(&l.name));
             put_uvarint(&mut index, sym(&l.value));
         }
@@ -326,8 +353,8 @@ pub(crate) fn write_block(
     // Postings: for every label pair, the bitmap of the series (by position) carrying it.
     let mut postings: std::collections::BTreeMap<(u64, u64), roaring::RoaringBitmap> =
         std::collections::BTreeMap::new();
-    for (i, (labels, _)) in series.iter().enumerate() {
-        for l in labels {
+    for (i, labels) in series.iter().enumerate() {
+        for l in labels.iter() {
             postings
                 .entry((sym(&l.name), sym(&l.value)))
                 .or_default()

@@ -1,5 +1,6 @@
 //! The public face of the store: [`Db`], [`Appender`] and [`Querier`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::block::{
-    block_name, write_block, write_tombstones, Block, BlockMeta, ChunkIter, ChunkView, NewBlock,
+    block_name, write_block, write_block_with, write_tombstones, Block, BlockMeta, ChunkIter,
+    ChunkView, NewBlock,
 };
 use crate::head::{
     lock, merge_newest_wins, AppendOutcome, Batch, Head, LimitHit, MemSeries, SeriesLimits,
@@ -376,14 +378,26 @@ impl Db {
             let bmin = min.div_euclid(range) * range;
             let bmax = bmin + range;
             let mut wal = lock(&inner.wal.writer);
-            let series = inner.head.samples_between(bmin, bmax);
             let new = NewBlock {
                 min_time: bmin,
                 max_time: bmax,
                 seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                 sources: Vec::new(),
             };
-            let dir = write_block(&inner.dir.join("blocks"), &series, new)?;
+            // Series by series: only one series' samples are decoded at a time.
+            let mut live = inner.head.live_series();
+            live.sort_by(|a, b| a.labels.cmp(&b.labels));
+            let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
+            let dir = write_block_with(
+                &inner.dir.join("blocks"),
+                &labels,
+                |i| {
+                    let mut v = lock(&live[i].data).samples();
+                    v.retain(|p| p.0 >= bmin && p.0 < bmax);
+                    Cow::Owned(v)
+                },
+                new,
+            )?;
             let block = Arc::new(Block::open(&dir)?);
             written.push(block.meta.clone());
             {
@@ -392,20 +406,28 @@ impl Db {
                 list.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
             }
             inner.head.truncate_before(bmax);
-            // The WAL now only needs what the head holds.
-            let contents = inner.head.contents();
+            // The WAL now only needs what the head holds, written series by series.
+            let live = inner.head.live_series();
             let records: Vec<(SeriesRef, &Labels)> =
-                contents.iter().map(|(r, l, _)| (*r, l)).collect();
-            let samples: Vec<(SeriesRef, i64, f64)> = contents
-                .iter()
-                .flat_map(|(r, _, s)| s.iter().map(move |&(t, v)| (*r, t, v)))
-                .collect();
-            wal.checkpoint(&records, &samples, inner.oldest_held())?;
+                live.iter().map(|s| (s.sref, &s.labels)).collect();
+            wal.checkpoint(
+                &records,
+                |i, out| {
+                    let s = &live[i];
+                    out.extend(
+                        lock(&s.data)
+                            .samples()
+                            .into_iter()
+                            .map(|(t, v)| (s.sref, t, v)),
+                    );
+                },
+                inner.oldest_held(),
+            )?;
             // A head snapshot refers to the log just rewritten.
             crate::snapshot::remove(&inner.dir.join("chunks_head"))?;
             tracing::info!(
                 block = %dir.display(),
-                series = series.len(),
+                series = written.last().map_or(0, |m| m.num_series),
                 min_time = bmin,
                 max_time = bmax,
                 "cut a block from the head"
@@ -483,24 +505,17 @@ impl Db {
         let all = [Matcher::regex(crate::METRIC_NAME, ".*")?];
         let mut by_seq: Vec<&Arc<Block>> = group.iter().collect();
         by_seq.sort_by_key(|b| b.meta.seq);
-        let mut series: std::collections::BTreeMap<Labels, Vec<(i64, f64)>> =
+        // Each series' chunks from every input, oldest block first; samples are decoded
+        // and merged one series at a time as the new block is written.
+        let mut series: std::collections::BTreeMap<Labels, Vec<Vec<ChunkView>>> =
             std::collections::BTreeMap::new();
         for b in by_seq {
             for (labels, chunks) in b.select(&all, i64::MIN, i64::MAX) {
-                let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
-                let merged = series.entry(labels).or_default();
-                let after = match (merged.last(), samples.first()) {
-                    (Some(l), Some(f)) => l.0 < f.0,
-                    _ => true,
-                };
-                if after {
-                    merged.extend(samples);
-                } else {
-                    *merged = merge_newest_wins(merged, &samples);
-                }
+                series.entry(labels).or_default().push(chunks);
             }
         }
-        let series: Vec<(Labels, Vec<(i64, f64)>)> = series.into_iter().collect();
+        let series: Vec<(Labels, Vec<Vec<ChunkView>>)> = series.into_iter().collect();
+        let labels: Vec<&Labels> = series.iter().map(|(l, _)| l).collect();
         let blocks_dir = inner.dir.join("blocks");
         let new = NewBlock {
             min_time: min,
@@ -508,7 +523,27 @@ impl Db {
             seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
             sources: group.iter().map(|b| b.meta.seq).collect(),
         };
-        let dir = write_block(&blocks_dir, &series, new)?;
+        let dir = write_block_with(
+            &blocks_dir,
+            &labels,
+            |i| {
+                let mut merged: Vec<(i64, f64)> = Vec::new();
+                for chunks in &series[i].1 {
+                    let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
+                    let after = match (merged.last(), samples.first()) {
+                        (Some(l), Some(f)) => l.0 < f.0,
+                        _ => true,
+                    };
+                    if after {
+                        merged.extend(samples);
+                    } else {
+                        merged = merge_newest_wins(&merged, &samples);
+                    }
+                }
+                Cow::Owned(merged)
+            },
+            new,
+        )?;
         let merged = Arc::new(Block::open(&dir)?);
         let meta = merged.meta.clone();
         {

@@ -382,9 +382,6 @@ impl MemSeries {
     }
 }
 
-/// A series' reference, labels and every sample, for a WAL checkpoint.
-pub(crate) type SeriesContents = (SeriesRef, Labels, Vec<(i64, f64)>);
-
 /// A selected series: its labels, a snapshot of its chunks in range, and its
 /// out-of-order samples in range.
 pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>);
@@ -672,7 +669,7 @@ impl Head {
                 .map(|&(_, i)| i)
         };
         let series = self
-            .all_series()
+            .live_series()
             .into_iter()
             .map(|s| {
                 let d = lock(&s.data);
@@ -877,7 +874,8 @@ impl Head {
     /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
     /// by labels.
     /// Every distinct series (aliases once).
-    fn all_series(&self) -> Vec<Arc<MemSeries>> {
+    /// Every series of the head, once each (aliases left out).
+    pub(crate) fn live_series(&self) -> Vec<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
         let mut seen = HashSet::new();
         table
@@ -891,7 +889,7 @@ impl Head {
     /// The samples in `[mint, maxt)` of every series that has some, sorted by labels.
     pub(crate) fn samples_between(&self, mint: i64, maxt: i64) -> Vec<(Labels, Vec<(i64, f64)>)> {
         let mut out: Vec<(Labels, Vec<(i64, f64)>)> = self
-            .all_series()
+            .live_series()
             .into_iter()
             .filter_map(|s| {
                 let samples: Vec<(i64, f64)> = lock(&s.data)
@@ -911,7 +909,7 @@ impl Head {
         self.min_valid.fetch_max(t, Ordering::Relaxed);
         let mut min = i64::MAX;
         let mut empty = Vec::new();
-        for s in self.all_series() {
+        for s in self.live_series() {
             let mut d = lock(&s.data);
             d.truncate_before(t, &self.chunks);
             match d.first_time() {
@@ -934,14 +932,6 @@ impl Head {
         if min == i64::MAX {
             self.max_t.store(i64::MIN, Ordering::Relaxed);
         }
-    }
-
-    /// Every series and all its samples, for a WAL checkpoint.
-    pub(crate) fn contents(&self) -> Vec<SeriesContents> {
-        self.all_series()
-            .into_iter()
-            .map(|s| (s.sref, s.labels.clone(), lock(&s.data).samples()))
-            .collect()
     }
 
     pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SelectedSeries> {

@@ -33,6 +33,9 @@ const START_FILE: &str = "start";
 const FLAG_SNAPPY: u8 = 0x80;
 /// Payloads larger than this are snappy-compressed.
 const COMPRESS_MIN: usize = 4096;
+/// Samples per checkpoint record: small enough that rewriting the head never needs a
+/// large buffer (the writer keeps its buffers for reuse).
+const CHECKPOINT_RECORD: usize = 65_536;
 /// No record may claim to be larger than this; a larger length is corruption.
 const MAX_RECORD: usize = 256 << 20;
 
@@ -436,10 +439,12 @@ impl WalWriter {
     /// deleted — but none at or after `keep_from`, the oldest segment a [`WalReader`]
     /// still needs. A crash in between leaves old segments and a complete or torn
     /// checkpoint, both of which replay to the same head (resent samples are ignored).
+    /// `samples_of(i, out)` appends the samples of `series[i]`; they are written in
+    /// records of [`CHECKPOINT_RECORD`], so the whole head is never copied at once.
     pub(crate) fn checkpoint(
         &mut self,
         series: &[(SeriesRef, &Labels)],
-        samples: &[(SeriesRef, i64, f64)],
+        mut samples_of: impl FnMut(usize, &mut Vec<(SeriesRef, i64, f64)>),
         keep_from: u64,
     ) -> Result<(), Error> {
         self.rotate()?;
@@ -447,8 +452,16 @@ impl WalWriter {
         for part in series.chunks(100_000) {
             self.write(part, &[])?;
         }
-        for part in samples.chunks(1_000_000) {
-            self.write_kind(&[], part, KIND_CHECKPOINT_SAMPLES)?;
+        let mut batch = Vec::new();
+        for i in 0..series.len() {
+            samples_of(i, &mut batch);
+            if batch.len() >= CHECKPOINT_RECORD {
+                self.write_kind(&[], &batch, KIND_CHECKPOINT_SAMPLES)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            self.write_kind(&[], &batch, KIND_CHECKPOINT_SAMPLES)?;
         }
         self.sync()?;
         crate::fault::point("checkpoint-written");
