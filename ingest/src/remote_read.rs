@@ -51,6 +51,58 @@ pub struct QueryResult {
 
 /// The `SAMPLES` response type's number.
 pub const SAMPLES: i32 = 0;
+/// The `STREAMED_XOR_CHUNKS` response type's number.
+pub const STREAMED_XOR_CHUNKS: i32 = 1;
+/// `Content-Type` of a streamed chunks answer.
+pub const STREAMED_CONTENT_TYPE: &str =
+    "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse";
+
+/// `prometheus.ChunkedReadResponse`: one frame of a `STREAMED_XOR_CHUNKS` answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkedReadResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub chunked_series: Vec<ChunkedSeries>,
+    /// Which query of the request the series answer.
+    #[prost(int64, tag = "2")]
+    pub query_index: i64,
+}
+
+/// `prometheus.ChunkedSeries`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkedSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    pub chunks: Vec<Chunk>,
+}
+
+/// `prometheus.Chunk`: type 1 is XOR.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Chunk {
+    #[prost(int64, tag = "1")]
+    pub min_time_ms: i64,
+    #[prost(int64, tag = "2")]
+    pub max_time_ms: i64,
+    #[prost(int32, tag = "3")]
+    pub r#type: i32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+/// Appends one frame of a streamed answer: the message's length (uvarint), the CRC32C
+/// of the message (big-endian), the message.
+pub fn put_frame(out: &mut Vec<u8>, msg: &ChunkedReadResponse) {
+    use prost::Message;
+    let raw = msg.encode_to_vec();
+    let mut n = raw.len() as u64;
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(&crc32c::crc32c(&raw).to_be_bytes());
+    out.extend_from_slice(&raw);
+}
 
 /// Decompresses and decodes a read request (at most `max_decompressed` bytes).
 pub fn decode_read_request(

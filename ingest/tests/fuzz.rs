@@ -96,8 +96,23 @@ fn mutate(mut b: Vec<u8>, ops: &[(u8, usize, u8)]) -> Vec<u8> {
     b
 }
 
+/// `cases` cases from a fixed seed, so that CI runs the same inputs every time;
+/// `FUZZ_SEED=<n>` explores others.
+fn config(cases: u32) -> ProptestConfig {
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_u64);
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(raw in prop::collection::vec(any::<u8>(), 0..512)) {

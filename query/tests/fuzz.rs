@@ -114,8 +114,23 @@ fn expr() -> impl Strategy<Value = String> {
     })
 }
 
+/// `cases` cases from a fixed seed, so that CI runs the same inputs every time;
+/// `FUZZ_SEED=<n>` explores others.
+fn config(cases: u32) -> ProptestConfig {
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_u64);
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_500, ..ProptestConfig::default() })]
+    #![proptest_config(config(1_500))]
 
     #[test]
     fn arbitrary_text_never_panics_the_parser(q in "\\PC{0,64}") {
@@ -139,7 +154,16 @@ proptest! {
         // instant answer at 300 s is the range answer's point at 300 s.
         let instant = engine.instant_query(store(), &q, 300_000);
         let range = engine.range_query(store(), &q, 0, 600_000, 15_000);
-        prop_assert_eq!(instant.is_ok(), range.is_ok(), "{}", q);
+        // One evaluation may fail where the other does not only when the series it meets
+        // differ by time: label sets that collide, or match twice, at some steps only.
+        if instant.is_ok() != range.is_ok() {
+            let e = instant.as_ref().err().or(range.as_ref().err()).map(ToString::to_string);
+            let by_time = e.as_deref().is_some_and(|e| {
+                e.contains("same labelset") || e.contains("duplicate series") || e.contains("many-to-many")
+            });
+            prop_assert!(by_time, "{}: instant {:?}, range {:?}", q, instant.is_ok(), e);
+            return Ok(());
+        }
         if let (Ok(i), Ok(r)) = (instant, range) {
             let QueryValue::Matrix(m) = r.value else {
                 return Err(TestCaseError::fail(format!("{q}: range answer is not a matrix")));

@@ -300,6 +300,21 @@ impl XorChunk {
     }
 }
 
+/// `samples` (strictly increasing timestamps, at most `u16::MAX`) as a Prometheus XOR
+/// chunk: the sample count as a big-endian `u16`, then the same bit stream strata's XOR
+/// chunks hold — what remote read's `STREAMED_XOR_CHUNKS` response carries.
+pub fn prometheus_xor_chunk(samples: &[(i64, f64)]) -> Vec<u8> {
+    let mut c = XorChunk::new();
+    for &(t, v) in samples.iter().take(u16::MAX as usize) {
+        c.append(t, v);
+    }
+    let (bits, count) = c.into_encoded();
+    let mut out = Vec::with_capacity(2 + bits.len());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&bits);
+    out
+}
+
 /// Decodes samples from encoded chunk bytes.
 #[derive(Clone)]
 pub(crate) struct XorIter<'a> {

@@ -42,6 +42,7 @@ mod varint;
 mod wal;
 
 pub use block::BlockMeta;
+pub use chunk::prometheus_xor_chunk;
 pub use db::{
     Appender, CommitStats, Db, Options, Querier, Samples, Series, SeriesSamples, Stats, TsdbStatus,
     WalHold,
