@@ -9,7 +9,8 @@
 //!   the backlog's drain rate, compared with the ingest rate.
 //!
 //! Rates come from strata's own counters (`strata_remote_write_samples_sent_total`).
-//! Run: `cargo bench --bench forward` (ROUNDS changes the size; loopback only).
+//! Run: `cargo bench --bench forward` (ROUNDS changes the size, MIN_SHARDS the queue's
+//! `min_shards`, WAL_FSYNC=false turns the WAL's fsync off; loopback only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -209,9 +210,12 @@ fn main() {
         ),
     )
     .unwrap();
+    // WAL_FSYNC=false: acknowledge before the WAL is fsynced (safe from a crash of the
+    // process, not of the machine).
+    let fsync = std::env::var("WAL_FSYNC").unwrap_or_else(|_| "true".into());
     let strata = Strata::start(
         &dir.path().join("data"),
-        &["--config.file", config.to_str().unwrap()],
+        &["--config.file", config.to_str().unwrap(), "--wal-fsync", &fsync],
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
