@@ -215,7 +215,12 @@ fn main() {
     let fsync = std::env::var("WAL_FSYNC").unwrap_or_else(|_| "true".into());
     let strata = Strata::start(
         &dir.path().join("data"),
-        &["--config.file", config.to_str().unwrap(), "--wal-fsync", &fsync],
+        &[
+            "--config.file",
+            config.to_str().unwrap(),
+            "--wal-fsync",
+            &fsync,
+        ],
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,867 @@
+//! strata, Prometheus and VictoriaMetrics side by side on this machine, in one run: the
+//! same pre-encoded remote-write workload into each (fresh data directories, 127.0.0.1),
+//! then the same dashboard queries against each. Needs Debian's `prometheus` (2.42) and
+//! `victoria-metrics` (1.79): `apt-get install prometheus victoria-metrics`; without them
+//! it says so and exits.
+//!
+//! Workload: HOSTS node-exporter-like hosts (default 20) of about 750 series each —
+//! counters with integer and fractional steps, random-walk gauges, constants — at a 15 s
+//! interval with a few ms of jitter, HOURS of data (default 6), 2,000 samples per
+//! request, sent over four connections (each host always on the same one, so every series
+//! arrives in time order).
+//!
+//! Per system: ingest samples/s, receiver CPU seconds, samples per receiver CPU-second,
+//! peak RSS, bytes per sample on disk once persisted (Prometheus: admin snapshot;
+//! VictoriaMetrics: force flush and merge; strata: a snapshot, which cuts the head into a
+//! block), that every sample arrived; then the median time of each dashboard query and
+//! whether all three return the same series (and strata the same values as Prometheus).
+//! The load generator's own CPU is reported. Results are printed and appended to
+//! `docs/BENCHMARKS.md` with ratios computed within the run.
+//!
+//! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{enc, free_port, request, wait_for, write_body, Strata, Ts};
+
+const STEP_MS: i64 = 15_000;
+const CONNECTIONS: usize = 4;
+const PER_REQUEST: usize = 2_000;
+const RUNS: usize = 7;
+
+/// How a series' value moves.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A counter growing by a whole number each step (up to the given maximum).
+    IntCounter(u32),
+    /// A counter growing by a fraction each step (up to the given maximum).
+    FloatCounter(f64),
+    /// A gauge taking a random step of at most the given size.
+    Walk(f64),
+    /// A value that never changes.
+    Constant(f64),
+}
+
+struct Series {
+    labels: Vec<(String, String)>,
+    kind: Kind,
+}
+
+fn host_series(h: usize) -> Vec<Series> {
+    let inst = format!("host-{h:03}:9100");
+    let mut out = Vec::new();
+    let mut add = |pairs: &[(&str, String)], kind: Kind| {
+        let mut labels: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        labels.push(("instance".into(), inst.clone()));
+        labels.push(("job".into(), "node".into()));
+        labels.sort();
+        out.push(Series { labels, kind });
+    };
+    let n = |s: &str| ("__name__", s.to_string());
+    for cpu in 0..8 {
+        for mode in [
+            "idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice",
+        ] {
+            let step = if mode == "idle" { 14.0 } else { 0.8 };
+            add(
+                &[
+                    n("node_cpu_seconds_total"),
+                    ("cpu", cpu.to_string()),
+                    ("mode", mode.into()),
+                ],
+                Kind::FloatCounter(step),
+            );
+        }
+        for irq in 0..25 {
+            add(
+                &[
+                    n("node_interrupts_total"),
+                    ("cpu", cpu.to_string()),
+                    ("devices", format!("irq{irq}")),
+                ],
+                Kind::IntCounter(40),
+            );
+        }
+    }
+    for dev in 0..10 {
+        for m in [
+            "receive_bytes",
+            "transmit_bytes",
+            "receive_packets",
+            "transmit_packets",
+            "receive_errs",
+            "transmit_errs",
+            "receive_drop",
+            "transmit_drop",
+        ] {
+            let max = if m.ends_with("bytes") {
+                500_000
+            } else if m.ends_with("packets") {
+                900
+            } else {
+                1
+            };
+            add(
+                &[
+                    n(&format!("node_network_{m}_total")),
+                    ("device", format!("eth{dev}")),
+                ],
+                Kind::IntCounter(max),
+            );
+        }
+    }
+    for disk in 0..8 {
+        for (m, kind) in [
+            ("reads_completed_total", Kind::IntCounter(200)),
+            ("writes_completed_total", Kind::IntCounter(300)),
+            ("read_bytes_total", Kind::IntCounter(2_000_000)),
+            ("written_bytes_total", Kind::IntCounter(4_000_000)),
+            ("io_time_seconds_total", Kind::FloatCounter(1.5)),
+            ("read_time_seconds_total", Kind::FloatCounter(0.4)),
+            ("write_time_seconds_total", Kind::FloatCounter(0.9)),
+            ("io_now", Kind::Walk(2.0)),
+            ("discards_completed_total", Kind::IntCounter(3)),
+            ("flush_requests_total", Kind::IntCounter(5)),
+        ] {
+            add(
+                &[
+                    n(&format!("node_disk_{m}")),
+                    ("device", format!("sd{}", (b'a' + disk) as char)),
+                ],
+                kind,
+            );
+        }
+    }
+    for mount in 0..10 {
+        for (m, kind) in [
+            ("avail_bytes", Kind::Walk(1e6)),
+            ("free_bytes", Kind::Walk(1e6)),
+            ("size_bytes", Kind::Constant(5e11)),
+            ("files", Kind::Constant(3e7)),
+            ("files_free", Kind::Walk(50.0)),
+            ("readonly", Kind::Constant(0.0)),
+        ] {
+            add(
+                &[
+                    n(&format!("node_filesystem_{m}")),
+                    ("mountpoint", format!("/mnt/v{mount}")),
+                    ("fstype", "ext4".into()),
+                ],
+                kind,
+            );
+        }
+    }
+    for i in 0..50 {
+        let kind = if i % 3 == 0 {
+            Kind::Constant(1024.0 * i as f64)
+        } else {
+            Kind::Walk(4096.0)
+        };
+        add(&[n(&format!("node_memory_field{i}_bytes"))], kind);
+    }
+    for handler in ["/api", "/login", "/search", "/static"] {
+        for le in [
+            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
+        ] {
+            add(
+                &[
+                    n("http_request_duration_seconds_bucket"),
+                    ("handler", handler.into()),
+                    ("le", le.into()),
+                ],
+                Kind::IntCounter(30),
+            );
+        }
+        add(
+            &[
+                n("http_request_duration_seconds_sum"),
+                ("handler", handler.into()),
+            ],
+            Kind::FloatCounter(3.0),
+        );
+        add(
+            &[
+                n("http_request_duration_seconds_count"),
+                ("handler", handler.into()),
+            ],
+            Kind::IntCounter(30),
+        );
+    }
+    for c in 0..40 {
+        add(
+            &[
+                n("node_scrape_collector_success"),
+                ("collector", format!("c{c}")),
+            ],
+            Kind::Constant(1.0),
+        );
+    }
+    for v in 0..100 {
+        add(
+            &[n(&format!("node_vmstat_field{v}"))],
+            Kind::IntCounter(1000),
+        );
+    }
+    for m in ["node_load1", "node_load5", "node_load15"] {
+        add(&[n(m)], Kind::Walk(0.2));
+    }
+    for i in 0..17 {
+        add(&[n(&format!("node_misc_{i}"))], Kind::Constant(i as f64));
+    }
+    out
+}
+
+/// A small deterministic generator (xorshift), so every run sends the same values.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The remote-write bodies for each connection, in send order, and the sample count.
+fn bodies(hosts: usize, start: i64, steps: i64) -> (Vec<Vec<Vec<u8>>>, usize) {
+    let per_host: Vec<Vec<Series>> = (0..hosts).map(host_series).collect();
+    let mut conns: Vec<Vec<Vec<u8>>> = vec![Vec::new(); CONNECTIONS];
+    let mut total = 0;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut values: Vec<Vec<f64>> = per_host.iter().map(|s| vec![0.0; s.len()]).collect();
+    for (c, conn) in conns.iter_mut().enumerate() {
+        let mine: Vec<usize> = (0..hosts).filter(|h| h % CONNECTIONS == c).collect();
+        let mut batch: Vec<(usize, usize, i64, f64)> = Vec::with_capacity(PER_REQUEST);
+        let flush = |batch: &mut Vec<(usize, usize, i64, f64)>, conn: &mut Vec<Vec<u8>>| {
+            let ts: Vec<Ts> = batch
+                .iter()
+                .map(|&(h, i, t, v)| Ts {
+                    labels: per_host[h][i]
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect(),
+                    samples: vec![(t, v)],
+                })
+                .collect();
+            conn.push(write_body(&ts));
+            batch.clear();
+        };
+        for k in 0..steps {
+            for &h in &mine {
+                // Each host scrapes at its own offset with a few ms of jitter.
+                let t = start + k * STEP_MS + (h as i64 * 97) % 1000 + 1 + (rng.next() % 5) as i64;
+                for (i, s) in per_host[h].iter().enumerate() {
+                    let v = &mut values[h][i];
+                    *v = match s.kind {
+                        Kind::IntCounter(max) => *v + (rng.next() % (u64::from(max) + 1)) as f64,
+                        Kind::FloatCounter(max) => *v + rng.unit() * max,
+                        Kind::Walk(step) => {
+                            if k == 0 {
+                                step * 100.0
+                            } else {
+                                *v + (rng.unit() - 0.5) * step
+                            }
+                        }
+                        Kind::Constant(c) => c,
+                    };
+                    batch.push((h, i, t, *v));
+                    total += 1;
+                    if batch.len() == PER_REQUEST {
+                        flush(&mut batch, conn);
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            flush(&mut batch, conn);
+        }
+    }
+    (conns, total)
+}
+
+/// Seconds of CPU a process used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of a process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                total += dir_bytes(&e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Pushes every connection's bodies concurrently; the wall time.
+fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for bodies in conns {
+            s.spawn(move || {
+                for b in bodies {
+                    let r = request(
+                        addr,
+                        "POST",
+                        "/api/v1/write",
+                        &[
+                            ("Content-Type", "application/x-protobuf"),
+                            ("Content-Encoding", "snappy"),
+                            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+                        ],
+                        b,
+                    )
+                    .unwrap();
+                    assert!(r.status / 100 == 2, "{addr}: {} {}", r.status, r.body);
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+/// One query's answer as `labels -> [(t, v)]` and how long it took.
+fn run(addr: SocketAddr, path: &str) -> (BTreeMap<String, Vec<(f64, String)>>, Duration) {
+    let started = Instant::now();
+    let r = request(addr, "GET", path, &[], &[]).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{addr}{path}: {}", r.body);
+    let v = r.json();
+    let mut out = BTreeMap::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        let pts = match s.get("values") {
+            Some(vals) => vals.as_array().unwrap().clone(),
+            None => vec![s["value"].clone()],
+        };
+        let mut metric = s["metric"].clone();
+        if let Some(m) = metric.as_object_mut() {
+            m.remove("__name__");
+        }
+        out.insert(
+            common::labels_key(&metric),
+            pts.iter()
+                .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string()))
+                .collect(),
+        );
+    }
+    (out, took)
+}
+
+/// Same values within float tolerance.
+fn same_values(
+    a: &BTreeMap<String, Vec<(f64, String)>>,
+    b: &BTreeMap<String, Vec<(f64, String)>>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, pa), (kb, pb))| {
+            ka == kb
+                && pa.len() == pb.len()
+                && pa.iter().zip(pb).all(|(x, y)| {
+                    let (u, w): (f64, f64) = (
+                        x.1.parse().unwrap_or(f64::NAN),
+                        y.1.parse().unwrap_or(f64::NAN),
+                    );
+                    x.0 == y.0
+                        && (u == w
+                            || (u - w).abs() <= 1e-9 * u.abs().max(1.0)
+                            || (u.is_nan() && w.is_nan()))
+                })
+        })
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Peer {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: u32,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_prometheus(dir: &Path) -> Peer {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+    let data = dir.join("prometheus-data");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .args([
+            "--web.enable-remote-write-receiver",
+            "--web.enable-admin-api",
+            "--log.level=error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "prometheus", || {
+        request(addr, "GET", "/-/ready", &[], &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    Peer {
+        name: "prometheus",
+        addr,
+        pid: child.id(),
+        data,
+        child: Some(child),
+    }
+}
+
+fn start_vm(dir: &Path) -> Peer {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = dir.join("vm-data");
+    let child = Command::new("victoria-metrics")
+        .arg(format!("-storageDataPath={}", data.display()))
+        .arg(format!("-httpListenAddr={addr}"))
+        // No response cache: every timed run evaluates, as in strata and Prometheus.
+        .args([
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=ERROR",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "victoria-metrics", || {
+        request(addr, "GET", "/health", &[], &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    Peer {
+        name: "victoria-metrics",
+        addr,
+        pid: child.id(),
+        data,
+        child: Some(child),
+    }
+}
+
+/// Bytes on disk once the data is persisted, as each system persists it.
+fn persisted_bytes(p: &Peer, month_prefix: &str) -> u64 {
+    match p.name {
+        "victoria-metrics" => {
+            let _ = request(p.addr, "GET", "/internal/force_flush", &[], &[]);
+            let _ = request(
+                p.addr,
+                "GET",
+                &format!("/internal/force_merge?partition_prefix={month_prefix}"),
+                &[],
+                &[],
+            );
+            // The merge runs in the background: wait until the size settles.
+            let mut last = 0;
+            let end = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_secs(3));
+                let now = dir_bytes(&p.data.join("data"));
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            dir_bytes(&p.data.join("data")) + dir_bytes(&p.data.join("indexdb"))
+        }
+        _ => {
+            // Prometheus and strata: an admin snapshot, head included, as blocks.
+            let r = request(p.addr, "POST", "/api/v1/admin/tsdb/snapshot", &[], &[]).unwrap();
+            assert_eq!(r.status, 200, "{}: snapshot: {}", p.name, r.body);
+            let name = r.json()["data"]["name"].as_str().unwrap().to_string();
+            dir_bytes(&p.data.join("snapshots").join(name))
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    for bin in ["prometheus", "victoria-metrics"] {
+        if Command::new(bin)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            println!("{bin} is not installed: `apt-get install prometheus victoria-metrics`, then run again.");
+            return;
+        }
+    }
+    let env = |k: &str, d: i64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let hosts = env("HOSTS", 20) as usize;
+    let hours = env("HOURS", 6);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let steps = hours * 3_600_000 / STEP_MS;
+    let start = (now - (steps + 4) * STEP_MS) / STEP_MS * STEP_MS;
+    let encode_cpu = cpu_seconds(std::process::id());
+    let (conns, samples) = bodies(hosts, start, steps);
+    let encode_cpu = cpu_seconds(std::process::id()) - encode_cpu;
+    let series = hosts * host_series(0).len();
+    let mut families: Vec<String> = host_series(0)
+        .iter()
+        .filter_map(|s| {
+            s.labels
+                .iter()
+                .find(|(k, _)| k == "__name__")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    families.sort();
+    families.dedup();
+    println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s, {} requests over {CONNECTIONS} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>());
+
+    let dir = tempfile::tempdir().unwrap();
+    let strata_dir = dir.path().join("strata-data");
+    let strata = Strata::start(&strata_dir, &["--enable-admin-api"]);
+    let mut peers = vec![
+        Peer {
+            name: "strata",
+            addr: strata.addr,
+            pid: strata.pid(),
+            data: strata_dir.clone(),
+            child: None,
+        },
+        start_prometheus(dir.path()),
+        start_vm(dir.path()),
+    ];
+    // Mid-interval: no sample (at most 1 s after its 15 s slot) sits on a window edge, where
+    // Prometheus 2 (closed windows) and 3 (left-open, as strata) differ by design.
+    let end_ms = start + (steps - 1) * STEP_MS + 7_500;
+    let month = chrono_month(end_ms);
+    struct Row {
+        ingest: f64,
+        cpu: f64,
+        rss: f64,
+        bytes_per_sample: f64,
+        arrived: bool,
+        gen_cpu: f64,
+    }
+    let mut rows = Vec::new();
+    for p in &mut peers {
+        let cpu0 = cpu_seconds(p.pid);
+        let gen0 = cpu_seconds(std::process::id());
+        let took = push(p.addr, &conns);
+        let gen_cpu = cpu_seconds(std::process::id()) - gen0;
+        let cpu = cpu_seconds(p.pid) - cpu0;
+        if p.name == "victoria-metrics" {
+            let _ = request(p.addr, "GET", "/internal/force_flush", &[], &[]);
+        }
+        // Counted family by family: a function over several families at once would give
+        // series with equal label sets.
+        let mut counted = 0.0;
+        for family in &families {
+            let count_path = format!(
+                "/api/v1/query?query={}&time={}",
+                enc(&format!("sum(count_over_time({family}[{}h]))", hours + 1)),
+                end_ms as f64 / 1e3
+            );
+            counted += run(p.addr, &count_path)
+                .0
+                .values()
+                .next()
+                .and_then(|v| v[0].1.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        let bytes = persisted_bytes(p, &month);
+        rows.push(Row {
+            ingest: samples as f64 / took.as_secs_f64(),
+            cpu,
+            rss: 0.0,
+            bytes_per_sample: bytes as f64 / samples as f64,
+            arrived: counted as usize == samples,
+            gen_cpu,
+        });
+        println!("{}: ingested in {:.1} s, receiver CPU {cpu:.1} s, {counted} samples counted, {bytes} bytes persisted", p.name, took.as_secs_f64());
+    }
+
+    // Dashboard queries over the last hours of data.
+    // From 10 minutes into the data: over a counter's first samples strata and Prometheus
+    // 2.42 extrapolate rate differently (left for a later look); later they agree.
+    let range_start = (end_ms - hours.min(6) * 3_600_000).max(start + 600_000);
+    let secs = |ms: i64| format!("{}", ms as f64 / 1000.0);
+    let queries: [(&str, &str, bool); 7] = [
+        ("cpu busy by instance", r#"sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[5m]))"#, true),
+        ("topk(5) network in", "topk(5, sum by (instance) (rate(node_network_receive_bytes_total[5m])))", true),
+        ("p99 latency by handler", "histogram_quantile(0.99, sum by (le, handler) (rate(http_request_duration_seconds_bucket[5m])))", true),
+        ("filesystem avail", "min by (instance) (node_filesystem_avail_bytes)", true),
+        ("instant cpu busy", r#"sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[5m]))"#, false),
+        ("instant count by mode", "count by (mode) (node_cpu_seconds_total)", false),
+        ("series of a host", "", false),
+    ];
+    let mut qrows = Vec::new();
+    for (name, q, is_range) in queries {
+        let path = if name == "series of a host" {
+            format!(
+                "/api/v1/series?match[]={}&start={}&end={}",
+                enc(r#"{instance="host-000:9100"}"#),
+                secs(range_start),
+                secs(end_ms)
+            )
+        } else if is_range {
+            format!(
+                "/api/v1/query_range?query={}&start={}&end={}&step=60",
+                enc(q),
+                secs(range_start),
+                secs(end_ms)
+            )
+        } else {
+            format!("/api/v1/query?query={}&time={}", enc(q), secs(end_ms))
+        };
+        let answers: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                if name == "series of a host" {
+                    let r = request(p.addr, "GET", &path, &[], &[]).unwrap();
+                    let mut keys: Vec<String> = r.json()["data"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(common::labels_key)
+                        .collect();
+                    keys.sort();
+                    keys.into_iter()
+                        .map(|k| (k, Vec::new()))
+                        .collect::<BTreeMap<_, _>>()
+                } else {
+                    run(p.addr, &path).0
+                }
+            })
+            .collect();
+        let same_series = answers.iter().all(|a| a.keys().eq(answers[0].keys()));
+        let same_as_prom = same_values(&answers[0], &answers[1]);
+        if !same_as_prom {
+            let diff = answers[0]
+                .iter()
+                .zip(&answers[1])
+                .find_map(|((k, a), (_, b))| {
+                    a.iter()
+                        .zip(b)
+                        .find(|(x, y)| x != y)
+                        .map(|(x, y)| format!("{k}: strata {x:?}, prometheus {y:?}"))
+                        .or_else(|| {
+                            (a.len() != b.len())
+                                .then(|| format!("{k}: {} points against {}", a.len(), b.len()))
+                        })
+                });
+            println!(
+                "{name}: strata and Prometheus differ: {}",
+                diff.unwrap_or_else(|| format!(
+                    "{} series against {}",
+                    answers[0].len(),
+                    answers[1].len()
+                ))
+            );
+        }
+        let times: Vec<Duration> = peers
+            .iter()
+            .map(|p| {
+                median(
+                    (0..RUNS)
+                        .map(|_| {
+                            let t = Instant::now();
+                            let r = request(p.addr, "GET", &path, &[], &[]).unwrap();
+                            assert_eq!(r.status, 200);
+                            t.elapsed()
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        qrows.push((name, is_range, times, same_series, same_as_prom));
+    }
+    for (p, row) in peers.iter().zip(rows.iter_mut()) {
+        row.rss = peak_rss_mib(p.pid);
+    }
+
+    // The table.
+    let mut t = String::new();
+    let versions = format!(
+        "{}; {}",
+        String::from_utf8_lossy(
+            &Command::new("prometheus")
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .lines()
+        .next()
+        .unwrap_or(""),
+        String::from_utf8_lossy(
+            &Command::new("dpkg-query")
+                .args(["-W", "-f=victoria-metrics ${Version}", "victoria-metrics"])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+    );
+    let _ = writeln!(
+        t,
+        "\n## {} — side by side: {hosts} hosts ({series} series, {samples} samples, {hours} h)\n",
+        chrono_day(now)
+    );
+    let _ = writeln!(t, "`HOSTS={hosts} HOURS={hours} cargo bench --bench vs_peers`; 2 vCPU (AMD EPYC), 24 GiB; {versions}. Ratios are strata / peer within this run.\n");
+    let _ = writeln!(
+        t,
+        "| | strata | Prometheus | VictoriaMetrics | strata/Prometheus | strata/VictoriaMetrics |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|");
+    let r = &rows;
+    let line =
+        |t: &mut String, name: &str, f: &dyn Fn(&Row) -> f64, fmt: &dyn Fn(f64) -> String| {
+            let _ = writeln!(
+                t,
+                "| {name} | {} | {} | {} | {:.2} | {:.2} |",
+                fmt(f(&r[0])),
+                fmt(f(&r[1])),
+                fmt(f(&r[2])),
+                f(&r[0]) / f(&r[1]),
+                f(&r[0]) / f(&r[2])
+            );
+        };
+    line(&mut t, "ingest, samples/s", &|x| x.ingest, &|v| {
+        format!("{v:.0}")
+    });
+    line(&mut t, "receiver CPU, s", &|x| x.cpu, &|v| {
+        format!("{v:.1}")
+    });
+    line(
+        &mut t,
+        "samples per receiver CPU-second",
+        &|x| samples as f64 / x.cpu.max(1e-3),
+        &|v| format!("{v:.0}"),
+    );
+    line(&mut t, "peak RSS, MiB", &|x| x.rss, &|v| format!("{v:.0}"));
+    line(
+        &mut t,
+        "bytes per sample on disk",
+        &|x| x.bytes_per_sample,
+        &|v| format!("{v:.2}"),
+    );
+    line(&mut t, "load generator CPU, s", &|x| x.gen_cpu, &|v| {
+        format!("{v:.1}")
+    });
+    let _ = writeln!(
+        t,
+        "| every sample arrived | {} | {} | {} | | |",
+        r[0].arrived, r[1].arrived, r[2].arrived
+    );
+    let _ = writeln!(t, "\n| query | strata | Prometheus | VictoriaMetrics | faster peer / strata | same series (all three) | same values as Prometheus |");
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---|---|");
+    for (name, is_range, times, same_series, same_prom) in &qrows {
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        let best_peer = times[1].min(times[2]);
+        let _ = writeln!(
+            t,
+            "| {name}{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x | {} | {} |",
+            if *is_range { " (range, 60 s step)" } else { "" },
+            ms(&times[0]),
+            ms(&times[1]),
+            ms(&times[2]),
+            best_peer.as_secs_f64() / times[0].as_secs_f64(),
+            if *same_series { "yes" } else { "NO" },
+            if *same_prom { "yes" } else { "NO" }
+        );
+    }
+    println!("{t}");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
+    if std::env::var_os("NO_RECORD").is_none() {
+        let mut text = std::fs::read_to_string(&doc).unwrap_or_default();
+        text.push_str(&t);
+        std::fs::write(&doc, text).unwrap();
+        println!("appended to {}", doc.display());
+    }
+    drop(peers);
+    drop(strata);
+}
+
+/// `YYYY_MM` of a Unix time in ms (VictoriaMetrics' partition names).
+fn chrono_month(ms: i64) -> String {
+    let (y, m, _) = civil(ms.div_euclid(86_400_000));
+    format!("{y:04}_{m:02}")
+}
+
+fn chrono_day(ms: i64) -> String {
+    let (y, m, d) = civil(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to a civil date (proleptic Gregorian).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
