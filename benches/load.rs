@@ -14,56 +14,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{enc, free_port, request, wait_for, write_body, Strata, Ts};
+use common::{
+    enc, free_port, proc_status_kib, request, start_victoria_metrics, stop_gracefully, wait_for,
+    write_body, Strata, Ts,
+};
 
 const SERIES_PER_WRITER: usize = 10_000;
 const PER_REQUEST: usize = 2_000;
-
-fn start_vm(dir: &Path, addr: SocketAddr) -> Child {
-    let c = Command::new("victoria-metrics")
-        .arg(format!("-storageDataPath={}", dir.display()))
-        .arg(format!("-httpListenAddr={addr}"))
-        .arg("-retentionPeriod=100y")
-        .arg("-dedup.minScrapeInterval=1ms")
-        .arg("-search.latencyOffset=0s")
-        .arg("-loggerLevel=ERROR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(60), "victoria-metrics", || {
-        request(addr, "GET", "/health", &[], &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    c
-}
-
-fn stop(mut c: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
-    let _ = c.wait();
-}
-
-/// A field of `/proc/<pid>/status` in MiB (`VmRSS`, `RssAnon`, `RssFile`).
-fn status_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -127,7 +90,11 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let vm_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let vm_dir = dir.path().join("vm");
-    let mut vm = Some(start_vm(&vm_dir, vm_addr));
+    let mut vm = Some(start_victoria_metrics(
+        &vm_dir,
+        vm_addr,
+        &["-dedup.minScrapeInterval=1ms"],
+    ));
     let config = dir.path().join("strata.yml");
     std::fs::write(
         &config,
@@ -243,15 +210,23 @@ fn main() {
     while writers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_secs(1));
         let at = started.elapsed();
-        rss_samples.push((at, status_mib(pid, "VmRSS"), status_mib(pid, "RssAnon")));
+        rss_samples.push((
+            at,
+            proc_status_kib(pid, "VmRSS") as f64 / 1024.0,
+            proc_status_kib(pid, "RssAnon") as f64 / 1024.0,
+        ));
         if at >= Duration::from_secs(20) && !vm_stopped {
             if let Some(c) = vm.take() {
-                stop(c);
+                stop_gracefully(c);
             }
             vm_stopped = true;
         }
         if at >= Duration::from_secs(35) && vm.is_none() {
-            vm = Some(start_vm(&vm_dir, vm_addr));
+            vm = Some(start_victoria_metrics(
+                &vm_dir,
+                vm_addr,
+                &["-dedup.minScrapeInterval=1ms"],
+            ));
         }
     }
     for w in writers {
@@ -261,7 +236,11 @@ fn main() {
     done.store(true, Ordering::Relaxed);
     querier.join().unwrap();
     if vm.is_none() {
-        vm = Some(start_vm(&vm_dir, vm_addr));
+        vm = Some(start_victoria_metrics(
+            &vm_dir,
+            vm_addr,
+            &["-dedup.minScrapeInterval=1ms"],
+        ));
     }
     let total = acked.load(Ordering::Relaxed);
     let end_ms = t0 + (rounds_per_writer - 1) * 15_000;
@@ -324,6 +303,6 @@ fn main() {
         arrived.elapsed().as_secs_f64()
     );
     if let Some(c) = vm.take() {
-        stop(c);
+        stop_gracefully(c);
     }
 }

@@ -32,7 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{enc, free_port, request, wait_for, write_body, Strata, Ts};
+use common::{
+    cpu_seconds, enc, free_port, proc_status_kib, request, start_victoria_metrics, wait_for,
+    write_body, Strata, Ts,
+};
 
 const STEP_MS: i64 = 15_000;
 const CONNECTIONS: usize = 4;
@@ -297,28 +300,6 @@ fn bodies(hosts: usize, start: i64, steps: i64) -> (Vec<Vec<Vec<u8>>>, usize) {
     (conns, total)
 }
 
-/// Seconds of CPU a process used (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak resident memory of a process, MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
@@ -467,25 +448,8 @@ fn start_prometheus(dir: &Path) -> Peer {
 fn start_vm(dir: &Path) -> Peer {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let data = dir.join("vm-data");
-    let child = Command::new("victoria-metrics")
-        .arg(format!("-storageDataPath={}", data.display()))
-        .arg(format!("-httpListenAddr={addr}"))
-        // No response cache: every timed run evaluates, as in strata and Prometheus.
-        .args([
-            "-retentionPeriod=100y",
-            "-search.latencyOffset=0s",
-            "-search.disableCache",
-            "-loggerLevel=ERROR",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(60), "victoria-metrics", || {
-        request(addr, "GET", "/health", &[], &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
+    // No response cache: every timed run evaluates, as in strata and Prometheus.
+    let child = start_victoria_metrics(&data, addr, &["-search.disableCache"]);
     Peer {
         name: "victoria-metrics",
         addr,
@@ -737,7 +701,7 @@ fn main() {
         qrows.push((name, is_range, times, same_series, same_as_prom));
     }
     for (p, row) in peers.iter().zip(rows.iter_mut()) {
-        row.rss = peak_rss_mib(p.pid);
+        row.rss = proc_status_kib(p.pid, "VmHWM") as f64 / 1024.0;
     }
 
     // The table.

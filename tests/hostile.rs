@@ -11,16 +11,7 @@
 
 mod common;
 
-use common::{enc, write_request_proto, Strata, Ts};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
+use common::{enc, proc_status_kib, write_request_proto, Strata, Ts};
 
 fn post_query(strata: &Strata, path: &str, form: &str) -> (u16, String) {
     let r = strata.post_form(path, form);
@@ -143,11 +134,11 @@ fn hostile_writes_get_4xx_and_memory_stays_bounded() {
             assert_eq!(r.status, 204, "{}", r.body);
         }
         if n == 10 {
-            rss_at_limit = rss_kib(strata.pid());
+            rss_at_limit = proc_status_kib(strata.pid(), "VmRSS");
         }
     }
     assert_eq!(refused, 140, "every request past the limit refused");
-    let rss_after = rss_kib(strata.pid());
+    let rss_after = proc_status_kib(strata.pid(), "VmRSS");
     assert!(
         rss_after < rss_at_limit + 64 * 1024,
         "RSS grew from {rss_at_limit} KiB to {rss_after} KiB while every write was refused"

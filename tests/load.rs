@@ -9,44 +9,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{enc, free_port, request, wait_for, write_body, Strata, Ts};
+use common::{
+    enc, free_port, request, start_victoria_metrics, stop_gracefully, wait_for, write_body, Strata,
+    Ts,
+};
+
+/// A request resent after strata's kill -9 repeats samples; VictoriaMetrics keeps one per
+/// millisecond of each series.
+const DEDUP: &[&str] = &["-dedup.minScrapeInterval=1ms"];
 
 const SERIES: usize = 1_000;
-
-fn start_vm(dir: &Path, addr: SocketAddr) -> Child {
-    let c = Command::new("victoria-metrics")
-        .arg(format!("-storageDataPath={}", dir.display()))
-        .arg(format!("-httpListenAddr={addr}"))
-        .arg("-retentionPeriod=100y")
-        // A request resent after strata's kill -9 repeats samples; one per millisecond
-        // of each series is kept.
-        .arg("-dedup.minScrapeInterval=1ms")
-        .arg("-search.latencyOffset=0s")
-        .arg("-loggerLevel=ERROR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("victoria-metrics (Debian package; .ci/run installs it)");
-    wait_for(Duration::from_secs(60), "victoria-metrics", || {
-        request(addr, "GET", "/health", &[], &[])
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    c
-}
-
-fn stop(mut c: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status();
-    let _ = c.wait();
-}
 
 /// Writer `w`'s request for round `r`: its own series, one sample each.
 fn body(w: usize, r: i64, t: i64) -> Vec<u8> {
@@ -66,7 +42,7 @@ fn sustained_load_with_receiver_outage_and_kill_9_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let vm_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let vm_dir = dir.path().join("vm");
-    let mut vm = Some(start_vm(&vm_dir, vm_addr));
+    let mut vm = Some(start_victoria_metrics(&vm_dir, vm_addr, DEDUP));
     let config = dir.path().join("strata.yml");
     std::fs::write(
         &config,
@@ -158,9 +134,9 @@ fn sustained_load_with_receiver_outage_and_kill_9_loses_and_repeats_nothing() {
         std::thread::sleep(wait);
     };
     at(4);
-    stop(vm.take().unwrap());
+    stop_gracefully(vm.take().unwrap());
     at(10);
-    vm = Some(start_vm(&vm_dir, vm_addr));
+    vm = Some(start_victoria_metrics(&vm_dir, vm_addr, DEDUP));
     at(14);
     strata.take().unwrap().kill9();
     let restarted = Strata::start(&data, &args);
@@ -225,6 +201,6 @@ fn sustained_load_with_receiver_outage_and_kill_9_loses_and_repeats_nothing() {
         .unwrap();
     assert_eq!(got_sum, want_sum, "values as written");
     if let Some(c) = vm.take() {
-        stop(c);
+        stop_gracefully(c);
     }
 }

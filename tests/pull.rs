@@ -364,15 +364,15 @@ fn streamed_xor_chunks_decode_to_the_samples_written() {
 
     // ReadRequest: one query for chunky{}, accepting STREAMED_XOR_CHUNKS first.
     let mut matcher = Vec::new();
-    common_field(&mut matcher, 2, b"__name__");
-    common_field(&mut matcher, 3, b"chunky");
+    common::field_bytes(&mut matcher, 2, b"__name__");
+    common::field_bytes(&mut matcher, 3, b"chunky");
     let mut query = vec![0x08];
-    put_varint(&mut query, (base - 1) as u64);
+    common::varint(&mut query, (base - 1) as u64);
     query.push(0x10);
-    put_varint(&mut query, (t + 1) as u64);
-    common_field(&mut query, 3, &matcher);
+    common::varint(&mut query, (t + 1) as u64);
+    common::field_bytes(&mut query, 3, &matcher);
     let mut req = Vec::new();
-    common_field(&mut req, 1, &query);
+    common::field_bytes(&mut req, 1, &query);
     req.extend_from_slice(&[0x10, 1, 0x10, 0]);
     let compressed = snap::raw::Encoder::new().compress_vec(&req).unwrap();
     let (status, head, frames) = post_bytes(s.addr, "/api/v1/read", &compressed);
@@ -437,18 +437,4 @@ fn streamed_xor_chunks_decode_to_the_samples_written() {
     let (status, _, body) = post_bytes(s.addr, "/api/v1/read", &compressed);
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("STREAMED_XOR_CHUNKS"));
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn common_field(out: &mut Vec<u8>, f: u64, b: &[u8]) {
-    put_varint(out, f << 3 | 2);
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
 }

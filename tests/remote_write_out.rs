@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{enc, free_port, request, wait_for, write_body, Strata, Ts};
+use common::{
+    enc, free_port, request, start_victoria_metrics, stop_gracefully, wait_for, write_body, Strata,
+    Ts,
+};
 
 const SERIES: usize = 20;
 
@@ -36,55 +39,39 @@ impl Peer {
 
     fn start(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
+        if self.name == "victoria-metrics" {
+            // A batch resent after strata's kill -9 may repeat samples; VictoriaMetrics
+            // keeps one per millisecond of each series.
+            self.child = Some(start_victoria_metrics(
+                &self.dir.join("data"),
+                self.addr,
+                &["-dedup.minScrapeInterval=1ms"],
+            ));
+            return;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("log"))
             .unwrap();
-        let mut cmd = match self.name {
-            "victoria-metrics" => {
-                let mut c = Command::new("victoria-metrics");
-                c.arg(format!(
-                    "-storageDataPath={}",
-                    self.dir.join("data").display()
-                ))
-                .arg(format!("-httpListenAddr={}", self.addr))
-                .arg("-retentionPeriod=100y")
-                // A batch resent after strata's kill -9 may repeat samples; VictoriaMetrics
-                // keeps one per millisecond of each series.
-                .arg("-dedup.minScrapeInterval=1ms")
-                .arg("-search.latencyOffset=0s")
-                .arg("-loggerLevel=ERROR");
-                c
-            }
-            _ => {
-                let config = self.dir.join("prometheus.yml");
-                std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
-                let mut c = Command::new("prometheus");
-                c.arg(format!("--config.file={}", config.display()))
-                    .arg(format!(
-                        "--storage.tsdb.path={}",
-                        self.dir.join("data").display()
-                    ))
-                    .arg(format!("--web.listen-address={}", self.addr))
-                    .arg("--web.enable-remote-write-receiver")
-                    .arg("--log.level=warn");
-                c
-            }
-        };
-        let child = cmd
+        let config = self.dir.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={}", self.addr))
+            .arg("--web.enable-remote-write-receiver")
+            .arg("--log.level=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
         self.child = Some(child);
-        let ready = if self.name == "victoria-metrics" {
-            "/health"
-        } else {
-            "/-/ready"
-        };
         wait_for(Duration::from_secs(60), self.name, || {
-            request(self.addr, "GET", ready, &[], &[])
+            request(self.addr, "GET", "/-/ready", &[], &[])
                 .ok()
                 .filter(|r| r.status == 200)
         });
@@ -92,20 +79,8 @@ impl Peer {
 
     /// SIGTERM and wait: both flush what they acknowledged.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_gracefully(c);
         }
     }
 

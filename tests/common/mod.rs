@@ -250,7 +250,7 @@ fn dechunk(mut s: &str) -> String {
 
 // --- protobuf wire format, written by hand from the remote-write 1.0 .proto ---------
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -258,7 +258,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     varint(out, ((field as u64) << 3) | 2);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
@@ -713,4 +713,66 @@ pub fn make_test_certificates(dir: &Path) {
             "ext.cnf",
         ],
     );
+}
+
+/// A VictoriaMetrics (Debian's `victoria-metrics`) on `addr` keeping its data in `dir`,
+/// ready when returned. `extra` flags follow the defaults (100-year retention, no
+/// latency offset, errors only in the log).
+pub fn start_victoria_metrics(dir: &Path, addr: SocketAddr, extra: &[&str]) -> Child {
+    let c = Command::new("victoria-metrics")
+        .arg(format!("-storageDataPath={}", dir.display()))
+        .arg(format!("-httpListenAddr={addr}"))
+        .args([
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-loggerLevel=ERROR",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("victoria-metrics (Debian package; .ci/run installs it)");
+    wait_for(Duration::from_secs(60), "victoria-metrics", || {
+        request(addr, "GET", "/health", &[], &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    c
+}
+
+/// SIGTERM, then wait (bounded) for the process to end; SIGKILL after 30 s.
+pub fn stop_gracefully(mut c: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, `RssAnon`, …); 0 if absent.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds a process has used, user and system, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
