@@ -384,20 +384,7 @@ impl Db {
                 seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                 sources: Vec::new(),
             };
-            // Series by series: only one series' samples are decoded at a time.
-            let mut live = inner.head.live_series();
-            live.sort_by(|a, b| a.labels.cmp(&b.labels));
-            let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
-            let dir = write_block_with(
-                &inner.dir.join("blocks"),
-                &labels,
-                |i| {
-                    let mut v = lock(&live[i].data).samples();
-                    v.retain(|p| p.0 >= bmin && p.0 < bmax);
-                    Cow::Owned(v)
-                },
-                new,
-            )?;
+            let dir = write_head_block(&inner.head, &inner.dir.join("blocks"), bmin, bmax, new)?;
             let block = Arc::new(Block::open(&dir)?);
             written.push(block.meta.clone());
             {
@@ -729,14 +716,13 @@ impl Db {
         }
         if with_head {
             if let Some((min, max)) = inner.head.time_range() {
-                let series = inner.head.samples_between(min, max.saturating_add(1));
                 let new = NewBlock {
                     min_time: min,
                     max_time: max.saturating_add(1),
                     seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                     sources: Vec::new(),
                 };
-                write_block(&blocks_dir, &series, new)?;
+                write_head_block(&inner.head, &blocks_dir, min, max.saturating_add(1), new)?;
             }
         }
         crate::wal::sync_dir(&blocks_dir)?;
@@ -1322,6 +1308,30 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
     crate::wal::sync_dir(blocks_dir)?;
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
+/// Writes the head's samples in `[mint, maxt)` as a block, series by series: only one
+/// series' samples are decoded at a time.
+fn write_head_block(
+    head: &Head,
+    blocks_dir: &Path,
+    mint: i64,
+    maxt: i64,
+    new: NewBlock,
+) -> Result<PathBuf, Error> {
+    let mut live = head.live_series();
+    live.sort_by(|a, b| a.labels.cmp(&b.labels));
+    let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
+    write_block_with(
+        blocks_dir,
+        &labels,
+        |i| {
+            let mut v = lock(&live[i].data).samples();
+            v.retain(|p| p.0 >= mint && p.0 < maxt);
+            Cow::Owned(v)
+        },
+        new,
+    )
 }
 
 /// A head loaded from the snapshot a clean shutdown left in `dir` (which is then removed),

@@ -886,24 +886,6 @@ impl Head {
             .collect()
     }
 
-    /// The samples in `[mint, maxt)` of every series that has some, sorted by labels.
-    pub(crate) fn samples_between(&self, mint: i64, maxt: i64) -> Vec<(Labels, Vec<(i64, f64)>)> {
-        let mut out: Vec<(Labels, Vec<(i64, f64)>)> = self
-            .live_series()
-            .into_iter()
-            .filter_map(|s| {
-                let samples: Vec<(i64, f64)> = lock(&s.data)
-                    .samples()
-                    .into_iter()
-                    .filter(|p| p.0 >= mint && p.0 < maxt)
-                    .collect();
-                (!samples.is_empty()).then(|| (s.labels.clone(), samples))
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
     /// Drops every sample older than `t`, which blocks now hold.
     pub(crate) fn truncate_before(&self, t: i64) {
         self.min_valid.fetch_max(t, Ordering::Relaxed);
