@@ -591,23 +591,31 @@ fn enqueue(s: &Shared, shard: &Shard, item: Item) -> Duration {
 fn desired_shards(s: &Shared, shards: &[Arc<Shard>], over: Duration, waited: Duration) -> usize {
     let q = &s.cfg.queue;
     let n = shards.len();
-    if s.recent_failures.load(Ordering::Relaxed) > 0 {
-        return n;
-    }
     let busy: u64 = shards
         .iter()
         .map(|sh| sh.busy_micros.swap(0, Ordering::Relaxed))
         .sum();
     let util = busy as f64 / (over.as_micros().max(1) as f64 * n as f64);
     let behind = waited.as_secs_f64() / over.as_secs_f64().max(1e-3);
-    let want = if util > 0.7 || behind > 0.2 {
+    let failing = s.recent_failures.load(Ordering::Relaxed) > 0;
+    shards_for(n, util, behind, failing, q.min_shards, q.max_shards)
+}
+
+/// The shard count to move to from `n`: doubled while shards were busy sending more than
+/// 70 % of the time or the reader waited for room more than 20 % of it, halved while they
+/// were busy less than 20 %, unchanged while requests fail (more shards would only retry
+/// more); always within `[min, max]`.
+fn shards_for(n: usize, util: f64, behind: f64, failing: bool, min: usize, max: usize) -> usize {
+    let want = if failing {
+        n
+    } else if util > 0.7 || behind > 0.2 {
         n * 2
     } else if util < 0.2 {
         n / 2
     } else {
         n
     };
-    want.clamp(q.min_shards, q.max_shards)
+    want.clamp(min, max)
 }
 
 /// Waits until every shard has sent everything queued; false if stopped first.

@@ -130,3 +130,19 @@ fn configuration_defaults_and_errors() {
         assert!(e.contains(why), "{text}: {e}");
     }
 }
+
+#[test]
+fn shards_follow_the_backlog_within_bounds() {
+    use super::shards_for;
+    // Busy shards, or a reader waiting for room: double, up to max_shards.
+    assert_eq!(shards_for(2, 0.9, 0.0, false, 1, 50), 4);
+    assert_eq!(shards_for(2, 0.5, 0.5, false, 1, 50), 4);
+    assert_eq!(shards_for(40, 0.9, 0.0, false, 1, 50), 50);
+    // Idle: halve, down to min_shards.
+    assert_eq!(shards_for(8, 0.1, 0.0, false, 1, 50), 4);
+    assert_eq!(shards_for(1, 0.0, 0.0, false, 1, 50), 1);
+    assert_eq!(shards_for(4, 0.0, 0.0, false, 3, 50), 3);
+    // In between, or while requests fail: unchanged.
+    assert_eq!(shards_for(4, 0.5, 0.1, false, 1, 50), 4);
+    assert_eq!(shards_for(4, 1.0, 1.0, true, 1, 50), 4);
+}
