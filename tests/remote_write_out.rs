@@ -357,3 +357,90 @@ remote_write:
         5.0
     );
 }
+
+#[test]
+fn a_503_with_retry_after_is_retried_after_the_delay_asked() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    // A receiver that answers its first two requests 503 with `Retry-After: 1`.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&arrivals);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 8192];
+            let complete = loop {
+                let Ok(n) = c.read(&mut buf) else { break false };
+                if n == 0 {
+                    break false;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&raw[..p]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if raw.len() >= p + 4 + len {
+                        break true;
+                    }
+                }
+            };
+            if !complete {
+                continue;
+            }
+            let n = {
+                let mut a = seen.lock().unwrap();
+                a.push(Instant::now());
+                a.len()
+            };
+            let answer = if n <= 2 {
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            let _ = c.write_all(answer.as_bytes());
+        }
+    });
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("strata.yml");
+    std::fs::write(
+        &config,
+        format!("remote_write:\n  - url: http://{addr}/api/v1/write\n    name: r\n    queue_config: {{batch_send_deadline: 50ms, min_backoff: 10ms, max_backoff: 100ms}}\n"),
+    )
+    .unwrap();
+    let strata = Strata::start(
+        &root.path().join("data"),
+        &["--config.file", config.to_str().unwrap()],
+    );
+    let body = write_body(&[Ts {
+        labels: vec![("__name__", "retry_me")],
+        samples: vec![(chrono_now_ms(), 1.0)],
+    }]);
+    assert_eq!(strata.write(&body).status, 204);
+    wait_for(Duration::from_secs(30), "delivered", || {
+        (metric(&strata, "strata_remote_write_samples_sent_total", "r") == 1.0).then_some(())
+    });
+    let a = arrivals.lock().unwrap().clone();
+    assert_eq!(a.len(), 3, "two refusals, then the delivery");
+    for w in a.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(950),
+            "retried after {gap:?}, before the second Retry-After asked for"
+        );
+    }
+    assert_eq!(
+        metric(&strata, "strata_remote_write_samples_retried_total", "r"),
+        2.0
+    );
+    assert_eq!(
+        metric(&strata, "strata_remote_write_samples_failed_total", "r"),
+        0.0
+    );
+}
