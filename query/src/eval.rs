@@ -1,9 +1,9 @@
 //! The evaluator: every node of the expression yields its value at every step of the
 //! query at once.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher as ParsedMatcher};
@@ -178,7 +178,10 @@ impl Engine {
         Ok(QueryOutput {
             value,
             stats: ctx.stats(started),
-            annotations: ctx.annotations.into_inner(),
+            annotations: ctx
+                .annotations
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
         })
     }
 
@@ -279,7 +282,10 @@ impl Engine {
         Ok(QueryOutput {
             value: QueryValue::Matrix(out),
             stats: ctx.stats(started),
-            annotations: ctx.annotations.into_inner(),
+            annotations: ctx
+                .annotations
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
         })
     }
 
@@ -294,7 +300,7 @@ impl Engine {
         Ctx {
             db,
             query,
-            annotations: RefCell::new(Annotations::default()),
+            annotations: Mutex::new(Annotations::default()),
             lookback: self.opts.lookback_delta_ms,
             query_start: start,
             query_end: end,
@@ -304,8 +310,8 @@ impl Engine {
             deadline: Instant::now() + timeout.min(self.opts.timeout),
             cancel,
             max_samples: self.opts.max_samples,
-            loaded: Cell::new(0),
-            queryable: Cell::new(0),
+            loaded: AtomicUsize::new(0),
+            queryable: AtomicU64::new(0),
         }
     }
 }
@@ -345,6 +351,12 @@ fn type_description(vt: ValueType) -> &'static str {
     }
 }
 
+/// Most threads one query's window functions use.
+const MAX_THREADS: usize = 4;
+/// Fewer series than this are evaluated on the calling thread: starting threads would
+/// cost more than it saves.
+const PARALLEL_MIN_SERIES: usize = 256;
+
 /// A cancel flag nobody sets, for queries that cannot be canceled.
 static NEVER: AtomicBool = AtomicBool::new(false);
 
@@ -353,7 +365,7 @@ struct Ctx<'a> {
     db: &'a Db,
     /// The query text, for annotation positions.
     query: &'a str,
-    annotations: RefCell<Annotations>,
+    annotations: Mutex<Annotations>,
     lookback: i64,
     /// The query's own start and end, which `@ start()` and `@ end()` refer to.
     query_start: i64,
@@ -367,8 +379,8 @@ struct Ctx<'a> {
     cancel: &'a AtomicBool,
     max_samples: usize,
     /// Samples loaded so far, against `max_samples`.
-    loaded: Cell<usize>,
-    queryable: Cell<u64>,
+    loaded: AtomicUsize,
+    queryable: AtomicU64,
 }
 
 impl Ctx<'_> {
@@ -389,8 +401,10 @@ impl Ctx<'_> {
 
     /// Counts `n` more samples loaded, failing the query past the limit.
     fn load(&self, n: usize) -> Result<(), QueryError> {
-        let total = self.loaded.get().saturating_add(n);
-        self.loaded.set(total);
+        let total = self
+            .loaded
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
         if total > self.max_samples {
             return Err(QueryError::Execution(
                 "query processing would load too many samples into memory in query execution"
@@ -402,8 +416,8 @@ impl Ctx<'_> {
 
     fn stats(&self, started: Instant) -> QueryStats {
         QueryStats {
-            total_queryable_samples: self.queryable.get(),
-            samples_loaded: self.loaded.get() as u64,
+            total_queryable_samples: self.queryable.load(Ordering::Relaxed),
+            samples_loaded: self.loaded.load(Ordering::Relaxed) as u64,
             eval_time: started.elapsed(),
         }
     }
@@ -414,7 +428,10 @@ impl Ctx<'_> {
         let (line, col) = crate::position::call_position(self.query, func, arg).unwrap_or((1, 1));
         let kind = if warning { "warning" } else { "info" };
         let full = format!("PromQL {kind}: {text} ({line}:{col})");
-        let mut a = self.annotations.borrow_mut();
+        let mut a = self
+            .annotations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let list = if warning {
             &mut a.warnings
         } else {
@@ -759,7 +776,7 @@ impl Evaluator<'_> {
                 }
             }
             let present = values.iter().filter(|v| v.is_some()).count() as u64;
-            self.ctx.queryable.set(self.ctx.queryable.get() + present);
+            self.ctx.queryable.fetch_add(present, Ordering::Relaxed);
             if present > 0 {
                 out.push(StepSeries::new(series.labels, values));
             }
@@ -937,18 +954,58 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Applies a window function to every series of `input` at every step.
+    /// Applies a window function to every series of `input` at every step, the series
+    /// split across the machine's cores when there are many.
     fn apply_windows(
         &self,
         input: &RangeInput,
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
     ) -> Result<Vec<StepSeries>, QueryError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS);
+        if threads < 2 || input.series.len() < PARALLEL_MIN_SERIES {
+            return merge_same_labels(self.windows_of(input, &input.series, spec, scalars)?);
+        }
+        let per = input.series.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<StepSeries>, QueryError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = input
+                .series
+                .chunks(per)
+                .map(|part| sc.spawn(move || self.windows_of(input, part, spec, scalars)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(QueryError::Execution(
+                            "a query evaluation thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
         let mut out = Vec::with_capacity(input.series.len());
+        for p in parts {
+            out.extend(p?);
+        }
+        merge_same_labels(out)
+    }
+
+    /// [`Evaluator::apply_windows`] for some of the series, in order.
+    fn windows_of(
+        &self,
+        input: &RangeInput,
+        series_list: &[RangeSeries],
+        spec: &functions::WindowSpec,
+        scalars: &[Vec<f64>],
+    ) -> Result<Vec<StepSeries>, QueryError> {
+        let mut out = Vec::with_capacity(series_list.len());
         let mut args = vec![0.0; scalars.len()];
         let mut resets: Vec<u32> = Vec::new();
         let mut buf = Vec::new();
-        for series in &input.series {
+        for series in series_list {
             self.ctx.check_deadline()?;
             let samples = self.points(series, &mut buf)?;
             // resets[j]: how many of samples[1..=j] are lower than their predecessor.
@@ -988,7 +1045,7 @@ impl Evaluator<'_> {
                 };
                 *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
             }
-            self.ctx.queryable.set(self.ctx.queryable.get() + queryable);
+            self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
             if values.iter().any(Option::is_some) {
                 let mut s = StepSeries::new(series.labels.clone(), values);
                 s.drop_name = series.drop_name;
@@ -998,7 +1055,7 @@ impl Evaluator<'_> {
                 out.push(s);
             }
         }
-        merge_same_labels(out)
+        Ok(out)
     }
 
     fn constant(&self, v: f64) -> Val {
