@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{request, write_body, Strata, Ts};
+use common::{post_write, write_body, Strata, Ts};
 
 const SERIES: usize = 10_000;
 const PER_REQUEST: usize = 2_000;
@@ -145,18 +145,7 @@ fn push(addr: SocketAddr, rounds: &[Vec<Vec<u8>>]) -> Duration {
             s.spawn(move || {
                 for round in rounds {
                     for body in round.iter().skip(conn).step_by(2) {
-                        let r = request(
-                            addr,
-                            "POST",
-                            "/api/v1/write",
-                            &[
-                                ("Content-Type", "application/x-protobuf"),
-                                ("Content-Encoding", "snappy"),
-                                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-                            ],
-                            body,
-                        )
-                        .unwrap();
+                        let r = post_write(addr, body).unwrap();
                         assert_eq!(r.status, 204, "{}", r.body);
                     }
                 }

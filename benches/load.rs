@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    enc, free_port, proc_status_kib, request, start_victoria_metrics, stop_gracefully, wait_for,
-    write_body, Strata, Ts,
+    enc, free_port, post_write, proc_status_kib, request, start_victoria_metrics, stop_gracefully,
+    wait_for, write_body, Strata, Ts,
 };
 
 const SERIES_PER_WRITER: usize = 10_000;
@@ -150,18 +150,7 @@ fn main() {
                         }
                         next += request_interval;
                         let sent = Instant::now();
-                        let resp = request(
-                            addr,
-                            "POST",
-                            "/api/v1/write",
-                            &[
-                                ("Content-Type", "application/x-protobuf"),
-                                ("Content-Encoding", "snappy"),
-                                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-                            ],
-                            &body,
-                        )
-                        .unwrap();
+                        let resp = post_write(addr, &body).unwrap();
                         let took = sent.elapsed();
                         assert_eq!(resp.status, 204, "{}", resp.body);
                         lat.lock().unwrap().push(took);

@@ -33,8 +33,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    cpu_seconds, enc, free_port, proc_status_kib, request, start_victoria_metrics, wait_for,
-    write_body, Strata, Ts,
+    cpu_seconds, enc, free_port, post_write, proc_status_kib, request, start_victoria_metrics,
+    wait_for, write_body, Strata, Ts,
 };
 
 const STEP_MS: i64 = 15_000;
@@ -322,18 +322,7 @@ fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
         for bodies in conns {
             s.spawn(move || {
                 for b in bodies {
-                    let r = request(
-                        addr,
-                        "POST",
-                        "/api/v1/write",
-                        &[
-                            ("Content-Type", "application/x-protobuf"),
-                            ("Content-Encoding", "snappy"),
-                            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-                        ],
-                        b,
-                    )
-                    .unwrap();
+                    let r = post_write(addr, b).unwrap();
                     assert!(r.status / 100 == 2, "{addr}: {} {}", r.status, r.body);
                 }
             });

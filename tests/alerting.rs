@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{request, wait_for, write_body, Receiver, Strata, Ts};
+use common::{post_write, request, wait_for, write_body, Receiver, Strata, Ts};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -557,18 +557,7 @@ fn rules_and_alerts_api_match_prometheus() {
         },
     ]);
     for addr in [prom.addr, s.addr] {
-        let r = request(
-            addr,
-            "POST",
-            "/api/v1/write",
-            &[
-                ("Content-Type", "application/x-protobuf"),
-                ("Content-Encoding", "snappy"),
-                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ],
-            &body,
-        )
-        .unwrap();
+        let r = post_write(addr, &body).unwrap();
         assert!(r.status / 100 == 2, "{addr}: {} {}", r.status, r.body);
     }
     let get = |addr, path: &str| -> serde_json::Value {

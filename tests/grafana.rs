@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{enc, request, write_body, Prometheus, Strata, Ts};
+use common::{enc, post_write, request, write_body, Prometheus, Strata, Ts};
 use serde_json::Value;
 
 const STEP_MS: i64 = 15_000;
@@ -142,18 +142,7 @@ fn grafana_sees_the_same_answers_as_from_prometheus() {
     let end = now / STEP_MS * STEP_MS;
     let body = data(end);
     for addr in [strata.addr, prom.addr] {
-        let r = request(
-            addr,
-            "POST",
-            "/api/v1/write",
-            &[
-                ("Content-Type", "application/x-protobuf"),
-                ("Content-Encoding", "snappy"),
-                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ],
-            &body,
-        )
-        .unwrap();
+        let r = post_write(addr, &body).unwrap();
         assert_eq!(r.status / 100, 2, "{addr}: {}", r.body);
     }
     let (s, e) = ((end - POINTS * STEP_MS) / 1000, end / 1000);

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    enc, free_port, request, start_victoria_metrics, stop_gracefully, wait_for, write_body, Strata,
-    Ts,
+    enc, free_port, post_write, request, start_victoria_metrics, stop_gracefully, wait_for,
+    write_body, Strata, Ts,
 };
 
 /// A request resent after strata's kill -9 repeats samples; VictoriaMetrics keeps one per
@@ -80,18 +80,7 @@ fn sustained_load_with_receiver_outage_and_kill_9_loses_and_repeats_nothing() {
                             "writer {w}: round {r} never acknowledged"
                         );
                         let addr = *current.lock().unwrap();
-                        let ok = request(
-                            addr,
-                            "POST",
-                            "/api/v1/write",
-                            &[
-                                ("Content-Type", "application/x-protobuf"),
-                                ("Content-Encoding", "snappy"),
-                                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-                            ],
-                            &b,
-                        )
-                        .is_ok_and(|resp| resp.status == 204);
+                        let ok = post_write(addr, &b).is_ok_and(|resp| resp.status == 204);
                         if ok {
                             break;
                         }

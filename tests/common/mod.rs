@@ -133,18 +133,7 @@ impl Strata {
     }
 
     pub fn write(&self, body: &[u8]) -> Response {
-        request(
-            self.addr,
-            "POST",
-            "/api/v1/write",
-            &[
-                ("Content-Type", "application/x-protobuf"),
-                ("Content-Encoding", "snappy"),
-                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ],
-            body,
-        )
-        .expect("POST write")
+        post_write(self.addr, body).expect("POST write")
     }
 
     /// An instant query's JSON answer (`data`), asserting success.
@@ -189,6 +178,22 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// POSTs a remote-write 1.0 body (snappy protobuf) to `addr`, with the headers a sender
+/// gives.
+pub fn post_write(addr: SocketAddr, body: &[u8]) -> std::io::Result<Response> {
+    request(
+        addr,
+        "POST",
+        "/api/v1/write",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ],
+        body,
+    )
 }
 
 /// One HTTP/1.1 request with `Connection: close`; reads the whole answer (bounded).
