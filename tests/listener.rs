@@ -158,26 +158,21 @@ fn a_bad_web_config_stops_startup_with_the_reason() {
         "tls_server_config:\n  cert_file: missing.pem\n  key_file: k\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--web.config.file")
-        .arg(&web)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing.pem"), "{err}");
+    // strata refuses to start, naming what is wrong.
+    let refused = |why: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--web.config.file")
+            .arg(&web)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+    };
+    refused("missing.pem");
     std::fs::write(&web, "tls_server_config: {cert_file: a}\nbasic: 1\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--web.config.file")
-        .arg(&web)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("basic"), "{err}");
+    refused("basic");
 }
 
 /// Reads until the server closes the connection or `limit` passes; whether it closed.
