@@ -18,7 +18,8 @@
 //! The load generator's own CPU is reported. Results are printed and appended to
 //! `docs/BENCHMARKS.md` with ratios computed within the run.
 //!
-//! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run).
+//! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run; NO_RECORD=1
+//! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -791,8 +792,27 @@ fn main() {
         std::fs::write(&doc, text).unwrap();
         println!("appended to {}", doc.display());
     }
+    if let Some(secs) = std::env::var("KEEP_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        for p in &peers {
+            println!(
+                "{} on {} (pid {}); data end {}",
+                p.name,
+                p.addr,
+                p.pid,
+                secs_of(end_ms)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     drop(peers);
     drop(strata);
+}
+
+fn secs_of(ms: i64) -> String {
+    format!("{}", ms as f64 / 1000.0)
 }
 
 /// `YYYY_MM` of a Unix time in ms (VictoriaMetrics' partition names).

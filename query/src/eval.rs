@@ -353,9 +353,49 @@ fn type_description(vt: ValueType) -> &'static str {
 
 /// Most threads one query's window functions use.
 const MAX_THREADS: usize = 4;
-/// Fewer series than this are evaluated on the calling thread: starting threads would
-/// cost more than it saves.
+/// Below these many series a window function (over a range of steps) or an instant
+/// selection runs on the calling thread: starting threads would cost more than it saves.
 const PARALLEL_MIN_SERIES: usize = 256;
+const PARALLEL_MIN_SERIES_INSTANT: usize = 2_048;
+
+/// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads when there are
+/// `min_items` or more (on the calling thread otherwise), the results concatenated in
+/// order; the first error wins.
+fn on_cores<T: Sync, R: Send>(
+    items: &[T],
+    min_items: usize,
+    f: impl Fn(&[T]) -> Result<Vec<R>, QueryError> + Sync,
+) -> Result<Vec<R>, QueryError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+    if threads < 2 || items.len() < min_items.max(2) {
+        return f(items);
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    let parts: Vec<Result<Vec<R>, QueryError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| sc.spawn(move || f(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(QueryError::Execution(
+                        "a query evaluation thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
 
 /// A cancel flag nobody sets, for queries that cannot be canceled.
 static NEVER: AtomicBool = AtomicBool::new(false);
@@ -747,41 +787,43 @@ impl Evaluator<'_> {
             .querier(lo - offset - lookback + 1, hi - offset)
             .select(&matchers)?;
         let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
-        let mut out = Vec::with_capacity(selected.len());
-        let mut samples = Vec::new();
-        for series in selected {
-            samples.clear();
-            samples.extend(series.samples());
-            self.ctx.load(samples.len())?;
-            let mut values = vec![None; self.n];
-            if let Some(at) = at {
-                let t = at - offset;
-                let j = samples.partition_point(|s| s.0 <= t);
-                if j > 0 && samples[j - 1].0 > t - lookback && !is_stale_nan(samples[j - 1].1) {
-                    values.fill(Some(pick(samples[j - 1])));
-                }
-            } else {
-                let mut j = 0;
-                for (i, slot) in values.iter_mut().enumerate() {
-                    let t = self.ts(i) - offset;
-                    while j < samples.len() && samples[j].0 <= t {
-                        j += 1;
+        on_cores(&selected, PARALLEL_MIN_SERIES_INSTANT, |part| {
+            let mut out = Vec::with_capacity(part.len());
+            let mut samples = Vec::new();
+            for series in part {
+                samples.clear();
+                samples.extend(series.samples());
+                self.ctx.load(samples.len())?;
+                let mut values = vec![None; self.n];
+                if let Some(at) = at {
+                    let t = at - offset;
+                    let j = samples.partition_point(|s| s.0 <= t);
+                    if j > 0 && samples[j - 1].0 > t - lookback && !is_stale_nan(samples[j - 1].1) {
+                        values.fill(Some(pick(samples[j - 1])));
                     }
-                    if j > 0 {
-                        let (st, sv) = samples[j - 1];
-                        if st > t - lookback && !is_stale_nan(sv) {
-                            *slot = Some(pick(samples[j - 1]));
+                } else {
+                    let mut j = 0;
+                    for (i, slot) in values.iter_mut().enumerate() {
+                        let t = self.ts(i) - offset;
+                        while j < samples.len() && samples[j].0 <= t {
+                            j += 1;
+                        }
+                        if j > 0 {
+                            let (st, sv) = samples[j - 1];
+                            if st > t - lookback && !is_stale_nan(sv) {
+                                *slot = Some(pick(samples[j - 1]));
+                            }
                         }
                     }
                 }
+                let present = values.iter().filter(|v| v.is_some()).count() as u64;
+                self.ctx.queryable.fetch_add(present, Ordering::Relaxed);
+                if present > 0 {
+                    out.push(StepSeries::new(series.labels.clone(), values));
+                }
             }
-            let present = values.iter().filter(|v| v.is_some()).count() as u64;
-            self.ctx.queryable.fetch_add(present, Ordering::Relaxed);
-            if present > 0 {
-                out.push(StepSeries::new(series.labels, values));
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The series behind a range-vector argument: a range selector or a subquery.
@@ -962,34 +1004,14 @@ impl Evaluator<'_> {
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
     ) -> Result<Vec<StepSeries>, QueryError> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS);
-        if threads < 2 || input.series.len() < PARALLEL_MIN_SERIES {
-            return merge_same_labels(self.windows_of(input, &input.series, spec, scalars)?);
-        }
-        let per = input.series.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<StepSeries>, QueryError>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = input
-                .series
-                .chunks(per)
-                .map(|part| sc.spawn(move || self.windows_of(input, part, spec, scalars)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(QueryError::Execution(
-                            "a query evaluation thread panicked".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let mut out = Vec::with_capacity(input.series.len());
-        for p in parts {
-            out.extend(p?);
-        }
+        let min = if self.n > 1 {
+            PARALLEL_MIN_SERIES
+        } else {
+            PARALLEL_MIN_SERIES_INSTANT
+        };
+        let out = on_cores(&input.series, min, |part| {
+            self.windows_of(input, part, spec, scalars)
+        })?;
         merge_same_labels(out)
     }
 
