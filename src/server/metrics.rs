@@ -307,19 +307,25 @@ pub(crate) fn self_metrics(st: &AppState, add_labeled: AddMetric<'_>) {
     st.scrape.metrics(add_labeled);
 }
 
+/// The family a sample belongs to: a histogram's or summary's `_bucket`, `_sum` and
+/// `_count` samples belong to the name without the suffix.
+fn family_of<'a>(name: &'a str, kind: &str) -> &'a str {
+    match kind {
+        "histogram" | "summary" => ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name),
+        _ => name,
+    }
+}
+
 /// strata's own samples with their families' metadata, for the collection loop to store
 /// (job `strata`).
 pub(crate) fn self_samples(st: &AppState) -> (Vec<Sample>, Vec<MetricMetadata>) {
     let mut samples = Vec::new();
     let mut meta: Vec<MetricMetadata> = Vec::new();
     self_metrics(st, &mut |name, kind, help, mut labels, v| {
-        let family = match kind {
-            "histogram" | "summary" => ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name),
-            _ => name,
-        };
+        let family = family_of(name, kind);
         if meta.last().is_none_or(|m| m.family != family) {
             meta.push(MetricMetadata {
                 family: family.to_string(),
@@ -339,13 +345,7 @@ pub(crate) fn self_samples(st: &AppState) -> (Vec<Sample>, Vec<MetricMetadata>) 
 pub(crate) fn render(st: &AppState) -> String {
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     let mut add_labeled = |name: &str, kind: &'static str, help: &str, labels: Labels, v: f64| {
-        let family = match kind {
-            "histogram" | "summary" => ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name),
-            _ => name,
-        };
+        let family = family_of(name, kind);
         families
             .entry(family.to_string())
             .or_insert_with(|| Family {
