@@ -298,11 +298,10 @@ fn engine_inspect(socket: &Path, cid: &str) -> Option<Identity> {
     let limit = Some(std::time::Duration::from_secs(2));
     s.set_read_timeout(limit).ok()?;
     s.set_write_timeout(limit).ok()?;
-    write!(
-        s,
-        "GET /containers/{cid}/json HTTP/1.0\r\nHost: docker\r\n\r\n"
-    )
-    .ok()?;
+    // One write: a request split over several could be half read when the engine
+    // answers, and the engine's close would then reset the connection.
+    let request = format!("GET /containers/{cid}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     s.take(4 << 20).read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
@@ -1042,9 +1041,15 @@ mod tests {
             let Ok((mut c, _)) = listener.accept() else {
                 return requests;
             };
+            let mut raw = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = c.read(&mut buf).unwrap_or(0);
-            requests.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            }
+            requests.push(String::from_utf8_lossy(&raw).to_string());
             let body = r#"{"Name":"/api","Config":{"Image":"registry/api:7","Labels":{}}}"#;
             let _ = write!(
                 c,
