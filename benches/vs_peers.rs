@@ -43,17 +43,56 @@ const CONNECTIONS: usize = 4;
 const PER_REQUEST: usize = 2_000;
 const RUNS: usize = 7;
 
-/// How a series' value moves.
+/// How a series' value moves. Values have the resolution node_exporter reports them in:
+/// CPU seconds are kernel ticks / 100, disk times milliseconds / 1000, filesystem sizes
+/// whole 4 KiB blocks, memory sizes whole KiB, load averages hundredths; a histogram's
+/// `_sum` adds up arbitrary durations, so it takes full-precision random steps.
 #[derive(Clone, Copy)]
 enum Kind {
     /// A counter growing by a whole number each step (up to the given maximum).
     IntCounter(u32),
-    /// A counter growing by a fraction each step (up to the given maximum).
+    /// A counter of whole units (up to the given number each step) reported as
+    /// units / divisor.
+    TickCounter(u32, f64),
+    /// A counter growing by a full-precision random fraction each step (up to the given
+    /// maximum).
     FloatCounter(f64),
-    /// A gauge taking a random step of at most the given size.
-    Walk(f64),
+    /// A gauge taking a random step of at most the given number of units, reported as
+    /// units × scale (scale ≥ 1) or units / (1 / scale).
+    Walk(i64, f64),
     /// A value that never changes.
     Constant(f64),
+}
+
+impl Kind {
+    /// The value after `value`: `units` is the series' state in whole units.
+    fn step(self, value: f64, units: &mut i64, first: bool, rng: &mut Rng) -> f64 {
+        let draw = |rng: &mut Rng, max: u64| (rng.next() % (max + 1)) as i64;
+        match self {
+            Kind::IntCounter(max) => {
+                *units += draw(rng, u64::from(max));
+                *units as f64
+            }
+            Kind::TickCounter(max, divisor) => {
+                *units += draw(rng, u64::from(max));
+                *units as f64 / divisor
+            }
+            Kind::FloatCounter(max) => value + rng.unit() * max,
+            Kind::Walk(step, scale) => {
+                if first {
+                    *units = step * 100;
+                } else {
+                    *units += draw(rng, 2 * step as u64) - step;
+                }
+                if scale >= 1.0 {
+                    *units as f64 * scale
+                } else {
+                    *units as f64 / (1.0 / scale).round()
+                }
+            }
+            Kind::Constant(c) => c,
+        }
+    }
 }
 
 struct Series {
@@ -79,14 +118,14 @@ fn host_series(h: usize) -> Vec<Series> {
         for mode in [
             "idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice",
         ] {
-            let step = if mode == "idle" { 14.0 } else { 0.8 };
+            let ticks = if mode == "idle" { 1_400 } else { 80 };
             add(
                 &[
                     n("node_cpu_seconds_total"),
                     ("cpu", cpu.to_string()),
                     ("mode", mode.into()),
                 ],
-                Kind::FloatCounter(step),
+                Kind::TickCounter(ticks, 100.0),
             );
         }
         for irq in 0..25 {
@@ -133,10 +172,10 @@ fn host_series(h: usize) -> Vec<Series> {
             ("writes_completed_total", Kind::IntCounter(300)),
             ("read_bytes_total", Kind::IntCounter(2_000_000)),
             ("written_bytes_total", Kind::IntCounter(4_000_000)),
-            ("io_time_seconds_total", Kind::FloatCounter(1.5)),
-            ("read_time_seconds_total", Kind::FloatCounter(0.4)),
-            ("write_time_seconds_total", Kind::FloatCounter(0.9)),
-            ("io_now", Kind::Walk(2.0)),
+            ("io_time_seconds_total", Kind::TickCounter(1_500, 1000.0)),
+            ("read_time_seconds_total", Kind::TickCounter(400, 1000.0)),
+            ("write_time_seconds_total", Kind::TickCounter(900, 1000.0)),
+            ("io_now", Kind::Walk(1, 1.0)),
             ("discards_completed_total", Kind::IntCounter(3)),
             ("flush_requests_total", Kind::IntCounter(5)),
         ] {
@@ -151,11 +190,11 @@ fn host_series(h: usize) -> Vec<Series> {
     }
     for mount in 0..10 {
         for (m, kind) in [
-            ("avail_bytes", Kind::Walk(1e6)),
-            ("free_bytes", Kind::Walk(1e6)),
+            ("avail_bytes", Kind::Walk(120, 4096.0)),
+            ("free_bytes", Kind::Walk(120, 4096.0)),
             ("size_bytes", Kind::Constant(5e11)),
             ("files", Kind::Constant(3e7)),
-            ("files_free", Kind::Walk(50.0)),
+            ("files_free", Kind::Walk(25, 1.0)),
             ("readonly", Kind::Constant(0.0)),
         ] {
             add(
@@ -172,7 +211,7 @@ fn host_series(h: usize) -> Vec<Series> {
         let kind = if i % 3 == 0 {
             Kind::Constant(1024.0 * i as f64)
         } else {
-            Kind::Walk(4096.0)
+            Kind::Walk(2, 1024.0)
         };
         add(&[n(&format!("node_memory_field{i}_bytes"))], kind);
     }
@@ -220,7 +259,7 @@ fn host_series(h: usize) -> Vec<Series> {
         );
     }
     for m in ["node_load1", "node_load5", "node_load15"] {
-        add(&[n(m)], Kind::Walk(0.2));
+        add(&[n(m)], Kind::Walk(10, 0.01));
     }
     for i in 0..17 {
         add(&[n(&format!("node_misc_{i}"))], Kind::Constant(i as f64));
@@ -250,6 +289,7 @@ fn bodies(hosts: usize, start: i64, steps: i64) -> (Vec<Vec<Vec<u8>>>, usize) {
     let mut total = 0;
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut values: Vec<Vec<f64>> = per_host.iter().map(|s| vec![0.0; s.len()]).collect();
+    let mut units: Vec<Vec<i64>> = per_host.iter().map(|s| vec![0; s.len()]).collect();
     for (c, conn) in conns.iter_mut().enumerate() {
         let mine: Vec<usize> = (0..hosts).filter(|h| h % CONNECTIONS == c).collect();
         let mut batch: Vec<(usize, usize, i64, f64)> = Vec::with_capacity(PER_REQUEST);
@@ -274,18 +314,7 @@ fn bodies(hosts: usize, start: i64, steps: i64) -> (Vec<Vec<Vec<u8>>>, usize) {
                 let t = start + k * STEP_MS + (h as i64 * 97) % 1000 + 1 + (rng.next() % 5) as i64;
                 for (i, s) in per_host[h].iter().enumerate() {
                     let v = &mut values[h][i];
-                    *v = match s.kind {
-                        Kind::IntCounter(max) => *v + (rng.next() % (u64::from(max) + 1)) as f64,
-                        Kind::FloatCounter(max) => *v + rng.unit() * max,
-                        Kind::Walk(step) => {
-                            if k == 0 {
-                                step * 100.0
-                            } else {
-                                *v + (rng.unit() - 0.5) * step
-                            }
-                        }
-                        Kind::Constant(c) => c,
-                    };
+                    *v = s.kind.step(*v, &mut units[h][i], k == 0, &mut rng);
                     batch.push((h, i, t, *v));
                     total += 1;
                     if batch.len() == PER_REQUEST {
