@@ -19,7 +19,9 @@
 //! `docs/BENCHMARKS.md` with ratios computed within the run.
 //!
 //! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run; NO_RECORD=1
-//! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand).
+//! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand;
+//! ONLY=strata (or prometheus, victoria-metrics) runs one system alone and prints its
+//! figures without a table, for tuning).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -563,17 +565,22 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let strata_dir = dir.path().join("strata-data");
     let strata = Strata::start(&strata_dir, &["--enable-admin-api"]);
-    let mut peers = vec![
-        Peer {
-            name: "strata",
-            addr: strata.addr,
-            pid: strata.pid(),
-            data: strata_dir.clone(),
-            child: None,
-        },
-        start_prometheus(dir.path()),
-        start_vm(dir.path()),
-    ];
+    let mut peers = vec![Peer {
+        name: "strata",
+        addr: strata.addr,
+        pid: strata.pid(),
+        data: strata_dir.clone(),
+        child: None,
+    }];
+    let only = std::env::var("ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wanted("prometheus") {
+        peers.push(start_prometheus(dir.path()));
+    }
+    if wanted("victoria-metrics") {
+        peers.push(start_vm(dir.path()));
+    }
+    peers.retain(|p| wanted(p.name));
     // Mid-interval: no sample (at most 1 s after its 15 s slot) sits on a window edge, where
     // Prometheus 2 (closed windows) and 3 (left-open, as strata) differ by design.
     let end_ms = start + (steps - 1) * STEP_MS + 7_500;
@@ -678,7 +685,7 @@ fn main() {
             })
             .collect();
         let same_series = answers.iter().all(|a| a.keys().eq(answers[0].keys()));
-        let same_as_prom = same_values(&answers[0], &answers[1]);
+        let same_as_prom = answers.len() < 2 || same_values(&answers[0], &answers[1]);
         if !same_as_prom {
             let diff = answers[0]
                 .iter()
@@ -721,6 +728,27 @@ fn main() {
     }
     for (p, row) in peers.iter().zip(rows.iter_mut()) {
         row.rss = proc_status_kib(p.pid, "VmHWM") as f64 / 1024.0;
+    }
+    if peers.len() < 3 {
+        for (p, row) in peers.iter().zip(&rows) {
+            println!(
+                "{}: {:.0} samples/s, {:.0} samples per CPU-second, peak RSS {:.0} MiB, {:.3} bytes/sample",
+                p.name,
+                row.ingest,
+                samples as f64 / row.cpu.max(1e-3),
+                row.rss,
+                row.bytes_per_sample
+            );
+        }
+        for (name, _, times, _, _) in &qrows {
+            let ms: Vec<String> = times
+                .iter()
+                .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            println!("{name}: {}", ms.join(", "));
+        }
+        keep(&peers, end_ms);
+        return;
     }
 
     // The table.
@@ -821,23 +849,27 @@ fn main() {
         std::fs::write(&doc, text).unwrap();
         println!("appended to {}", doc.display());
     }
+    keep(&peers, end_ms);
+}
+
+/// With KEEP_SECONDS=n, leaves the systems running for n seconds.
+fn keep(peers: &[Peer], end_ms: i64) {
     if let Some(secs) = std::env::var("KEEP_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        for p in &peers {
+        for p in peers {
             println!(
-                "{} on {} (pid {}); data end {}",
+                "{} on {} (pid {}, data in {}); data end {}",
                 p.name,
                 p.addr,
                 p.pid,
+                p.data.display(),
                 secs_of(end_ms)
             );
         }
         std::thread::sleep(Duration::from_secs(secs));
     }
-    drop(peers);
-    drop(strata);
 }
 
 fn secs_of(ms: i64) -> String {

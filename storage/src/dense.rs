@@ -115,22 +115,122 @@ pub(crate) fn encode_values(samples: &[(i64, f64)]) -> Result<Option<Vec<u8>>, E
         .sum::<usize>()
         + deltas.first().map_or(0, |&d| zigzag_len(d));
     let order: u8 = if cost2 < cost1 { 2 } else { 1 };
-    values.push(exponent as u8 | (order << 4));
-    if let Some(&first) = ints.first() {
-        put_varint(&mut values, first);
-        put_uvarint(&mut values, factor as u64);
-    }
-    if order == 1 {
-        for &d in &deltas {
-            put_varint(&mut values, d);
+    let residuals = |order: u8| -> Vec<i64> {
+        if order == 1 {
+            return deltas.clone();
         }
-    } else if let Some(&d0) = deltas.first() {
-        put_varint(&mut values, d0);
-        for w in deltas.windows(2) {
-            put_varint(&mut values, w[1].wrapping_sub(w[0]));
+        let mut r = Vec::with_capacity(deltas.len());
+        if let Some(&d0) = deltas.first() {
+            r.push(d0);
+            r.extend(deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])));
+        }
+        r
+    };
+    let prefix = values.len();
+    let header = |values: &mut Vec<u8>, order: u8| {
+        values.truncate(prefix);
+        values.push(exponent as u8 | (order << 4));
+        if let Some(&first) = ints.first() {
+            put_varint(values, first);
+            put_uvarint(values, factor as u64);
+        }
+    };
+    // Varints, zstd-compressed: best when small residuals dominate.
+    let mut varints = values.clone();
+    header(&mut varints, order);
+    for r in residuals(order) {
+        put_varint(&mut varints, r);
+    }
+    let varints = pack(varints)?;
+    // Bit-packed: best when residuals spread evenly over a range (random increments),
+    // which byte-wise compression handles poorly. Taken when smaller as is.
+    let packed_order = if packed_width(&residuals(2)).0 < packed_width(&deltas).0 {
+        2
+    } else {
+        1
+    };
+    let r = residuals(packed_order);
+    let (width, base) = packed_width(&r);
+    if 1 + prefix + 24 + (r.len() * width as usize).div_ceil(8) < varints.len() {
+        header(&mut values, packed_order | PACKED);
+        put_varint(&mut values, base);
+        values.push(width);
+        put_packed(&mut values, &r, base, width);
+        if values.len() < varints.len() {
+            return pack_raw(values).map(Some);
         }
     }
-    pack(values).map(Some)
+    Ok(Some(varints))
+}
+
+/// Set in a value section's order when its residuals are bit-packed.
+const PACKED: u8 = 4;
+
+/// The bits needed for each residual above the smallest, and the smallest.
+fn packed_width(r: &[i64]) -> (u8, i64) {
+    let (Some(&min), Some(&max)) = (r.iter().min(), r.iter().max()) else {
+        return (0, 0);
+    };
+    let span = max.wrapping_sub(min) as u64;
+    ((64 - span.leading_zeros()) as u8, min)
+}
+
+/// Appends `r[i] - base` in `width` bits each, least significant bit first.
+fn put_packed(out: &mut Vec<u8>, r: &[i64], base: i64, width: u8) {
+    if width == 0 {
+        return;
+    }
+    let (mut acc, mut bits) = (0u128, 0u32);
+    for &x in r {
+        acc |= u128::from(x.wrapping_sub(base) as u64) << bits;
+        bits += u32::from(width);
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    if bits > 0 {
+        out.push(acc as u8);
+    }
+}
+
+/// Reads `width`-bit residuals written by [`put_packed`].
+struct Unpacker<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    acc: u128,
+    bits: u32,
+    width: u32,
+    base: i64,
+}
+
+impl Unpacker<'_> {
+    fn next(&mut self) -> Option<i64> {
+        while self.bits < self.width {
+            let b = *self.bytes.get(self.at)?;
+            self.acc |= u128::from(b) << self.bits;
+            self.at += 1;
+            self.bits += 8;
+        }
+        let mask = if self.width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.width) - 1
+        };
+        let x = self.acc as u64 & mask;
+        self.acc >>= self.width;
+        self.bits -= self.width;
+        Some(self.base.wrapping_add(x as i64))
+    }
+}
+
+/// A section holding `raw` uncompressed.
+fn pack_raw(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    out.push(0);
+    out.extend_from_slice(&raw);
+    Ok(out)
 }
 
 /// A section: a byte saying whether the rest is zstd-compressed, then the bytes,
@@ -251,29 +351,54 @@ pub(crate) fn decode_values(section: &[u8], samples: &mut [(i64, f64)]) -> Resul
         .ok_or_else(malformed)?;
     let (exponent, order) = ((head & 0x0f) as usize, head >> 4);
     let p = *POW10.get(exponent).ok_or_else(malformed)?;
+    let (packed, order) = (order & PACKED != 0, order & !PACKED);
     let (mut m, mut d, mut factor) = (0i64, 0i64, 1i64);
     let mut nth = 0usize;
+    let mut unpacker: Option<Unpacker> = None;
     let mut exc = exceptions.iter().peekable();
     for (i, s) in samples.iter_mut().enumerate() {
         if exc.peek() == Some(&&i) {
             exc.next();
             continue;
         }
-        match (nth, order) {
-            (0, _) => {
-                m = r.varint().ok_or_else(malformed)?;
-                factor = r.uvarint().ok_or_else(malformed)? as i64;
+        if nth == 0 {
+            m = r.varint().ok_or_else(malformed)?;
+            factor = r.uvarint().ok_or_else(malformed)? as i64;
+            if packed {
+                let base = r.varint().ok_or_else(malformed)?;
+                let width = *r.bytes(1).and_then(|b| b.first()).ok_or_else(malformed)?;
+                if width > 64 {
+                    return Err(malformed());
+                }
+                let rest = count - nexc - 1;
+                let len = (rest * width as usize).div_ceil(8);
+                unpacker = Some(Unpacker {
+                    bytes: r.bytes(len).ok_or_else(malformed)?,
+                    at: 0,
+                    acc: 0,
+                    bits: 0,
+                    width: u32::from(width),
+                    base,
+                });
             }
-            (1, 2) => {
-                d = r.varint().ok_or_else(malformed)?;
-                m = m.wrapping_add(d.wrapping_mul(factor));
+        } else {
+            let x = match unpacker.as_mut() {
+                Some(u) => u.next(),
+                None => r.varint(),
             }
-            (_, 1) => m = m.wrapping_add(r.varint().ok_or_else(malformed)?.wrapping_mul(factor)),
-            (_, 2) => {
-                d = d.wrapping_add(r.varint().ok_or_else(malformed)?);
-                m = m.wrapping_add(d.wrapping_mul(factor));
+            .ok_or_else(malformed)?;
+            match (nth, order) {
+                (1, 2) => {
+                    d = x;
+                    m = m.wrapping_add(d.wrapping_mul(factor));
+                }
+                (_, 1) => m = m.wrapping_add(x.wrapping_mul(factor)),
+                (_, 2) => {
+                    d = d.wrapping_add(x);
+                    m = m.wrapping_add(d.wrapping_mul(factor));
+                }
+                _ => return Err(malformed()),
             }
-            _ => return Err(malformed()),
         }
         s.1 = m as f64 / p;
         nth += 1;
@@ -360,6 +485,45 @@ mod tests {
         let constant: Vec<(i64, f64)> = (0..480).map(|i| (i * 15_000, 8.0e9)).collect();
         let size = round_trip(&constant).unwrap_or_else(|| panic!("not dense"));
         assert!(size < 64, "{size} bytes");
+    }
+
+    #[test]
+    fn evenly_spread_increments_are_bit_packed() {
+        // Counters growing by a random amount up to 500,000 (bytes) and up to 40 (events),
+        // and a gauge wandering by up to ±120 blocks of 4 KiB: entropy 18.93, 5.36 and
+        // 7.92 bits a sample.
+        let mut rng = Rng(5);
+        for (max, scale, signed, bound) in [
+            (500_000u64, 1.0, false, 1_160),
+            (40, 1.0, false, 380),
+            (240, 4096.0, true, 500),
+        ] {
+            let mut v = 1_000_000i64;
+            let samples: Vec<(i64, f64)> = (0..480)
+                .map(|i| {
+                    let step = (rng.next() % (max + 1)) as i64;
+                    v += if signed { step - max as i64 / 2 } else { step };
+                    (i * 15_000, v as f64 * scale)
+                })
+                .collect();
+            let values = encode_values(&samples)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("not dense"));
+            assert!(values.len() < bound, "max {max}: {} bytes", values.len());
+            round_trip(&samples).unwrap_or_else(|| panic!("not dense"));
+            // Every flipped bit and cut is an error or a different answer, never a panic.
+            let mut rng = Rng(max);
+            for _ in 0..2000 {
+                let mut b = values.clone();
+                let at = (rng.next() as usize) % b.len();
+                b[at] ^= 1 << (rng.next() % 8);
+                let cut = (rng.next() as usize) % b.len();
+                for bytes in [&b[..], &b[..cut]] {
+                    let mut out = samples.clone();
+                    let _ = decode_values(bytes, &mut out);
+                }
+            }
+        }
     }
 
     #[test]
