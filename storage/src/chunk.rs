@@ -77,64 +77,109 @@ impl BitWriter {
     }
 }
 
-/// A bit-level reader over a byte slice. Reads go through a 128-bit big-endian window
-/// at the current byte, so any field up to 64 bits is one shift and mask.
+/// A bit-level reader over a byte slice: up to 64 unread bits wait left-aligned in a
+/// register, refilled eight bytes at a time, so a field is a shift and a mask.
 #[derive(Clone)]
 struct BitReader<'a> {
     bytes: &'a [u8],
-    pos: usize, // bit position
+    /// The next byte to load into `acc`.
+    next: usize,
+    /// Unread bits, most significant first; the bits below `have` are zero.
+    acc: u64,
+    have: u32,
 }
 
 impl<'a> BitReader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
+        Self {
+            bytes,
+            next: 0,
+            acc: 0,
+            have: 0,
+        }
     }
 
-    /// The 128 bits starting at the byte holding `pos`, zero-padded past the end.
-    #[inline]
-    fn window(&self) -> u128 {
-        let byte = self.pos / 8;
-        match self.bytes.get(byte..byte + 16) {
-            Some(w) => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(w);
-                u128::from_be_bytes(a)
-            }
-            None => {
-                let mut a = [0u8; 16];
-                let tail = self.bytes.get(byte..).unwrap_or(&[]);
-                a[..tail.len()].copy_from_slice(tail);
-                u128::from_be_bytes(a)
+    /// Loads whole bytes until at least 57 bits wait or the input ends.
+    #[inline(always)]
+    fn refill(&mut self) {
+        let room = (64 - self.have) / 8;
+        if room == 0 {
+            return;
+        }
+        if let Some(w) = self.bytes.get(self.next..self.next + 8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            let w = u64::from_be_bytes(a);
+            let bits = 8 * room;
+            self.acc |= (w >> (64 - bits)) << (64 - self.have - bits);
+            self.next += room as usize;
+            self.have += bits;
+        } else {
+            while self.have <= 56 {
+                let Some(&b) = self.bytes.get(self.next) else {
+                    break;
+                };
+                self.acc |= u64::from(b) << (56 - self.have);
+                self.next += 1;
+                self.have += 8;
             }
         }
     }
 
-    /// The next `n` (1..=64) bits without consuming them; `None` past the end.
+    /// Bits not read yet.
     #[inline]
-    fn peek(&self, n: u8) -> Option<u64> {
-        if self.pos + n as usize > self.bytes.len() * 8 {
-            return None;
-        }
-        let shifted = self.window() << (self.pos % 8);
-        Some((shifted >> (128 - n as u32)) as u64)
+    fn remaining(&self) -> usize {
+        self.have as usize + (self.bytes.len() - self.next) * 8
     }
 
-    #[inline]
+    /// The next `n` (1..=56) bits without consuming them; `None` past the end.
+    #[inline(always)]
+    fn peek(&mut self, n: u32) -> Option<u64> {
+        debug_assert!((1..=56).contains(&n));
+        if self.have < n {
+            self.refill();
+            if self.have < n {
+                return None;
+            }
+        }
+        Some(self.acc >> (64 - n))
+    }
+
+    /// Drops `n` bits already seen by [`BitReader::peek`].
+    #[inline(always)]
+    fn consume(&mut self, n: u32) {
+        debug_assert!(n <= self.have && n < 64);
+        self.acc <<= n;
+        self.have -= n;
+    }
+
+    #[inline(always)]
     fn read_bit(&mut self) -> Option<bool> {
-        let byte = *self.bytes.get(self.pos / 8)?;
-        let bit = (byte >> (7 - (self.pos % 8))) & 1 == 1;
-        self.pos += 1;
-        Some(bit)
+        let b = self.peek(1)?;
+        self.consume(1);
+        Some(b == 1)
     }
 
-    #[inline]
+    /// The next `n` (0..=64) bits; `None` past the end.
+    #[inline(always)]
     fn read_bits(&mut self, n: u8) -> Option<u64> {
-        if n == 0 {
-            return Some(0);
+        let n = u32::from(n);
+        match n {
+            0 => Some(0),
+            1..=56 => {
+                let v = self.peek(n)?;
+                self.consume(n);
+                Some(v)
+            }
+            _ => {
+                if self.remaining() < n as usize {
+                    return None;
+                }
+                let hi = self.read_bits(32)?;
+                let lo = self.read_bits((n - 32) as u8)?;
+                Some(hi << (n - 32) | lo)
+            }
         }
-        let v = self.peek(n)?;
-        self.pos += n as usize;
-        Some(v)
     }
 
     fn read_uvarint(&mut self) -> Option<u64> {
@@ -373,10 +418,17 @@ impl<'a> XorIter<'a> {
             }
             _ => {
                 // The prefix is 0, 10, 110, 1110 or 1111: count leading ones in 4 bits.
-                let avail = (self.r.bytes.len() * 8 - self.r.pos).min(4) as u8;
+                let avail = self.r.remaining().min(4) as u32;
+                if avail == 0 {
+                    return None;
+                }
                 let bits = self.r.peek(avail)? << (4 - avail);
                 let prefix = ((bits << 60).leading_ones() as u8).min(4);
-                self.r.pos += usize::from((prefix + 1).min(4));
+                let used = u32::from((prefix + 1).min(4));
+                if used > avail {
+                    return None;
+                }
+                self.r.consume(used);
                 let dod = match prefix {
                     0 => 0,
                     1 => sign_extend(self.r.read_bits(14)?, 14),
