@@ -787,21 +787,25 @@ impl Evaluator<'_> {
             .querier(lo - offset - lookback + 1, hi - offset)
             .select(&matchers)?;
         let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
+        // One evaluation time: the querier's range is that time's lookback window, so
+        // the answer is the series' newest sample in range (which the head often knows
+        // without decoding anything).
+        let single = at.is_some() || self.n == 1;
         on_cores(&selected, PARALLEL_MIN_SERIES_INSTANT, |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut samples = Vec::new();
             for series in part {
-                samples.clear();
-                samples.extend(series.samples());
-                self.ctx.load(samples.len())?;
                 let mut values = vec![None; self.n];
-                if let Some(at) = at {
-                    let t = at - offset;
-                    let j = samples.partition_point(|s| s.0 <= t);
-                    if j > 0 && samples[j - 1].0 > t - lookback && !is_stale_nan(samples[j - 1].1) {
-                        values.fill(Some(pick(samples[j - 1])));
+                if single {
+                    let last = series.last_sample();
+                    self.ctx.load(usize::from(last.is_some()))?;
+                    if let Some(s) = last.filter(|s| !is_stale_nan(s.1)) {
+                        values.fill(Some(pick(s)));
                     }
                 } else {
+                    samples.clear();
+                    samples.extend(series.samples());
+                    self.ctx.load(samples.len())?;
                     let mut j = 0;
                     for (i, slot) in values.iter_mut().enumerate() {
                         let t = self.ts(i) - offset;

@@ -1078,10 +1078,20 @@ pub struct Series {
     overlapping: bool,
     mint: i64,
     maxt: i64,
+    /// The newest sample in range, when the head knew it without decoding.
+    last: Option<(i64, f64)>,
 }
 
 impl Series {
-    fn new(labels: Labels, mut views: Vec<(u64, ChunkView)>, mint: i64, maxt: i64) -> Series {
+    /// `last`: the head's newest sample of the series in range, if known; kept only
+    /// when no block view reaches past it.
+    fn new(
+        labels: Labels,
+        mut views: Vec<(u64, ChunkView)>,
+        mint: i64,
+        maxt: i64,
+        last: Option<(i64, f64)>,
+    ) -> Series {
         // Views arrive in time order unless out-of-order data overlaps other data.
         let mut end = i64::MIN;
         let mut overlapping = false;
@@ -1099,7 +1109,32 @@ impl Series {
             overlapping,
             mint,
             maxt,
+            last: last.filter(|l| l.0 >= end),
         }
+    }
+
+    /// The newest sample in the querier's range (stale markers included), without
+    /// decoding when the head knows it.
+    pub fn last_sample(&self) -> Option<(i64, f64)> {
+        if self.last.is_some() {
+            return self.last;
+        }
+        self.samples().last()
+    }
+
+    /// Whether any sample lies in the querier's range. A view's time range starts and
+    /// ends at samples, so only a view reaching past both ends of the range is decoded.
+    fn has_samples(&self) -> bool {
+        let (lo, hi) = (self.mint, self.maxt);
+        let mut undecided = false;
+        for v in &self.chunks {
+            let (a, z) = v.time_range();
+            if (lo..=hi).contains(&a) || (lo..=hi).contains(&z) {
+                return true;
+            }
+            undecided |= a < lo && z > hi;
+        }
+        undecided && self.samples().next().is_some()
     }
 
     /// The samples with timestamps in the querier's range, in time order. Stale markers
@@ -1202,7 +1237,7 @@ impl Querier {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let head_views = |chunks: Vec<ChunkView>, ooo: Vec<(i64, f64)>| {
+        let head_views = |chunks: Vec<ChunkView>, ooo: Vec<(i64, f64)>| -> Vec<(u64, ChunkView)> {
             let mut views: Vec<(u64, ChunkView)> =
                 chunks.into_iter().map(|c| (HEAD_CHUNKS, c)).collect();
             if !ooo.is_empty() {
@@ -1212,35 +1247,38 @@ impl Querier {
         };
         let mut out: Vec<Series> = if blocks.is_empty() {
             head.into_iter()
-                .map(|(labels, chunks, ooo)| {
-                    Series::new(labels, head_views(chunks, ooo), self.mint, self.maxt)
+                .map(|(labels, chunks, ooo, last)| {
+                    Series::new(labels, head_views(chunks, ooo), self.mint, self.maxt, last)
                 })
                 .collect()
         } else {
             // Blocks are sorted by start: a series' views are its blocks' chunks, then
             // the head's.
-            let mut by_labels: std::collections::BTreeMap<Labels, Vec<(u64, ChunkView)>> =
+            type Views = (Vec<(u64, ChunkView)>, Option<(i64, f64)>);
+            let mut by_labels: std::collections::BTreeMap<Labels, Views> =
                 std::collections::BTreeMap::new();
             for b in &blocks {
                 for (labels, chunks) in b.select(matchers, self.mint, self.maxt) {
                     by_labels
                         .entry(labels)
                         .or_default()
+                        .0
                         .extend(chunks.into_iter().map(|c| (b.meta.seq, c)));
                 }
             }
-            for (labels, chunks, ooo) in head {
-                by_labels
-                    .entry(labels)
-                    .or_default()
-                    .extend(head_views(chunks, ooo));
+            for (labels, chunks, ooo, last) in head {
+                let entry = by_labels.entry(labels).or_default();
+                entry.0.extend(head_views(chunks, ooo));
+                entry.1 = last;
             }
             by_labels
                 .into_iter()
-                .map(|(labels, views)| Series::new(labels, views, self.mint, self.maxt))
+                .map(|(labels, (views, last))| {
+                    Series::new(labels, views, self.mint, self.maxt, last)
+                })
                 .collect()
         };
-        out.retain(|s| s.samples().next().is_some());
+        out.retain(Series::has_samples);
         Ok(out)
     }
 
@@ -1630,6 +1668,47 @@ mod tests {
             .iter()
             .flat_map(|s| s.samples().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// `last_sample` (the head's shortcut) against decoding everything, over `[lo, hi]`.
+    fn check_last(db: &Db, job: &str, lo: i64, hi: i64) -> Option<(i64, f64)> {
+        let selected = db
+            .querier(lo, hi)
+            .select(&[Matcher::equal("job", job)])
+            .unwrap_or_default();
+        let s = selected.first()?;
+        let decoded = s.samples().last();
+        assert_eq!(s.last_sample(), decoded, "job {job} in [{lo}, {hi}]");
+        decoded
+    }
+
+    #[test]
+    fn newest_sample_without_decoding_matches_the_samples() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let mut app = db.appender();
+        for i in 1..=300 {
+            app.append(&up("a"), i * 1000, i as f64)?;
+            app.append(&up("b"), i * 1000, i as f64)?;
+            app.append(&up("c"), i * 1000, i as f64)?;
+        }
+        app.commit()?;
+        assert_eq!(check_last(&db, "a", 0, 400_000), Some((300_000, 300.0)));
+        assert_eq!(check_last(&db, "a", 0, 150_500), Some((150_000, 150.0)));
+        assert_eq!(check_last(&db, "a", 400_000, 500_000), None);
+        // A new value for the newest timestamp wins over the one appended first.
+        let mut app = db.appender();
+        app.append(&up("b"), 300_000, -1.0)?;
+        app.commit()?;
+        assert_eq!(check_last(&db, "b", 0, 400_000), Some((300_000, -1.0)));
+        // Deleting the newest samples leaves the older ones as the newest.
+        db.delete_series(&[Matcher::equal("job", "c")], 250_000, 300_000)?;
+        assert_eq!(check_last(&db, "c", 0, 400_000), Some((249_000, 249.0)));
+        // A block holding samples newer than the head's (an import) takes precedence.
+        db.write_blocks(vec![(up("a"), vec![(350_000, 350.0)])])?;
+        assert_eq!(check_last(&db, "a", 0, 400_000), Some((350_000, 350.0)));
+        assert_eq!(check_last(&db, "a", 0, 320_000), Some((300_000, 300.0)));
+        Ok(())
     }
 
     #[test]

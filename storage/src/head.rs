@@ -200,6 +200,22 @@ impl SeriesData {
         out
     }
 
+    /// The series' newest sample when it lies in `[mint, maxt]` and is known without
+    /// decoding: the last appended one, while it is still the last sample of the chunks
+    /// (no deletion took it) and no out-of-order sample could win over it.
+    fn last_sample(&self, mint: i64, maxt: i64) -> Option<(i64, f64)> {
+        if self.ooo.is_some() {
+            return None;
+        }
+        let newest = if self.open.len() > 0 {
+            self.open.max_time()
+        } else {
+            self.closed.last()?.max_t()
+        };
+        (newest == self.last_t && self.last_t >= mint && self.last_t <= maxt)
+            .then(|| (self.last_t, f64::from_bits(self.last_v)))
+    }
+
     /// Every sample of the series, in time order, out-of-order ones merged in.
     pub(crate) fn samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
@@ -384,7 +400,9 @@ impl MemSeries {
 
 /// A selected series: its labels, a snapshot of its chunks in range, and its
 /// out-of-order samples in range.
-pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>);
+/// A head series as selected: labels, chunks, out-of-order samples in the range, and its
+/// newest sample when that is known without decoding (see [`SeriesData::last_sample`]).
+pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>, Option<(i64, f64)>);
 
 /// What a batch of appends stored: published to the head's atomics once per batch.
 #[derive(Debug, Clone, Copy)]
@@ -935,12 +953,16 @@ impl Head {
             if !seen.insert(Arc::as_ptr(&s)) {
                 continue;
             }
-            let (chunks, ooo) = {
+            let (chunks, ooo, last) = {
                 let d = lock(&s.data);
-                (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt))
+                (
+                    d.chunks_in(mint, maxt),
+                    d.ooo_in(mint, maxt),
+                    d.last_sample(mint, maxt),
+                )
             };
             if !chunks.is_empty() || !ooo.is_empty() {
-                out.push((s.labels.clone(), chunks, ooo));
+                out.push((s.labels.clone(), chunks, ooo, last));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1024,7 +1046,7 @@ mod tests {
         let jobs = |ms: &[Matcher]| -> Vec<Option<String>> {
             head.select(ms, i64::MIN, i64::MAX)
                 .into_iter()
-                .map(|(l, _, _)| l.get("job").map(str::to_owned))
+                .map(|(l, _, _, _)| l.get("job").map(str::to_owned))
                 .collect()
         };
         let up = Matcher::equal("__name__", "up");
