@@ -804,7 +804,7 @@ impl Evaluator<'_> {
                     }
                 } else {
                     samples.clear();
-                    samples.extend(series.samples());
+                    series.samples_into(&mut samples);
                     self.ctx.load(samples.len())?;
                     let mut j = 0;
                     for (i, slot) in values.iter_mut().enumerate() {
@@ -993,7 +993,8 @@ impl Evaluator<'_> {
             Points::Computed(p) => Ok(p),
             Points::Stored(series) => {
                 buf.clear();
-                buf.extend(series.samples().filter(|&(_, v)| !is_stale_nan(v)));
+                series.samples_into(buf);
+                buf.retain(|&(_, v)| !is_stale_nan(v));
                 self.ctx.load(buf.len())?;
                 Ok(buf)
             }

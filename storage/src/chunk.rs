@@ -171,15 +171,22 @@ impl<'a> BitReader<'a> {
                 self.consume(n);
                 Some(v)
             }
-            _ => {
-                if self.remaining() < n as usize {
-                    return None;
-                }
-                let hi = self.read_bits(32)?;
-                let lo = self.read_bits((n - 32) as u8)?;
-                Some(hi << (n - 32) | lo)
-            }
+            _ => self.read_long(n),
         }
+    }
+
+    /// [`BitReader::read_bits`] for 57 to 64 bits (a first value, a full XOR): two reads.
+    #[cold]
+    #[inline(never)]
+    fn read_long(&mut self, n: u32) -> Option<u64> {
+        if self.remaining() < n as usize || n > 64 {
+            return None;
+        }
+        let hi = self.peek(32)?;
+        self.consume(32);
+        let lo = self.peek(n - 32)?;
+        self.consume(n - 32);
+        Some(hi << (n - 32) | lo)
     }
 
     fn read_uvarint(&mut self) -> Option<u64> {

@@ -1122,6 +1122,28 @@ impl Series {
         self.samples().last()
     }
 
+    /// Appends [`Series::samples`] to `out`: the same samples, decoded chunk by chunk
+    /// without going through the iterator's per-sample dispatch.
+    pub fn samples_into(&self, out: &mut Vec<(i64, f64)>) {
+        if self.overlapping {
+            out.extend(self.samples());
+            return;
+        }
+        let (mint, maxt) = (self.mint, self.maxt);
+        let mut last = i64::MIN;
+        for c in &self.chunks {
+            let (a, z) = c.time_range();
+            if z < mint || a > maxt {
+                continue;
+            }
+            match c.iter() {
+                ChunkIter::Xor(it) => take_in_range(it, out, mint, maxt, &mut last),
+                ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
+                ChunkIter::Slice(it) => take_in_range(it, out, mint, maxt, &mut last),
+            }
+        }
+    }
+
     /// Whether any sample lies in the querier's range. A view's time range starts and
     /// ends at samples, so only a view reaching past both ends of the range is decoded.
     fn has_samples(&self) -> bool {
@@ -1162,6 +1184,27 @@ impl Series {
             };
         }
         Samples(SamplesInner::Merged(merged.into_iter()))
+    }
+}
+
+/// Appends the samples of `it` in `[mint, maxt]` newer than `last` to `out`, as
+/// [`Samples`] yields them (a block cut may briefly show a sample both in its new block
+/// and in the head: only strictly newer samples are taken).
+fn take_in_range(
+    it: impl Iterator<Item = (i64, f64)>,
+    out: &mut Vec<(i64, f64)>,
+    mint: i64,
+    maxt: i64,
+    last: &mut i64,
+) {
+    for (t, v) in it {
+        if t > maxt {
+            break;
+        }
+        if t >= mint && t > *last {
+            out.push((t, v));
+            *last = t;
+        }
     }
 }
 
@@ -1677,7 +1720,11 @@ mod tests {
             .select(&[Matcher::equal("job", job)])
             .unwrap_or_default();
         let s = selected.first()?;
-        let decoded = s.samples().last();
+        let all: Vec<(i64, f64)> = s.samples().collect();
+        let mut into = Vec::new();
+        s.samples_into(&mut into);
+        assert_eq!(into, all, "job {job} in [{lo}, {hi}]");
+        let decoded = all.last().copied();
         assert_eq!(s.last_sample(), decoded, "job {job} in [{lo}, {hi}]");
         decoded
     }
