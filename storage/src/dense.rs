@@ -487,6 +487,19 @@ mod tests {
         assert!(size < 64, "{size} bytes");
     }
 
+    /// Calls `check` on `rounds` copies of `section`, each with one bit flipped, whole
+    /// and cut short at a random place.
+    fn damaged(section: &[u8], rng: &mut Rng, rounds: usize, mut check: impl FnMut(&[u8])) {
+        for _ in 0..rounds {
+            let mut b = section.to_vec();
+            let at = (rng.next() as usize) % b.len();
+            b[at] ^= 1 << (rng.next() % 8);
+            let cut = (rng.next() as usize) % b.len();
+            check(&b);
+            check(&b[..cut]);
+        }
+    }
+
     #[test]
     fn evenly_spread_increments_are_bit_packed() {
         // Counters growing by a random amount up to 500,000 (bytes) and up to 40 (events),
@@ -512,17 +525,10 @@ mod tests {
             assert!(values.len() < bound, "max {max}: {} bytes", values.len());
             round_trip(&samples).unwrap_or_else(|| panic!("not dense"));
             // Every flipped bit and cut is an error or a different answer, never a panic.
-            let mut rng = Rng(max);
-            for _ in 0..2000 {
-                let mut b = values.clone();
-                let at = (rng.next() as usize) % b.len();
-                b[at] ^= 1 << (rng.next() % 8);
-                let cut = (rng.next() as usize) % b.len();
-                for bytes in [&b[..], &b[..cut]] {
-                    let mut out = samples.clone();
-                    let _ = decode_values(bytes, &mut out);
-                }
-            }
+            damaged(&values, &mut Rng(max), 2000, |bytes| {
+                let mut out = samples.clone();
+                let _ = decode_values(bytes, &mut out);
+            });
         }
     }
 
@@ -578,18 +584,12 @@ mod tests {
             .unwrap_or_else(|| panic!("not dense"));
         let mut rng = Rng(3);
         for section in [times, values] {
-            for _ in 0..1000 {
-                let mut b = section.clone();
-                let at = (rng.next() as usize) % b.len();
-                b[at] ^= 1 << (rng.next() % 8);
-                let cut = (rng.next() as usize) % b.len();
-                for bytes in [&b[..], &b[..cut]] {
-                    let mut out = Vec::new();
-                    let _ = decode_times(bytes, samples.len(), &mut out);
-                    let mut out = samples.clone();
-                    let _ = decode_values(bytes, &mut out);
-                }
-            }
+            damaged(&section, &mut rng, 1000, |bytes| {
+                let mut out = Vec::new();
+                let _ = decode_times(bytes, samples.len(), &mut out);
+                let mut out = samples.clone();
+                let _ = decode_values(bytes, &mut out);
+            });
         }
     }
 }
