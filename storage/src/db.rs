@@ -377,6 +377,7 @@ impl Db {
             }
             let bmin = min.div_euclid(range) * range;
             let bmax = bmin + range;
+            let started = std::time::Instant::now();
             let mut wal = lock(&inner.wal.writer);
             let new = NewBlock {
                 min_time: bmin,
@@ -385,6 +386,7 @@ impl Db {
                 sources: Vec::new(),
             };
             let dir = write_head_block(&inner.head, &inner.dir.join("blocks"), bmin, bmax, new)?;
+            let wrote = started.elapsed();
             let block = Arc::new(Block::open(&dir)?);
             written.push(block.meta.clone());
             {
@@ -417,7 +419,9 @@ impl Db {
                 series = written.last().map_or(0, |m| m.num_series),
                 min_time = bmin,
                 max_time = bmax,
-                "cut a block from the head"
+                block_ms = wrote.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "cut a block from the head (commits waited total_ms)"
             );
         }
         Ok(written)
