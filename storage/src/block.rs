@@ -149,11 +149,8 @@ impl ChunkView {
                 if c.encoding == Encoding::Xor {
                     return ChunkIter::Xor(XorIter::new(data, c.count));
                 }
-                let times = file
-                    .get(c.times_start..c.times_start + c.times_len)
-                    .unwrap_or(&[]);
                 let mut out = Vec::new();
-                let decoded = dense::decode_times(times, usize::from(c.count), &mut out)
+                let decoded = decoded_times(file, c, &mut out)
                     .and_then(|()| dense::decode_values(data, &mut out));
                 if let Err(e) = decoded {
                     // Checksums were verified at open: only a bug or a disk going bad
@@ -165,6 +162,63 @@ impl ChunkView {
             }
         }
     }
+}
+
+/// Time sections decoded lately on this thread. The series of one scrape share a time
+/// section, and a query reads them one after the other (or, sorted by labels, a few
+/// hosts apart): each is decoded once instead of once per series.
+struct TimesCache {
+    /// The map (weakly: a deleted block's map still goes; while the weak reference
+    /// lives its address is not reused), the section's offset and count, the times.
+    entries: Vec<CachedTimes>,
+    next: usize,
+}
+
+/// A map (weakly held), a time section's offset in it and count, its timestamps.
+type CachedTimes = (std::sync::Weak<Mmap>, usize, u16, std::rc::Rc<[i64]>);
+
+const TIMES_CACHED: usize = 64;
+
+/// Appends the timestamps of dense chunk `c` of `file` to `out` (values 0).
+fn decoded_times(file: &Arc<Mmap>, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), Error> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<TimesCache> =
+            const { std::cell::RefCell::new(TimesCache { entries: Vec::new(), next: 0 }) };
+    }
+    let ptr = Arc::as_ptr(file);
+    let hit = CACHE.with_borrow(|cache| {
+        cache
+            .entries
+            .iter()
+            .find(|(map, start, count, _)| {
+                *start == c.times_start
+                    && *count == c.count
+                    && std::sync::Weak::as_ptr(map) == ptr
+                    && map.strong_count() > 0
+            })
+            .map(|e| std::rc::Rc::clone(&e.3))
+    });
+    if let Some(times) = hit {
+        out.extend(times.iter().map(|&t| (t, 0.0)));
+        return Ok(());
+    }
+    let section = file
+        .get(c.times_start..c.times_start + c.times_len)
+        .unwrap_or(&[]);
+    let from = out.len();
+    dense::decode_times(section, usize::from(c.count), out)?;
+    let times: std::rc::Rc<[i64]> = out[from..].iter().map(|s| s.0).collect();
+    CACHE.with_borrow_mut(|cache| {
+        let entry = (Arc::downgrade(file), c.times_start, c.count, times);
+        if cache.entries.len() < TIMES_CACHED {
+            cache.entries.push(entry);
+        } else {
+            let at = cache.next;
+            cache.entries[at] = entry;
+            cache.next = (at + 1) % TIMES_CACHED;
+        }
+    });
+    Ok(())
 }
 
 impl ChunkMeta {
