@@ -476,7 +476,7 @@ async fn series(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
         let q = st.db.querier(start, end);
         let mut found: BTreeSet<Labels> = BTreeSet::new();
         for m in &sets {
-            found.extend(q.select(m)?.into_iter().map(|s| s.labels));
+            found.extend(q.series_labels(m)?);
         }
         Ok(json::success(|out| {
             out.push('[');

@@ -800,6 +800,43 @@ impl Block {
         out
     }
 
+    /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`.
+    pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+            return Vec::new();
+        }
+        let inside = |t: i64| t >= mint && t <= maxt;
+        let mut out = Vec::new();
+        for r in self.postings.select(matchers).iter() {
+            let Some(s) = self.series.get(r as usize) else {
+                continue;
+            };
+            let deleted = self.tombstones.get(&r);
+            let found = s.chunks.iter().any(|&chunk| {
+                if chunk.max_t < mint || chunk.min_t > maxt {
+                    return false;
+                }
+                // A chunk's range starts and ends at samples; decoded only when it
+                // reaches past both ends, or when deletions apply.
+                if deleted.is_none() && (inside(chunk.min_t) || inside(chunk.max_t)) {
+                    return true;
+                }
+                let view = ChunkView::Mapped {
+                    file: Arc::clone(&self.chunks),
+                    chunk,
+                };
+                let found = view.iter().any(|(t, _)| {
+                    inside(t) && !deleted.is_some_and(|d| d.iter().any(|&(a, z)| t >= a && t <= z))
+                });
+                found
+            });
+            if found {
+                out.push(s.labels.clone());
+            }
+        }
+        out
+    }
+
     /// Indexes of the series matching `matchers`.
     pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<u32> {
         self.postings.select(matchers).iter().collect()

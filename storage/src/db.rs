@@ -1329,6 +1329,24 @@ impl Querier {
         Ok(out)
     }
 
+    /// The labels of the series `matchers` select with a sample in range, sorted and
+    /// unique: [`Querier::select`] without reading the samples.
+    pub fn series_labels(&self, matchers: &[Matcher]) -> Result<Vec<Labels>, Error> {
+        let mut out = self.db.head.select_labels(matchers, self.mint, self.maxt);
+        for b in self
+            .db
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            out.extend(b.select_labels(matchers, self.mint, self.maxt));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Label names, sorted. With matchers, only of the series they select in range.
     pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
         if matchers.is_empty() {
@@ -1719,10 +1737,12 @@ mod tests {
 
     /// `last_sample` (the head's shortcut) against decoding everything, over `[lo, hi]`.
     fn check_last(db: &Db, job: &str, lo: i64, hi: i64) -> Option<(i64, f64)> {
-        let selected = db
-            .querier(lo, hi)
-            .select(&[Matcher::equal("job", job)])
-            .unwrap_or_default();
+        let q = db.querier(lo, hi);
+        let selected = q.select(&[Matcher::equal("job", job)]).unwrap_or_default();
+        // The labels alone, without reading samples, name the same series.
+        let labels: Vec<Labels> = selected.iter().map(|s| s.labels.clone()).collect();
+        let alone = q.series_labels(&[Matcher::equal("job", job)]);
+        assert_eq!(alone.ok(), Some(labels), "job {job} in [{lo}, {hi}]");
         let s = selected.first()?;
         let all: Vec<(i64, f64)> = s.samples().collect();
         let mut into = Vec::new();
@@ -1759,6 +1779,10 @@ mod tests {
         db.write_blocks(vec![(up("a"), vec![(350_000, 350.0)])])?;
         assert_eq!(check_last(&db, "a", 0, 400_000), Some((350_000, 350.0)));
         assert_eq!(check_last(&db, "a", 0, 320_000), Some((300_000, 300.0)));
+        // Deleted from the block: gone from the labels too.
+        db.delete_series(&[Matcher::equal("job", "a")], 340_000, 360_000)?;
+        assert_eq!(check_last(&db, "a", 330_000, 400_000), None);
+        assert_eq!(check_last(&db, "a", 0, 400_000), Some((300_000, 300.0)));
         Ok(())
     }
 

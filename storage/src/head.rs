@@ -216,6 +216,32 @@ impl SeriesData {
             .then(|| (self.last_t, f64::from_bits(self.last_v)))
     }
 
+    /// Whether a sample lies in `[mint, maxt]`. A chunk's time range starts and ends at
+    /// samples: only a chunk reaching past both ends is decoded.
+    fn has_sample_in(&self, mint: i64, maxt: i64) -> bool {
+        let inside = |t: i64| t >= mint && t <= maxt;
+        if self.ooo().iter().any(|s| inside(s.0)) {
+            return true;
+        }
+        let closed = self.closed.iter().map(|c| (c.min_t(), c.max_t(), c.iter()));
+        let open = (self.open.len() > 0).then(|| {
+            (
+                self.open.min_time(),
+                self.open.max_time(),
+                XorIter::new(self.open.bytes(), self.open.len() as u16),
+            )
+        });
+        for (a, z, mut samples) in closed.chain(open) {
+            if inside(a) || inside(z) {
+                return true;
+            }
+            if a < mint && z > maxt {
+                return samples.any(|(t, _)| inside(t));
+            }
+        }
+        false
+    }
+
     /// Every sample of the series, in time order, out-of-order ones merged in.
     pub(crate) fn samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
@@ -967,6 +993,29 @@ impl Head {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`, in
+    /// no particular order.
+    pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let refs = self
+            .postings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select(matchers);
+        let series: Vec<Arc<MemSeries>> = {
+            let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
+            refs.iter()
+                .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
+                .collect()
+        };
+        let mut seen = HashSet::new();
+        series
+            .into_iter()
+            .filter(|s| seen.insert(Arc::as_ptr(s)))
+            .filter(|s| lock(&s.data).has_sample_in(mint, maxt))
+            .map(|s| s.labels.clone())
+            .collect()
     }
 
     /// Label names of the whole head, sorted.
