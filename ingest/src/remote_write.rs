@@ -706,6 +706,7 @@ pub fn write_to_store(
         ranges.push((start, pairs.len()));
     }
     let mut stats = WriteStats::default();
+    app.reserve(req.series_count(), req.sample_count());
     for (s, &(a, b)) in req.series().zip(&ranges) {
         let mut samples = s.samples().iter();
         let Some(&(t, v)) = samples.next() else {

@@ -261,7 +261,7 @@ impl Db {
         Appender {
             db: Arc::clone(&self.inner),
             series: Vec::new(),
-            local: HashMap::new(),
+            local: HashMap::default(),
             pending: Vec::new(),
             samples: Vec::new(),
         }
@@ -831,7 +831,7 @@ impl Db {
 pub struct Appender {
     db: Arc<DbInner>,
     series: Vec<Arc<MemSeries>>,
-    local: HashMap<SeriesRef, usize>,
+    local: HashMap<SeriesRef, usize, crate::labels::MixState>,
     /// Newest timestamp waiting for commit per entry of `series` (`i64::MIN`: none).
     pending: Vec<i64>,
     samples: Vec<(u32, i64, f64)>,
@@ -984,6 +984,15 @@ impl Appender {
         self.pending[idx] = pending.max(t);
         self.samples.push((idx as u32, t, v));
         Ok(())
+    }
+
+    /// Makes room for `series` more series and `samples` more samples, so that a large
+    /// write does not grow the appender's tables step by step.
+    pub fn reserve(&mut self, series: usize, samples: usize) {
+        self.series.reserve(series);
+        self.pending.reserve(series);
+        self.local.reserve(series);
+        self.samples.reserve(samples);
     }
 
     /// Number of samples waiting for commit.

@@ -507,7 +507,7 @@ fn v_is_empty(b: &Bucket) -> bool {
 
 /// Series of one shard by label hash (no allocation besides the map's for a bucket of
 /// one, which nearly every bucket is).
-type SeriesByHash = HashMap<u64, Bucket>;
+type SeriesByHash = HashMap<u64, Bucket, crate::labels::MixState>;
 
 pub(crate) struct Head {
     shards: Box<[Mutex<SeriesByHash>]>,
@@ -549,7 +549,9 @@ impl Head {
     pub(crate) fn new(chunks: HeadChunks) -> Self {
         Self {
             chunks,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             symbols: Mutex::new(HashSet::new()),
             series: RwLock::new(Vec::new()),
             postings: RwLock::new(Postings::default()),
