@@ -32,7 +32,11 @@ use crate::Error;
 
 const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK02";
 const INDEX_MAGIC: &[u8; 8] = b"STRIDX02";
+/// An index whose body (everything after the magic) is one compressed section.
+const INDEX_MAGIC_PACKED: &[u8; 8] = b"STRIDX03";
 const TOMBSTONES_MAGIC: &[u8; 8] = b"STRTMB01";
+/// The largest unpacked index accepted (a claim past it is corruption).
+const MAX_INDEX_BYTES: u64 = 1 << 34;
 const CHUNK_HEADER: usize = 11; // len u32, count u16, encoding u8, crc u32
 /// Most samples in a dense chunk: a series' whole range in a block of up to a day at 15 s.
 const DENSE_MAX_SAMPLES: usize = 8192;
@@ -426,6 +430,12 @@ pub(crate) fn write_block_with<'a>(
         put_uvarint(&mut index, bitmap.len() as u64);
         index.extend_from_slice(&bitmap);
     }
+    // The body compressed as one section (symbols and chunk times repeat): the length
+    // it unpacks to, then the section.
+    let body = index.split_off(INDEX_MAGIC.len());
+    let mut index: Vec<u8> = INDEX_MAGIC_PACKED.to_vec();
+    put_uvarint(&mut index, body.len() as u64);
+    index.extend_from_slice(&dense::pack_fast(body)?);
     let crc = crc32c::crc32c(&index);
     index.extend_from_slice(&crc.to_le_bytes());
 
@@ -610,7 +620,10 @@ impl Block {
         }
         let index_path = dir.join("index");
         let index = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
-        if index.len() < INDEX_MAGIC.len() + 4 || &index[..INDEX_MAGIC.len()] != INDEX_MAGIC {
+        let magic = index.get(..INDEX_MAGIC.len());
+        if index.len() < INDEX_MAGIC.len() + 4
+            || (magic != Some(INDEX_MAGIC) && magic != Some(INDEX_MAGIC_PACKED))
+        {
             return Err(corrupt("index", "bad magic".into()));
         }
         let (body, crc) = index.split_at(index.len() - 4);
@@ -618,6 +631,29 @@ impl Block {
         if crc32c::crc32c(body) != want {
             return Err(corrupt("index", "checksum mismatch".into()));
         }
+        // A packed index: the same body as an unpacked one once decompressed.
+        let unpacked;
+        let body = if magic == Some(INDEX_MAGIC_PACKED) {
+            let mut r = Cursor::new(&body[INDEX_MAGIC.len()..]);
+            let len = r
+                .uvarint()
+                .ok_or_else(|| corrupt("index", "malformed".into()))?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|_| len <= MAX_INDEX_BYTES)
+                .ok_or_else(|| corrupt("index", format!("claims {len} bytes")))?;
+            let raw = dense::unpack_section(r.rest(), len)?;
+            if raw.len() != len {
+                return Err(corrupt("index", "malformed".into()));
+            }
+            let mut b = Vec::with_capacity(INDEX_MAGIC.len() + raw.len());
+            b.extend_from_slice(INDEX_MAGIC);
+            b.extend_from_slice(&raw);
+            unpacked = b;
+            &unpacked[..]
+        } else {
+            body
+        };
         let chunks_path = dir.join("chunks");
         let file = File::open(&chunks_path).map_err(|e| Error::io(&chunks_path, e))?;
         // SAFETY: block files are never modified after they are renamed into place; the
@@ -894,6 +930,54 @@ mod tests {
         assert_eq!(bits[1], crate::STALE_NAN_BITS);
         assert!(bits[0] != crate::STALE_NAN_BITS && f64::from_bits(bits[0]).is_nan());
         assert_eq!(block.label_values("job"), vec!["a", "b"]);
+        Ok(())
+    }
+
+    #[test]
+    fn unpacked_indexes_of_earlier_blocks_still_open() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let series: Vec<(Labels, Vec<(i64, f64)>)> = (0..200)
+            .map(|n| {
+                let l = Labels::from_pairs([("__name__", "m".to_string()), ("n", n.to_string())]);
+                (l, (0..100).map(|i| (i * 15_000, (i * n) as f64)).collect())
+            })
+            .collect();
+        let dir = write_block(tmp.path(), &series, nb(0, 1_500_000))?;
+        let path = dir.join("index");
+        let packed = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        assert_eq!(&packed[..8], INDEX_MAGIC_PACKED);
+        // The same index as blocks were written before: magic 02, the body as is.
+        let mut r = Cursor::new(&packed[8..packed.len() - 4]);
+        let len = r.uvarint().unwrap_or(0) as usize;
+        let body = dense::unpack_section(r.rest(), len)?;
+        let mut old = INDEX_MAGIC.to_vec();
+        old.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            packed.len() < old.len(),
+            "{} >= {}",
+            packed.len(),
+            old.len()
+        );
+        let read = |block: &Block| -> Vec<(Labels, Vec<(i64, f64)>)> {
+            block
+                .select(&[Matcher::equal("__name__", "m")], 0, i64::MAX)
+                .into_iter()
+                .map(|(l, c)| (l, c.iter().flat_map(|c| c.iter()).collect()))
+                .collect()
+        };
+        let want = read(&Block::open(&dir)?);
+        assert_eq!(want.len(), series.len());
+        for (l, samples) in &series {
+            let got = want.iter().find(|(g, _)| g == l).map(|(_, s)| s);
+            assert_eq!(got, Some(samples), "{l}");
+        }
+        fs::write(&path, &old).map_err(|e| Error::io(&path, e))?;
+        assert!(
+            read(&Block::open(&dir)?) == want,
+            "the unpacked index reads differently"
+        );
         Ok(())
     }
 

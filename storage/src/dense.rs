@@ -233,6 +233,26 @@ fn pack_raw(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// A section as [`pack`] makes it, compressed at a fast level: for a block's index,
+/// written while ingest waits for the block.
+pub(crate) fn pack_fast(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let packed = zstd::bulk::compress(&raw, 3)
+        .map_err(|e| Error::Corrupt(format!("compressing an index: {e}")))?;
+    if packed.len() < raw.len() {
+        let mut out = Vec::with_capacity(packed.len() + 1);
+        out.push(1);
+        out.extend_from_slice(&packed);
+        Ok(out)
+    } else {
+        pack_raw(raw)
+    }
+}
+
+/// The bytes of a section written by [`pack`] or [`pack_fast`], at most `bound` of them.
+pub(crate) fn unpack_section(section: &[u8], bound: usize) -> Result<Vec<u8>, Error> {
+    unpack(section, bound).map(std::borrow::Cow::into_owned)
+}
+
 /// A section: a byte saying whether the rest is zstd-compressed, then the bytes,
 /// compressed only when that makes them smaller.
 fn pack(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
