@@ -12,7 +12,7 @@ use crate::block::{
     ChunkView, NewBlock,
 };
 use crate::head::{
-    lock, merge_newest_wins, AppendOutcome, Batch, Head, LimitHit, MemSeries, SeriesLimits,
+    lock, merge_newest_wins, AppendOutcome, Batch, CutMark, Head, LimitHit, MemSeries, SeriesLimits,
 };
 use crate::head_chunks::HeadChunks;
 use crate::labels::Labels;
@@ -361,40 +361,57 @@ impl Db {
         };
         let range = inner.opts.block_range_ms.max(1);
         let mut written = Vec::new();
-        loop {
-            // The range is chosen with commits held off: a commit landing between the
-            // choice and the truncation below could add samples older than the range,
-            // which the truncation would drop unwritten.
-            let _gate = inner
-                .apply_gate
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+        let mut previous = None;
+        for round in 0.. {
+            let gate = || {
+                inner
+                    .apply_gate
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+            };
             let Some((min, max)) = inner.head.time_range() else {
                 break;
             };
             if max - min <= range + range / 2 {
                 break;
             }
-            let bmin = min.div_euclid(range) * range;
-            let bmax = bmin + range;
+            let mut bmin = min.div_euclid(range) * range;
+            // Commits go on while the block is written: a series that may have received
+            // samples the block lacks meanwhile keeps its older samples in the head (see
+            // `Head::truncate_written`), and the next round writes them. A range cut
+            // again — those leftovers — or a fifth round is written with commits held
+            // off, its range chosen anew under that hold, so the loop ends.
+            let hold = previous == Some(bmin) || round >= 4;
             let started = std::time::Instant::now();
-            let mut wal = lock(&inner.wal.writer);
+            let held = hold.then(gate);
+            if hold {
+                let Some((min, _)) = inner.head.time_range() else {
+                    break;
+                };
+                bmin = min.div_euclid(range) * range;
+            }
+            let bmax = bmin + range;
+            previous = Some(bmin);
             let new = NewBlock {
                 min_time: bmin,
                 max_time: bmax,
                 seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                 sources: Vec::new(),
             };
-            let dir = write_head_block(&inner.head, &inner.dir.join("blocks"), bmin, bmax, new)?;
+            let (dir, marks) =
+                write_head_block(&inner.head, &inner.dir.join("blocks"), bmin, bmax, new)?;
             let wrote = started.elapsed();
             let block = Arc::new(Block::open(&dir)?);
+            let waiting = std::time::Instant::now();
+            let _gate = held.unwrap_or_else(gate);
+            let mut wal = lock(&inner.wal.writer);
             written.push(block.meta.clone());
             {
                 let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
                 list.push(block);
                 list.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
             }
-            inner.head.truncate_before(bmax);
+            inner.head.truncate_written(bmax, &marks);
             // The WAL now only needs what the head holds, written series by series.
             let live = inner.head.live_series();
             let records: Vec<(SeriesRef, &Labels)> =
@@ -420,8 +437,13 @@ impl Db {
                 min_time = bmin,
                 max_time = bmax,
                 block_ms = wrote.as_millis() as u64,
-                total_ms = started.elapsed().as_millis() as u64,
-                "cut a block from the head (commits waited total_ms)"
+                commits_waited_ms = if hold {
+                    started.elapsed()
+                } else {
+                    waiting.elapsed()
+                }
+                .as_millis() as u64,
+                "cut a block from the head"
             );
         }
         Ok(written)
@@ -1424,26 +1446,35 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
 
 /// Writes the head's samples in `[mint, maxt)` as a block, series by series: only one
 /// series' samples are decoded at a time.
+/// Writes the head's samples in `[mint, maxt)` as a block; returns its directory and
+/// what it saw of each series it wrote, by series address.
 fn write_head_block(
     head: &Head,
     blocks_dir: &Path,
     mint: i64,
     maxt: i64,
     new: NewBlock,
-) -> Result<PathBuf, Error> {
+) -> Result<(PathBuf, HashMap<usize, CutMark>), Error> {
     let mut live = head.live_series();
     live.sort_by(|a, b| a.labels.cmp(&b.labels));
     let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
-    write_block_with(
+    let mut marks = HashMap::with_capacity(live.len());
+    let dir = write_block_with(
         blocks_dir,
         &labels,
         |i| {
-            let mut v = lock(&live[i].data).samples();
+            let data = lock(&live[i].data);
+            let mut mark = data.cut_mark();
+            let mut v = data.samples();
+            drop(data);
+            mark.older = v.first().is_some_and(|p| p.0 < mint);
+            marks.insert(Arc::as_ptr(&live[i]) as usize, mark);
             v.retain(|p| p.0 >= mint && p.0 < maxt);
             Cow::Owned(v)
         },
         new,
-    )
+    )?;
+    Ok((dir, marks))
 }
 
 /// A head loaded from the snapshot a clean shutdown left in `dir` (which is then removed),
@@ -1742,6 +1773,94 @@ mod tests {
             .iter()
             .flat_map(|s| s.samples().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// Every sample of the store, by labels then time, values as bits.
+    fn everything(db: &Db) -> Vec<(String, i64, u64)> {
+        let mut out = Vec::new();
+        for s in db
+            .querier(i64::MIN, i64::MAX)
+            .select(&[Matcher::regex("job", ".+").unwrap_or_else(|e| panic!("{e}"))])
+            .unwrap_or_default()
+        {
+            let key = s.labels.to_string();
+            out.extend(s.samples().map(|(t, v)| (key.clone(), t, v.to_bits())));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn commits_during_block_cuts_lose_nothing() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = || Options {
+            block_range_ms: 10_000,
+            wal_fsync: false,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), opts())?;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let want = std::thread::scope(|sc| {
+            let writer = sc.spawn(|| -> Result<Vec<(String, i64, u64)>, Error> {
+                let mut want: std::collections::BTreeMap<(String, i64), u64> =
+                    std::collections::BTreeMap::new();
+                let mut put = |app: &mut Appender, job: String, t: i64, v: f64| {
+                    let l = up(&job);
+                    let r = app.append(&l, t, v);
+                    want.insert((l.to_string(), t), v.to_bits());
+                    r.map(|_| ())
+                };
+                for round in 0..1_500i64 {
+                    let mut app = db.appender();
+                    // Steady series, a series far behind them, an old sample rewritten
+                    // now and then, and new series starting in the past.
+                    for i in 0..100 {
+                        put(&mut app, format!("s{i}"), round * 100, round as f64)?;
+                    }
+                    put(&mut app, "lagging".into(), round * 7, round as f64)?;
+                    if round % 13 == 0 && round > 200 {
+                        put(
+                            &mut app,
+                            format!("s{}", round % 100),
+                            round * 100 - 15_050,
+                            -1.0,
+                        )?;
+                    }
+                    if round % 11 == 0 {
+                        put(&mut app, format!("late{round}"), round * 50, 0.5)?;
+                    }
+                    app.commit()?;
+                }
+                done.store(true, Ordering::Release);
+                Ok(want.into_iter().map(|((k, t), v)| (k, t, v)).collect())
+            });
+            let mut cuts = 0;
+            while !done.load(Ordering::Acquire) {
+                cuts += db.compact_head()?.len();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(cuts > 10, "{cuts} cuts");
+            writer
+                .join()
+                .unwrap_or_else(|_| panic!("the writer panicked"))
+        })?;
+        db.compact_head()?;
+        db.compact_blocks()?;
+        let same = |got: Vec<(String, i64, u64)>| {
+            let (got, want): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) =
+                (got.into_iter().collect(), want.iter().cloned().collect());
+            let missing: Vec<_> = want.difference(&got).take(5).collect();
+            let extra: Vec<_> = got.difference(&want).take(5).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "missing {missing:?}, extra {extra:?}"
+            );
+        };
+        same(everything(&db));
+        drop(db);
+        let db = Db::open(dir.path(), opts())?;
+        same(everything(&db));
+        Ok(())
     }
 
     /// `last_sample` (the head's shortcut) against decoding everything, over `[lo, hi]`.

@@ -93,6 +93,19 @@ pub(crate) struct SeriesData {
     ooo: Option<Box<Vec<(i64, f64)>>>,
     last_t: i64,
     last_v: u64,
+    /// Bumped whenever an out-of-order sample lands: a block cut tells by it whether
+    /// samples it did not write arrived while it was writing.
+    ooo_changes: u32,
+}
+
+/// What a block cut saw of a series when it wrote it (see [`SeriesData::changed_since`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CutMark {
+    last_t: i64,
+    ooo_changes: u32,
+    /// The series held samples older than the block's range (they arrived after the
+    /// range was chosen): the block could not take them.
+    pub(crate) older: bool,
 }
 
 impl SeriesData {
@@ -103,7 +116,25 @@ impl SeriesData {
             ooo: None,
             last_t: i64::MIN,
             last_v: 0,
+            ooo_changes: 0,
         }
+    }
+
+    pub(crate) fn cut_mark(&self) -> CutMark {
+        CutMark {
+            last_t: self.last_t,
+            ooo_changes: self.ooo_changes,
+            older: false,
+        }
+    }
+
+    /// Whether samples older than `t` may be missing from the block `mark` was taken
+    /// for: older than its range, or arrived since — an out-of-order sample, or any new
+    /// sample while the series had not reached `t`.
+    fn changed_since(&self, mark: CutMark, t: i64) -> bool {
+        mark.older
+            || self.ooo_changes != mark.ooo_changes
+            || (mark.last_t < t && self.last_t != mark.last_t)
     }
 
     pub(crate) fn check(&self, t: i64, v: f64) -> AppendOutcome {
@@ -149,6 +180,7 @@ impl SeriesData {
     pub(crate) fn append(&mut self, t: i64, v: f64, chunks: &HeadChunks) -> AppendOutcome {
         let outcome = self.check(t, v);
         if outcome == AppendOutcome::OutOfOrder {
+            self.ooo_changes = self.ooo_changes.wrapping_add(1);
             let ooo = self.ooo.get_or_insert_with(Box::default);
             match ooo.binary_search_by_key(&t, |s| s.0) {
                 Ok(i) => ooo[i].1 = v,
@@ -932,14 +964,22 @@ impl Head {
             .collect()
     }
 
-    /// Drops every sample older than `t`, which blocks now hold.
-    pub(crate) fn truncate_before(&self, t: i64) {
+    /// Drops the samples older than `t`, which a block now holds, from the series the cut
+    /// wrote (`written`) and that are unchanged since (by their marks: commits go on while
+    /// a block is written); the others keep them for the next cut, which writes them as
+    /// an overlapping block.
+    pub(crate) fn truncate_written(&self, t: i64, written: &HashMap<usize, CutMark>) {
         self.min_valid.fetch_max(t, Ordering::Relaxed);
         let mut min = i64::MAX;
         let mut empty = Vec::new();
         for s in self.live_series() {
             let mut d = lock(&s.data);
-            d.truncate_before(t, &self.chunks);
+            let unchanged = written
+                .get(&(Arc::as_ptr(&s) as usize))
+                .is_some_and(|&mark| !d.changed_since(mark, t));
+            if unchanged {
+                d.truncate_before(t, &self.chunks);
+            }
             match d.first_time() {
                 Some(f) => min = min.min(f),
                 None => {
@@ -955,7 +995,8 @@ impl Head {
                 "dropped series without samples from the head"
             );
         }
-        self.chunks.truncate_before(t);
+        // Head chunk files go once older than every sample kept.
+        self.chunks.truncate_before(t.min(min));
         self.min_t.store(min, Ordering::Relaxed);
         if min == i64::MAX {
             self.max_t.store(i64::MIN, Ordering::Relaxed);
