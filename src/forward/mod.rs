@@ -56,37 +56,9 @@ pub(crate) struct SeriesEntry {
 /// Samples to send, each with its series.
 pub(crate) type Batch = Vec<(Arc<SeriesEntry>, i64, f64)>;
 
-/// Hashes integers (series references, pointers) with one multiplication: the maps on
-/// the forwarding path are keyed by them, and SipHash showed in profiles.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// Maps keyed by integers (series references, pointers), hashed with one
+/// multiplication: SipHash showed in profiles of the forwarding path.
+pub(crate) type IdMap<K, V> = HashMap<K, V, strata_storage::IntHash>;
 
 /// A shard's share of one WAL record.
 struct Item {

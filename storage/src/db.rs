@@ -146,6 +146,14 @@ pub struct Db {
 }
 
 impl DbInner {
+    /// The persisted blocks, oldest first (a copy of the list).
+    fn block_list(&self) -> Vec<Arc<Block>> {
+        self.blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The oldest WAL segment a live hold needs (`u64::MAX`: none).
     fn oldest_held(&self) -> u64 {
         lock(&self.holds)
@@ -330,11 +338,7 @@ impl Db {
     }
 
     fn blocks(&self) -> Vec<Arc<Block>> {
-        self.inner
-            .blocks
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.block_list()
     }
 
     /// The persisted blocks, oldest first.
@@ -1363,14 +1367,9 @@ impl Querier {
     /// The labels of the series `matchers` select with a sample in range, sorted and
     /// unique: [`Querier::select`] without reading the samples.
     pub fn series_labels(&self, matchers: &[Matcher]) -> Result<Vec<Labels>, Error> {
+        // The head first, then the blocks, as in `select`.
         let mut out = self.db.head.select_labels(matchers, self.mint, self.maxt);
-        for b in self
-            .db
-            .blocks
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for b in self.db.block_list() {
             out.extend(b.select_labels(matchers, self.mint, self.maxt));
         }
         out.sort_unstable();
@@ -1382,13 +1381,7 @@ impl Querier {
     pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>, Error> {
         if matchers.is_empty() {
             let mut names = self.db.head.label_names();
-            for b in self
-                .db
-                .blocks
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-            {
+            for b in self.db.block_list() {
                 names.extend(b.label_names());
             }
             names.sort_unstable();

@@ -1004,24 +1004,9 @@ impl Head {
     }
 
     pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SelectedSeries> {
-        let refs = self
-            .postings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .select(matchers);
-        let series: Vec<Arc<MemSeries>> = {
-            let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
-            refs.iter()
-                .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
-                .collect()
-        };
+        let series = self.matching(matchers);
         let mut out: Vec<SelectedSeries> = Vec::with_capacity(series.len());
-        let mut seen = std::collections::HashSet::new();
         for s in series {
-            // Aliased references point at one series; report it once.
-            if !seen.insert(Arc::as_ptr(&s)) {
-                continue;
-            }
             let (chunks, ooo, last) = {
                 let d = lock(&s.data);
                 (
@@ -1041,21 +1026,8 @@ impl Head {
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`, in
     /// no particular order.
     pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
-        let refs = self
-            .postings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .select(matchers);
-        let series: Vec<Arc<MemSeries>> = {
-            let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
-            refs.iter()
-                .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
-                .collect()
-        };
-        let mut seen = HashSet::new();
-        series
+        self.matching(matchers)
             .into_iter()
-            .filter(|s| seen.insert(Arc::as_ptr(s)))
             .filter(|s| lock(&s.data).has_sample_in(mint, maxt))
             .map(|s| s.labels.clone())
             .collect()
