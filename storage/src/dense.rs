@@ -108,24 +108,15 @@ pub(crate) fn encode_values(samples: &[(i64, f64)]) -> Result<Option<Vec<u8>>, E
         .fold(0u64, |g, &d| gcd(g, d.unsigned_abs()))
         .clamp(1, i64::MAX as u64) as i64;
     let deltas: Vec<i64> = deltas.iter().map(|&d| d / factor).collect();
-    let cost1: usize = deltas.iter().map(|&d| zigzag_len(d)).sum();
-    let cost2: usize = deltas
-        .windows(2)
-        .map(|w| zigzag_len(w[1].wrapping_sub(w[0])))
-        .sum::<usize>()
-        + deltas.first().map_or(0, |&d| zigzag_len(d));
-    let order: u8 = if cost2 < cost1 { 2 } else { 1 };
-    let residuals = |order: u8| -> Vec<i64> {
-        if order == 1 {
-            return deltas.clone();
-        }
-        let mut r = Vec::with_capacity(deltas.len());
-        if let Some(&d0) = deltas.first() {
-            r.push(d0);
-            r.extend(deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])));
-        }
-        r
-    };
+    // Residuals of order 1 (the deltas) and order 2 (the first delta, then deltas of
+    // deltas).
+    let mut second = Vec::with_capacity(deltas.len());
+    if let Some(&d0) = deltas.first() {
+        second.push(d0);
+        second.extend(deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])));
+    }
+    let orders = [(1u8, &deltas), (2u8, &second)];
+    let cost = |r: &[i64]| -> usize { r.iter().map(|&d| zigzag_len(d)).sum() };
     let prefix = values.len();
     let header = |values: &mut Vec<u8>, order: u8| {
         values.truncate(prefix);
@@ -136,26 +127,30 @@ pub(crate) fn encode_values(samples: &[(i64, f64)]) -> Result<Option<Vec<u8>>, E
         }
     };
     // Varints, zstd-compressed: best when small residuals dominate.
+    let (order, r) = if cost(&second) < cost(&deltas) {
+        orders[1]
+    } else {
+        orders[0]
+    };
     let mut varints = values.clone();
     header(&mut varints, order);
-    for r in residuals(order) {
-        put_varint(&mut varints, r);
+    for &x in r {
+        put_varint(&mut varints, x);
     }
     let varints = pack(varints)?;
     // Bit-packed: best when residuals spread evenly over a range (random increments),
     // which byte-wise compression handles poorly. Taken when smaller as is.
-    let packed_order = if packed_width(&residuals(2)).0 < packed_width(&deltas).0 {
-        2
+    let (order, r) = if packed_width(&second).0 < packed_width(&deltas).0 {
+        orders[1]
     } else {
-        1
+        orders[0]
     };
-    let r = residuals(packed_order);
-    let (width, base) = packed_width(&r);
+    let (width, base) = packed_width(r);
     if 1 + prefix + 24 + (r.len() * width as usize).div_ceil(8) < varints.len() {
-        header(&mut values, packed_order | PACKED);
+        header(&mut values, order | PACKED);
         put_varint(&mut values, base);
         values.push(width);
-        put_packed(&mut values, &r, base, width);
+        put_packed(&mut values, r, base, width);
         if values.len() < varints.len() {
             return pack_raw(values).map(Some);
         }
