@@ -60,8 +60,8 @@ enum Kind {
     /// maximum).
     FloatCounter(f64),
     /// A gauge taking a random step of at most the given number of units, reported as
-    /// units × scale (scale ≥ 1) or units / (1 / scale).
-    Walk(i64, f64),
+    /// units × multiplier / divisor.
+    Walk(i64, f64, f64),
     /// A value that never changes.
     Constant(f64),
 }
@@ -80,17 +80,13 @@ impl Kind {
                 *units as f64 / divisor
             }
             Kind::FloatCounter(max) => value + rng.unit() * max,
-            Kind::Walk(step, scale) => {
+            Kind::Walk(step, multiplier, divisor) => {
                 if first {
                     *units = step * 100;
                 } else {
                     *units += draw(rng, 2 * step as u64) - step;
                 }
-                if scale >= 1.0 {
-                    *units as f64 * scale
-                } else {
-                    *units as f64 / (1.0 / scale).round()
-                }
+                *units as f64 * multiplier / divisor
             }
             Kind::Constant(c) => c,
         }
@@ -177,7 +173,7 @@ fn host_series(h: usize) -> Vec<Series> {
             ("io_time_seconds_total", Kind::TickCounter(1_500, 1000.0)),
             ("read_time_seconds_total", Kind::TickCounter(400, 1000.0)),
             ("write_time_seconds_total", Kind::TickCounter(900, 1000.0)),
-            ("io_now", Kind::Walk(1, 1.0)),
+            ("io_now", Kind::Walk(1, 1.0, 1.0)),
             ("discards_completed_total", Kind::IntCounter(3)),
             ("flush_requests_total", Kind::IntCounter(5)),
         ] {
@@ -192,11 +188,11 @@ fn host_series(h: usize) -> Vec<Series> {
     }
     for mount in 0..10 {
         for (m, kind) in [
-            ("avail_bytes", Kind::Walk(120, 4096.0)),
-            ("free_bytes", Kind::Walk(120, 4096.0)),
+            ("avail_bytes", Kind::Walk(120, 4096.0, 1.0)),
+            ("free_bytes", Kind::Walk(120, 4096.0, 1.0)),
             ("size_bytes", Kind::Constant(5e11)),
             ("files", Kind::Constant(3e7)),
-            ("files_free", Kind::Walk(25, 1.0)),
+            ("files_free", Kind::Walk(25, 1.0, 1.0)),
             ("readonly", Kind::Constant(0.0)),
         ] {
             add(
@@ -213,7 +209,7 @@ fn host_series(h: usize) -> Vec<Series> {
         let kind = if i % 3 == 0 {
             Kind::Constant(1024.0 * i as f64)
         } else {
-            Kind::Walk(2, 1024.0)
+            Kind::Walk(2, 1024.0, 1.0)
         };
         add(&[n(&format!("node_memory_field{i}_bytes"))], kind);
     }
@@ -261,7 +257,7 @@ fn host_series(h: usize) -> Vec<Series> {
         );
     }
     for m in ["node_load1", "node_load5", "node_load15"] {
-        add(&[n(m)], Kind::Walk(10, 0.01));
+        add(&[n(m)], Kind::Walk(10, 1.0, 100.0));
     }
     for i in 0..17 {
         add(&[n(&format!("node_misc_{i}"))], Kind::Constant(i as f64));
