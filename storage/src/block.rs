@@ -168,6 +168,22 @@ impl ChunkView {
     }
 }
 
+/// Whether a chunk whose first and last samples are at `first` and `last` holds a
+/// sample in `[lo, hi]`: known from those two, unless the chunk reaches past both ends,
+/// when `samples` are decoded.
+pub(crate) fn holds_sample_in<I: Iterator<Item = (i64, f64)>>(
+    first: i64,
+    last: i64,
+    lo: i64,
+    hi: i64,
+    samples: impl FnOnce() -> I,
+) -> bool {
+    if last < lo || first > hi {
+        return false;
+    }
+    first >= lo || last <= hi || samples().any(|(t, _)| t >= lo && t <= hi)
+}
+
 /// Time sections decoded lately on this thread. The series of one scrape share a time
 /// section, and a query reads them one after the other (or, sorted by labels, a few
 /// hosts apart): each is decoded once instead of once per series.
@@ -848,23 +864,19 @@ impl Block {
                 continue;
             };
             let deleted = self.tombstones.get(&r);
-            let found = s.chunks.iter().any(|&chunk| {
-                if chunk.max_t < mint || chunk.min_t > maxt {
-                    return false;
+            let view = |chunk| ChunkView::Mapped {
+                file: Arc::clone(&self.chunks),
+                chunk,
+            };
+            let found = s.chunks.iter().any(|&chunk| match deleted {
+                None => {
+                    let v = view(chunk);
+                    holds_sample_in(chunk.min_t, chunk.max_t, mint, maxt, || v.iter())
                 }
-                // A chunk's range starts and ends at samples; decoded only when it
-                // reaches past both ends, or when deletions apply.
-                if deleted.is_none() && (inside(chunk.min_t) || inside(chunk.max_t)) {
-                    return true;
-                }
-                let view = ChunkView::Mapped {
-                    file: Arc::clone(&self.chunks),
-                    chunk,
-                };
-                let found = view.iter().any(|(t, _)| {
-                    inside(t) && !deleted.is_some_and(|d| d.iter().any(|&(a, z)| t >= a && t <= z))
-                });
-                found
+                // Deletions apply: every sample is looked at.
+                Some(d) => view(chunk)
+                    .iter()
+                    .any(|(t, _)| inside(t) && !d.iter().any(|&(a, z)| t >= a && t <= z)),
             });
             if found {
                 out.push(s.labels.clone());

@@ -1186,16 +1186,10 @@ impl Series {
     /// Whether any sample lies in the querier's range. A view's time range starts and
     /// ends at samples, so only a view reaching past both ends of the range is decoded.
     fn has_samples(&self) -> bool {
-        let (lo, hi) = (self.mint, self.maxt);
-        let mut undecided = false;
-        for v in &self.chunks {
+        self.chunks.iter().any(|v| {
             let (a, z) = v.time_range();
-            if (lo..=hi).contains(&a) || (lo..=hi).contains(&z) {
-                return true;
-            }
-            undecided |= a < lo && z > hi;
-        }
-        undecided && self.samples().next().is_some()
+            crate::block::holds_sample_in(a, z, self.mint, self.maxt, || v.iter())
+        })
     }
 
     /// The samples with timestamps in the querier's range, in time order. Stale markers

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use crate::block::ChunkView;
+use crate::block::{holds_sample_in, ChunkView};
 use crate::chunk::{XorChunk, XorIter};
 use crate::head_chunks::{HeadChunk, HeadChunks};
 use crate::labels::Labels;
@@ -263,15 +263,9 @@ impl SeriesData {
                 XorIter::new(self.open.bytes(), self.open.len() as u16),
             )
         });
-        for (a, z, mut samples) in closed.chain(open) {
-            if inside(a) || inside(z) {
-                return true;
-            }
-            if a < mint && z > maxt {
-                return samples.any(|(t, _)| inside(t));
-            }
-        }
-        false
+        closed
+            .chain(open)
+            .any(|(a, z, samples)| holds_sample_in(a, z, mint, maxt, || samples))
     }
 
     /// Every sample of the series, in time order, out-of-order ones merged in.
