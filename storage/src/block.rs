@@ -23,6 +23,7 @@ use memmap2::Mmap;
 use crate::chunk::{XorChunk, XorIter};
 use crate::dense;
 use crate::head::ClosedChunk;
+use crate::head_chunks::SegmentFile;
 use crate::labels::{Label, Labels};
 use crate::matcher::Matcher;
 use crate::postings::Postings;
@@ -99,10 +100,20 @@ fn meta_crc(meta: &BlockMeta) -> Result<u32, Error> {
         .map_err(|e| Error::Corrupt(format!("encoding meta.json: {e}")))
 }
 
-/// A chunk as a query reads it: from the head's memory or from a block's memory map.
+/// A chunk as a query reads it: from the head's memory or file, or from a block's
+/// memory map.
 #[derive(Clone, Debug)]
 pub(crate) enum ChunkView {
     Head(Arc<ClosedChunk>),
+    /// An XOR chunk in a head chunk file.
+    HeadFile {
+        file: Arc<SegmentFile>,
+        start: u32,
+        len: u16,
+        count: u16,
+        min_t: i64,
+        max_t: i64,
+    },
     Mapped {
         file: Arc<Mmap>,
         chunk: ChunkMeta,
@@ -132,10 +143,39 @@ impl Iterator for ChunkIter<'_> {
 }
 
 impl ChunkView {
+    /// Appends the samples of a [`ChunkView::HeadFile`] to `out`, read through a buffer
+    /// kept per thread; other views add nothing.
+    pub(crate) fn head_file_into(&self, out: &mut Vec<(i64, f64)>) {
+        self.with_head_file(|it| out.extend(it));
+    }
+
+    /// `f` over the samples of a [`ChunkView::HeadFile`], read through a buffer kept per
+    /// thread; not called for other views.
+    pub(crate) fn with_head_file<R>(&self, f: impl FnOnce(XorIter<'_>) -> R) -> Option<R> {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let ChunkView::HeadFile {
+            file,
+            start,
+            len,
+            count,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        BUF.with_borrow_mut(|buf| {
+            file.read(*start, *len, buf);
+            Some(f(XorIter::new(buf, *count)))
+        })
+    }
+
     /// The first and last timestamp.
     pub(crate) fn time_range(&self) -> (i64, i64) {
         match self {
             ChunkView::Head(c) => (c.min_t, c.max_t),
+            ChunkView::HeadFile { min_t, max_t, .. } => (*min_t, *max_t),
             ChunkView::Mapped { chunk, .. } => (chunk.min_t, chunk.max_t),
             ChunkView::Samples(s) => (
                 s.first().map_or(i64::MAX, |s| s.0),
@@ -147,6 +187,11 @@ impl ChunkView {
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
             ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
+            ChunkView::HeadFile { .. } => {
+                let mut out = Vec::new();
+                self.head_file_into(&mut out);
+                ChunkIter::Decoded(out.into_iter())
+            }
             ChunkView::Samples(s) => ChunkIter::Slice(s.iter().copied()),
             ChunkView::Mapped { file, chunk: c } => {
                 let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
@@ -241,22 +286,6 @@ fn decoded_times(file: &Arc<Mmap>, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> 
     Ok(())
 }
 
-impl ChunkMeta {
-    /// An XOR chunk at `start..start + len` of a mapped file.
-    pub(crate) fn xor(start: usize, len: usize, count: u16, min_t: i64, max_t: i64) -> Self {
-        Self {
-            min_t,
-            max_t,
-            start,
-            len,
-            count,
-            encoding: Encoding::Xor,
-            times_start: 0,
-            times_len: 0,
-        }
-    }
-}
-
 /// Where one chunk of a series lies in the chunks file.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkMeta {
@@ -341,8 +370,25 @@ pub(crate) fn write_block_with<'a>(
         seq,
         sources,
     } = new;
+    // The directory is named by range and sequence only, so the chunks file can be
+    // written (streamed, not held in memory) before the index is known.
+    let name = block_name(&BlockMeta {
+        min_time,
+        max_time,
+        num_series: 0,
+        num_chunks: 0,
+        num_samples: 0,
+        version: FORMAT_VERSION,
+        seq,
+        sources: Vec::new(),
+    });
+    let tmp = blocks_dir.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // Chunks file, remembering where each series' chunks went.
-    let mut chunk_bytes: Vec<u8> = CHUNKS_MAGIC.to_vec();
+    let mut chunks_file = ChunksOut::create(tmp.join("chunks"))?;
     let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(labels.len());
     // The series written (with samples), by position in `labels`.
     let mut kept: Vec<&Labels> = Vec::with_capacity(labels.len());
@@ -366,8 +412,7 @@ pub(crate) fn write_block_with<'a>(
                     let at = match times_at.get(&times) {
                         Some(&at) => at,
                         None => {
-                            let (_, _, at) =
-                                put_chunk(&mut chunk_bytes, part, Encoding::Times, &times);
+                            let (_, _, at) = chunks_file.put(part, Encoding::Times, &times)?;
                             times_at.insert(times, at);
                             at
                         }
@@ -375,7 +420,7 @@ pub(crate) fn write_block_with<'a>(
                     data.clear();
                     put_uvarint(&mut data, at);
                     data.extend_from_slice(&values);
-                    mine.push(put_chunk(&mut chunk_bytes, part, Encoding::Dense, &data));
+                    mine.push(chunks_file.put(part, Encoding::Dense, &data)?);
                 }
                 None => {
                     for small in part.chunks(XOR_SAMPLES) {
@@ -384,7 +429,7 @@ pub(crate) fn write_block_with<'a>(
                             c.append(t, v);
                         }
                         let (xor, _) = c.into_encoded();
-                        mine.push(put_chunk(&mut chunk_bytes, small, Encoding::Xor, &xor));
+                        mine.push(chunks_file.put(small, Encoding::Xor, &xor)?);
                     }
                 }
             }
@@ -465,20 +510,11 @@ pub(crate) fn write_block_with<'a>(
         seq,
         sources,
     };
-    let name = block_name(&meta);
-    let tmp = blocks_dir.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let crc32c = meta_crc(&meta)?;
     let meta_json = serde_json::to_vec_pretty(&MetaFile { meta, crc32c })
         .map_err(|e| Error::Corrupt(format!("encoding meta.json: {e}")))?;
-    for (file, bytes) in [
-        ("chunks", &chunk_bytes),
-        ("index", &index),
-        ("meta.json", &meta_json),
-    ] {
+    chunks_file.finish()?;
+    for (file, bytes) in [("index", &index), ("meta.json", &meta_json)] {
         let path = tmp.join(file);
         let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
         f.write_all(bytes).map_err(|e| Error::io(&path, e))?;
@@ -493,23 +529,64 @@ pub(crate) fn write_block_with<'a>(
     Ok(dir)
 }
 
-/// Appends one chunk record for `samples` (at most `u16::MAX`, not empty) and returns
-/// its time range and offset.
-fn put_chunk(
-    file: &mut Vec<u8>,
-    samples: &[(i64, f64)],
-    encoding: Encoding,
-    data: &[u8],
-) -> (i64, i64, u64) {
-    let offset = file.len() as u64;
-    file.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    file.extend_from_slice(&(samples.len() as u16).to_le_bytes());
-    file.push(encoding as u8);
-    file.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    file.extend_from_slice(data);
-    let min_t = samples.first().map_or(0, |s| s.0);
-    let max_t = samples.last().map_or(0, |s| s.0);
-    (min_t, max_t, offset)
+/// A block's chunks file while it is written: buffered, with the offset of the next
+/// record.
+struct ChunksOut {
+    file: std::io::BufWriter<File>,
+    path: PathBuf,
+    offset: u64,
+}
+
+impl ChunksOut {
+    fn create(path: PathBuf) -> Result<Self, Error> {
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut out = Self {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            path,
+            offset: 0,
+        };
+        out.write(CHUNKS_MAGIC)?;
+        Ok(out)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one chunk record for `samples` (at most `u16::MAX`, not empty) and
+    /// returns its time range and offset.
+    fn put(
+        &mut self,
+        samples: &[(i64, f64)],
+        encoding: Encoding,
+        data: &[u8],
+    ) -> Result<(i64, i64, u64), Error> {
+        let offset = self.offset;
+        let mut header = [0u8; CHUNK_HEADER];
+        header[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        header[4..6].copy_from_slice(&(samples.len() as u16).to_le_bytes());
+        header[6] = encoding as u8;
+        header[7..].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        self.write(&header)?;
+        self.write(data)?;
+        let min_t = samples.first().map_or(0, |s| s.0);
+        let max_t = samples.last().map_or(0, |s| s.0);
+        Ok((min_t, max_t, offset))
+    }
+
+    /// Flushes and syncs the file.
+    fn finish(self) -> Result<(), Error> {
+        let path = self.path;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))
+    }
 }
 
 /// The data of the times record at `at`, checked (once per record) to be one, intact,
@@ -793,6 +870,12 @@ impl Block {
             return Err(bad());
         }
         let tombstones = read_tombstones(dir, series.len())?;
+        // Checking every chunk mapped the whole file in: give the pages back (they stay
+        // in the page cache) so that an open block costs memory only while it is read.
+        // SAFETY: a read-only shared map of a file nobody writes: dropped pages are read
+        // again from the file on the next access, with the same bytes.
+        #[allow(unsafe_code)]
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         let bytes = [meta_path, index_path, chunks_path, dir.join("tombstones")]
             .iter()
             .filter_map(|p| fs::metadata(p).ok())

@@ -1175,6 +1175,10 @@ impl Series {
             if z < mint || a > maxt {
                 continue;
             }
+            if let ChunkView::HeadFile { .. } = c {
+                c.with_head_file(|it| take_in_range(it, out, mint, maxt, &mut last));
+                continue;
+            }
             match c.iter() {
                 ChunkIter::Xor(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
@@ -1472,9 +1476,9 @@ fn load_snapshot(dir: &Path) -> Result<(Head, u64, u64), Error> {
         Ok(Some(snap)) => {
             let segment = snap.wal_segment;
             let n = snap.series.len() as u64;
-            let restored = HeadChunks::adopt(dir, &snap.segments()).and_then(|(chunks, maps)| {
+            let restored = HeadChunks::adopt(dir, &snap.segments()).and_then(|(chunks, files)| {
                 let head = Head::new(chunks);
-                head.restore(snap, &maps).map(|()| head)
+                head.restore(snap, &files).map(|()| head)
             });
             match restored {
                 Ok(head) => Some((head, segment + 1, n)),

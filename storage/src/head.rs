@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
 use crate::chunk::{XorChunk, XorIter};
-use crate::head_chunks::{HeadChunk, HeadChunks};
+use crate::head_chunks::{HeadChunk, HeadChunks, SegmentFile};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::postings::Postings;
@@ -255,24 +255,26 @@ impl SeriesData {
         if self.ooo().iter().any(|s| inside(s.0)) {
             return true;
         }
-        let closed = self.closed.iter().map(|c| (c.min_t(), c.max_t(), c.iter()));
-        let open = (self.open.len() > 0).then(|| {
-            (
-                self.open.min_time(),
-                self.open.max_time(),
-                XorIter::new(self.open.bytes(), self.open.len() as u16),
-            )
-        });
-        closed
-            .chain(open)
-            .any(|(a, z, samples)| holds_sample_in(a, z, mint, maxt, || samples))
+        let mut buf = Vec::new();
+        self.closed
+            .iter()
+            .any(|c| holds_sample_in(c.min_t(), c.max_t(), mint, maxt, || c.read(&mut buf)))
+            || (self.open.len() > 0
+                && holds_sample_in(
+                    self.open.min_time(),
+                    self.open.max_time(),
+                    mint,
+                    maxt,
+                    || XorIter::new(self.open.bytes(), self.open.len() as u16),
+                ))
     }
 
     /// Every sample of the series, in time order, out-of-order ones merged in.
     pub(crate) fn samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
+        let mut buf = Vec::new();
         for c in &self.closed {
-            out.extend(c.iter());
+            out.extend(c.read(&mut buf));
         }
         out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
         if !self.ooo().is_empty() {
@@ -333,8 +335,9 @@ impl SeriesData {
 
     fn in_order_samples(&self) -> Vec<(i64, f64)> {
         let mut out = Vec::with_capacity(self.sample_count());
+        let mut buf = Vec::new();
         for c in &self.closed {
-            out.extend(c.iter());
+            out.extend(c.read(&mut buf));
         }
         out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
         out
@@ -342,10 +345,7 @@ impl SeriesData {
 
     /// The series as a head snapshot records it; `segment_of` names the head chunk file
     /// of a map.
-    fn to_snapshot(
-        &self,
-        segment_of: &dyn Fn(&Arc<memmap2::Mmap>) -> Option<u32>,
-    ) -> SeriesSnapshot {
+    fn to_snapshot(&self, segment_of: &dyn Fn(&Arc<SegmentFile>) -> Option<u32>) -> SeriesSnapshot {
         let closed = self
             .closed
             .iter()
@@ -354,17 +354,17 @@ impl SeriesData {
                     count: c.len() as u16,
                     min_t: c.min_t(),
                     max_t: c.max_t(),
-                    bytes: c.bytes().to_vec(),
+                    bytes: c.bytes(&mut Vec::new()).to_vec(),
                 };
                 match c {
-                    HeadChunk::Mapped {
-                        map,
+                    HeadChunk::File {
+                        file,
                         start,
                         len,
                         count,
                         min_t,
                         ..
-                    } => match segment_of(map) {
+                    } => match segment_of(file) {
                         Some(segment) => SnapChunk::Mapped {
                             segment,
                             start: *start,
@@ -734,9 +734,10 @@ impl Head {
     /// A snapshot of the head for a fast restart: every series with its chunk references
     /// (after syncing the head chunk files), open chunk and out-of-order samples.
     pub(crate) fn snapshot(&self, wal_segment: u64) -> Result<Snapshot, Error> {
-        let maps = self.chunks.sync()?;
-        let segment_of = |m: &Arc<memmap2::Mmap>| {
-            maps.iter()
+        let files = self.chunks.sync()?;
+        let segment_of = |m: &Arc<SegmentFile>| {
+            files
+                .iter()
                 .find(|(x, _)| Arc::ptr_eq(x, m))
                 .map(|&(_, i)| i)
         };
@@ -763,11 +764,11 @@ impl Head {
         })
     }
 
-    /// Fills an empty head from a snapshot, its chunk files mapped in `maps`.
+    /// Fills an empty head from a snapshot, its chunk files opened in `files`.
     pub(crate) fn restore(
         &self,
         snap: Snapshot,
-        maps: &HashMap<u32, Arc<memmap2::Mmap>>,
+        files: &HashMap<u32, Arc<SegmentFile>>,
     ) -> Result<(), Error> {
         let bad = |why: String| Error::Corrupt(format!("head snapshot: {why}"));
         let mut batch = Batch::default();
@@ -783,14 +784,14 @@ impl Head {
                         min_t,
                         max_t,
                     } => {
-                        let map = maps
+                        let file = files
                             .get(&segment)
                             .ok_or_else(|| bad(format!("no chunk file {segment}")))?;
-                        if start as usize + usize::from(len) > map.len() {
+                        if u64::from(start) + u64::from(len) > file.len() {
                             return Err(bad(format!("a chunk past the end of file {segment}")));
                         }
-                        HeadChunk::Mapped {
-                            map: Arc::clone(map),
+                        HeadChunk::File {
+                            file: Arc::clone(file),
                             min_t,
                             start,
                             span: crate::head_chunks::span(min_t, max_t),

@@ -1,11 +1,17 @@
 //! Head chunk files: a head chunk that is full leaves the heap for a file under
-//! `<data-dir>/chunks_head/` and is read back through a memory map, so that an active
-//! series keeps only its open chunk (and a small reference per full one) in memory.
+//! `<data-dir>/chunks_head/` and is read back with `pread`, so that an active series keeps
+//! only its open chunk (and a small reference per full one) in memory.
 //!
 //! ```text
-//!  XorChunk full ──pwrite──> chunks_head/00000003 (pre-sized, sparse, mapped read-only)
-//!                  series keeps HeadChunk::Mapped { map, start, len, count, min_t, max_t }
+//!  XorChunk full ──pwrite──> chunks_head/00000003 (pre-sized, sparse)
+//!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
+//!  query / block cut <──pread── one chunk at a time, into a reused buffer
 //! ```
+//!
+//! Reads do not go through a memory map: a series' chunks lie far apart in the files, and
+//! every page fault on a map brings in the pages around it as well, so one query over a
+//! few thousand series would map most of the files into the process (and its RSS).
+//! The files' pages stay in the page cache, shared and reclaimable.
 //!
 //! The files are a cache of what the WAL holds: they are never synced, and they are
 //! removed at start, when the WAL replay writes them anew. A segment goes once every
@@ -18,9 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use memmap2::Mmap;
-
-use crate::block::{ChunkMeta, ChunkView};
+use crate::block::ChunkView;
 use crate::chunk::{XorChunk, XorIter};
 use crate::head::{lock, ClosedChunk};
 use crate::Error;
@@ -36,8 +40,8 @@ const RECORD_HEADER: u64 = 10;
 pub(crate) enum HeadChunk {
     Mem(Arc<ClosedChunk>),
     /// 32 bytes with the tag: a series holds one per half hour or so of samples.
-    Mapped {
-        map: Arc<Mmap>,
+    File {
+        file: Arc<SegmentFile>,
         min_t: i64,
         start: u32,
         /// `max_t - min_t`, or `u32::MAX` when larger (then read as unbounded).
@@ -53,31 +57,32 @@ pub(crate) fn span(min_t: i64, max_t: i64) -> u32 {
 }
 
 impl HeadChunk {
-    pub(crate) fn iter(&self) -> XorIter<'_> {
+    /// The samples, decoding from memory or from the bytes read into `buf`.
+    pub(crate) fn read<'a>(&'a self, buf: &'a mut Vec<u8>) -> XorIter<'a> {
         match self {
             HeadChunk::Mem(c) => c.iter(),
-            HeadChunk::Mapped {
-                map,
+            HeadChunk::File {
+                file,
                 start,
                 len,
                 count,
                 ..
             } => {
-                let (s, l) = (*start as usize, usize::from(*len));
-                XorIter::new(map.get(s..s + l).unwrap_or(&[]), *count)
+                file.read(*start, *len, buf);
+                XorIter::new(buf, *count)
             }
         }
     }
 
-    /// The encoded bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The encoded bytes, from memory or read into `buf`.
+    pub(crate) fn bytes<'a>(&'a self, buf: &'a mut Vec<u8>) -> &'a [u8] {
         match self {
             HeadChunk::Mem(c) => c.bytes(),
-            HeadChunk::Mapped {
-                map, start, len, ..
+            HeadChunk::File {
+                file, start, len, ..
             } => {
-                let s = *start as usize;
-                map.get(s..s + usize::from(*len)).unwrap_or(&[])
+                file.read(*start, *len, buf);
+                buf
             }
         }
     }
@@ -85,28 +90,28 @@ impl HeadChunk {
     pub(crate) fn len(&self) -> usize {
         match self {
             HeadChunk::Mem(c) => c.len(),
-            HeadChunk::Mapped { count, .. } => usize::from(*count),
+            HeadChunk::File { count, .. } => usize::from(*count),
         }
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             HeadChunk::Mem(c) => c.encoded_len(),
-            HeadChunk::Mapped { len, .. } => usize::from(*len),
+            HeadChunk::File { len, .. } => usize::from(*len),
         }
     }
 
     pub(crate) fn min_t(&self) -> i64 {
         match self {
             HeadChunk::Mem(c) => c.min_t,
-            HeadChunk::Mapped { min_t, .. } => *min_t,
+            HeadChunk::File { min_t, .. } => *min_t,
         }
     }
 
     pub(crate) fn max_t(&self) -> i64 {
         match self {
             HeadChunk::Mem(c) => c.max_t,
-            HeadChunk::Mapped { min_t, span, .. } => match *span {
+            HeadChunk::File { min_t, span, .. } => match *span {
                 u32::MAX => i64::MAX,
                 d => min_t.saturating_add(i64::from(d)),
             },
@@ -117,23 +122,65 @@ impl HeadChunk {
     pub(crate) fn view(&self) -> ChunkView {
         match self {
             HeadChunk::Mem(c) => ChunkView::Head(Arc::clone(c)),
-            HeadChunk::Mapped {
-                map,
+            HeadChunk::File {
+                file,
                 start,
                 len,
                 count,
                 min_t,
                 ..
-            } => ChunkView::Mapped {
-                file: Arc::clone(map),
-                chunk: ChunkMeta::xor(
-                    *start as usize,
-                    usize::from(*len),
-                    *count,
-                    *min_t,
-                    self.max_t(),
-                ),
+            } => ChunkView::HeadFile {
+                file: Arc::clone(file),
+                start: *start,
+                len: *len,
+                count: *count,
+                min_t: *min_t,
+                max_t: self.max_t(),
             },
+        }
+    }
+}
+
+/// A head chunk file opened for reading.
+pub(crate) struct SegmentFile {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl std::fmt::Debug for SegmentFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SegmentFile {
+    fn open(path: &Path) -> Result<Self, Error> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            len,
+        })
+    }
+
+    /// The file's length.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Replaces `buf` with the `len` bytes at `start`. Only handed-out ranges are read,
+    /// so a failure is the disk going bad: it is logged and the chunk reads as empty,
+    /// never as wrong numbers.
+    pub(crate) fn read(&self, start: u32, len: u16, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.resize(usize::from(len), 0);
+        if let Err(e) = self.file.read_exact_at(buf, u64::from(start)) {
+            tracing::error!(file = %self.path.display(), start, error = %e, "reading a head chunk failed");
+            buf.clear();
         }
     }
 }
@@ -141,7 +188,7 @@ impl HeadChunk {
 struct Segment {
     index: u32,
     path: PathBuf,
-    map: Arc<Mmap>,
+    file: Arc<SegmentFile>,
     /// Newest sample of any chunk written to it.
     max_t: i64,
     /// Bytes written.
@@ -183,31 +230,27 @@ impl HeadChunks {
 
     /// Takes over the segment files a head snapshot names (`segments`: index → newest
     /// sample and bytes used), removing every other file; new chunks go to a new segment.
-    /// Returns the maps by segment index.
+    /// Returns the files by segment index.
     pub(crate) fn adopt(
         dir: &Path,
         segments: &std::collections::BTreeMap<u32, (i64, u64)>,
-    ) -> Result<(Self, std::collections::HashMap<u32, Arc<Mmap>>), Error> {
+    ) -> Result<(Self, std::collections::HashMap<u32, Arc<SegmentFile>>), Error> {
         let mut maps = std::collections::HashMap::new();
         let mut live = Vec::new();
         for (&index, &(max_t, used)) in segments {
             let path = dir.join(format!("{index:08}"));
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-            if len < used {
+            let file = Arc::new(SegmentFile::open(&path)?);
+            if file.len() < used {
                 return Err(Error::Corrupt(format!(
                     "{}: shorter than the snapshot says",
                     path.display()
                 )));
             }
-            // SAFETY: as in `rotate`; these files are no longer written at all.
-            #[allow(unsafe_code)]
-            let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
-            maps.insert(index, Arc::clone(&map));
+            maps.insert(index, Arc::clone(&file));
             live.push(Segment {
                 index,
                 path,
-                map,
+                file,
                 max_t,
                 used,
             });
@@ -241,8 +284,8 @@ impl HeadChunks {
     }
 
     /// Flushes the segment files to stable storage (for a head snapshot), and says
-    /// which segment each map is.
-    pub(crate) fn sync(&self) -> Result<Vec<(Arc<Mmap>, u32)>, Error> {
+    /// which segment each file is.
+    pub(crate) fn sync(&self) -> Result<Vec<(Arc<SegmentFile>, u32)>, Error> {
         let w = lock(&self.writer);
         for s in &w.segments {
             File::open(&s.path)
@@ -251,7 +294,7 @@ impl HeadChunks {
         }
         Ok(w.segments
             .iter()
-            .map(|s| (Arc::clone(&s.map), s.index))
+            .map(|s| (Arc::clone(&s.file), s.index))
             .collect())
     }
 
@@ -291,8 +334,8 @@ impl HeadChunks {
             return in_memory(bytes);
         }
         match self.write(dir, bytes, count, max_t) {
-            Ok((map, start)) => HeadChunk::Mapped {
-                map,
+            Ok((file, start)) => HeadChunk::File {
+                file,
                 min_t,
                 start,
                 span: span(min_t, max_t),
@@ -314,7 +357,7 @@ impl HeadChunks {
         bytes: &[u8],
         count: u16,
         max_t: i64,
-    ) -> Result<(Arc<Mmap>, u32), Error> {
+    ) -> Result<(Arc<SegmentFile>, u32), Error> {
         let mut w = lock(&self.writer);
         let need = RECORD_HEADER + bytes.len() as u64;
         let full = w
@@ -338,7 +381,7 @@ impl HeadChunks {
         let start = (seg.used + RECORD_HEADER) as u32;
         seg.used += need;
         seg.max_t = seg.max_t.max(max_t);
-        Ok((Arc::clone(&seg.map), start))
+        Ok((Arc::clone(&seg.file), start))
     }
 
     fn rotate(&self, w: &mut Writer, dir: &Path) -> Result<(), Error> {
@@ -353,18 +396,15 @@ impl HeadChunks {
             .map_err(|e| Error::io(&path, e))?;
         file.write_all_at(MAGIC, 0)
             .map_err(|e| Error::io(&path, e))?;
-        // SAFETY: the file is private to this process. Bytes are only ever appended past
-        // what has been handed out, with pwrite, and a handed-out range is never written
-        // again; readers only look at ranges handed out, so no byte they read changes.
-        // The file keeps its length while mapped (unlinking does not affect the map).
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        // Readers only read ranges already handed out, which are never written again;
+        // an unlinked file stays readable while they hold it.
+        let reader = Arc::new(SegmentFile::open(&path)?);
         let index = w.next_index as u32;
         w.next_index += 1;
         w.segments.push(Segment {
             index,
             path,
-            map: Arc::new(map),
+            file: reader,
             max_t: i64::MIN,
             used: MAGIC.len() as u64,
         });
@@ -420,9 +460,9 @@ mod tests {
             chunks.push(hc.persist(&c));
         }
         for (k, c) in chunks.iter().enumerate() {
-            assert!(matches!(c, HeadChunk::Mapped { .. }));
+            assert!(matches!(c, HeadChunk::File { .. }));
             let k = k as i64;
-            let got: Vec<(i64, f64)> = c.iter().collect();
+            let got: Vec<(i64, f64)> = c.read(&mut Vec::new()).collect();
             assert_eq!(got.len(), 120);
             assert_eq!(got[7], (k * 1000 + 7, (k * 1000 + 7) as f64 / 4.0));
             assert_eq!((c.min_t(), c.max_t()), (k * 1000, k * 1000 + 119));
