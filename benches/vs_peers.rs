@@ -596,6 +596,8 @@ fn main() {
         let took = push(p.addr, &conns);
         let gen_cpu = cpu_seconds(std::process::id()) - gen0;
         let cpu = cpu_seconds(p.pid) - cpu0;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let hwm_ingest = mib(proc_status_kib(p.pid, "VmHWM"));
         if p.name == "victoria-metrics" {
             let _ = request(p.addr, "GET", "/internal/force_flush", &[], &[]);
         }
@@ -615,7 +617,10 @@ fn main() {
                 .and_then(|v| v[0].1.parse::<f64>().ok())
                 .unwrap_or(0.0);
         }
+        let hwm_count = mib(proc_status_kib(p.pid, "VmHWM"));
         let bytes = persisted_bytes(p, &month);
+        let hwm_persist = mib(proc_status_kib(p.pid, "VmHWM"));
+        println!("{}: peak RSS {hwm_ingest:.0} MiB after ingest, {hwm_count:.0} after counting, {hwm_persist:.0} after persisting", p.name);
         rows.push(Row {
             ingest: samples as f64 / took.as_secs_f64(),
             cpu,

@@ -442,12 +442,15 @@ pub(crate) fn write_block_with<'a>(
     let series = kept;
 
     // Index: symbols, then series.
+    // Deduplicated as they are gathered: a block repeats a few thousand strings over
+    // hundreds of thousands of labels.
     let mut symbols: Vec<&str> = series
         .iter()
         .flat_map(|l| l.iter().flat_map(|l| [&*l.name, &*l.value]))
+        .collect::<std::collections::HashSet<&str>>()
+        .into_iter()
         .collect();
     symbols.sort_unstable();
-    symbols.dedup();
     let mut index: Vec<u8> = INDEX_MAGIC.to_vec();
     put_uvarint(&mut index, symbols.len() as u64);
     for s in &symbols {
