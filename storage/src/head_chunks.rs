@@ -21,7 +21,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::block::ChunkView;
@@ -146,7 +146,33 @@ pub(crate) struct SegmentFile {
     file: File,
     path: PathBuf,
     len: u64,
+    /// Identifies the file in the per-thread read windows (an address could be reused).
+    id: u64,
+    /// Bytes written so far: what a read window may hold.
+    written: AtomicU64,
 }
+
+/// Bytes one read brings in around a chunk: the chunks of series scraped together lie
+/// side by side, and a query reads them one after another.
+const WINDOW: usize = 8 << 10;
+/// How far before the chunk asked for a window starts (label order is not write order).
+const WINDOW_BEFORE: u64 = 2 << 10;
+/// Windows kept per thread: one per age of chunk a series has in a query's range.
+const WINDOWS: usize = 8;
+
+/// Recently read stretches of head chunk files, per thread.
+struct Windows {
+    /// File id, offset, bytes.
+    entries: Vec<(u64, u64, Vec<u8>)>,
+    next: usize,
+}
+
+thread_local! {
+    static READ_WINDOWS: std::cell::RefCell<Windows> =
+        const { std::cell::RefCell::new(Windows { entries: Vec::new(), next: 0 }) };
+}
+
+static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for SegmentFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,13 +183,16 @@ impl std::fmt::Debug for SegmentFile {
 }
 
 impl SegmentFile {
-    fn open(path: &Path) -> Result<Self, Error> {
+    /// `written`: how many bytes of it hold chunks already.
+    fn open(path: &Path, written: u64) -> Result<Self, Error> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         Ok(Self {
             file,
             path: path.to_owned(),
             len,
+            id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
+            written: AtomicU64::new(written),
         })
     }
 
@@ -175,10 +204,44 @@ impl SegmentFile {
     /// Replaces `buf` with the `len` bytes at `start`. Only handed-out ranges are read,
     /// so a failure is the disk going bad: it is logged and the chunk reads as empty,
     /// never as wrong numbers.
+    ///
+    /// Reads go through a few windows kept per thread, so that the chunks lying next to
+    /// each other cost one system call. A window holds only bytes written before it was
+    /// read, which never change.
     pub(crate) fn read(&self, start: u32, len: u16, buf: &mut Vec<u8>) {
+        let (from, to) = (u64::from(start), u64::from(start) + u64::from(len));
         buf.clear();
-        buf.resize(usize::from(len), 0);
-        if let Err(e) = self.file.read_exact_at(buf, u64::from(start)) {
+        let read = READ_WINDOWS.with_borrow_mut(|w| {
+            let hit = w.entries.iter().find(|(id, at, bytes)| {
+                *id == self.id && *at <= from && to <= at + bytes.len() as u64
+            });
+            if let Some((_, at, bytes)) = hit {
+                buf.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+                return Ok(());
+            }
+            let at = from.saturating_sub(WINDOW_BEFORE);
+            let end = (at + WINDOW as u64)
+                .min(self.written.load(Ordering::Acquire))
+                .max(to);
+            let mut bytes = if w.entries.len() < WINDOWS {
+                Vec::new()
+            } else {
+                std::mem::take(&mut w.entries[w.next].2)
+            };
+            bytes.resize((end - at) as usize, 0);
+            self.file.read_exact_at(&mut bytes, at)?;
+            buf.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            let entry = (self.id, at, bytes);
+            if w.entries.len() < WINDOWS {
+                w.entries.push(entry);
+            } else {
+                let i = w.next;
+                w.entries[i] = entry;
+                w.next = (i + 1) % WINDOWS;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        if let Err(e) = read {
             tracing::error!(file = %self.path.display(), start, error = %e, "reading a head chunk failed");
             buf.clear();
         }
@@ -239,7 +302,7 @@ impl HeadChunks {
         let mut live = Vec::new();
         for (&index, &(max_t, used)) in segments {
             let path = dir.join(format!("{index:08}"));
-            let file = Arc::new(SegmentFile::open(&path)?);
+            let file = Arc::new(SegmentFile::open(&path, used)?);
             if file.len() < used {
                 return Err(Error::Corrupt(format!(
                     "{}: shorter than the snapshot says",
@@ -380,6 +443,7 @@ impl HeadChunks {
             .map_err(|e| Error::io(&seg.path, e))?;
         let start = (seg.used + RECORD_HEADER) as u32;
         seg.used += need;
+        seg.file.written.store(seg.used, Ordering::Release);
         seg.max_t = seg.max_t.max(max_t);
         Ok((Arc::clone(&seg.file), start))
     }
@@ -398,7 +462,7 @@ impl HeadChunks {
             .map_err(|e| Error::io(&path, e))?;
         // Readers only read ranges already handed out, which are never written again;
         // an unlinked file stays readable while they hold it.
-        let reader = Arc::new(SegmentFile::open(&path)?);
+        let reader = Arc::new(SegmentFile::open(&path, MAGIC.len() as u64)?);
         let index = w.next_index as u32;
         w.next_index += 1;
         w.segments.push(Segment {
@@ -473,6 +537,34 @@ mod tests {
         assert!(dir.join("00000000").exists());
         let mem = HeadChunks::in_memory().persist(&XorChunk::new());
         assert!(matches!(mem, HeadChunk::Mem(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_read_window_never_serves_bytes_written_after_it() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let hc = HeadChunks::open(&tmp.path().join("chunks_head"))?;
+        let chunk = |k: i64| {
+            let mut c = XorChunk::new();
+            for i in 0..120 {
+                c.append(k * 10_000 + i * 15, (k * 7 + i) as f64 * 1.5);
+            }
+            c
+        };
+        // Each chunk is read right after it is written: its window reaches past the
+        // bytes written so far, where the next chunk goes.
+        let mut buf = Vec::new();
+        for k in 0..40 {
+            let c = chunk(k);
+            let want: Vec<(i64, f64)> = c.iter().collect();
+            let persisted = hc.persist(&c);
+            assert!(matches!(persisted, HeadChunk::File { .. }));
+            assert_eq!(
+                persisted.read(&mut buf).collect::<Vec<_>>(),
+                want,
+                "chunk {k}"
+            );
+        }
         Ok(())
     }
 }
