@@ -848,8 +848,9 @@ impl Evaluator<'_> {
                     .select(&matchers)?;
                 let series = selected
                     .into_iter()
-                    .map(|s| RangeSeries {
-                        labels: s.labels.clone(),
+                    .map(|mut s| RangeSeries {
+                        // The series is only read for its samples from here on.
+                        labels: std::mem::replace(&mut s.labels, Labels::empty()),
                         points: Points::Stored(s),
                         drop_name: false,
                     })

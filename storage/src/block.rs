@@ -389,10 +389,13 @@ pub(crate) fn write_block_with<'a>(
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // Chunks file, remembering where each series' chunks went.
     let mut chunks_file = ChunksOut::create(tmp.join("chunks"))?;
-    let mut refs: Vec<Vec<(i64, i64, u64)>> = Vec::with_capacity(labels.len());
+    // Every series' chunk references, one after another; `ends[i]`: where the i-th
+    // written series' end.
+    let mut refs: Vec<(i64, i64, u64)> = Vec::new();
+    let mut ends: Vec<usize> = Vec::with_capacity(labels.len());
     // The series written (with samples), by position in `labels`.
     let mut kept: Vec<&Labels> = Vec::with_capacity(labels.len());
-    let (mut num_chunks, mut num_samples) = (0u64, 0u64);
+    let mut num_samples = 0u64;
     let mut data = Vec::new();
     // Time sections already written, by content: series scraped together share one.
     let mut times_at: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
@@ -401,7 +404,6 @@ pub(crate) fn write_block_with<'a>(
         if samples.is_empty() {
             continue;
         }
-        let mut mine = Vec::new();
         // Even parts of at most DENSE_MAX_SAMPLES, so no part is a poorly packed stub.
         let parts = samples.len().div_ceil(DENSE_MAX_SAMPLES).max(1);
         let per_part = samples.len().div_ceil(parts).max(1);
@@ -420,7 +422,7 @@ pub(crate) fn write_block_with<'a>(
                     data.clear();
                     put_uvarint(&mut data, at);
                     data.extend_from_slice(&values);
-                    mine.push(chunks_file.put(part, Encoding::Dense, &data)?);
+                    refs.push(chunks_file.put(part, Encoding::Dense, &data)?);
                 }
                 None => {
                     for small in part.chunks(XOR_SAMPLES) {
@@ -429,14 +431,13 @@ pub(crate) fn write_block_with<'a>(
                             c.append(t, v);
                         }
                         let (xor, _) = c.into_encoded();
-                        mine.push(chunks_file.put(small, Encoding::Xor, &xor)?);
+                        refs.push(chunks_file.put(small, Encoding::Xor, &xor)?);
                     }
                 }
             }
             num_samples += part.len() as u64;
         }
-        num_chunks += mine.len() as u64;
-        refs.push(mine);
+        ends.push(refs.len());
         kept.push(series_labels);
     }
     let series = kept;
@@ -451,25 +452,29 @@ pub(crate) fn write_block_with<'a>(
         .into_iter()
         .collect();
     symbols.sort_unstable();
-    let mut index: Vec<u8> = INDEX_MAGIC.to_vec();
-    put_uvarint(&mut index, symbols.len() as u64);
+    // The body after the magic, as the packed form holds it.
+    let mut body: Vec<u8> = Vec::new();
+    put_uvarint(&mut body, symbols.len() as u64);
     for s in &symbols {
-        put_uvarint(&mut index, s.len() as u64);
-        index.extend_from_slice(s.as_bytes());
+        put_uvarint(&mut body, s.len() as u64);
+        body.extend_from_slice(s.as_bytes());
     }
     let sym = |s: &str| symbols.binary_search(&s).unwrap_or(0) as u64;
-    put_uvarint(&mut index, series.len() as u64);
-    for (labels, chunks) in series.iter().zip(&refs) {
-        put_uvarint(&mut index, labels.len() as u64);
+    put_uvarint(&mut body, series.len() as u64);
+    let mut from = 0;
+    for (labels, &end) in series.iter().zip(&ends) {
+        let chunks = &refs[from..end];
+        from = end;
+        put_uvarint(&mut body, labels.len() as u64);
         for l in labels.iter() {
-            put_uvarint(&mut index, sym(&l.name));
-            put_uvarint(&mut index, sym(&l.value));
+            put_uvarint(&mut body, sym(&l.name));
+            put_uvarint(&mut body, sym(&l.value));
         }
-        put_uvarint(&mut index, chunks.len() as u64);
+        put_uvarint(&mut body, chunks.len() as u64);
         for &(min_t, max_t, offset) in chunks {
-            put_varint(&mut index, min_t);
-            put_varint(&mut index, max_t - min_t);
-            put_uvarint(&mut index, offset);
+            put_varint(&mut body, min_t);
+            put_varint(&mut body, max_t - min_t);
+            put_uvarint(&mut body, offset);
         }
     }
     // Postings: for every label pair, the bitmap of the series (by position) carrying it.
@@ -483,20 +488,19 @@ pub(crate) fn write_block_with<'a>(
                 .insert(i as u32);
         }
     }
-    put_uvarint(&mut index, postings.len() as u64);
+    put_uvarint(&mut body, postings.len() as u64);
     let mut bitmap = Vec::new();
     for ((name, value), p) in &postings {
-        put_uvarint(&mut index, *name);
-        put_uvarint(&mut index, *value);
+        put_uvarint(&mut body, *name);
+        put_uvarint(&mut body, *value);
         bitmap.clear();
         p.serialize_into(&mut bitmap)
             .map_err(|e| Error::Corrupt(format!("encoding postings: {e}")))?;
-        put_uvarint(&mut index, bitmap.len() as u64);
-        index.extend_from_slice(&bitmap);
+        put_uvarint(&mut body, bitmap.len() as u64);
+        body.extend_from_slice(&bitmap);
     }
     // The body compressed as one section (symbols and chunk times repeat): the length
     // it unpacks to, then the section.
-    let body = index.split_off(INDEX_MAGIC.len());
     let mut index: Vec<u8> = INDEX_MAGIC_PACKED.to_vec();
     put_uvarint(&mut index, body.len() as u64);
     index.extend_from_slice(&dense::pack_fast(body)?);
@@ -507,7 +511,7 @@ pub(crate) fn write_block_with<'a>(
         min_time,
         max_time,
         num_series: series.len() as u64,
-        num_chunks,
+        num_chunks: refs.len() as u64,
         num_samples,
         version: FORMAT_VERSION,
         seq,

@@ -402,8 +402,14 @@ impl Db {
                 seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                 sources: Vec::new(),
             };
-            let (dir, marks) =
-                write_head_block(&inner.head, &inner.dir.join("blocks"), bmin, bmax, new)?;
+            let (dir, marks) = write_head_block(
+                &inner.head,
+                &inner.dir.join("blocks"),
+                bmin,
+                bmax,
+                new,
+                true,
+            )?;
             let wrote = started.elapsed();
             let block = Arc::new(Block::open(&dir)?);
             let waiting = std::time::Instant::now();
@@ -752,7 +758,14 @@ impl Db {
                     seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                     sources: Vec::new(),
                 };
-                write_head_block(&inner.head, &blocks_dir, min, max.saturating_add(1), new)?;
+                write_head_block(
+                    &inner.head,
+                    &blocks_dir,
+                    min,
+                    max.saturating_add(1),
+                    new,
+                    false,
+                )?;
             }
         }
         crate::wal::sync_dir(&blocks_dir)?;
@@ -1436,20 +1449,21 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
 }
 
 /// Writes the head's samples in `[mint, maxt)` as a block, series by series: only one
-/// series' samples are decoded at a time.
-/// Writes the head's samples in `[mint, maxt)` as a block; returns its directory and
-/// what it saw of each series it wrote, by series address.
+/// series' samples are decoded at a time. Returns its directory and, `with_marks`
+/// (for a cut, which truncates the head after it), what it saw of each series it
+/// wrote, by series address.
 fn write_head_block(
     head: &Head,
     blocks_dir: &Path,
     mint: i64,
     maxt: i64,
     new: NewBlock,
+    with_marks: bool,
 ) -> Result<(PathBuf, HashMap<usize, CutMark>), Error> {
     let mut live = head.live_series();
     live.sort_by(|a, b| a.labels.cmp(&b.labels));
     let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
-    let mut marks = HashMap::with_capacity(live.len());
+    let mut marks = HashMap::with_capacity(if with_marks { live.len() } else { 0 });
     let dir = write_block_with(
         blocks_dir,
         &labels,
@@ -1459,7 +1473,9 @@ fn write_head_block(
             let mut v = data.samples();
             drop(data);
             mark.older = v.first().is_some_and(|p| p.0 < mint);
-            marks.insert(Arc::as_ptr(&live[i]) as usize, mark);
+            if with_marks {
+                marks.insert(Arc::as_ptr(&live[i]) as usize, mark);
+            }
             v.retain(|p| p.0 >= mint && p.0 < maxt);
             Cow::Owned(v)
         },
