@@ -232,12 +232,9 @@ pub(crate) fn holds_sample_in<I: Iterator<Item = (i64, f64)>>(
 /// Time sections decoded lately on this thread. The series of one scrape share a time
 /// section, and a query reads them one after the other (or, sorted by labels, a few
 /// hosts apart): each is decoded once instead of once per series.
-struct TimesCache {
-    /// The map (weakly: a deleted block's map still goes; while the weak reference
-    /// lives its address is not reused), the section's offset and count, the times.
-    entries: Vec<CachedTimes>,
-    next: usize,
-}
+/// The map (weakly: a deleted block's map still goes; while the weak reference lives its
+/// address is not reused), the section's offset and count, the times.
+type TimesCache = crate::ring::Ring<CachedTimes, TIMES_CACHED>;
 
 /// A map (weakly held), a time section's offset in it and count, its timestamps.
 type CachedTimes = (std::sync::Weak<Mmap>, usize, u16, std::rc::Rc<[i64]>);
@@ -248,12 +245,11 @@ const TIMES_CACHED: usize = 64;
 fn decoded_times(file: &Arc<Mmap>, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), Error> {
     thread_local! {
         static CACHE: std::cell::RefCell<TimesCache> =
-            const { std::cell::RefCell::new(TimesCache { entries: Vec::new(), next: 0 }) };
+            const { std::cell::RefCell::new(TimesCache::new()) };
     }
     let ptr = Arc::as_ptr(file);
     let hit = CACHE.with_borrow(|cache| {
         cache
-            .entries
             .iter()
             .find(|(map, start, count, _)| {
                 *start == c.times_start
@@ -274,14 +270,7 @@ fn decoded_times(file: &Arc<Mmap>, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> 
     dense::decode_times(section, usize::from(c.count), out)?;
     let times: std::rc::Rc<[i64]> = out[from..].iter().map(|s| s.0).collect();
     CACHE.with_borrow_mut(|cache| {
-        let entry = (Arc::downgrade(file), c.times_start, c.count, times);
-        if cache.entries.len() < TIMES_CACHED {
-            cache.entries.push(entry);
-        } else {
-            let at = cache.next;
-            cache.entries[at] = entry;
-            cache.next = (at + 1) % TIMES_CACHED;
-        }
+        cache.insert((Arc::downgrade(file), c.times_start, c.count, times));
     });
     Ok(())
 }

@@ -160,16 +160,12 @@ const WINDOW_BEFORE: u64 = 2 << 10;
 /// Windows kept per thread: one per age of chunk a series has in a query's range.
 const WINDOWS: usize = 8;
 
-/// Recently read stretches of head chunk files, per thread.
-struct Windows {
-    /// File id, offset, bytes.
-    entries: Vec<(u64, u64, Vec<u8>)>,
-    next: usize,
-}
+/// Recently read stretches of head chunk files, per thread: file id, offset, bytes.
+type Windows = crate::ring::Ring<(u64, u64, Vec<u8>), WINDOWS>;
 
 thread_local! {
     static READ_WINDOWS: std::cell::RefCell<Windows> =
-        const { std::cell::RefCell::new(Windows { entries: Vec::new(), next: 0 }) };
+        const { std::cell::RefCell::new(Windows::new()) };
 }
 
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(0);
@@ -212,7 +208,7 @@ impl SegmentFile {
         let (from, to) = (u64::from(start), u64::from(start) + u64::from(len));
         buf.clear();
         let read = READ_WINDOWS.with_borrow_mut(|w| {
-            let hit = w.entries.iter().find(|(id, at, bytes)| {
+            let hit = w.iter().find(|(id, at, bytes)| {
                 *id == self.id && *at <= from && to <= at + bytes.len() as u64
             });
             if let Some((_, at, bytes)) = hit {
@@ -223,22 +219,14 @@ impl SegmentFile {
             let end = (at + WINDOW as u64)
                 .min(self.written.load(Ordering::Acquire))
                 .max(to);
-            let mut bytes = if w.entries.len() < WINDOWS {
-                Vec::new()
-            } else {
-                std::mem::take(&mut w.entries[w.next].2)
-            };
+            let mut bytes = w
+                .victim()
+                .map(|v| std::mem::take(&mut v.2))
+                .unwrap_or_default();
             bytes.resize((end - at) as usize, 0);
             self.file.read_exact_at(&mut bytes, at)?;
             buf.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
-            let entry = (self.id, at, bytes);
-            if w.entries.len() < WINDOWS {
-                w.entries.push(entry);
-            } else {
-                let i = w.next;
-                w.entries[i] = entry;
-                w.next = (i + 1) % WINDOWS;
-            }
+            w.insert((self.id, at, bytes));
             Ok::<(), std::io::Error>(())
         });
         if let Err(e) = read {

@@ -37,6 +37,7 @@ mod head_chunks;
 mod labels;
 mod matcher;
 mod postings;
+mod ring;
 mod snapshot;
 mod varint;
 mod wal;
