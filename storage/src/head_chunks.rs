@@ -5,7 +5,7 @@
 //! ```text
 //!  XorChunk full ──pwrite──> chunks_head/00000003 (pre-sized, sparse)
 //!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
-//!  query / block cut <──pread── one chunk at a time, into a reused buffer
+//!  query / block cut <──pread── 8 KiB windows kept per thread (neighbouring chunks)
 //! ```
 //!
 //! Reads do not go through a memory map: a series' chunks lie far apart in the files, and
