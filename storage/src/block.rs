@@ -143,18 +143,9 @@ impl Iterator for ChunkIter<'_> {
 }
 
 impl ChunkView {
-    /// Appends the samples of a [`ChunkView::HeadFile`] to `out`, read through a buffer
-    /// kept per thread; other views add nothing.
-    pub(crate) fn head_file_into(&self, out: &mut Vec<(i64, f64)>) {
-        self.with_head_file(|it| out.extend(it));
-    }
-
-    /// `f` over the samples of a [`ChunkView::HeadFile`], read through a buffer kept per
-    /// thread; not called for other views.
+    /// `f` over the samples of a [`ChunkView::HeadFile`], decoded straight from the
+    /// file's read window; not called for other views.
     pub(crate) fn with_head_file<R>(&self, f: impl FnOnce(XorIter<'_>) -> R) -> Option<R> {
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let ChunkView::HeadFile {
             file,
             start,
@@ -165,10 +156,7 @@ impl ChunkView {
         else {
             return None;
         };
-        BUF.with_borrow_mut(|buf| {
-            file.read(*start, *len, buf);
-            Some(f(XorIter::new(buf, *count)))
-        })
+        Some(file.with_bytes(*start, *len, |bytes| f(XorIter::new(bytes, *count))))
     }
 
     /// The first and last timestamp.
@@ -187,11 +175,11 @@ impl ChunkView {
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
             ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
-            ChunkView::HeadFile { .. } => {
-                let mut out = Vec::new();
-                self.head_file_into(&mut out);
-                ChunkIter::Decoded(out.into_iter())
-            }
+            ChunkView::HeadFile { .. } => ChunkIter::Decoded(
+                self.with_head_file(|it| it.collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter(),
+            ),
             ChunkView::Samples(s) => ChunkIter::Slice(s.iter().copied()),
             ChunkView::Mapped { file, chunk: c } => {
                 let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
@@ -232,11 +220,10 @@ pub(crate) fn holds_sample_in<I: Iterator<Item = (i64, f64)>>(
 /// Time sections decoded lately on this thread. The series of one scrape share a time
 /// section, and a query reads them one after the other (or, sorted by labels, a few
 /// hosts apart): each is decoded once instead of once per series.
-/// The map (weakly: a deleted block's map still goes; while the weak reference lives its
-/// address is not reused), the section's offset and count, the times.
 type TimesCache = crate::ring::Ring<CachedTimes, TIMES_CACHED>;
 
-/// A map (weakly held), a time section's offset in it and count, its timestamps.
+/// A map (weakly held: a deleted block's map still goes; while the weak reference lives
+/// its address is not reused), a time section's offset in it and count, its timestamps.
 type CachedTimes = (std::sync::Weak<Mmap>, usize, u16, std::rc::Rc<[i64]>);
 
 const TIMES_CACHED: usize = 64;

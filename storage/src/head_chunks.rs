@@ -197,24 +197,36 @@ impl SegmentFile {
         self.len
     }
 
-    /// Replaces `buf` with the `len` bytes at `start`. Only handed-out ranges are read,
-    /// so a failure is the disk going bad: it is logged and the chunk reads as empty,
-    /// never as wrong numbers.
+    /// Replaces `buf` with the `len` bytes at `start` ([`SegmentFile::with_bytes`]).
+    pub(crate) fn read(&self, start: u32, len: u16, buf: &mut Vec<u8>) {
+        buf.clear();
+        self.with_bytes(start, len, |bytes| buf.extend_from_slice(bytes));
+    }
+
+    /// `f` over the `len` bytes at `start`. Only handed-out ranges are read, so a
+    /// failure is the disk going bad: it is logged and `f` sees no bytes (the chunk reads
+    /// as empty, never as wrong numbers).
     ///
     /// Reads go through a few windows kept per thread, so that the chunks lying next to
     /// each other cost one system call. A window holds only bytes written before it was
     /// read, which never change.
-    pub(crate) fn read(&self, start: u32, len: u16, buf: &mut Vec<u8>) {
+    pub(crate) fn with_bytes<R>(&self, start: u32, len: u16, f: impl FnOnce(&[u8]) -> R) -> R {
         let (from, to) = (u64::from(start), u64::from(start) + u64::from(len));
-        buf.clear();
-        let read = READ_WINDOWS.with_borrow_mut(|w| {
-            let hit = w.iter().find(|(id, at, bytes)| {
-                *id == self.id && *at <= from && to <= at + bytes.len() as u64
-            });
-            if let Some((_, at, bytes)) = hit {
-                buf.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
-                return Ok(());
+        READ_WINDOWS.with_borrow_mut(|w| match self.window(w, from, to) {
+            Ok(bytes) => f(bytes),
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), start, error = %e, "reading a head chunk failed");
+                f(&[])
             }
+        })
+    }
+
+    /// Bytes `from..to`, from a window of `w` holding them or from one read now.
+    fn window<'w>(&self, w: &'w mut Windows, from: u64, to: u64) -> std::io::Result<&'w [u8]> {
+        let holds = |(id, at, bytes): &(u64, u64, Vec<u8>)| {
+            *id == self.id && *at <= from && to <= at + bytes.len() as u64
+        };
+        if !w.iter().any(holds) {
             let at = from.saturating_sub(WINDOW_BEFORE);
             let end = (at + WINDOW as u64)
                 .min(self.written.load(Ordering::Acquire))
@@ -225,14 +237,13 @@ impl SegmentFile {
                 .unwrap_or_default();
             bytes.resize((end - at) as usize, 0);
             self.file.read_exact_at(&mut bytes, at)?;
-            buf.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
             w.insert((self.id, at, bytes));
-            Ok::<(), std::io::Error>(())
-        });
-        if let Err(e) = read {
-            tracing::error!(file = %self.path.display(), start, error = %e, "reading a head chunk failed");
-            buf.clear();
         }
+        Ok(w.iter()
+            .find(|e| holds(e))
+            .map_or(&[][..], |(_, at, bytes)| {
+                &bytes[(from - at) as usize..(to - at) as usize]
+            }))
     }
 }
 
