@@ -850,9 +850,9 @@ impl Db {
         let mut wal = lock(&inner.wal.writer);
         wal.sync()?;
         let started = std::time::Instant::now();
-        let snap = inner.head.snapshot(wal.index())?;
-        let series = snap.series.len();
-        crate::snapshot::write(&inner.dir.join("chunks_head"), &snap)?;
+        let mut out = crate::snapshot::Writer::create(&inner.dir.join("chunks_head"), wal.index())?;
+        let series = inner.head.write_snapshot(&mut out)?;
+        out.finish()?;
         wal.start_segment()?;
         tracing::info!(
             series,
@@ -1488,16 +1488,15 @@ fn write_head_block(
 /// or an empty one with the head chunk files cleared. Returns the head, the first WAL
 /// segment still to replay and the number of series loaded.
 fn load_snapshot(dir: &Path) -> Result<(Head, u64, u64), Error> {
-    let loaded = match crate::snapshot::read(dir) {
-        Ok(Some(snap)) => {
-            let segment = snap.wal_segment;
-            let n = snap.series.len() as u64;
-            let restored = HeadChunks::adopt(dir, &snap.segments()).and_then(|(chunks, files)| {
+    let loaded = match crate::snapshot::Reader::open(dir) {
+        Ok(Some(mut snap)) => {
+            let segment = snap.wal_segment();
+            let restored = HeadChunks::adopt(dir, snap.segments()).and_then(|(chunks, files)| {
                 let head = Head::new(chunks);
-                head.restore(snap, &files).map(|()| head)
+                head.restore(&mut snap, &files).map(|n| (head, n))
             });
             match restored {
-                Ok(head) => Some((head, segment + 1, n)),
+                Ok((head, n)) => Some((head, segment + 1, n)),
                 Err(e) => {
                     tracing::warn!(error = %e, "the head snapshot could not be loaded; replaying the whole WAL");
                     None

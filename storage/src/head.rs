@@ -20,7 +20,7 @@ use crate::head_chunks::{HeadChunk, HeadChunks, SegmentFile};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::postings::Postings;
-use crate::snapshot::{SnapChunk, SnapSeries, Snapshot};
+use crate::snapshot::{SnapChunk, SnapSeries};
 use crate::{Error, SeriesRef};
 
 const SHARDS: usize = 64;
@@ -379,7 +379,7 @@ impl SeriesData {
                 }
             })
             .collect();
-        let open = XorIter::new(self.open.bytes(), self.open.len() as u16).collect();
+        let open = (self.open.len() as u16, self.open.bytes().to_vec());
         (closed, open, self.ooo().to_vec())
     }
 
@@ -426,8 +426,9 @@ pub(crate) fn merge_newest_wins(older: &[(i64, f64)], newer: &[(i64, f64)]) -> V
     out
 }
 
-/// A series' full chunks, open-chunk samples and out-of-order samples, for a snapshot.
-type SeriesSnapshot = (Vec<SnapChunk>, Vec<(i64, f64)>, Vec<(i64, f64)>);
+/// A series' full chunks, open chunk (sample count and bytes) and out-of-order samples,
+/// for a snapshot.
+type SeriesSnapshot = (Vec<SnapChunk>, (u16, Vec<u8>), Vec<(i64, f64)>);
 
 /// One series in the head.
 #[derive(Debug)]
@@ -733,7 +734,7 @@ impl Head {
 
     /// A snapshot of the head for a fast restart: every series with its chunk references
     /// (after syncing the head chunk files), open chunk and out-of-order samples.
-    pub(crate) fn snapshot(&self, wal_segment: u64) -> Result<Snapshot, Error> {
+    pub(crate) fn write_snapshot(&self, out: &mut crate::snapshot::Writer) -> Result<u64, Error> {
         let files = self.chunks.sync()?;
         let segment_of = |m: &Arc<SegmentFile>| {
             files
@@ -741,10 +742,9 @@ impl Head {
                 .find(|(x, _)| Arc::ptr_eq(x, m))
                 .map(|&(_, i)| i)
         };
-        let series = self
-            .live_series()
-            .into_iter()
-            .map(|s| {
+        let live = self.live_series();
+        for s in &live {
+            let snap = {
                 let d = lock(&s.data);
                 let (closed, open, ooo) = d.to_snapshot(&segment_of);
                 SnapSeries {
@@ -756,23 +756,24 @@ impl Head {
                     open,
                     ooo,
                 }
-            })
-            .collect();
-        Ok(Snapshot {
-            wal_segment,
-            series,
-        })
+            };
+            out.series(&snap)?;
+        }
+        Ok(live.len() as u64)
     }
 
-    /// Fills an empty head from a snapshot, its chunk files opened in `files`.
+    /// Fills an empty head from a snapshot, its chunk files opened in `files`; returns
+    /// the number of series.
     pub(crate) fn restore(
         &self,
-        snap: Snapshot,
+        snap: &mut crate::snapshot::Reader,
         files: &HashMap<u32, Arc<SegmentFile>>,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let bad = |why: String| Error::Corrupt(format!("head snapshot: {why}"));
         let mut batch = Batch::default();
-        for s in snap.series {
+        let mut n = 0;
+        while let Some(s) = snap.next_series()? {
+            n += 1;
             let mut closed = Vec::with_capacity(s.closed.len());
             for c in s.closed {
                 closed.push(match c {
@@ -814,7 +815,7 @@ impl Head {
             }
             let mut data = SeriesData::new();
             data.closed = closed;
-            for &(t, v) in &s.open {
+            for (t, v) in XorIter::new(&s.open.1, s.open.0) {
                 data.open.append(t, v);
             }
             if !s.ooo.is_empty() {
@@ -834,7 +835,7 @@ impl Head {
             *lock(&series.data) = data;
         }
         self.apply_batch(&batch);
-        Ok(())
+        Ok(n)
     }
 
     /// Drops the series that hold no sample any more, unless an appender holds them:
