@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  commit ──> encode records ──> one write(2) ──> fdatasync ──> ack
-//!  open   ──> read segments in order ──> decode ──> head   (torn tail: truncate, report)
+//!  open   ──> read segments in order, 4 MiB at a time ──> decode ──> head
+//!                                          (torn tail: truncate, report)
 //! ```
 //!
 //! The WAL never panics on what it reads back: a record that fails its length or CRC32C
@@ -100,19 +101,18 @@ pub(crate) fn replay(
     let from_segment = from_segment.max(read_start(dir));
     let segments: Vec<u64> = all.into_iter().filter(|&i| i >= from_segment).collect();
     let mut report = ReplayReport::default();
-    let mut buf = Vec::new();
+    let mut window = Window::default();
     for (pos, &index) in segments.iter().enumerate() {
         let path = segment_path(dir, index);
-        buf.clear();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut buf))
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         report.segments += 1;
-        let (good_len, problem) = replay_segment(&buf, &mut apply, &mut report);
+        let (good_len, problem) = replay_segment(&mut file, &mut window, &mut apply, &mut report)
+            .map_err(|e| Error::io(&path, e))?;
         if let Some(problem) = problem {
             report.corruption = Some(format!("{}: offset {good_len}: {problem}", path.display()));
-            report.dropped_bytes += (buf.len() - good_len) as u64;
-            truncate(&path, good_len as u64)?;
+            report.dropped_bytes += size.saturating_sub(good_len);
+            truncate(&path, good_len)?;
             for &later in &segments[pos + 1..] {
                 let p = segment_path(dir, later);
                 report.dropped_bytes += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
@@ -155,21 +155,82 @@ fn truncate(path: &Path, len: u64) -> Result<(), Error> {
 
 /// Replays one segment's bytes. Returns the length of the good prefix and, if replay
 /// stopped before the end, why.
+/// The part of a segment read but not yet replayed: segments are read a few MiB at a
+/// time, never whole.
+#[derive(Default)]
+struct Window {
+    buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    start: usize,
+}
+
+/// How much a window reads at once.
+const WINDOW: usize = 4 << 20;
+
+impl Window {
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Reads from `r` until at least `want` bytes are unread or the input ends.
+    fn fill(&mut self, r: &mut impl Read, want: usize) -> io::Result<()> {
+        if self.buf.len() - self.start >= want {
+            return Ok(());
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let mut filled = self.buf.len();
+        self.buf.resize(want.max(WINDOW), 0);
+        let mut result = Ok(());
+        while filled < want {
+            match r.read(&mut self.buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.buf.truncate(filled);
+        result
+    }
+}
+
+/// Replays one segment read from `r`; returns how many bytes of it were good and, when
+/// it ends in a damaged or torn record, why.
 fn replay_segment(
-    buf: &[u8],
+    r: &mut impl Read,
+    window: &mut Window,
     apply: &mut impl FnMut(Record),
     report: &mut ReplayReport,
-) -> (usize, Option<String>) {
-    if buf.len() < MAGIC.len() {
-        return (0, Some("segment header is torn".into()));
+) -> io::Result<(u64, Option<String>)> {
+    window.buf.clear();
+    window.start = 0;
+    window.fill(r, MAGIC.len())?;
+    if window.unread().len() < MAGIC.len() {
+        return Ok((0, Some("segment header is torn".into())));
     }
-    if &buf[..MAGIC.len()] != MAGIC {
-        return (0, Some("segment header magic does not match".into()));
+    if &window.unread()[..MAGIC.len()] != MAGIC {
+        return Ok((0, Some("segment header magic does not match".into())));
     }
-    let mut off = MAGIC.len();
+    window.start += MAGIC.len();
+    let mut off = MAGIC.len() as u64;
     let mut scratch = Vec::new();
-    while off < buf.len() {
-        match read_record(&buf[off..], &mut scratch) {
+    loop {
+        window.fill(r, HEADER_LEN)?;
+        let head = window.unread();
+        if head.is_empty() {
+            return Ok((off, None));
+        }
+        if head.len() >= HEADER_LEN {
+            let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len <= MAX_RECORD {
+                window.fill(r, HEADER_LEN + len)?;
+            }
+        }
+        match read_record(window.unread(), &mut scratch) {
             Ok((rec, used)) => {
                 report.records += 1;
                 match &rec {
@@ -180,12 +241,12 @@ fn replay_segment(
                     Record::Deletes(_) => {}
                 }
                 apply(rec);
-                off += used;
+                window.start += used;
+                off += used as u64;
             }
-            Err(why) => return (off, Some(why)),
+            Err(why) => return Ok((off, Some(why))),
         }
     }
-    (off, None)
 }
 
 /// Decodes the record at the start of `buf`; returns it and the bytes it used.
@@ -794,6 +855,74 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("checksum"));
+        Ok(())
+    }
+
+    /// Gives at most 1,000 bytes per read, and an interruption every seventh call.
+    struct Dribble<'a>(&'a [u8], u32);
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 += 1;
+            if self.1.is_multiple_of(7) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.0.len()).min(1000);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_larger_than_the_read_window_and_split_reads_replay_whole() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path();
+        let mut w = WalWriter::create(dir, 0, 1 << 30)?;
+        let small = [(SeriesRef(1), 1, 1.0)];
+        // Values that do not compress: the record is larger than a window.
+        let big: Vec<_> = (0..400_000u32)
+            .map(|i| {
+                (
+                    SeriesRef(i),
+                    i64::from(i) * 7919,
+                    f64::from(i.wrapping_mul(2_654_435_761)).sqrt(),
+                )
+            })
+            .collect();
+        w.write(&[], &small)?;
+        w.write(&[], &big)?;
+        w.write(&[], &small)?;
+        drop(w);
+        let seg0 = segment_path(dir, 0);
+        let bytes = fs::read(&seg0).map_err(|e| Error::io(&seg0, e))?;
+        assert!(bytes.len() > WINDOW + 1000, "the big record fits a window");
+        for cut in [bytes.len(), bytes.len() - 3, WINDOW + 5] {
+            let mut recs = Vec::new();
+            let mut report = ReplayReport::default();
+            let (good, problem) = replay_segment(
+                &mut Dribble(&bytes[..cut], 0),
+                &mut Window::default(),
+                &mut |r| recs.push(r),
+                &mut report,
+            )
+            .map_err(|e| Error::io(&seg0, e))?;
+            let whole = cut == bytes.len();
+            assert_eq!(problem.is_none(), whole, "cut at {cut}: {problem:?}");
+            assert_eq!(
+                recs.len(),
+                if cut > WINDOW + 5 { 2 } else { 1 } + usize::from(whole)
+            );
+            assert_eq!(recs.get(1).is_some(), cut > WINDOW + 5);
+            if let Some(Record::Samples(got)) = recs.get(1) {
+                assert_eq!(got.len(), big.len());
+                assert!(got
+                    .iter()
+                    .zip(&big)
+                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2.to_bits() == b.2.to_bits()));
+            }
+            assert!(good <= cut as u64);
+        }
         Ok(())
     }
 }
