@@ -963,27 +963,6 @@ impl Evaluator<'_> {
         Ok(Val::Matrix(out))
     }
 
-    /// `rate` and `increase` over series whose names do not look like counters get an
-    /// info, as in Prometheus.
-    fn possible_non_counters(&self, input: &RangeInput, func: &str) {
-        for s in &input.series {
-            let Some(metric) = s.labels.metric_name() else {
-                continue;
-            };
-            if !["_total", "_sum", "_count", "_bucket"]
-                .iter()
-                .any(|suffix| metric.ends_with(suffix))
-            {
-                self.ctx.annotate(
-                    false,
-                    format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
-                    func,
-                    Some(0),
-                );
-            }
-        }
-    }
-
     /// The points of a range series, decoding a stored one into `buf`.
     fn points<'b>(
         &self,
@@ -1004,9 +983,10 @@ impl Evaluator<'_> {
 
     /// Applies a window function to every series of `input` at every step, the series
     /// split across the machine's cores when there are many.
+    /// The output series take the input's labels.
     fn apply_windows(
         &self,
-        input: &RangeInput,
+        mut input: RangeInput,
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
     ) -> Result<Vec<StepSeries>, QueryError> {
@@ -1015,20 +995,52 @@ impl Evaluator<'_> {
         } else {
             PARALLEL_MIN_SERIES_INSTANT
         };
-        let out = on_cores(&input.series, min, |part| {
-            self.windows_of(input, part, spec, scalars)
+        let values = on_cores(&input.series, min, |part| {
+            self.windows_of(&input, part, spec, scalars)
         })?;
-        merge_same_labels(out)
+        // A range selector's series have distinct label sets; only dropping names that
+        // differ can make two of them equal.
+        let stored = input
+            .series
+            .iter()
+            .all(|s| matches!(s.points, Points::Stored(_)));
+        let first_name = input.series.first().and_then(|s| s.labels.metric_name());
+        let distinct = stored
+            && (spec.keep_name
+                || input
+                    .series
+                    .iter()
+                    .all(|s| s.labels.metric_name() == first_name));
+        let distinct = distinct || input.series.len() < 2;
+        let mut out = Vec::with_capacity(values.iter().filter(|v| v.is_some()).count());
+        for (series, values) in input.series.iter_mut().zip(values) {
+            let Some(values) = values else {
+                continue;
+            };
+            let mut s = StepSeries::new(std::mem::take(&mut series.labels), values);
+            s.drop_name = series.drop_name;
+            if !spec.keep_name {
+                s.drop_name(self.ctx.delayed_name_removal);
+            }
+            out.push(s);
+        }
+        if distinct {
+            Ok(out)
+        } else {
+            merge_same_labels(out)
+        }
     }
 
-    /// [`Evaluator::apply_windows`] for some of the series, in order.
+    /// The values of [`Evaluator::apply_windows`] for some of the series, in order; `None`
+    /// for a series without any.
+    #[allow(clippy::type_complexity)]
     fn windows_of(
         &self,
         input: &RangeInput,
         series_list: &[RangeSeries],
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
-    ) -> Result<Vec<StepSeries>, QueryError> {
+    ) -> Result<Vec<Option<Vec<Option<f64>>>>, QueryError> {
         let mut out = Vec::with_capacity(series_list.len());
         let mut args = vec![0.0; scalars.len()];
         let mut resets: Vec<u32> = Vec::new();
@@ -1074,14 +1086,7 @@ impl Evaluator<'_> {
                 *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
             }
             self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
-            if values.iter().any(Option::is_some) {
-                let mut s = StepSeries::new(series.labels.clone(), values);
-                s.drop_name = series.drop_name;
-                if !spec.keep_name {
-                    s.drop_name(self.ctx.delayed_name_removal);
-                }
-                out.push(s);
-            }
+            out.push(values.iter().any(Option::is_some).then_some(values));
         }
         Ok(out)
     }
@@ -1125,9 +1130,22 @@ impl Evaluator<'_> {
             if name == "quantile_over_time" && !input.series.is_empty() {
                 self.ctx.invalid_quantile(&scalars[0], name, 0);
             }
-            let out = self.apply_windows(&input, &spec, &scalars)?;
-            if matches!(name, "rate" | "increase") && !out.is_empty() {
-                self.possible_non_counters(&input, name);
+            // Taken before the windows: the output takes the input's labels.
+            let non_counters = if matches!(name, "rate" | "increase") {
+                non_counter_names(&input)
+            } else {
+                Vec::new()
+            };
+            let out = self.apply_windows(input, &spec, &scalars)?;
+            if !out.is_empty() {
+                for metric in non_counters {
+                    self.ctx.annotate(
+                        false,
+                        format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
+                        name,
+                        Some(0),
+                    );
+                }
             }
             return Ok(Val::Vector(out));
         }
@@ -2083,4 +2101,23 @@ fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError>
         }
     }
     Ok(out)
+}
+
+/// `rate` and `increase` over series whose names do not look like counters get an info,
+/// as in Prometheus: the distinct such names of `input`.
+fn non_counter_names(input: &RangeInput) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in &input.series {
+        let Some(metric) = s.labels.metric_name() else {
+            continue;
+        };
+        if !["_total", "_sum", "_count", "_bucket"]
+            .iter()
+            .any(|suffix| metric.ends_with(suffix))
+            && !out.iter().any(|m| m == metric)
+        {
+            out.push(metric.to_string());
+        }
+    }
+    out
 }

@@ -1135,34 +1135,41 @@ pub struct Series {
 }
 
 impl Series {
-    /// `last`: the head's newest sample of the series in range, if known; kept only
-    /// when no block view reaches past it.
+    /// `chunks`: in time order, or when some overlap, in order of precedence. `last`: the
+    /// head's newest sample of the series in range, if known; kept only when no view
+    /// reaches past it.
     fn new(
+        labels: Labels,
+        chunks: Vec<ChunkView>,
+        mint: i64,
+        maxt: i64,
+        last: Option<(i64, f64)>,
+    ) -> Series {
+        let (overlapping, end) = overlap(chunks.iter());
+        Series {
+            labels,
+            chunks,
+            overlapping,
+            mint,
+            maxt,
+            last: last.filter(|l| l.0 >= end),
+        }
+    }
+
+    /// [`Series::new`] from views with their precedence: arriving in time order unless
+    /// out-of-order data overlaps other data, then sorted by precedence.
+    fn from_ranked(
         labels: Labels,
         mut views: Vec<(u64, ChunkView)>,
         mint: i64,
         maxt: i64,
         last: Option<(i64, f64)>,
     ) -> Series {
-        // Views arrive in time order unless out-of-order data overlaps other data.
-        let mut end = i64::MIN;
-        let mut overlapping = false;
-        for (_, v) in &views {
-            let (a, z) = v.time_range();
-            overlapping |= a <= end;
-            end = end.max(z);
-        }
-        if overlapping {
+        if overlap(views.iter().map(|v| &v.1)).0 {
             views.sort_by_key(|v| v.0);
         }
-        Series {
-            labels,
-            chunks: views.into_iter().map(|v| v.1).collect(),
-            overlapping,
-            mint,
-            maxt,
-            last: last.filter(|l| l.0 >= end),
-        }
+        let chunks = views.into_iter().map(|v| v.1).collect();
+        Series::new(labels, chunks, mint, maxt, last)
     }
 
     /// The newest sample in the querier's range (stale markers included), without
@@ -1235,6 +1242,18 @@ impl Series {
         }
         Samples(SamplesInner::Merged(merged.into_iter()))
     }
+}
+
+/// Whether any view starts at or before the end of an earlier one, and the latest end.
+fn overlap<'a>(views: impl Iterator<Item = &'a ChunkView>) -> (bool, i64) {
+    let mut end = i64::MIN;
+    let mut overlapping = false;
+    for v in views {
+        let (a, z) = v.time_range();
+        overlapping |= a <= end;
+        end = end.max(z);
+    }
+    (overlapping, end)
 }
 
 /// Appends the samples of `it` in `[mint, maxt]` newer than `last` to `out`, as
@@ -1339,9 +1358,14 @@ impl Querier {
             views
         };
         let mut out: Vec<Series> = if blocks.is_empty() {
+            // The head's chunks, then its out-of-order samples: time order, or else the
+            // order of precedence.
             head.into_iter()
-                .map(|(labels, chunks, ooo, last)| {
-                    Series::new(labels, head_views(chunks, ooo), self.mint, self.maxt, last)
+                .map(|(labels, mut chunks, ooo, last)| {
+                    if !ooo.is_empty() {
+                        chunks.push(ChunkView::Samples(ooo.into()));
+                    }
+                    Series::new(labels, chunks, self.mint, self.maxt, last)
                 })
                 .collect()
         } else {
@@ -1367,7 +1391,7 @@ impl Querier {
             by_labels
                 .into_iter()
                 .map(|(labels, (views, last))| {
-                    Series::new(labels, views, self.mint, self.maxt, last)
+                    Series::from_ranked(labels, views, self.mint, self.maxt, last)
                 })
                 .collect()
         };

@@ -215,13 +215,13 @@ impl SeriesData {
 
     /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
     fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<ChunkView> {
-        let mut out: Vec<ChunkView> = self
-            .closed
-            .iter()
-            .filter(|c| c.max_t() >= mint && c.min_t() <= maxt)
-            .map(HeadChunk::view)
-            .collect();
-        if self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt {
+        let inside = |c: &&HeadChunk| c.max_t() >= mint && c.min_t() <= maxt;
+        let open = self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt;
+        // Sized exactly: a selection holds these for every series until the query ends.
+        let mut out =
+            Vec::with_capacity(self.closed.iter().filter(inside).count() + usize::from(open));
+        out.extend(self.closed.iter().filter(inside).map(HeadChunk::view));
+        if open {
             out.push(ChunkView::Head(Arc::new(ClosedChunk {
                 bytes: self.open.bytes().into(),
                 count: self.open.len() as u16,
