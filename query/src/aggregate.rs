@@ -49,38 +49,25 @@ pub(crate) fn aggregate(
     n: usize,
 ) -> Result<Vec<StepSeries>, QueryError> {
     let kind = match op {
-        "sum" => Kind::Sum,
-        "avg" => Kind::Avg,
-        "min" => Kind::Min,
-        "max" => Kind::Max,
-        "count" => Kind::Count,
-        "group" => Kind::Group,
-        "stddev" => Kind::Stddev,
-        "stdvar" => Kind::Stdvar,
         "quantile" => return quantile_agg(input, modifier, param, n),
         "topk" => return top_k(input, modifier, param, n, true),
         "bottomk" => return top_k(input, modifier, param, n, false),
         "count_values" => return count_values(input, modifier, param, n),
         "limitk" => return limit_k(input, modifier, param, n),
         "limit_ratio" => return limit_ratio(input, param, n),
-        other => return Err(QueryError::Unsupported(format!("the aggregation {other}"))),
+        other => match Kind::of(other) {
+            Some(kind) => kind,
+            None => return Err(QueryError::Unsupported(format!("the aggregation {other}"))),
+        },
     };
     let (groups, members) = group(&input, modifier);
     let mut out = Vec::with_capacity(groups.len());
     for (labels, idxs) in groups.into_iter().zip(members) {
-        let mut values = vec![None; n];
-        for (i, slot) in values.iter_mut().enumerate() {
-            let mut acc: Option<Acc> = None;
-            for &s in &idxs {
-                if let Some(v) = input[s].values[i] {
-                    match &mut acc {
-                        Some(a) => a.add(kind, v),
-                        None => acc = Some(Acc::new(v)),
-                    }
-                }
-            }
-            *slot = acc.map(|a| a.result(kind));
+        let mut acc = GroupAcc::new(kind, n);
+        for &s in &idxs {
+            acc.add(&input[s].values);
         }
+        let values = acc.finish();
         if values.iter().any(Option::is_some) {
             let mut s = StepSeries::new(labels, values);
             s.drop_name = idxs.iter().any(|&m| input[m].drop_name);
@@ -346,7 +333,7 @@ pub(crate) fn is_valid_label_name(s: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Sum,
     Avg,
     Min,
@@ -355,6 +342,59 @@ enum Kind {
     Group,
     Stddev,
     Stdvar,
+}
+
+impl Kind {
+    /// The aggregations that fold their group's values one at a time.
+    pub(crate) fn of(op: &str) -> Option<Kind> {
+        Some(match op {
+            "sum" => Kind::Sum,
+            "avg" => Kind::Avg,
+            "min" => Kind::Min,
+            "max" => Kind::Max,
+            "count" => Kind::Count,
+            "group" => Kind::Group,
+            "stddev" => Kind::Stddev,
+            "stdvar" => Kind::Stdvar,
+            _ => return None,
+        })
+    }
+}
+
+/// One group's aggregation at every step, fed one member series at a time (members in
+/// group order, so every step sees its values in the same order however they arrive).
+pub(crate) struct GroupAcc {
+    kind: Kind,
+    steps: Vec<Option<Acc>>,
+}
+
+impl GroupAcc {
+    pub(crate) fn new(kind: Kind, n: usize) -> Self {
+        Self {
+            kind,
+            steps: vec![None; n],
+        }
+    }
+
+    /// Adds a member's value at every step where it has one.
+    pub(crate) fn add(&mut self, values: &[Option<f64>]) {
+        for (slot, v) in self.steps.iter_mut().zip(values) {
+            if let Some(v) = *v {
+                match slot {
+                    Some(a) => a.add(self.kind, v),
+                    None => *slot = Some(Acc::new(v)),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Vec<Option<f64>> {
+        let kind = self.kind;
+        self.steps
+            .into_iter()
+            .map(|a| a.map(|a| a.result(kind)))
+            .collect()
+    }
 }
 
 /// The running state of one aggregation group at one step.

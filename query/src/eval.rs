@@ -582,6 +582,14 @@ struct RangeSeries {
     drop_name: bool,
 }
 
+/// Buffers one thread reuses from series to series while applying a window function.
+#[derive(Default)]
+struct WindowScratch {
+    args: Vec<f64>,
+    resets: Vec<u32>,
+    buf: Vec<(i64, f64)>,
+}
+
 /// The series of a range selector or subquery, with how to cut windows from them.
 struct RangeInput {
     series: Vec<RangeSeries>,
@@ -998,20 +1006,7 @@ impl Evaluator<'_> {
         let values = on_cores(&input.series, min, |part| {
             self.windows_of(&input, part, spec, scalars)
         })?;
-        // A range selector's series have distinct label sets; only dropping names that
-        // differ can make two of them equal.
-        let stored = input
-            .series
-            .iter()
-            .all(|s| matches!(s.points, Points::Stored(_)));
-        let first_name = input.series.first().and_then(|s| s.labels.metric_name());
-        let distinct = stored
-            && (spec.keep_name
-                || input
-                    .series
-                    .iter()
-                    .all(|s| s.labels.metric_name() == first_name));
-        let distinct = distinct || input.series.len() < 2;
+        let distinct = self.windows_keep_labels_distinct(&input, spec);
         let mut out = Vec::with_capacity(values.iter().filter(|v| v.is_some()).count());
         for (series, values) in input.series.iter_mut().zip(values) {
             let Some(values) = values else {
@@ -1031,6 +1026,182 @@ impl Evaluator<'_> {
         }
     }
 
+    /// Whether applying `spec` to `input` cannot give two series the same labels. A range
+    /// selector's series have distinct label sets; only removing names that differ right
+    /// away can make two of them equal.
+    fn windows_keep_labels_distinct(
+        &self,
+        input: &RangeInput,
+        spec: &functions::WindowSpec,
+    ) -> bool {
+        let stored = input
+            .series
+            .iter()
+            .all(|s| matches!(s.points, Points::Stored(_)));
+        let first_name = input.series.first().and_then(|s| s.labels.metric_name());
+        input.series.len() < 2
+            || stored
+                && (spec.keep_name
+                    || self.ctx.delayed_name_removal
+                    || input
+                        .series
+                        .iter()
+                        .all(|s| s.labels.metric_name() == first_name))
+    }
+
+    /// `op(f(x[r]))` for an aggregation that folds values one at a time over a window
+    /// function of a range selector, without holding every series' values: each group's
+    /// members are evaluated and folded in turn, the groups spread over the cores. The
+    /// same answer as evaluating the function, then the aggregation; `None` when `e` is
+    /// not of that shape.
+    fn aggregate_windows(
+        &self,
+        op: &str,
+        kind: aggregate::Kind,
+        e: &Expr,
+        modifier: Option<&LabelModifier>,
+    ) -> Result<Option<Vec<StepSeries>>, QueryError> {
+        let Expr::Call(c) = unparen(e) else {
+            return Ok(None);
+        };
+        let name = c.func.name;
+        let Some(spec) = functions::window_function(name) else {
+            return Ok(None);
+        };
+        let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
+        let Some(&range_arg) = args.get(spec.range_arg) else {
+            return Ok(None);
+        };
+        if !matches!(unparen(range_arg), Expr::MatrixSelector(_)) {
+            return Ok(None);
+        }
+        // Grouping by the name would see whether the function removed it.
+        if let Some(LabelModifier::Include(by)) = modifier {
+            if by.labels.iter().any(|n| n == METRIC_NAME) {
+                return Ok(None);
+            }
+        }
+        let input = self.range_input(range_arg)?;
+        let mut scalars = Vec::new();
+        for (j, a) in args.iter().enumerate() {
+            if j != spec.range_arg {
+                scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
+            }
+        }
+        if !self.windows_keep_labels_distinct(&input, &spec) {
+            // The function's own error about equal label sets comes first.
+            let out = self.apply_windows(input, &spec, &scalars)?;
+            return Ok(Some(aggregate::aggregate(
+                op,
+                out,
+                modifier,
+                Param::None,
+                self.n,
+            )?));
+        }
+        if name == "quantile_over_time" && !input.series.is_empty() {
+            self.ctx.invalid_quantile(&scalars[0], name, 0);
+        }
+        let non_counters = if matches!(name, "rate" | "increase") {
+            non_counter_names(&input)
+        } else {
+            Vec::new()
+        };
+        // Groups in order of their first member, as the aggregation forms them.
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut group_labels: Vec<Labels> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, s) in input.series.iter().enumerate() {
+            let key = aggregate::grouping_labels(&s.labels, modifier);
+            let g = match index.get(&key) {
+                Some(&g) => g,
+                None => {
+                    index.insert(key.clone(), members.len());
+                    group_labels.push(key);
+                    members.push(Vec::new());
+                    members.len() - 1
+                }
+            };
+            members[g].push(i);
+        }
+        drop(index);
+        // Runs of groups with about the same number of members, one per core.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_THREADS);
+        let per = input.series.len().div_ceil(threads).max(1);
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut size) = (0, 0);
+        for (g, m) in members.iter().enumerate() {
+            size += m.len();
+            if size >= per {
+                runs.push(start..g + 1);
+                (start, size) = (g + 1, 0);
+            }
+        }
+        if start < members.len() {
+            runs.push(start..members.len());
+        }
+        let min = if self.n > 1 {
+            PARALLEL_MIN_SERIES
+        } else {
+            PARALLEL_MIN_SERIES_INSTANT
+        };
+        let min_runs = if input.series.len() >= min {
+            2
+        } else {
+            usize::MAX
+        };
+        let mut done = on_cores(&runs, min_runs, |part| {
+            let mut out = Vec::new();
+            let mut scratch = WindowScratch::default();
+            let mut values = vec![None; self.n];
+            for g in part.iter().flat_map(Clone::clone) {
+                let mut acc = aggregate::GroupAcc::new(kind, self.n);
+                let mut first = None;
+                for &m in &members[g] {
+                    let series = &input.series[m];
+                    if self.window_values(
+                        &input,
+                        series,
+                        &spec,
+                        &scalars,
+                        &mut scratch,
+                        &mut values,
+                    )? {
+                        acc.add(&values);
+                        first.get_or_insert(m);
+                    }
+                }
+                if let Some(first) = first {
+                    out.push((first, g, acc.finish()));
+                }
+            }
+            Ok(out)
+        })?;
+        if !done.is_empty() {
+            for metric in non_counters {
+                self.ctx.annotate(
+                    false,
+                    format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
+                    name,
+                    Some(0),
+                );
+            }
+        }
+        done.sort_unstable_by_key(|d| d.0);
+        let drop_name = !spec.keep_name && self.ctx.delayed_name_removal;
+        let mut out = Vec::with_capacity(done.len());
+        for (_, g, values) in done {
+            if values.iter().any(Option::is_some) {
+                let mut s = StepSeries::new(std::mem::take(&mut group_labels[g]), values);
+                s.drop_name = drop_name;
+                out.push(s);
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// The values of [`Evaluator::apply_windows`] for some of the series, in order; `None`
     /// for a series without any.
     #[allow(clippy::type_complexity)]
@@ -1042,53 +1213,69 @@ impl Evaluator<'_> {
         scalars: &[Vec<f64>],
     ) -> Result<Vec<Option<Vec<Option<f64>>>>, QueryError> {
         let mut out = Vec::with_capacity(series_list.len());
-        let mut args = vec![0.0; scalars.len()];
-        let mut resets: Vec<u32> = Vec::new();
-        let mut buf = Vec::new();
+        let mut scratch = WindowScratch::default();
         for series in series_list {
-            self.ctx.check_deadline()?;
-            let samples = self.points(series, &mut buf)?;
-            // resets[j]: how many of samples[1..=j] are lower than their predecessor.
-            resets.clear();
-            let mut count = 0u32;
-            resets.push(0);
-            for pair in samples.windows(2) {
-                count += u32::from(pair[1].1 < pair[0].1);
-                resets.push(count);
-            }
-            let mut queryable = 0u64;
             let mut values = vec![None; self.n];
-            let (mut lo, mut hi) = (0, 0);
-            for (i, slot) in values.iter_mut().enumerate() {
-                let (range_start, range_end) = self.window_bounds(input, i);
-                if input.at.is_some() {
-                    lo = samples.partition_point(|s| s.0 <= range_start);
-                    hi = samples.partition_point(|s| s.0 <= range_end);
-                } else {
-                    while hi < samples.len() && samples[hi].0 <= range_end {
-                        hi += 1;
-                    }
-                    while lo < hi && samples[lo].0 <= range_start {
-                        lo += 1;
-                    }
-                }
-                for (a, s) in args.iter_mut().zip(scalars) {
-                    *a = s[i];
-                }
-                queryable += (hi - lo) as u64;
-                let w = Window {
-                    samples: &samples[lo..hi],
-                    range_start,
-                    range_end,
-                    eval_time: self.ts(i),
-                    may_have_resets: hi > lo + 1 && resets[hi - 1] != resets[lo],
-                };
-                *slot = (spec.f)(&w, &args).map_err(QueryError::Execution)?;
-            }
-            self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
-            out.push(values.iter().any(Option::is_some).then_some(values));
+            let any =
+                self.window_values(input, series, spec, scalars, &mut scratch, &mut values)?;
+            out.push(any.then_some(values));
         }
         Ok(out)
+    }
+
+    /// A window function's value for one series at every step, into `values` (one slot
+    /// per step); returns whether any step has one.
+    fn window_values(
+        &self,
+        input: &RangeInput,
+        series: &RangeSeries,
+        spec: &functions::WindowSpec,
+        scalars: &[Vec<f64>],
+        scratch: &mut WindowScratch,
+        values: &mut [Option<f64>],
+    ) -> Result<bool, QueryError> {
+        self.ctx.check_deadline()?;
+        let WindowScratch { args, resets, buf } = scratch;
+        args.resize(scalars.len(), 0.0);
+        let samples = self.points(series, buf)?;
+        // resets[j]: how many of samples[1..=j] are lower than their predecessor.
+        resets.clear();
+        let mut count = 0u32;
+        resets.push(0);
+        for pair in samples.windows(2) {
+            count += u32::from(pair[1].1 < pair[0].1);
+            resets.push(count);
+        }
+        let mut queryable = 0u64;
+        let (mut lo, mut hi) = (0, 0);
+        for (i, slot) in values.iter_mut().enumerate() {
+            let (range_start, range_end) = self.window_bounds(input, i);
+            if input.at.is_some() {
+                lo = samples.partition_point(|s| s.0 <= range_start);
+                hi = samples.partition_point(|s| s.0 <= range_end);
+            } else {
+                while hi < samples.len() && samples[hi].0 <= range_end {
+                    hi += 1;
+                }
+                while lo < hi && samples[lo].0 <= range_start {
+                    lo += 1;
+                }
+            }
+            for (a, s) in args.iter_mut().zip(scalars) {
+                *a = s[i];
+            }
+            queryable += (hi - lo) as u64;
+            let w = Window {
+                samples: &samples[lo..hi],
+                range_start,
+                range_end,
+                eval_time: self.ts(i),
+                may_have_resets: hi > lo + 1 && resets[hi - 1] != resets[lo],
+            };
+            *slot = (spec.f)(&w, args).map_err(QueryError::Execution)?;
+        }
+        self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
+        Ok(values.iter().any(Option::is_some))
     }
 
     fn constant(&self, v: f64) -> Val {
@@ -1516,6 +1703,11 @@ impl Evaluator<'_> {
                     "limit_ratio",
                     Some(0),
                 );
+            }
+        }
+        if let (Param::None, Some(kind)) = (&param, aggregate::Kind::of(&op)) {
+            if let Some(out) = self.aggregate_windows(&op, kind, &a.expr, a.modifier.as_ref())? {
+                return Ok(Val::Vector(out));
             }
         }
         let input = self.eval_vector(&a.expr, &format!("the argument of {op}"))?;
@@ -2120,4 +2312,12 @@ fn non_counter_names(input: &RangeInput) -> Vec<String> {
         }
     }
     out
+}
+
+/// `e` without the parentheses around it.
+fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
 }

@@ -1,0 +1,109 @@
+//! An aggregation over a window function of a range selector is folded series by series
+//! (`sum by (g) (rate(m[5m]))` never holds every series' values); it must give exactly
+//! what evaluating the function and then the aggregation gives. `f(m[5m]) * 1` takes
+//! the general path, so each query is compared with that form, bit for bit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use strata_query::{Engine, EngineOptions, QueryValue};
+use strata_storage::{Db, Labels, Options};
+
+const HOUR: i64 = 3_600_000;
+
+/// 400 series of `m` in groups of uneven size, with gaps, counter resets and late starts.
+fn db(dir: &std::path::Path) -> Db {
+    let db = Db::open(dir, Options::default()).unwrap();
+    let mut app = db.appender();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..400u64 {
+        let l = Labels::from_pairs([
+            ("__name__", "m".to_string()),
+            ("g", ((i * i) % 9).to_string()),
+            ("h", i.to_string()),
+        ]);
+        let first = if i % 10 == 0 { 120 } else { 0 };
+        let mut v = 0.0;
+        for k in first..240u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (k + i) % 37 < 5 {
+                continue;
+            }
+            v += (x % 1000) as f64 / 7.0;
+            if x.is_multiple_of(97) {
+                v = 0.0;
+            }
+            app.append(&l, k as i64 * 15_000, v).unwrap();
+        }
+    }
+    app.commit().unwrap();
+    db
+}
+
+#[test]
+fn folded_aggregations_equal_the_general_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    for delayed_name_removal in [false, true] {
+        let engine = Engine::new(EngineOptions {
+            delayed_name_removal,
+            ..EngineOptions::default()
+        });
+        let mut compared = 0;
+        for op in [
+            "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar",
+        ] {
+            for modifier in ["", "by (g)", "without (h)"] {
+                for f in ["rate((m[5m]))", "quantile_over_time(0.3, m[10m])"] {
+                    let folded = format!("{op} {modifier} ({f})");
+                    let general = format!("{op} {modifier} ({f} * 1)");
+                    let a = engine.range_query(&db, &folded, 0, HOUR, 60_000).unwrap();
+                    let b = engine.range_query(&db, &general, 0, HOUR, 60_000).unwrap();
+                    assert_eq!(
+                        format!("{:?}", a.value),
+                        format!("{:?}", b.value),
+                        "{folded}"
+                    );
+                    assert!(
+                        matches!(&a.value, QueryValue::Matrix(m) if !m.is_empty()),
+                        "{folded}: empty"
+                    );
+                    for t in [HOUR / 4, HOUR - 7_000] {
+                        let a = engine.instant_query(&db, &folded, t).unwrap();
+                        let b = engine.instant_query(&db, &general, t).unwrap();
+                        assert_eq!(
+                            format!("{:?}", a.value),
+                            format!("{:?}", b.value),
+                            "{folded} at {t}"
+                        );
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert_eq!(compared, 48);
+    }
+}
+
+#[test]
+fn series_that_collide_once_named_apart_are_still_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut app = db.appender();
+    for name in ["a_total", "b_total"] {
+        let l = Labels::from_pairs([("__name__", name), ("job", "x")]);
+        for k in 0..20 {
+            app.append(&l, k * 15_000, k as f64).unwrap();
+        }
+    }
+    app.commit().unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let q = r#"sum(rate({__name__=~"a_total|b_total"}[1m]))"#;
+    let err = engine.instant_query(&db, q, 285_000).err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("same labelset")),
+        "{err:?}"
+    );
+}
