@@ -647,6 +647,7 @@ fn main() {
         ("series of a host", "", false),
     ];
     let mut qrows = Vec::new();
+    let mut hwm_after = Vec::new();
     for (name, q, is_range) in queries {
         let path = if name == "series of a host" {
             format!(
@@ -726,6 +727,8 @@ fn main() {
             })
             .collect();
         qrows.push((name, is_range, times, same_series, same_as_prom));
+        // Alone, where the peak memory comes from.
+        hwm_after.push(proc_status_kib(peers[0].pid, "VmHWM") as f64 / 1024.0);
     }
     for (p, row) in peers.iter().zip(rows.iter_mut()) {
         row.rss = proc_status_kib(p.pid, "VmHWM") as f64 / 1024.0;
@@ -741,12 +744,12 @@ fn main() {
                 row.bytes_per_sample
             );
         }
-        for (name, _, times, _, _) in &qrows {
+        for ((name, _, times, _, _), hwm) in qrows.iter().zip(&hwm_after) {
             let ms: Vec<String> = times
                 .iter()
                 .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
                 .collect();
-            println!("{name}: {}", ms.join(", "));
+            println!("{name}: {} (VmHWM {hwm:.0} MiB after)", ms.join(", "));
         }
         keep(&peers, end_ms);
         return;
