@@ -758,6 +758,7 @@ impl Block {
         let mut postings = Postings::default();
         let mut verified_times: std::collections::HashMap<usize, (usize, usize, u16)> =
             std::collections::HashMap::new();
+        let mut checked = 0usize;
         for _ in 0..nseries {
             let nl = r.uvarint().ok_or_else(bad)? as usize;
             let mut ls = Vec::with_capacity(nl.min(64));
@@ -794,6 +795,13 @@ impl Block {
                         "chunks",
                         format!("chunk at {offset}: checksum mismatch"),
                     ));
+                }
+                // The pages checked so far go back as the check moves on: a large block
+                // is never resident as a whole.
+                checked += len;
+                if checked >= RELEASE_EVERY {
+                    release_pages(&map);
+                    checked = 0;
                 }
                 let mut chunk = ChunkMeta {
                     min_t,
@@ -853,12 +861,9 @@ impl Block {
             return Err(bad());
         }
         let tombstones = read_tombstones(dir, series.len())?;
-        // Checking every chunk mapped the whole file in: give the pages back (they stay
-        // in the page cache) so that an open block costs memory only while it is read.
-        // SAFETY: a read-only shared map of a file nobody writes: dropped pages are read
-        // again from the file on the next access, with the same bytes.
-        #[allow(unsafe_code)]
-        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        // Checking the chunks mapped them in: give the pages back so that an open block
+        // costs memory only while it is read.
+        release_pages(&map);
         let bytes = [meta_path, index_path, chunks_path, dir.join("tombstones")]
             .iter()
             .filter_map(|p| fs::metadata(p).ok())
@@ -876,6 +881,12 @@ impl Block {
     }
 
     /// The series matching `matchers` with chunks overlapping `[mint, maxt]`.
+    /// Gives back the pages of the chunks file read so far (see [`release_pages`]); for
+    /// reads that go through a whole block, such as a merge.
+    pub(crate) fn release_pages(&self) {
+        release_pages(&self.chunks);
+    }
+
     pub(crate) fn select(
         &self,
         matchers: &[Matcher],
@@ -890,32 +901,51 @@ impl Block {
             let Some(s) = self.series.get(r as usize) else {
                 continue;
             };
-            let mut chunks: Vec<ChunkView> = s
-                .chunks
-                .iter()
-                .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-                .map(|&chunk| ChunkView::Mapped {
-                    file: Arc::clone(&self.chunks),
-                    chunk,
-                })
-                .collect();
-            if let Some(deleted) = self.tombstones.get(&r) {
-                let kept: Vec<(i64, f64)> = chunks
-                    .iter()
-                    .flat_map(|c| c.iter())
-                    .filter(|&(t, _)| !deleted.iter().any(|&(a, z)| t >= a && t <= z))
-                    .collect();
-                chunks = if kept.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![ChunkView::Samples(kept.into())]
-                };
-            }
+            let chunks = self.views(r, mint, maxt);
             if !chunks.is_empty() {
                 out.push((s.labels.clone(), chunks));
             }
         }
         out
+    }
+
+    /// How many series the block holds; [`Block::series_labels`] and [`Block::views`]
+    /// take their positions.
+    pub(crate) fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    pub(crate) fn series_labels(&self, r: usize) -> Option<&Labels> {
+        self.series.get(r).map(|s| &s.labels)
+    }
+
+    /// The chunks of series `r` overlapping `[mint, maxt]`, its deleted samples left out.
+    pub(crate) fn views(&self, r: u32, mint: i64, maxt: i64) -> Vec<ChunkView> {
+        let Some(s) = self.series.get(r as usize) else {
+            return Vec::new();
+        };
+        let chunks: Vec<ChunkView> = s
+            .chunks
+            .iter()
+            .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+            .map(|&chunk| ChunkView::Mapped {
+                file: Arc::clone(&self.chunks),
+                chunk,
+            })
+            .collect();
+        let Some(deleted) = self.tombstones.get(&r) else {
+            return chunks;
+        };
+        let kept: Vec<(i64, f64)> = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|&(t, _)| !deleted.iter().any(|&(a, z)| t >= a && t <= z))
+            .collect();
+        if kept.is_empty() {
+            Vec::new()
+        } else {
+            vec![ChunkView::Samples(kept.into())]
+        }
     }
 
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`.
@@ -963,6 +993,18 @@ impl Block {
     pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
         self.postings.values(name)
     }
+}
+
+/// How many bytes of a block's chunks a long read goes through between giving their
+/// pages back.
+pub(crate) const RELEASE_EVERY: usize = 4 << 20;
+
+/// Drops the pages of a block's chunk map from this process (they stay in the page cache):
+/// a read-only map of a file nobody writes reads the same bytes back on the next access.
+fn release_pages(map: &Mmap) {
+    // SAFETY: see above; the map is shared and read-only, so DONTNEED loses nothing.
+    #[allow(unsafe_code)]
+    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
 }
 
 #[cfg(test)]

@@ -525,20 +525,30 @@ impl Db {
         let inner = &self.inner;
         let min = group.iter().map(|b| b.meta.min_time).min().unwrap_or(0);
         let max = group.iter().map(|b| b.meta.max_time).max().unwrap_or(0);
-        let all = [Matcher::regex(crate::METRIC_NAME, ".*")?];
         let mut by_seq: Vec<&Arc<Block>> = group.iter().collect();
         by_seq.sort_by_key(|b| b.meta.seq);
-        // Each series' chunks from every input, oldest block first; samples are decoded
-        // and merged one series at a time as the new block is written.
-        let mut series: std::collections::BTreeMap<Labels, Vec<Vec<ChunkView>>> =
-            std::collections::BTreeMap::new();
-        for b in by_seq {
-            for (labels, chunks) in b.select(&all, i64::MIN, i64::MAX) {
-                series.entry(labels).or_default().push(chunks);
+        // Every input series as (labels, input, position), by labels and then oldest
+        // input first; chunks are looked up, decoded and merged one series at a time as
+        // the new block is written, so no input is copied whole.
+        let mut refs: Vec<(&Labels, usize, u32)> = Vec::new();
+        for (k, b) in by_seq.iter().enumerate() {
+            for r in 0..b.series_count() {
+                if let Some(l) = b.series_labels(r) {
+                    refs.push((l, k, r as u32));
+                }
             }
         }
-        let series: Vec<(Labels, Vec<Vec<ChunkView>>)> = series.into_iter().collect();
-        let labels: Vec<&Labels> = series.iter().map(|(l, _)| l).collect();
+        refs.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        // Series i of the new block: labels[i], from refs[starts[i]..starts[i + 1]].
+        let mut labels: Vec<&Labels> = Vec::new();
+        let mut starts: Vec<usize> = Vec::new();
+        for (j, r) in refs.iter().enumerate() {
+            if labels.last() != Some(&r.0) {
+                labels.push(r.0);
+                starts.push(j);
+            }
+        }
+        starts.push(refs.len());
         let blocks_dir = inner.dir.join("blocks");
         let new = NewBlock {
             min_time: min,
@@ -546,12 +556,19 @@ impl Db {
             seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
             sources: group.iter().map(|b| b.meta.seq).collect(),
         };
+        // Samples read since the inputs last gave their pages back.
+        let read = std::cell::Cell::new(0usize);
         let dir = write_block_with(
             &blocks_dir,
             &labels,
             |i| {
+                if read.get() >= crate::block::RELEASE_EVERY / 2 {
+                    group.iter().for_each(|b| b.release_pages());
+                    read.set(0);
+                }
                 let mut merged: Vec<(i64, f64)> = Vec::new();
-                for chunks in &series[i].1 {
+                for &(_, k, r) in &refs[starts[i]..starts[i + 1]] {
+                    let chunks = by_seq[k].views(r, i64::MIN, i64::MAX);
                     let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
                     let after = match (merged.last(), samples.first()) {
                         (Some(l), Some(f)) => l.0 < f.0,
@@ -563,6 +580,8 @@ impl Db {
                         merged = merge_newest_wins(&merged, &samples);
                     }
                 }
+                // About two bytes a sample in the inputs' chunks.
+                read.set(read.get() + 2 * merged.len());
                 Cow::Owned(merged)
             },
             new,
@@ -583,7 +602,7 @@ impl Db {
             min_time = min,
             max_time = max,
             inputs = group.len(),
-            series = series.len(),
+            series = labels.len(),
             "merged blocks"
         );
         Ok(meta)

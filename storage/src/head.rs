@@ -216,7 +216,8 @@ impl SeriesData {
     /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
     fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<ChunkView> {
         let inside = |c: &&HeadChunk| c.max_t() >= mint && c.min_t() <= maxt;
-        let open = self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt;
+        let open =
+            self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt;
         // Sized exactly: a selection holds these for every series until the query ends.
         let mut out =
             Vec::with_capacity(self.closed.iter().filter(inside).count() + usize::from(open));
