@@ -582,6 +582,15 @@ struct RangeSeries {
     drop_name: bool,
 }
 
+/// A window function's call with its arguments evaluated.
+struct WindowCall {
+    spec: functions::WindowSpec,
+    input: RangeInput,
+    scalars: Vec<Vec<f64>>,
+    /// Metric names that get the "might not be a counter" info if the call has output.
+    non_counters: Vec<String>,
+}
+
 /// Buffers one thread reuses from series to series while applying a window function.
 #[derive(Default)]
 struct WindowScratch {
@@ -1049,6 +1058,52 @@ impl Evaluator<'_> {
                         .all(|s| s.labels.metric_name() == first_name))
     }
 
+    /// Evaluates the arguments of a window function's call: its range vector and scalars.
+    fn window_call(&self, c: &Call, spec: functions::WindowSpec) -> Result<WindowCall, QueryError> {
+        let name = c.func.name;
+        let range_arg = c.args.args.get(spec.range_arg).ok_or_else(|| {
+            QueryError::BadData(format!(
+                "{name}() is missing argument {}",
+                spec.range_arg + 1
+            ))
+        })?;
+        let input = self.range_input(range_arg)?;
+        let mut scalars = Vec::new();
+        for (j, a) in c.args.args.iter().enumerate() {
+            if j != spec.range_arg {
+                scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
+            }
+        }
+        if name == "quantile_over_time" && !input.series.is_empty() {
+            self.ctx.invalid_quantile(&scalars[0], name, 0);
+        }
+        // Taken before the windows: their output takes the input's labels.
+        let non_counters = if matches!(name, "rate" | "increase") {
+            non_counter_names(&input)
+        } else {
+            Vec::new()
+        };
+        Ok(WindowCall {
+            spec,
+            input,
+            scalars,
+            non_counters,
+        })
+    }
+
+    /// `rate` and `increase` with an output over series whose names do not look like
+    /// counters get an info, as in Prometheus.
+    fn note_non_counters(&self, func: &str, names: Vec<String>) {
+        for metric in names {
+            self.ctx.annotate(
+                false,
+                format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
+                func,
+                Some(0),
+            );
+        }
+    }
+
     /// `op(f(x[r]))` for an aggregation that folds values one at a time over a window
     /// function of a range selector, without holding every series' values: each group's
     /// members are evaluated and folded in turn, the groups spread over the cores. The
@@ -1068,11 +1123,8 @@ impl Evaluator<'_> {
         let Some(spec) = functions::window_function(name) else {
             return Ok(None);
         };
-        let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
-        let Some(&range_arg) = args.get(spec.range_arg) else {
-            return Ok(None);
-        };
-        if !matches!(unparen(range_arg), Expr::MatrixSelector(_)) {
+        let range_arg = c.args.args.get(spec.range_arg).map(|a| unparen(a));
+        if !matches!(range_arg, Some(Expr::MatrixSelector(_))) {
             return Ok(None);
         }
         // Grouping by the name would see whether the function removed it.
@@ -1081,16 +1133,18 @@ impl Evaluator<'_> {
                 return Ok(None);
             }
         }
-        let input = self.range_input(range_arg)?;
-        let mut scalars = Vec::new();
-        for (j, a) in args.iter().enumerate() {
-            if j != spec.range_arg {
-                scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
-            }
-        }
+        let WindowCall {
+            spec,
+            input,
+            scalars,
+            non_counters,
+        } = self.window_call(c, spec)?;
         if !self.windows_keep_labels_distinct(&input, &spec) {
             // The function's own error about equal label sets comes first.
             let out = self.apply_windows(input, &spec, &scalars)?;
+            if !out.is_empty() {
+                self.note_non_counters(name, non_counters);
+            }
             return Ok(Some(aggregate::aggregate(
                 op,
                 out,
@@ -1099,14 +1153,6 @@ impl Evaluator<'_> {
                 self.n,
             )?));
         }
-        if name == "quantile_over_time" && !input.series.is_empty() {
-            self.ctx.invalid_quantile(&scalars[0], name, 0);
-        }
-        let non_counters = if matches!(name, "rate" | "increase") {
-            non_counter_names(&input)
-        } else {
-            Vec::new()
-        };
         // Groups in order of their first member, as the aggregation forms them.
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut group_labels: Vec<Labels> = Vec::new();
@@ -1180,14 +1226,7 @@ impl Evaluator<'_> {
             Ok(out)
         })?;
         if !done.is_empty() {
-            for metric in non_counters {
-                self.ctx.annotate(
-                    false,
-                    format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
-                    name,
-                    Some(0),
-                );
-            }
+            self.note_non_counters(name, non_counters);
         }
         done.sort_unstable_by_key(|d| d.0);
         let drop_name = !spec.keep_name && self.ctx.delayed_name_removal;
@@ -1307,32 +1346,10 @@ impl Evaluator<'_> {
             })
         };
         if let Some(spec) = functions::window_function(name) {
-            let input = self.range_input(arg(spec.range_arg)?)?;
-            let mut scalars = Vec::new();
-            for (j, a) in args.iter().enumerate() {
-                if j != spec.range_arg {
-                    scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
-                }
-            }
-            if name == "quantile_over_time" && !input.series.is_empty() {
-                self.ctx.invalid_quantile(&scalars[0], name, 0);
-            }
-            // Taken before the windows: the output takes the input's labels.
-            let non_counters = if matches!(name, "rate" | "increase") {
-                non_counter_names(&input)
-            } else {
-                Vec::new()
-            };
-            let out = self.apply_windows(input, &spec, &scalars)?;
+            let w = self.window_call(c, spec)?;
+            let out = self.apply_windows(w.input, &w.spec, &w.scalars)?;
             if !out.is_empty() {
-                for metric in non_counters {
-                    self.ctx.annotate(
-                        false,
-                        format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
-                        name,
-                        Some(0),
-                    );
-                }
+                self.note_non_counters(name, w.non_counters);
             }
             return Ok(Val::Vector(out));
         }
@@ -2295,8 +2312,8 @@ fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError>
     Ok(out)
 }
 
-/// `rate` and `increase` over series whose names do not look like counters get an info,
-/// as in Prometheus: the distinct such names of `input`.
+/// The distinct metric names of `input` that do not look like counters' (for `rate` and
+/// `increase`).
 fn non_counter_names(input: &RangeInput) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in &input.series {
