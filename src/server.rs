@@ -356,6 +356,11 @@ const TRIM_AFTER_SAMPLES: u64 = 1_000_000;
 /// threads and the allocator keeps what they free in per-thread arenas; without this the
 /// resident size after each large query grows by what the previous one left scattered.
 fn give_back_free_memory() {
+    // One trim at a time: queries that end together share it.
+    static TRIMMING: AtomicBool = AtomicBool::new(false);
+    if TRIMMING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
     let started = Instant::now();
     // SAFETY: malloc_trim takes no pointers and only releases memory the allocator
     // holds unused.
@@ -368,6 +373,7 @@ fn give_back_free_memory() {
         micros = started.elapsed().as_micros() as u64,
         "trimmed the heap"
     );
+    TRIMMING.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// Runs a query on the blocking pool once a query slot is free, and encodes its answer.
