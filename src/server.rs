@@ -508,9 +508,14 @@ async fn series(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
     let limit = p.limit()?;
     let body = blocking(move || {
         let q = st.db.querier(start, end);
-        let mut found: BTreeSet<Labels> = BTreeSet::new();
+        // Each set's labels come sorted and unique; several sets are merged.
+        let mut found: Vec<Labels> = Vec::new();
         for m in &sets {
             found.extend(q.series_labels(m)?);
+        }
+        if sets.len() > 1 {
+            found.sort_unstable();
+            found.dedup();
         }
         Ok(json::success(|out| {
             out.push('[');

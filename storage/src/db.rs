@@ -1263,6 +1263,36 @@ impl Series {
     }
 }
 
+/// The union of two sorted lists, sorted and without repeats (given `a` has none).
+fn merge_sorted<T: Ord>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.cmp(y) {
+                std::cmp::Ordering::Less => a.next(),
+                std::cmp::Ordering::Greater => b.next(),
+                std::cmp::Ordering::Equal => {
+                    b.next();
+                    a.next()
+                }
+            },
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        if let Some(v) = next {
+            if out.last() != Some(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// Whether any view starts at or before the end of an earlier one, and the latest end.
 fn overlap<'a>(views: impl Iterator<Item = &'a ChunkView>) -> (bool, i64) {
     let mut end = i64::MIN;
@@ -1421,13 +1451,18 @@ impl Querier {
     /// The labels of the series `matchers` select with a sample in range, sorted and
     /// unique: [`Querier::select`] without reading the samples.
     pub fn series_labels(&self, matchers: &[Matcher]) -> Result<Vec<Labels>, Error> {
-        // The head first, then the blocks, as in `select`.
+        // The head first, then the blocks, as in `select`. A series usually lies in the
+        // head and in several blocks: sorted lists are merged rather than sorted again.
         let mut out = self.db.head.select_labels(matchers, self.mint, self.maxt);
-        for b in self.db.block_list() {
-            out.extend(b.select_labels(matchers, self.mint, self.maxt));
-        }
         out.sort_unstable();
         out.dedup();
+        for b in self.db.block_list() {
+            let mut more = b.select_labels(matchers, self.mint, self.maxt);
+            if !more.is_sorted() {
+                more.sort_unstable();
+            }
+            out = merge_sorted(out, more);
+        }
         Ok(out)
     }
 
@@ -1811,6 +1846,16 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorted_lists_merge_into_one_without_repeats() {
+        assert_eq!(
+            merge_sorted(vec![1, 3, 5], vec![1, 2, 2, 5, 6]),
+            vec![1, 2, 3, 5, 6]
+        );
+        assert_eq!(merge_sorted(Vec::new(), vec![4, 4]), vec![4]);
+        assert_eq!(merge_sorted(vec![7], Vec::new()), vec![7]);
+    }
 
     fn tmp() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
