@@ -60,7 +60,7 @@ pub(crate) fn aggregate(
             None => return Err(QueryError::Unsupported(format!("the aggregation {other}"))),
         },
     };
-    let (groups, members) = group(&input, modifier);
+    let (groups, members) = group(input.iter().map(|s| &s.labels), modifier);
     let mut out = Vec::with_capacity(groups.len());
     for (labels, idxs) in groups.into_iter().zip(members) {
         let mut acc = GroupAcc::new(kind, n);
@@ -79,12 +79,15 @@ pub(crate) fn aggregate(
 
 /// Groups the input: each group's labels and the indexes of its members, in order of
 /// first appearance.
-fn group(input: &[StepSeries], modifier: Option<&LabelModifier>) -> (Vec<Labels>, Vec<Vec<usize>>) {
+pub(crate) fn group<'a>(
+    input: impl Iterator<Item = &'a Labels>,
+    modifier: Option<&LabelModifier>,
+) -> (Vec<Labels>, Vec<Vec<usize>>) {
     let mut index: HashMap<Labels, usize> = HashMap::new();
     let mut labels = Vec::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
-    for (i, s) in input.iter().enumerate() {
-        let key = grouping_labels(&s.labels, modifier);
+    for (i, series_labels) in input.enumerate() {
+        let key = grouping_labels(series_labels, modifier);
         let g = *index.entry(key.clone()).or_insert_with(|| {
             labels.push(key);
             members.push(Vec::new());
@@ -111,7 +114,7 @@ fn quantile_agg(
     n: usize,
 ) -> Result<Vec<StepSeries>, QueryError> {
     let q = scalar_param(param, "quantile")?;
-    let (groups, members) = group(&input, modifier);
+    let (groups, members) = group(input.iter().map(|s| &s.labels), modifier);
     let mut out = Vec::with_capacity(groups.len());
     let mut buf = Vec::new();
     for (labels, idxs) in groups.into_iter().zip(members) {
@@ -141,7 +144,7 @@ fn top_k(
 ) -> Result<Vec<StepSeries>, QueryError> {
     let op = if top { "topk" } else { "bottomk" };
     let k = scalar_param(param, op)?;
-    let (_, members) = group(&input, modifier);
+    let (_, members) = group(input.iter().map(|s| &s.labels), modifier);
     let mut keep = vec![vec![false; n]; input.len()];
     // For an instant query: the output order, group by group, best first.
     let mut order: Vec<usize> = Vec::new();
@@ -219,7 +222,7 @@ fn limit_k(
     if k.iter().any(|k| k.is_nan()) {
         return Err(QueryError::Execution("Parameter value is NaN".into()));
     }
-    let (_, members) = group(&input, modifier);
+    let (_, members) = group(input.iter().map(|s| &s.labels), modifier);
     let mut keep = vec![vec![false; n]; input.len()];
     for idxs in &members {
         for (i, &k) in k.iter().enumerate() {

@@ -358,6 +358,13 @@ const MAX_THREADS: usize = 4;
 const PARALLEL_MIN_SERIES: usize = 256;
 const PARALLEL_MIN_SERIES_INSTANT: usize = 2_048;
 
+/// How many threads one query's evaluation uses at most.
+fn query_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS)
+}
+
 /// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads when there are
 /// `min_items` or more (on the calling thread otherwise), the results concatenated in
 /// order; the first error wins.
@@ -366,9 +373,7 @@ fn on_cores<T: Sync, R: Send>(
     min_items: usize,
     f: impl Fn(&[T]) -> Result<Vec<R>, QueryError> + Sync,
 ) -> Result<Vec<R>, QueryError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS);
+    let threads = query_threads();
     if threads < 2 || items.len() < min_items.max(2) {
         return f(items);
     }
@@ -1116,14 +1121,14 @@ impl Evaluator<'_> {
         e: &Expr,
         modifier: Option<&LabelModifier>,
     ) -> Result<Option<Vec<StepSeries>>, QueryError> {
-        let Expr::Call(c) = unparen(e) else {
+        let Expr::Call(c) = unwrap_parens(e) else {
             return Ok(None);
         };
         let name = c.func.name;
         let Some(spec) = functions::window_function(name) else {
             return Ok(None);
         };
-        let range_arg = c.args.args.get(spec.range_arg).map(|a| unparen(a));
+        let range_arg = c.args.args.get(spec.range_arg).map(|a| unwrap_parens(a));
         if !matches!(range_arg, Some(Expr::MatrixSelector(_))) {
             return Ok(None);
         }
@@ -1154,28 +1159,10 @@ impl Evaluator<'_> {
             )?));
         }
         // Groups in order of their first member, as the aggregation forms them.
-        let mut index: HashMap<Labels, usize> = HashMap::new();
-        let mut group_labels: Vec<Labels> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        for (i, s) in input.series.iter().enumerate() {
-            let key = aggregate::grouping_labels(&s.labels, modifier);
-            let g = match index.get(&key) {
-                Some(&g) => g,
-                None => {
-                    index.insert(key.clone(), members.len());
-                    group_labels.push(key);
-                    members.push(Vec::new());
-                    members.len() - 1
-                }
-            };
-            members[g].push(i);
-        }
-        drop(index);
+        let (mut group_labels, members) =
+            aggregate::group(input.series.iter().map(|s| &s.labels), modifier);
         // Runs of groups with about the same number of members, one per core.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS);
-        let per = input.series.len().div_ceil(threads).max(1);
+        let per = input.series.len().div_ceil(query_threads()).max(1);
         let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut start, mut size) = (0, 0);
         for (g, m) in members.iter().enumerate() {
@@ -2329,12 +2316,4 @@ fn non_counter_names(input: &RangeInput) -> Vec<String> {
         }
     }
     out
-}
-
-/// `e` without the parentheses around it.
-fn unparen(mut e: &Expr) -> &Expr {
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
-    e
 }

@@ -557,14 +557,14 @@ impl Db {
             sources: group.iter().map(|b| b.meta.seq).collect(),
         };
         // Samples read since the inputs last gave their pages back.
-        let read = std::cell::Cell::new(0usize);
+        let mut read = 0usize;
         let dir = write_block_with(
             &blocks_dir,
             &labels,
             |i| {
-                if read.get() >= crate::block::RELEASE_EVERY / 2 {
+                if read >= crate::block::RELEASE_EVERY / 2 {
                     group.iter().for_each(|b| b.release_pages());
-                    read.set(0);
+                    read = 0;
                 }
                 let mut merged: Vec<(i64, f64)> = Vec::new();
                 for &(_, k, r) in &refs[starts[i]..starts[i + 1]] {
@@ -581,7 +581,7 @@ impl Db {
                     }
                 }
                 // About two bytes a sample in the inputs' chunks.
-                read.set(read.get() + 2 * merged.len());
+                read += 2 * merged.len();
                 Cow::Owned(merged)
             },
             new,
