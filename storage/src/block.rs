@@ -201,6 +201,20 @@ impl ChunkView {
     }
 }
 
+/// `samples` as XOR chunks, one for each `samples.chunks(XOR_SAMPLES)`.
+fn xor_chunks(samples: &[(i64, f64)]) -> Vec<Box<[u8]>> {
+    samples
+        .chunks(XOR_SAMPLES)
+        .map(|small| {
+            let mut c = XorChunk::new();
+            for &(t, v) in small {
+                c.append(t, v);
+            }
+            c.into_encoded().0
+        })
+        .collect()
+}
+
 /// Whether a chunk whose first and last samples are at `first` and `last` holds a
 /// sample in `[lo, hi]`: known from those two, unless the chunk reaches past both ends,
 /// when `samples` are decoded.
@@ -384,9 +398,32 @@ pub(crate) fn write_block_with<'a>(
         let parts = samples.len().div_ceil(DENSE_MAX_SAMPLES).max(1);
         let per_part = samples.len().div_ceil(parts).max(1);
         for part in samples.chunks(per_part) {
-            match dense::encode_values(part)? {
+            let times = dense::encode_times(part)?;
+            let shared = times_at.contains_key(&times);
+            let (values, xors) = match dense::encode_values(part)? {
+                Some(values) => (Some(values), Vec::new()),
+                None => {
+                    // Values that are not decimals: their bit patterns with the time
+                    // section, or XOR chunks, whichever is smaller on disk.
+                    let floats = dense::encode_float_values(part)?;
+                    let xors = xor_chunks(part);
+                    let dense_len = floats.len()
+                        + CHUNK_HEADER
+                        + if shared {
+                            0
+                        } else {
+                            times.len() + CHUNK_HEADER
+                        };
+                    let xor_len: usize = xors.iter().map(|x| x.len() + CHUNK_HEADER).sum();
+                    if dense_len < xor_len {
+                        (Some(floats), Vec::new())
+                    } else {
+                        (None, xors)
+                    }
+                }
+            };
+            match values {
                 Some(values) => {
-                    let times = dense::encode_times(part)?;
                     let at = match times_at.get(&times) {
                         Some(&at) => at,
                         None => {
@@ -401,12 +438,7 @@ pub(crate) fn write_block_with<'a>(
                     refs.push(chunks_file.put(part, Encoding::Dense, &data)?);
                 }
                 None => {
-                    for small in part.chunks(XOR_SAMPLES) {
-                        let mut c = XorChunk::new();
-                        for &(t, v) in small {
-                            c.append(t, v);
-                        }
-                        let (xor, _) = c.into_encoded();
+                    for (small, xor) in part.chunks(XOR_SAMPLES).zip(xors) {
                         refs.push(chunks_file.put(small, Encoding::Xor, &xor)?);
                     }
                 }
@@ -1131,6 +1163,19 @@ mod tests {
             Labels::from_pairs([("__name__", "other")]),
             times.iter().map(|&t| (t + 1, 1.0)).collect(),
         ));
+        // Values that are no decimals (a histogram's sum of durations) keep their bit
+        // patterns in a dense chunk, with the shared timestamps.
+        let mut sum = 0.0;
+        series.push((
+            Labels::from_pairs([("__name__", "m_sum")]),
+            times
+                .iter()
+                .map(|&t| {
+                    sum += (t % 7_919) as f64 * std::f64::consts::PI / 1e3;
+                    (t, sum)
+                })
+                .collect(),
+        ));
         let dir = write_block(tmp.path(), &series, nb(0, 7_200_000))?;
         let path = dir.join("chunks");
         let mut bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -1148,7 +1193,7 @@ mod tests {
                 .iter()
                 .filter(|&&k| k == Encoding::Dense as u8)
                 .count(),
-            11
+            12
         );
         let block = Block::open(&dir)?;
         for (labels, samples) in &series {
