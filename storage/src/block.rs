@@ -31,14 +31,17 @@ use crate::varint::{put_uvarint, put_varint, Cursor};
 use crate::wal::sync_dir;
 use crate::Error;
 
-const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK02";
+const CHUNKS_MAGIC: &[u8; 8] = b"STRCHK03";
+/// Chunks files with a checksum in every record header, still read.
+const CHUNKS_MAGIC_V2: &[u8; 8] = b"STRCHK02";
 const INDEX_MAGIC: &[u8; 8] = b"STRIDX02";
 /// An index whose body (everything after the magic) is one compressed section.
 const INDEX_MAGIC_PACKED: &[u8; 8] = b"STRIDX03";
 const TOMBSTONES_MAGIC: &[u8; 8] = b"STRTMB01";
 /// The largest unpacked index accepted (a claim past it is corruption).
 const MAX_INDEX_BYTES: u64 = 1 << 34;
-const CHUNK_HEADER: usize = 11; // len u32, count u16, encoding u8, crc u32
+/// A record header in a `STRCHK02` file: len u32, count u16, encoding u8, crc u32.
+const CHUNK_HEADER_V2: usize = 11;
 /// Most samples in a dense chunk: a series' whole range in a block of up to a day at 15 s.
 const DENSE_MAX_SAMPLES: usize = 8192;
 /// Samples per XOR chunk, used for data the dense encoding does not suit.
@@ -387,7 +390,8 @@ pub(crate) fn write_block_with<'a>(
     let mut kept: Vec<&Labels> = Vec::with_capacity(labels.len());
     let mut num_samples = 0u64;
     let mut data = Vec::new();
-    // Time sections already written, by content: series scraped together share one.
+    // The number of each time section written, by content: series scraped together share
+    // one.
     let mut times_at: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
     for (i, &series_labels) in labels.iter().enumerate() {
         let samples = samples_of(i);
@@ -407,14 +411,23 @@ pub(crate) fn write_block_with<'a>(
                     // section, or XOR chunks, whichever is smaller on disk.
                     let floats = dense::encode_float_values(part)?;
                     let xors = xor_chunks(part);
+                    let n = part.len() as u16;
+                    // The time reference takes 1 or 2 bytes in any usual block.
                     let dense_len = floats.len()
-                        + CHUNK_HEADER
+                        + 2
+                        + record_header_len(floats.len() + 2, Encoding::Dense, n)
                         + if shared {
                             0
                         } else {
-                            times.len() + CHUNK_HEADER
+                            times.len() + record_header_len(times.len(), Encoding::Times, n)
                         };
-                    let xor_len: usize = xors.iter().map(|x| x.len() + CHUNK_HEADER).sum();
+                    let xor_len: usize = part
+                        .chunks(XOR_SAMPLES)
+                        .zip(&xors)
+                        .map(|(small, x)| {
+                            x.len() + record_header_len(x.len(), Encoding::Xor, small.len() as u16)
+                        })
+                        .sum();
                     if dense_len < xor_len {
                         (Some(floats), Vec::new())
                     } else {
@@ -424,10 +437,12 @@ pub(crate) fn write_block_with<'a>(
             };
             match values {
                 Some(values) => {
+                    // Time sections are referred to by their number in the file.
                     let at = match times_at.get(&times) {
                         Some(&at) => at,
                         None => {
-                            let (_, _, at) = chunks_file.put(part, Encoding::Times, &times)?;
+                            let at = times_at.len() as u64;
+                            chunks_file.put(part, Encoding::Times, &times)?;
                             times_at.insert(times, at);
                             at
                         }
@@ -545,11 +560,12 @@ pub(crate) fn write_block_with<'a>(
 }
 
 /// A block's chunks file while it is written: buffered, with the offset of the next
-/// record.
+/// record and the checksum of everything so far.
 struct ChunksOut {
     file: std::io::BufWriter<File>,
     path: PathBuf,
     offset: u64,
+    crc: u32,
 }
 
 impl ChunksOut {
@@ -559,6 +575,7 @@ impl ChunksOut {
             file: std::io::BufWriter::with_capacity(1 << 20, file),
             path,
             offset: 0,
+            crc: 0,
         };
         out.write(CHUNKS_MAGIC)?;
         Ok(out)
@@ -569,6 +586,7 @@ impl ChunksOut {
             .write_all(bytes)
             .map_err(|e| Error::io(&self.path, e))?;
         self.offset += bytes.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
         Ok(())
     }
 
@@ -581,11 +599,8 @@ impl ChunksOut {
         data: &[u8],
     ) -> Result<(i64, i64, u64), Error> {
         let offset = self.offset;
-        let mut header = [0u8; CHUNK_HEADER];
-        header[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        header[4..6].copy_from_slice(&(samples.len() as u16).to_le_bytes());
-        header[6] = encoding as u8;
-        header[7..].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        let mut header = Vec::with_capacity(MAX_CHUNK_HEADER);
+        put_record_header(&mut header, data.len(), encoding, samples.len() as u16);
         self.write(&header)?;
         self.write(data)?;
         let min_t = samples.first().map_or(0, |s| s.0);
@@ -593,8 +608,10 @@ impl ChunksOut {
         Ok((min_t, max_t, offset))
     }
 
-    /// Flushes and syncs the file.
-    fn finish(self) -> Result<(), Error> {
+    /// Writes the checksum of the whole file after the records, then flushes and syncs.
+    fn finish(mut self) -> Result<(), Error> {
+        let crc = self.crc;
+        self.write(&crc.to_le_bytes())?;
         let path = self.path;
         let file = self
             .file
@@ -604,46 +621,170 @@ impl ChunksOut {
     }
 }
 
-/// The data of the times record at `at`, checked (once per record) to be one, intact,
-/// of `count` timestamps.
+/// The longest record header: a `uvarint` length, the encoding, a `uvarint` count.
+const MAX_CHUNK_HEADER: usize = 10 + 1 + 3;
+
+/// Appends a record header: the data's length, the encoding, and the number of samples,
+/// except for dense values, whose count is their time section's.
+fn put_record_header(out: &mut Vec<u8>, len: usize, encoding: Encoding, count: u16) {
+    put_uvarint(out, len as u64);
+    out.push(encoding as u8);
+    if encoding != Encoding::Dense {
+        put_uvarint(out, u64::from(count));
+    }
+}
+
+/// The length of the header [`put_record_header`] writes.
+fn record_header_len(len: usize, encoding: Encoding, count: u16) -> usize {
+    let mut header = Vec::with_capacity(MAX_CHUNK_HEADER);
+    put_record_header(&mut header, len, encoding, count);
+    header.len()
+}
+
+/// One record of a chunks file: where its data lies, and its header's fields.
+struct Record {
+    encoding: Encoding,
+    /// Samples in the record; 0 for dense values in a `STRCHK03` file, whose count is
+    /// their time section's.
+    count: u16,
+    start: usize,
+    len: usize,
+}
+
+/// Reads the record header at `at` of a `STRCHK03` file (bounds checked, not the data).
+fn record_v3(map: &[u8], at: usize) -> Result<Record, String> {
+    let header = map
+        .get(at..map.len().min(at.saturating_add(MAX_CHUNK_HEADER)))
+        .ok_or("out of the file")?;
+    let mut r = Cursor::new(header);
+    let len = r.uvarint().ok_or("torn header")?;
+    let byte = *r.bytes(1).and_then(|b| b.first()).ok_or("torn header")?;
+    let encoding = Encoding::from_byte(byte).ok_or(format!("unknown encoding {byte}"))?;
+    let count = if encoding == Encoding::Dense {
+        0
+    } else {
+        u16::try_from(r.uvarint().ok_or("torn header")?).map_err(|_| "bad count")?
+    };
+    let start = at + (header.len() - r.rest().len());
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| start.checked_add(len).is_some_and(|end| end <= map.len()))
+        .ok_or("torn")?;
+    Ok(Record {
+        encoding,
+        count,
+        start,
+        len,
+    })
+}
+
+/// The records of a `STRCHK03` file, listed once its checksum is verified.
+struct ChunksLayout {
+    /// Where every record starts, in order.
+    starts: Vec<usize>,
+    /// Data start, length and count of each time section, by number.
+    times: Vec<(usize, usize, u16)>,
+}
+
+impl ChunksLayout {
+    /// Walks the records of `map` in order, checking the file's checksum as it goes
+    /// and giving the pages read back to the page cache every [`RELEASE_EVERY`] bytes.
+    fn scan(map: &Mmap) -> Result<ChunksLayout, String> {
+        let end = map
+            .len()
+            .checked_sub(4)
+            .filter(|&end| end >= CHUNKS_MAGIC.len())
+            .ok_or("too short")?;
+        let (mut starts, mut times) = (Vec::new(), Vec::new());
+        let mut crc = crc32c::crc32c(&map[..CHUNKS_MAGIC.len()]);
+        let (mut at, mut checked) = (CHUNKS_MAGIC.len(), 0usize);
+        while at < end {
+            let r = record_v3(&map[..end], at).map_err(|why| format!("record at {at}: {why}"))?;
+            crc = crc32c::crc32c_append(crc, &map[at..r.start + r.len]);
+            starts.push(at);
+            if r.encoding == Encoding::Times {
+                times.push((r.start, r.len, r.count));
+            }
+            checked += r.start + r.len - at;
+            if checked >= RELEASE_EVERY {
+                release_pages(map);
+                checked = 0;
+            }
+            at = r.start + r.len;
+        }
+        release_pages(map);
+        let want = u32::from_le_bytes([map[end], map[end + 1], map[end + 2], map[end + 3]]);
+        if crc != want {
+            return Err("checksum mismatch".into());
+        }
+        Ok(ChunksLayout { starts, times })
+    }
+
+    /// The record starting at `at`, which must be one.
+    fn record(&self, map: &[u8], at: usize) -> Result<Record, String> {
+        if self.starts.binary_search(&at).is_err() {
+            return Err("not the start of a record".into());
+        }
+        record_v3(map, at)
+    }
+
+    /// Data start, length and count of time section number `n`.
+    fn times(&self, n: u64) -> Result<(usize, usize, u16), String> {
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| self.times.get(n).copied())
+            .ok_or_else(|| format!("no time section {n}"))
+    }
+}
+
+/// Reads and checks the record at `at` of a `STRCHK02` file.
+fn record_v2(map: &[u8], at: usize) -> Result<Record, String> {
+    let header = map
+        .get(at..at.saturating_add(CHUNK_HEADER_V2))
+        .ok_or("out of the file")?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let count = u16::from_le_bytes([header[4], header[5]]);
+    let encoding =
+        Encoding::from_byte(header[6]).ok_or(format!("unknown encoding {}", header[6]))?;
+    let crc = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
+    let start = at + CHUNK_HEADER_V2;
+    let data = map.get(start..start + len).ok_or("torn")?;
+    if crc32c::crc32c(data) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok(Record {
+        encoding,
+        count,
+        start,
+        len,
+    })
+}
+
+/// Data start, length and count of the times record at `at` of a `STRCHK02` file,
+/// checked (once per record) to be one, intact, of `count` timestamps.
 fn times_record(
     map: &[u8],
     at: usize,
     count: u16,
     verified: &mut std::collections::HashMap<usize, (usize, usize, u16)>,
-) -> Result<(usize, usize), String> {
-    if let Some(&(start, len, n)) = verified.get(&at) {
-        return if n == count {
-            Ok((start, len))
-        } else {
-            Err(format!(
-                "times record at {at} has {n} timestamps, not {count}"
-            ))
-        };
-    }
-    let header = map
-        .get(at..at.saturating_add(CHUNK_HEADER))
-        .ok_or_else(|| format!("times record at {at} is out of the file"))?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let n = u16::from_le_bytes([header[4], header[5]]);
-    if header[6] != Encoding::Times as u8 {
-        return Err(format!("record at {at} is not a times record"));
-    }
-    let crc = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
-    let start = at + CHUNK_HEADER;
-    let data = map
-        .get(start..start + len)
-        .ok_or_else(|| format!("times record at {at} is torn"))?;
-    if crc32c::crc32c(data) != crc {
-        return Err(format!("times record at {at}: checksum mismatch"));
-    }
-    verified.insert(at, (start, len, n));
+) -> Result<(usize, usize, u16), String> {
+    let (start, len, n) = match verified.get(&at) {
+        Some(&known) => known,
+        None => {
+            let r = record_v2(map, at).map_err(|why| format!("times record at {at}: {why}"))?;
+            if r.encoding != Encoding::Times {
+                return Err(format!("record at {at} is not a times record"));
+            }
+            verified.insert(at, (r.start, r.len, r.count));
+            (r.start, r.len, r.count)
+        }
+    };
     if n != count {
         return Err(format!(
             "times record at {at} has {n} timestamps, not {count}"
         ));
     }
-    Ok((start, len))
+    Ok((start, len, n))
 }
 
 /// Reads a block's `tombstones` file, if it has one.
@@ -769,9 +910,15 @@ impl Block {
         // keeps the mapping valid).
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&chunks_path, e))?;
-        if map.len() < CHUNKS_MAGIC.len() || &map[..CHUNKS_MAGIC.len()] != CHUNKS_MAGIC {
-            return Err(corrupt("chunks", "bad magic".into()));
-        }
+        // The current format is checked whole here, and its records listed; a `STRCHK02`
+        // file is checked record by record as the index refers to them.
+        let layout = match map.get(..CHUNKS_MAGIC.len()) {
+            Some(m) if m == CHUNKS_MAGIC => {
+                Some(ChunksLayout::scan(&map).map_err(|why| corrupt("chunks", why))?)
+            }
+            Some(m) if m == CHUNKS_MAGIC_V2 => None,
+            _ => return Err(corrupt("chunks", "bad magic".into())),
+        };
 
         let mut r = Cursor::new(body);
         r.bytes(INDEX_MAGIC.len())
@@ -806,28 +953,17 @@ impl Block {
                 let min_t = r.varint().ok_or_else(bad)?;
                 let max_t = min_t.wrapping_add(r.varint().ok_or_else(bad)?);
                 let offset = r.uvarint().ok_or_else(bad)? as usize;
-                let header = map.get(offset..offset + CHUNK_HEADER).ok_or_else(|| {
-                    corrupt("chunks", format!("chunk at {offset} is out of the file"))
-                })?;
-                let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                let count = u16::from_le_bytes([header[4], header[5]]);
-                let encoding = Encoding::from_byte(header[6]).ok_or_else(|| {
-                    corrupt(
-                        "chunks",
-                        format!("chunk at {offset}: unknown encoding {}", header[6]),
-                    )
-                })?;
-                let crc = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
-                let start = offset + CHUNK_HEADER;
-                let data = map
-                    .get(start..start + len)
-                    .ok_or_else(|| corrupt("chunks", format!("chunk at {offset} is torn")))?;
-                if crc32c::crc32c(data) != crc {
-                    return Err(corrupt(
-                        "chunks",
-                        format!("chunk at {offset}: checksum mismatch"),
-                    ));
+                let Record {
+                    encoding,
+                    count,
+                    start,
+                    len,
+                } = match &layout {
+                    Some(layout) => layout.record(&map, offset),
+                    None => record_v2(&map, offset),
                 }
+                .map_err(|why| corrupt("chunks", format!("chunk at {offset}: {why}")))?;
+                let data = map.get(start..start + len).unwrap_or(&[]);
                 // The pages checked so far go back as the check moves on: a large block
                 // is never resident as a whole.
                 checked += len;
@@ -851,11 +987,13 @@ impl Block {
                         let mut c = Cursor::new(data);
                         let at = c.uvarint().ok_or_else(|| {
                             corrupt("chunks", format!("chunk at {offset}: no time reference"))
-                        })? as usize;
-                        let (tstart, tlen) = times_record(&map, at, count, &mut verified_times)
-                            .map_err(|why| {
-                                corrupt("chunks", format!("chunk at {offset}: {why}"))
-                            })?;
+                        })?;
+                        let (tstart, tlen, tcount) = match &layout {
+                            Some(layout) => layout.times(at),
+                            None => times_record(&map, at as usize, count, &mut verified_times),
+                        }
+                        .map_err(|why| corrupt("chunks", format!("chunk at {offset}: {why}")))?;
+                        chunk.count = tcount;
                         chunk.start = start + (len - c.rest().len());
                         chunk.len = start + len - chunk.start;
                         chunk.times_start = tstart;
@@ -1133,16 +1271,53 @@ mod tests {
         Ok(())
     }
 
-    /// (encoding, offset) of every record of a chunks file.
+    /// (encoding, offset of the data) of every record of a chunks file.
     fn records(bytes: &[u8]) -> Vec<(u8, usize)> {
         let mut at = CHUNKS_MAGIC.len();
         let mut out = Vec::new();
-        while at + CHUNK_HEADER <= bytes.len() {
-            let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-            out.push((bytes[at + 6], at));
-            at += CHUNK_HEADER + len as usize;
+        let body = &bytes[..bytes.len() - 4];
+        while at < body.len() {
+            let r = record_v3(body, at).unwrap_or_else(|why| panic!("{why}"));
+            out.push((r.encoding as u8, r.start));
+            at = r.start + r.len;
         }
         out
+    }
+
+    /// The series of the chunks-file fixture of an earlier format version:
+    /// decimals sharing a time section, a sum of durations, and a series too short for
+    /// anything but an XOR chunk.
+    pub(super) fn fixture_series() -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let times: Vec<i64> = (0..480).map(|i| i * 15_000 + (i * 7) % 5).collect();
+        let mut series: Vec<(Labels, Vec<(i64, f64)>)> = (0..3)
+            .map(|n| {
+                let l = Labels::from_pairs([("__name__", "m".to_string()), ("n", n.to_string())]);
+                let s = times
+                    .iter()
+                    .map(|&t| (t, ((t / 1000) * (n + 1) + t % 7) as f64 / 100.0))
+                    .collect();
+                (l, s)
+            })
+            .collect();
+        let mut sum = 0.0;
+        series.push((
+            Labels::from_pairs([("__name__", "m_sum")]),
+            times
+                .iter()
+                .map(|&t| {
+                    sum += (t % 7_919) as f64 * std::f64::consts::PI / 1e3;
+                    (t, sum)
+                })
+                .collect(),
+        ));
+        series.push((
+            Labels::from_pairs([("__name__", "tiny")]),
+            vec![
+                (1_234, 0.1 + 0.2),
+                (98_765, f64::from_bits(crate::STALE_NAN_BITS)),
+            ],
+        ));
+        series
     }
 
     #[test]
@@ -1207,13 +1382,85 @@ mod tests {
         }
         // A flipped byte in the shared time section is caught at open.
         drop(block);
-        let at = recs[0].1 + CHUNK_HEADER + 2;
+        let at = recs[0].1 + 2;
         bytes[at] ^= 0x10;
         fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
         match Block::open(&dir) {
             Err(e) => assert!(e.to_string().contains("chunks"), "{e}"),
             Ok(_) => panic!("a flipped byte in a times record went unnoticed"),
         }
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_files_of_the_earlier_format_still_read() -> Result<(), Error> {
+        // Written by the `STRCHK02` writer from `fixture_series()`: a checksum in every
+        // record header, times referred to by offset.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/block-chunks-v2");
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp
+            .path()
+            .join("0000000000000000-0000000007200000-00000001");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for file in ["chunks", "index", "meta.json"] {
+            fs::copy(fixture.join(file), dir.join(file)).map_err(|e| Error::io(&dir, e))?;
+        }
+        let path = dir.join("chunks");
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        assert_eq!(&bytes[..8], CHUNKS_MAGIC_V2);
+        let bits = |s: &[(i64, f64)]| -> Vec<(i64, u64)> {
+            s.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+        };
+        let series = fixture_series();
+        let block = Block::open(&dir)?;
+        for (labels, samples) in &series {
+            let m: Vec<Matcher> = labels
+                .iter()
+                .map(|l| Matcher::equal(&*l.name, &*l.value))
+                .collect();
+            let got = block.select(&m, i64::MIN, i64::MAX);
+            let back: Vec<(i64, f64)> = got[0].1.iter().flat_map(|c| c.iter()).collect();
+            assert_eq!(bits(&back), bits(samples), "{labels}");
+        }
+        drop(block);
+        // Its per-record checksums still guard it.
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() - 3] ^= 0x04;
+        fs::write(&path, &flipped).map_err(|e| Error::io(&path, e))?;
+        assert!(Block::open(&dir).is_err(), "a flipped byte went unnoticed");
+        // The same series written now take fewer bytes.
+        let now = write_block(&tmp.path().join("now"), &series, nb(0, 7_200_000))?;
+        let len = fs::metadata(now.join("chunks"))
+            .map_err(|e| Error::io(&now, e))?
+            .len();
+        assert!(
+            len < bytes.len() as u64,
+            "{len} bytes now, {} before",
+            bytes.len()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn any_damage_to_a_chunks_file_is_an_error() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = write_block(tmp.path(), &fixture_series(), nb(0, 7_200_000))?;
+        let path = dir.join("chunks");
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        // Every byte flipped in turn, and the file cut at every length: an error at
+        // open, never a panic nor a block that opens.
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x21;
+            fs::write(&path, &b).map_err(|e| Error::io(&path, e))?;
+            assert!(Block::open(&dir).is_err(), "flip at {at} went unnoticed");
+        }
+        for cut in (0..bytes.len()).step_by(7) {
+            fs::write(&path, &bytes[..cut]).map_err(|e| Error::io(&path, e))?;
+            assert!(Block::open(&dir).is_err(), "cut at {cut} went unnoticed");
+        }
+        fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        Block::open(&dir)?;
         Ok(())
     }
 
