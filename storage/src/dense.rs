@@ -179,14 +179,12 @@ fn encode_mantissas(
     };
     let (spread, base) = span(r);
     let width = (64 - spread.leading_zeros()) as u8;
-    if 1 + prefix + 24 + (r.len() * width as usize).div_ceil(8) < best.len() {
-        header(&mut values, order | PACKED);
-        put_varint(&mut values, base);
-        values.push(width);
-        put_packed(&mut values, r, base, width);
-        if values.len() < best.len() {
-            best = pack_raw(values.clone())?;
-        }
+    header(&mut values, order | PACKED);
+    put_varint(&mut values, base);
+    values.push(width);
+    put_packed(&mut values, r, base, width);
+    if values.len() < best.len() {
+        best = pack_raw(values.clone())?;
     }
     // A power-of-two radix packs into exactly as many bits, without the coder's state.
     let radix = spread.wrapping_add(1);
