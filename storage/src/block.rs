@@ -175,6 +175,27 @@ impl ChunkView {
         }
     }
 
+    /// Decodes a dense block chunk straight onto the end of `out`; `false` (nothing
+    /// appended) for any other chunk. A damaged chunk appends nothing, as its iterator
+    /// yields nothing.
+    pub(crate) fn append_dense(&self, out: &mut Vec<(i64, f64)>) -> bool {
+        let ChunkView::Mapped { file, chunk: c } = self else {
+            return false;
+        };
+        if c.encoding != Encoding::Dense {
+            return false;
+        }
+        let from = out.len();
+        let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
+        let decoded =
+            decoded_times(file, c, out).and_then(|()| dense::decode_values(data, &mut out[from..]));
+        if let Err(e) = decoded {
+            tracing::error!("chunk at {}: {e}", c.start);
+            out.truncate(from);
+        }
+        true
+    }
+
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
             ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
@@ -189,7 +210,7 @@ impl ChunkView {
                 if c.encoding == Encoding::Xor {
                     return ChunkIter::Xor(XorIter::new(data, c.count));
                 }
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(usize::from(c.count));
                 let decoded = decoded_times(file, c, &mut out)
                     .and_then(|()| dense::decode_values(data, &mut out));
                 if let Err(e) = decoded {

@@ -1218,6 +1218,20 @@ impl Series {
                 c.with_head_file(|it| take_in_range(it, out, mint, maxt, &mut last));
                 continue;
             }
+            let from = out.len();
+            if c.append_dense(out) {
+                // Decoded in place: keep what lies in the range and after the samples
+                // already taken.
+                let new = &out[from..];
+                let lo = new.partition_point(|s| s.0 < mint || s.0 <= last);
+                let hi = new.partition_point(|s| s.0 <= maxt);
+                out.truncate(from + hi.max(lo));
+                out.drain(from..from + lo);
+                if let Some(&(t, _)) = out[from..].last() {
+                    last = t;
+                }
+                continue;
+            }
             match c.iter() {
                 ChunkIter::Xor(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
@@ -2010,6 +2024,37 @@ mod tests {
         db.delete_series(&[Matcher::equal("job", "a")], 340_000, 360_000)?;
         assert_eq!(check_last(&db, "a", 330_000, 400_000), None);
         assert_eq!(check_last(&db, "a", 0, 400_000), Some((300_000, 300.0)));
+        Ok(())
+    }
+
+    #[test]
+    fn block_samples_cut_to_the_range_match_the_iterator() -> Result<(), Error> {
+        // Dense block chunks are decoded in place and cut to the querier's range; the
+        // head continues the series after them.
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let older: Vec<(i64, f64)> = (1..=400).map(|i| (i * 1000, i as f64 / 4.0)).collect();
+        db.write_blocks(vec![(up("d"), older)])?;
+        let mut app = db.appender();
+        for i in 401..=450 {
+            app.append(&up("d"), i * 1000, i as f64 / 4.0)?;
+        }
+        app.commit()?;
+        for (lo, hi) in [
+            (0, 500_000),
+            (1_000, 400_000),
+            (1_001, 399_999),
+            (150_500, 250_500),
+            (399_000, 402_000),
+            (400_500, 450_000),
+            (0, 999),
+        ] {
+            let want = (lo.max(1_000)..=hi.min(450_000))
+                .rev()
+                .find(|t| t % 1000 == 0)
+                .map(|t| (t, (t / 1000) as f64 / 4.0));
+            assert_eq!(check_last(&db, "d", lo, hi), want, "[{lo}, {hi}]");
+        }
         Ok(())
     }
 
