@@ -13,8 +13,10 @@
 //! Per system: ingest samples/s, receiver CPU seconds, samples per receiver CPU-second,
 //! peak RSS, bytes per sample on disk once persisted (Prometheus: admin snapshot;
 //! VictoriaMetrics: force flush and merge; strata: a snapshot, which cuts the head into a
-//! block), that every sample arrived; then the median time of each dashboard query and
-//! whether all three return the same series (and strata the same values as Prometheus).
+//! block), that every sample arrived; then the median time of each dashboard query (the
+//! systems take turns, one run each, so that background work and noise fall on all of
+//! them alike) and whether all three return the same series (and strata the same values
+//! as Prometheus).
 //! The load generator's own CPU is reported. Results are printed and appended to
 //! `docs/BENCHMARKS.md` with ratios computed within the run.
 //!
@@ -711,21 +713,19 @@ fn main() {
                 ))
             );
         }
-        let times: Vec<Duration> = peers
-            .iter()
-            .map(|p| {
-                median(
-                    (0..RUNS)
-                        .map(|_| {
-                            let t = Instant::now();
-                            let r = request(p.addr, "GET", &path, &[], &[]).unwrap();
-                            assert_eq!(r.status, 200);
-                            t.elapsed()
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
+        // Runs take turns across the systems, so that what else the machine does at a
+        // moment (another system's background merges, the noise of a shared host) falls
+        // on all of them alike.
+        let mut runs: Vec<Vec<Duration>> = vec![Vec::with_capacity(RUNS); peers.len()];
+        for _ in 0..RUNS {
+            for (p, took) in peers.iter().zip(&mut runs) {
+                let t = Instant::now();
+                let r = request(p.addr, "GET", &path, &[], &[]).unwrap();
+                assert_eq!(r.status, 200);
+                took.push(t.elapsed());
+            }
+        }
+        let times: Vec<Duration> = runs.into_iter().map(median).collect();
         qrows.push((name, is_range, times, same_series, same_as_prom));
         // Alone, where the peak memory comes from.
         hwm_after.push(proc_status_kib(peers[0].pid, "VmHWM") as f64 / 1024.0);
