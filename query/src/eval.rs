@@ -803,16 +803,17 @@ impl Evaluator<'_> {
         let (lo, hi) = self.time_span(at);
         let lookback = self.ctx.lookback;
         let matchers = selector_matchers(vs)?;
-        let selected = self
-            .ctx
-            .db
-            .querier(lo - offset - lookback + 1, hi - offset)
-            .select(&matchers)?;
-        let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
         // One evaluation time: the querier's range is that time's lookback window, so
         // the answer is the series' newest sample in range (which the head often knows
-        // without decoding anything).
+        // without decoding anything, or copying any chunk).
         let single = at.is_some() || self.n == 1;
+        let querier = self.ctx.db.querier(lo - offset - lookback + 1, hi - offset);
+        let selected = if single {
+            querier.select_newest(&matchers)?
+        } else {
+            querier.select(&matchers)?
+        };
+        let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
         on_cores(&selected, PARALLEL_MIN_SERIES_INSTANT, |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut samples = Vec::new();

@@ -1200,9 +1200,23 @@ impl Series {
         self.samples().last()
     }
 
+    /// Selected for its newest sample only ([`Querier::select_newest`]): no chunks,
+    /// that sample.
+    fn newest_only(&self) -> Option<(i64, f64)> {
+        if self.chunks.is_empty() {
+            self.last
+        } else {
+            None
+        }
+    }
+
     /// Appends [`Series::samples`] to `out`: the same samples, decoded chunk by chunk
     /// without going through the iterator's per-sample dispatch.
     pub fn samples_into(&self, out: &mut Vec<(i64, f64)>) {
+        if let Some(newest) = self.newest_only() {
+            out.push(newest);
+            return;
+        }
         if self.overlapping {
             out.extend(self.samples());
             return;
@@ -1243,15 +1257,19 @@ impl Series {
     /// Whether any sample lies in the querier's range. A view's time range starts and
     /// ends at samples, so only a view reaching past both ends of the range is decoded.
     fn has_samples(&self) -> bool {
-        self.chunks.iter().any(|v| {
-            let (a, z) = v.time_range();
-            crate::block::holds_sample_in(a, z, self.mint, self.maxt, || v.iter())
-        })
+        self.newest_only().is_some()
+            || self.chunks.iter().any(|v| {
+                let (a, z) = v.time_range();
+                crate::block::holds_sample_in(a, z, self.mint, self.maxt, || v.iter())
+            })
     }
 
     /// The samples with timestamps in the querier's range, in time order. Stale markers
     /// are included; callers decide what they mean.
     pub fn samples(&self) -> Samples<'_> {
+        if let Some(newest) = self.newest_only() {
+            return Samples(SamplesInner::Merged(vec![newest].into_iter()));
+        }
         if !self.overlapping {
             return Samples(SamplesInner::Plain {
                 chunks: self.chunks.iter(),
@@ -1403,18 +1421,46 @@ const HEAD_OUT_OF_ORDER: u64 = u64::MAX;
 impl Querier {
     /// Series matching every matcher with at least one sample in range, sorted by labels.
     pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
+        self.select_with(matchers, false)
+    }
+
+    /// Like [`Querier::select`], for callers that only want each series' newest sample
+    /// in range ([`Series::last_sample`]), as an instant selector at one time does: a
+    /// head series that knows it comes without its chunks, and its
+    /// [`Series::samples`] are that one sample (with a block's samples, if a block
+    /// reaches into the range).
+    pub fn select_newest(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
+        self.select_with(matchers, true)
+    }
+
+    fn select_with(&self, matchers: &[Matcher], newest_only: bool) -> Result<Vec<Series>, Error> {
         // The head first, then the block list: a block cut pushes its block before it
         // truncates the head, so in this order nothing is missed (see `samples`).
-        let head = self.db.head.select(matchers, self.mint, self.maxt);
-        let blocks = self
+        let head = self
+            .db
+            .head
+            .select(matchers, self.mint, self.maxt, newest_only);
+        // Only blocks reaching into the range take part: queries of recent data merge
+        // nothing.
+        let blocks: Vec<Arc<Block>> = self
             .db
             .blocks
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let head_views = |chunks: Vec<ChunkView>, ooo: Vec<(i64, f64)>| -> Vec<(u64, ChunkView)> {
+            .iter()
+            .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
+            .cloned()
+            .collect();
+        let head_views = |chunks: Vec<ChunkView>,
+                          ooo: Vec<(i64, f64)>,
+                          last: Option<(i64, f64)>|
+         -> Vec<(u64, ChunkView)> {
             let mut views: Vec<(u64, ChunkView)> =
                 chunks.into_iter().map(|c| (HEAD_CHUNKS, c)).collect();
+            if views.is_empty() && ooo.is_empty() {
+                // Selected for its newest sample only: that sample stands for the head.
+                views.extend(last.map(|l| (HEAD_CHUNKS, ChunkView::Samples(Arc::new([l])))));
+            }
             if !ooo.is_empty() {
                 views.push((HEAD_OUT_OF_ORDER, ChunkView::Samples(ooo.into())));
             }
@@ -1448,7 +1494,7 @@ impl Querier {
             }
             for (labels, chunks, ooo, last) in head {
                 let entry = by_labels.entry(labels).or_default();
-                entry.0.extend(head_views(chunks, ooo));
+                entry.0.extend(head_views(chunks, ooo, last));
                 entry.1 = last;
             }
             by_labels
@@ -1983,7 +2029,13 @@ mod tests {
         // The labels alone, without reading samples, name the same series.
         let labels: Vec<Labels> = selected.iter().map(|s| s.labels.clone()).collect();
         let alone = q.series_labels(&[Matcher::equal("job", job)]);
-        assert_eq!(alone.ok(), Some(labels), "job {job} in [{lo}, {hi}]");
+        assert_eq!(alone.ok(), Some(labels.clone()), "job {job} in [{lo}, {hi}]");
+        // Selected for the newest sample alone: the same series and the same sample.
+        let newest = q
+            .select_newest(&[Matcher::equal("job", job)])
+            .unwrap_or_default();
+        let newest_labels: Vec<Labels> = newest.iter().map(|s| s.labels.clone()).collect();
+        assert_eq!(newest_labels, labels, "job {job} in [{lo}, {hi}]");
         let s = selected.first()?;
         let all: Vec<(i64, f64)> = s.samples().collect();
         let mut into = Vec::new();
@@ -1991,6 +2043,24 @@ mod tests {
         assert_eq!(into, all, "job {job} in [{lo}, {hi}]");
         let decoded = all.last().copied();
         assert_eq!(s.last_sample(), decoded, "job {job} in [{lo}, {hi}]");
+        let n = &newest[0];
+        assert_eq!(
+            n.last_sample(),
+            decoded,
+            "job {job} in [{lo}, {hi}], newest only"
+        );
+        assert_eq!(
+            n.samples().last(),
+            decoded,
+            "job {job} in [{lo}, {hi}], newest only"
+        );
+        let mut into = Vec::new();
+        n.samples_into(&mut into);
+        assert_eq!(
+            into.last().copied(),
+            decoded,
+            "job {job} in [{lo}, {hi}], newest only"
+        );
         decoded
     }
 

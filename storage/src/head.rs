@@ -1000,7 +1000,16 @@ impl Head {
         }
     }
 
-    pub(crate) fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SelectedSeries> {
+    /// The series `matchers` select with samples in `[mint, maxt]`, sorted by labels.
+    /// With `newest_only`, a series whose newest sample in range is known comes without
+    /// chunks, as that sample alone.
+    pub(crate) fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        newest_only: bool,
+    ) -> Vec<SelectedSeries> {
         let mut series = self.matching(matchers);
         // Sorted as pointers: moving the selections themselves costs more than the
         // comparisons.
@@ -1009,13 +1018,12 @@ impl Head {
         for s in series {
             let (chunks, ooo, last) = {
                 let d = lock(&s.data);
-                (
-                    d.chunks_in(mint, maxt),
-                    d.ooo_in(mint, maxt),
-                    d.last_sample(mint, maxt),
-                )
+                match d.last_sample(mint, maxt) {
+                    Some(last) if newest_only => (Vec::new(), Vec::new(), Some(last)),
+                    last => (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt), last),
+                }
             };
-            if !chunks.is_empty() || !ooo.is_empty() {
+            if !chunks.is_empty() || !ooo.is_empty() || last.is_some() {
                 out.push((s.labels.clone(), chunks, ooo, last));
             }
         }
@@ -1107,7 +1115,7 @@ mod tests {
         head.append_locked(&mut lock(&s.data), 10, 1.0, &mut b);
         head.apply_batch(&b);
         let jobs = |ms: &[Matcher]| -> Vec<Option<String>> {
-            head.select(ms, i64::MIN, i64::MAX)
+            head.select(ms, i64::MIN, i64::MAX, false)
                 .into_iter()
                 .map(|(l, _, _, _)| l.get("job").map(str::to_owned))
                 .collect()
@@ -1147,6 +1155,7 @@ mod tests {
             &[Matcher::equal("__name__", "x")],
             15_000 * 100,
             15_000 * 300,
+            false,
         );
         let chunks = &sel[0].1;
         assert!(chunks.len() >= 2);
