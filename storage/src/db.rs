@@ -2029,7 +2029,11 @@ mod tests {
         // The labels alone, without reading samples, name the same series.
         let labels: Vec<Labels> = selected.iter().map(|s| s.labels.clone()).collect();
         let alone = q.series_labels(&[Matcher::equal("job", job)]);
-        assert_eq!(alone.ok(), Some(labels.clone()), "job {job} in [{lo}, {hi}]");
+        assert_eq!(
+            alone.ok(),
+            Some(labels.clone()),
+            "job {job} in [{lo}, {hi}]"
+        );
         // Selected for the newest sample alone: the same series and the same sample.
         let newest = q
             .select_newest(&[Matcher::equal("job", job)])
