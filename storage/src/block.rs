@@ -1305,6 +1305,28 @@ mod tests {
         out
     }
 
+    /// Every sample `block` holds for the series with exactly `labels`.
+    fn read_back(block: &Block, labels: &Labels) -> Vec<(i64, f64)> {
+        let m: Vec<Matcher> = labels
+            .iter()
+            .map(|l| Matcher::equal(&*l.name, &*l.value))
+            .collect();
+        let got = block.select(&m, i64::MIN, i64::MAX);
+        got[0].1.iter().flat_map(|c| c.iter()).collect()
+    }
+
+    /// A histogram's `_sum` at `times`: full-precision durations added up, no decimals.
+    fn sum_of_durations(times: &[i64]) -> Vec<(i64, f64)> {
+        let mut sum = 0.0;
+        times
+            .iter()
+            .map(|&t| {
+                sum += (t % 7_919) as f64 * std::f64::consts::PI / 1e3;
+                (t, sum)
+            })
+            .collect()
+    }
+
     /// The series of the chunks-file fixture of an earlier format version:
     /// decimals sharing a time section, a sum of durations, and a series too short for
     /// anything but an XOR chunk.
@@ -1320,16 +1342,9 @@ mod tests {
                 (l, s)
             })
             .collect();
-        let mut sum = 0.0;
         series.push((
             Labels::from_pairs([("__name__", "m_sum")]),
-            times
-                .iter()
-                .map(|&t| {
-                    sum += (t % 7_919) as f64 * std::f64::consts::PI / 1e3;
-                    (t, sum)
-                })
-                .collect(),
+            sum_of_durations(&times),
         ));
         series.push((
             Labels::from_pairs([("__name__", "tiny")]),
@@ -1361,16 +1376,9 @@ mod tests {
         ));
         // Values that are no decimals (a histogram's sum of durations) keep their bit
         // patterns in a dense chunk, with the shared timestamps.
-        let mut sum = 0.0;
         series.push((
             Labels::from_pairs([("__name__", "m_sum")]),
-            times
-                .iter()
-                .map(|&t| {
-                    sum += (t % 7_919) as f64 * std::f64::consts::PI / 1e3;
-                    (t, sum)
-                })
-                .collect(),
+            sum_of_durations(&times),
         ));
         let dir = write_block(tmp.path(), &series, nb(0, 7_200_000))?;
         let path = dir.join("chunks");
@@ -1393,13 +1401,7 @@ mod tests {
         );
         let block = Block::open(&dir)?;
         for (labels, samples) in &series {
-            let m: Vec<Matcher> = labels
-                .iter()
-                .map(|l| Matcher::equal(&*l.name, &*l.value))
-                .collect();
-            let got = block.select(&m, i64::MIN, i64::MAX);
-            let back: Vec<(i64, f64)> = got[0].1.iter().flat_map(|c| c.iter()).collect();
-            assert_eq!(&back, samples);
+            assert_eq!(&read_back(&block, labels), samples);
         }
         // A flipped byte in the shared time section is caught at open.
         drop(block);
@@ -1435,13 +1437,7 @@ mod tests {
         let series = fixture_series();
         let block = Block::open(&dir)?;
         for (labels, samples) in &series {
-            let m: Vec<Matcher> = labels
-                .iter()
-                .map(|l| Matcher::equal(&*l.name, &*l.value))
-                .collect();
-            let got = block.select(&m, i64::MIN, i64::MAX);
-            let back: Vec<(i64, f64)> = got[0].1.iter().flat_map(|c| c.iter()).collect();
-            assert_eq!(bits(&back), bits(samples), "{labels}");
+            assert_eq!(bits(&read_back(&block, labels)), bits(samples), "{labels}");
         }
         drop(block);
         // Its per-record checksums still guard it.
