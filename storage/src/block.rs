@@ -424,24 +424,33 @@ pub(crate) fn write_block_with<'a>(
         let per_part = samples.len().div_ceil(parts).max(1);
         for part in samples.chunks(per_part) {
             let times = dense::encode_times(part)?;
-            let shared = times_at.contains_key(&times);
-            let (values, xors) = match dense::encode_values(part)? {
-                Some(values) => (Some(values), Vec::new()),
+            // Time sections are referred to by their number in the file: the one this
+            // section has, or will have once written.
+            let known = times_at.get(&times).copied();
+            let at = known.unwrap_or(times_at.len() as u64);
+            let dense_data = |values: &[u8], data: &mut Vec<u8>| {
+                data.clear();
+                put_uvarint(data, at);
+                data.extend_from_slice(values);
+            };
+            let dense = match dense::encode_values(part)? {
+                Some(values) => {
+                    dense_data(&values, &mut data);
+                    true
+                }
                 None => {
                     // Values that are not decimals: their bit patterns with the time
                     // section, or XOR chunks, whichever is smaller on disk.
-                    let floats = dense::encode_float_values(part)?;
-                    let xors = xor_chunks(part);
+                    dense_data(&dense::encode_float_values(part)?, &mut data);
                     let n = part.len() as u16;
-                    // The time reference takes 1 or 2 bytes in any usual block.
-                    let dense_len = floats.len()
-                        + 2
-                        + record_header_len(floats.len() + 2, Encoding::Dense, n)
-                        + if shared {
+                    let dense_len = data.len()
+                        + record_header_len(data.len(), Encoding::Dense, n)
+                        + if known.is_some() {
                             0
                         } else {
                             times.len() + record_header_len(times.len(), Encoding::Times, n)
                         };
+                    let xors = xor_chunks(part);
                     let xor_len: usize = part
                         .chunks(XOR_SAMPLES)
                         .zip(&xors)
@@ -449,35 +458,20 @@ pub(crate) fn write_block_with<'a>(
                             x.len() + record_header_len(x.len(), Encoding::Xor, small.len() as u16)
                         })
                         .sum();
-                    if dense_len < xor_len {
-                        (Some(floats), Vec::new())
-                    } else {
-                        (None, xors)
+                    if dense_len >= xor_len {
+                        for (small, xor) in part.chunks(XOR_SAMPLES).zip(xors) {
+                            refs.push(chunks_file.put(small, Encoding::Xor, &xor)?);
+                        }
                     }
+                    dense_len < xor_len
                 }
             };
-            match values {
-                Some(values) => {
-                    // Time sections are referred to by their number in the file.
-                    let at = match times_at.get(&times) {
-                        Some(&at) => at,
-                        None => {
-                            let at = times_at.len() as u64;
-                            chunks_file.put(part, Encoding::Times, &times)?;
-                            times_at.insert(times, at);
-                            at
-                        }
-                    };
-                    data.clear();
-                    put_uvarint(&mut data, at);
-                    data.extend_from_slice(&values);
-                    refs.push(chunks_file.put(part, Encoding::Dense, &data)?);
+            if dense {
+                if known.is_none() {
+                    chunks_file.put(part, Encoding::Times, &times)?;
+                    times_at.insert(times, at);
                 }
-                None => {
-                    for (small, xor) in part.chunks(XOR_SAMPLES).zip(xors) {
-                        refs.push(chunks_file.put(small, Encoding::Xor, &xor)?);
-                    }
-                }
+                refs.push(chunks_file.put(part, Encoding::Dense, &data)?);
             }
             num_samples += part.len() as u64;
         }
