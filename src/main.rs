@@ -604,6 +604,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_label_value_length: args.write_max_value_len,
                 max_samples_per_request: args.write_max_samples,
             },
+            series_cache: strata_ingest::SeriesCache::default(),
             series_limit_status: axum::http::StatusCode::from_u16(args.series_limit_status)
                 .unwrap_or(axum::http::StatusCode::TOO_MANY_REQUESTS),
             auth,

@@ -83,6 +83,8 @@ pub(crate) struct AppState {
     pub(crate) lifecycle_api: bool,
     /// Per-request limits on remote-write bodies.
     pub(crate) write_limits: strata_ingest::Limits,
+    /// Remote-write senders' encoded labels → head series.
+    pub(crate) series_cache: strata_ingest::SeriesCache,
     /// Status for writes refused by the series limit (429 by default, or 400).
     pub(crate) series_limit_status: StatusCode,
     /// Credentials per kind of request (`--web.auth-file`), when required.
@@ -711,9 +713,9 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         } else {
             strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?
         };
-        st.write_limits.check(&req)?;
         let mut app = st.db.appender();
-        let stats = strata_ingest::write_to_store(&req, &mut app)?;
+        let stats =
+            strata_ingest::write_to_store(&req, &mut app, &st.series_cache, &st.write_limits)?;
         app.commit()?;
         st.metadata.record(req.metadata());
         Ok((stats.series, stats.samples))

@@ -7,6 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use prost::Message;
 use strata_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use strata_ingest::{Limits, SeriesCache};
 use strata_storage::{Db, Options};
 
 const SERIES: usize = 2_000;
@@ -68,6 +69,7 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap_or_else(|e| panic!("open: {e}"));
         let mut t = 1_700_000_000_000i64;
+        let cache = SeriesCache::default();
         let name = if fsync {
             "decode_append_commit_2000_fsync"
         } else {
@@ -83,7 +85,8 @@ fn bench(c: &mut Criterion) {
                     let req = strata_ingest::decode_write_request(&body, 32 << 20)
                         .unwrap_or_else(|e| panic!("{e}"));
                     let mut app = db.appender();
-                    strata_ingest::write_to_store(&req, &mut app).unwrap_or_else(|e| panic!("{e}"));
+                    strata_ingest::write_to_store(&req, &mut app, &cache, &Limits::default())
+                        .unwrap_or_else(|e| panic!("{e}"));
                     app.commit().unwrap_or_else(|e| panic!("{e}"))
                 },
                 BatchSize::SmallInput,

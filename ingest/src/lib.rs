@@ -12,12 +12,14 @@
 pub mod metadata;
 pub mod remote_read;
 pub mod remote_write;
+pub mod series_cache;
 pub mod text;
 
 pub use remote_write::{
     decode_write_request, decode_write_request_v2, write_to_store, DecodedWriteRequest,
     IngestError, Limits, WriteRequest,
 };
+pub use series_cache::SeriesCache;
 
 /// The largest snappy-compressed body whose content fits in `max_decompressed` bytes; a
 /// larger body can be refused before it is read.

@@ -1,6 +1,8 @@
 //! Prometheus remote write 1.0: `prometheus.WriteRequest`, snappy block format.
 
-use strata_storage::{Appender, METRIC_NAME};
+use strata_storage::{Appender, SeriesRef, METRIC_NAME};
+
+use crate::series_cache::{Key, SeriesCache};
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -91,50 +93,54 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Checks a whole request before anything of it is stored.
-    pub fn check(&self, req: &DecodedWriteRequest) -> Result<(), IngestError> {
-        let over = |limit: usize, n: usize| limit > 0 && n > limit;
-        let mut samples = 0;
-        for s in req.series() {
-            let n = s.label_bytes().count();
-            if over(self.max_labels_per_series, n) {
+    fn over(limit: usize, n: usize) -> bool {
+        limit > 0 && n > limit
+    }
+
+    /// The label limits, for one series.
+    fn check_series(&self, s: &SeriesView<'_>) -> Result<(), IngestError> {
+        let n = s.label_bytes().count();
+        if Self::over(self.max_labels_per_series, n) {
+            return Err(IngestError::Limit {
+                reason: "labels",
+                message: format!(
+                    "series {} has {n} labels, over the limit of {}",
+                    s.display_name(),
+                    self.max_labels_per_series
+                ),
+            });
+        }
+        for (name, value) in s.label_bytes() {
+            if Self::over(self.max_label_name_length, name.len()) {
                 return Err(IngestError::Limit {
-                    reason: "labels",
+                    reason: "label_name_length",
                     message: format!(
-                        "series {} has {n} labels, over the limit of {}",
+                        "series {}: a label name of {} bytes is over the limit of {}",
                         s.display_name(),
-                        self.max_labels_per_series
+                        name.len(),
+                        self.max_label_name_length
                     ),
                 });
             }
-            for (name, value) in s.label_bytes() {
-                if over(self.max_label_name_length, name.len()) {
-                    return Err(IngestError::Limit {
-                        reason: "label_name_length",
-                        message: format!(
-                            "series {}: a label name of {} bytes is over the limit of {}",
-                            s.display_name(),
-                            name.len(),
-                            self.max_label_name_length
-                        ),
-                    });
-                }
-                if over(self.max_label_value_length, value.len()) {
-                    return Err(IngestError::Limit {
-                        reason: "label_value_length",
-                        message: format!(
-                            "series {}: the value of label {:?} is {} bytes, over the limit of {}",
-                            s.display_name(),
-                            String::from_utf8_lossy(name),
-                            value.len(),
-                            self.max_label_value_length
-                        ),
-                    });
-                }
+            if Self::over(self.max_label_value_length, value.len()) {
+                return Err(IngestError::Limit {
+                    reason: "label_value_length",
+                    message: format!(
+                        "series {}: the value of label {:?} is {} bytes, over the limit of {}",
+                        s.display_name(),
+                        String::from_utf8_lossy(name),
+                        value.len(),
+                        self.max_label_value_length
+                    ),
+                });
             }
-            samples += s.samples().len();
         }
-        if over(self.max_samples_per_request, samples) {
+        Ok(())
+    }
+
+    /// The sample limit, for a whole request.
+    fn check_samples(&self, samples: usize) -> Result<(), IngestError> {
+        if Self::over(self.max_samples_per_request, samples) {
             return Err(IngestError::Limit {
                 reason: "samples",
                 message: format!(
@@ -211,6 +217,10 @@ struct SeriesSpan {
     labels: (u32, u32),
     samples: (u32, u32),
     has_histograms: bool,
+    /// The label fields' bytes, when they come before every other field of the series
+    /// (as encoders write them): what [`SeriesCache`] keys on. Remote write 2.0 labels
+    /// refer to a per-request symbol table, so they have none.
+    encoded_labels: Option<(u32, u32)>,
 }
 
 /// Byte ranges of a label's name and value in the buffer.
@@ -262,6 +272,21 @@ impl<'a> SeriesView<'a> {
     }
 }
 
+/// A malformed message, described. One word wide, so that the reader's results come back
+/// in registers.
+#[derive(Debug)]
+#[expect(
+    clippy::box_collection,
+    reason = "a thin pointer keeps `Result<u64, PbError>` in two registers"
+)]
+struct PbError(Box<String>);
+
+impl From<PbError> for IngestError {
+    fn from(e: PbError) -> Self {
+        IngestError::Protobuf(*e.0)
+    }
+}
+
 /// A protobuf reader over a byte slice, positions relative to the whole buffer.
 struct Pb<'a> {
     buf: &'a [u8],
@@ -275,15 +300,30 @@ const WIRE_LEN: u64 = 2;
 const WIRE_FIXED32: u64 = 5;
 
 impl<'a> Pb<'a> {
-    fn err(&self, what: &str) -> IngestError {
-        IngestError::Protobuf(format!("{what} at byte {}", self.pos))
+    #[cold]
+    #[inline(never)]
+    fn err(&self, what: &str) -> PbError {
+        PbError(Box::new(format!("{what} at byte {}", self.pos)))
     }
 
     fn done(&self) -> bool {
         self.pos >= self.end
     }
 
-    fn varint(&mut self) -> Result<u64, IngestError> {
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, PbError> {
+        // Tags, lengths and most small numbers take one byte.
+        if let Some(&b) = self.buf.get(self.pos).filter(|_| self.pos < self.end) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, PbError> {
         let mut v = 0u64;
         for i in 0..10 {
             if self.pos >= self.end {
@@ -300,7 +340,8 @@ impl<'a> Pb<'a> {
     }
 
     /// The next field's number and wire type.
-    fn tag(&mut self) -> Result<(u64, u64), IngestError> {
+    #[inline]
+    fn tag(&mut self) -> Result<(u64, u64), PbError> {
         let t = self.varint()?;
         if t >> 3 == 0 {
             return Err(self.err("field number 0"));
@@ -309,7 +350,8 @@ impl<'a> Pb<'a> {
     }
 
     /// A length-delimited field: its start and end.
-    fn len_delimited(&mut self) -> Result<(usize, usize), IngestError> {
+    #[inline]
+    fn len_delimited(&mut self) -> Result<(usize, usize), PbError> {
         let n = self.varint()?;
         let start = self.pos;
         let end = usize::try_from(n)
@@ -321,7 +363,7 @@ impl<'a> Pb<'a> {
         Ok((start, end))
     }
 
-    fn fixed64(&mut self) -> Result<u64, IngestError> {
+    fn fixed64(&mut self) -> Result<u64, PbError> {
         if self.end - self.pos < 8 {
             return Err(self.err("truncated fixed64"));
         }
@@ -331,7 +373,7 @@ impl<'a> Pb<'a> {
         Ok(u64::from_le_bytes(b))
     }
 
-    fn skip(&mut self, wire: u64) -> Result<(), IngestError> {
+    fn skip(&mut self, wire: u64) -> Result<(), PbError> {
         match wire {
             WIRE_VARINT => self.varint().map(|_| ()),
             WIRE_FIXED64 => self.fixed64().map(|_| ()),
@@ -348,7 +390,7 @@ impl<'a> Pb<'a> {
     }
 
     /// A length-delimited field read as an embedded message.
-    fn message(&mut self) -> Result<Pb<'a>, IngestError> {
+    fn message(&mut self) -> Result<Pb<'a>, PbError> {
         let (start, end) = self.len_delimited()?;
         Ok(Pb {
             buf: self.buf,
@@ -359,7 +401,7 @@ impl<'a> Pb<'a> {
 
     /// A `Sample` message (the same in 1.0 and 2.0): value (1, double) and timestamp
     /// (2, int64).
-    fn sample(mut self) -> Result<(i64, f64), IngestError> {
+    fn sample(mut self) -> Result<(i64, f64), PbError> {
         let (mut value, mut timestamp) = (0.0f64, 0i64);
         while !self.done() {
             let (f, w) = self.tag()?;
@@ -378,12 +420,19 @@ impl<'a> Pb<'a> {
         Ok((timestamp, value))
     }
 
-    fn expect_wire(&self, got: u64, want: u64, field: &str) -> Result<(), IngestError> {
+    #[inline]
+    fn expect_wire(&self, got: u64, want: u64, field: &str) -> Result<(), PbError> {
         if got == want {
             Ok(())
         } else {
-            Err(self.err(&format!("{field} has wire type {got}, expected {want}")))
+            Err(self.wire_err(got, want, field))
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wire_err(&self, got: u64, want: u64, field: &str) -> PbError {
+        self.err(&format!("{field} has wire type {got}, expected {want}"))
     }
 }
 
@@ -460,8 +509,16 @@ impl DecodedWriteRequest {
             let first_label = req.labels.len();
             let first_sample = req.samples.len();
             let mut has_histograms = false;
+            let labels_start = ts.pos;
+            let mut labels_end = Some(ts.pos);
+            let mut other_fields = false;
             while !ts.done() {
                 let (field, wire) = ts.tag()?;
+                if field != 1 {
+                    other_fields = true;
+                } else if other_fields {
+                    labels_end = None;
+                }
                 match field {
                     1 => {
                         ts.expect_wire(wire, WIRE_LEN, "label")?;
@@ -483,6 +540,9 @@ impl DecodedWriteRequest {
                             }
                         }
                         req.labels.push(label);
+                        if !other_fields {
+                            labels_end = Some(ts.pos);
+                        }
                     }
                     2 => {
                         ts.expect_wire(wire, WIRE_LEN, "sample")?;
@@ -499,6 +559,7 @@ impl DecodedWriteRequest {
                 labels: span((first_label, req.labels.len()))?,
                 samples: span((first_sample, req.samples.len()))?,
                 has_histograms,
+                encoded_labels: labels_end.map(|e| span((labels_start, e))).transpose()?,
             });
         }
         req.raw = raw;
@@ -647,6 +708,7 @@ impl DecodedWriteRequest {
                 labels: span((first_label, req.labels.len()))?,
                 samples: s.samples,
                 has_histograms: s.has_histograms,
+                encoded_labels: None,
             });
         }
         req.raw = raw;
@@ -675,51 +737,114 @@ pub struct WriteStats {
     pub samples: usize,
 }
 
-/// Validates every series of `req`, then appends all samples to `app`. On error nothing of
-/// the request may be committed: the caller drops the appender.
+/// Where a series of a request goes.
+enum Target {
+    /// A series seen before, by its encoded labels.
+    Cached(SeriesRef, Key),
+    /// Labels checked now: a range of the validated pairs, and the cache key if any.
+    Checked(usize, usize, Option<Key>),
+}
+
+/// Validates every series of `req` (against `limits` too), then appends all samples to
+/// `app`. On error nothing of the request may be committed: the caller drops the
+/// appender. Series whose encoded labels `cache` knows skip validation and the head's
+/// label lookup; the others are added to it.
 pub fn write_to_store(
     req: &DecodedWriteRequest,
     app: &mut Appender,
+    cache: &SeriesCache,
+    limits: &Limits,
 ) -> Result<WriteStats, IngestError> {
-    // Every series' labels, sorted and validated, back to back; `ranges` delimits them.
-    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(req.labels.len());
-    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(req.series.len());
+    limits.check_samples(req.sample_count())?;
+    // Checked series' labels, sorted and validated, back to back.
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(req.series.len());
     let mut scratch: Vec<(&str, &str)> = Vec::new();
-    for s in req.series() {
-        scratch.clear();
-        for (n, v) in s.label_bytes() {
-            let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) else {
-                return Err(IngestError::InvalidSeries(format!(
-                    "series {}: a label is not valid UTF-8",
-                    describe(&scratch)
-                )));
-            };
-            scratch.push((n, v));
+    {
+        let known = cache.reader();
+        for s in req.series() {
+            let key = s
+                .span
+                .encoded_labels
+                .map(|(a, b)| cache.key(&req.raw[a as usize..b as usize]));
+            if let Some((k, r)) = key.and_then(|k| Some((k, known.get(k)?))) {
+                if !s.has_histograms() {
+                    targets.push(Target::Cached(r, k));
+                    continue;
+                }
+            }
+            let (a, b) = check_labels(&s, limits, &mut scratch, &mut pairs)?;
+            targets.push(Target::Checked(a, b, key));
         }
-        scratch.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        validate_series(&scratch)?;
-        if s.has_histograms() {
-            return Err(IngestError::NativeHistogram(describe(&scratch)));
-        }
-        let start = pairs.len();
-        pairs.extend(scratch.iter().filter(|(_, v)| !v.is_empty()));
-        ranges.push((start, pairs.len()));
     }
     let mut stats = WriteStats::default();
+    let mut learned: Vec<(Key, SeriesRef)> = Vec::new();
     app.reserve(req.series_count(), req.sample_count());
-    for (s, &(a, b)) in req.series().zip(&ranges) {
-        let mut samples = s.samples().iter();
-        let Some(&(t, v)) = samples.next() else {
+    for (s, target) in req.series().zip(&targets) {
+        let samples = s.samples();
+        let Some(&(t, v)) = samples.first() else {
             continue;
         };
-        let r = app.append_pairs(&pairs[a..b], t, v)?;
-        for &(t, v) in samples {
+        let r = match *target {
+            Target::Cached(r, k) => match app.append_ref(r, t, v) {
+                Ok(()) => r,
+                Err(strata_storage::Error::UnknownSeries(_)) => {
+                    // The head dropped the series since: by labels, as a new one.
+                    let (a, b) = check_labels(&s, limits, &mut scratch, &mut pairs)?;
+                    let r = app.append_pairs(&pairs[a..b], t, v)?;
+                    learned.push((k, r));
+                    r
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Target::Checked(a, b, k) => {
+                let r = app.append_pairs(&pairs[a..b], t, v)?;
+                if let Some(k) = k {
+                    learned.push((k, r));
+                }
+                r
+            }
+        };
+        for &(t, v) in &samples[1..] {
             app.append_ref(r, t, v)?;
         }
         stats.series += 1;
-        stats.samples += s.samples().len();
+        stats.samples += samples.len();
+    }
+    if !learned.is_empty() {
+        cache.insert(learned);
     }
     Ok(stats)
+}
+
+/// Checks a series' labels (UTF-8, names, limits) and that it carries no native
+/// histogram, and appends them, sorted and without empty values, to `pairs`: the range
+/// they take there.
+fn check_labels<'a>(
+    s: &SeriesView<'a>,
+    limits: &Limits,
+    scratch: &mut Vec<(&'a str, &'a str)>,
+    pairs: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(usize, usize), IngestError> {
+    limits.check_series(s)?;
+    scratch.clear();
+    for (n, v) in s.label_bytes() {
+        let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) else {
+            return Err(IngestError::InvalidSeries(format!(
+                "series {}: a label is not valid UTF-8",
+                describe(scratch)
+            )));
+        };
+        scratch.push((n, v));
+    }
+    scratch.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    validate_series(scratch)?;
+    if s.has_histograms() {
+        return Err(IngestError::NativeHistogram(describe(scratch)));
+    }
+    let start = pairs.len();
+    pairs.extend(scratch.iter().filter(|(_, v)| !v.is_empty()));
+    Ok((start, pairs.len()))
 }
 
 /// `{name="value", ...}` for error messages.
@@ -881,6 +1006,121 @@ mod tests {
 
     fn decoded(req: &WriteRequest) -> DecodedWriteRequest {
         DecodedWriteRequest::parse(req.encode_to_vec()).unwrap()
+    }
+
+    /// The samples of the series named `name` (and `host`) in `db`.
+    fn stored(db: &strata_storage::Db, name: &str, host: &str) -> Vec<(i64, f64)> {
+        let q = db.querier(i64::MIN, i64::MAX);
+        let m = [
+            strata_storage::Matcher::equal(METRIC_NAME, name),
+            strata_storage::Matcher::equal("host", host),
+        ];
+        let found = q.select(&m).unwrap();
+        assert!(found.len() <= 1);
+        found.iter().flat_map(|s| s.samples()).collect()
+    }
+
+    /// Writes `req` through the cache, committing on success.
+    fn write(
+        db: &strata_storage::Db,
+        cache: &SeriesCache,
+        req: &WriteRequest,
+    ) -> Result<WriteStats, IngestError> {
+        let d = decoded(req);
+        let mut app = db.appender();
+        let stats = write_to_store(&d, &mut app, cache, &Limits::default())?;
+        app.commit()?;
+        Ok(stats)
+    }
+
+    #[test]
+    fn cached_series_skip_the_lookup_and_stay_correct() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = strata_storage::Db::open(dir.path(), strata_storage::Options::default()).unwrap();
+        let cache = SeriesCache::default();
+        let hosts = ["a", "b", "c"];
+        let req = |t: i64| WriteRequest {
+            timeseries: hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    series(
+                        &[("__name__", "up"), ("host", h)],
+                        &[(t, i as f64 + t as f64)],
+                    )
+                })
+                .collect(),
+            metadata: vec![],
+        };
+        assert_eq!(write(&db, &cache, &req(1000)).unwrap().samples, 3);
+        assert_eq!(cache.len(), 3);
+        // The key is the series' encoded label fields.
+        let labels_only = series(&[("__name__", "up"), ("host", "b")], &[]).encode_to_vec();
+        let b = cache.reader().get(cache.key(&labels_only)).unwrap();
+        assert_eq!(
+            db.series_labels(b).unwrap(),
+            strata_storage::Labels::from_pairs([("__name__", "up"), ("host", "b")])
+        );
+        assert_eq!(write(&db, &cache, &req(2000)).unwrap().samples, 3);
+        assert_eq!(cache.len(), 3);
+        for (i, h) in hosts.iter().enumerate() {
+            let i = i as f64;
+            assert_eq!(
+                stored(&db, "up", h),
+                vec![(1000, i + 1000.0), (2000, i + 2000.0)]
+            );
+        }
+
+        // A reference the head no longer knows (as after a series left it): appended by
+        // labels, to the right series, and the entry is refreshed.
+        cache.insert([(cache.key(&labels_only), SeriesRef(u32::MAX - 1))]);
+        assert_eq!(write(&db, &cache, &req(3000)).unwrap().samples, 3);
+        assert_eq!(cache.reader().get(cache.key(&labels_only)), Some(b));
+        assert_eq!(stored(&db, "up", "b").last(), Some(&(3000, 3001.0)));
+
+        // Cached or not, one bad series refuses the whole request.
+        let mut bad = req(4000);
+        bad.timeseries.push(series(
+            &[("__name__", "up"), ("bad-name", "x")],
+            &[(4000, 1.0)],
+        ));
+        assert!(matches!(
+            write(&db, &cache, &bad),
+            Err(IngestError::InvalidSeries(_))
+        ));
+        let mut hist = req(4000);
+        hist.timeseries[0].histograms.push(Histogram {});
+        assert!(matches!(
+            write(&db, &cache, &hist),
+            Err(IngestError::NativeHistogram(_))
+        ));
+        for h in hosts {
+            assert_eq!(stored(&db, "up", h).last().map(|s| s.0), Some(3000));
+        }
+    }
+
+    #[test]
+    fn labels_after_samples_are_read_but_not_cached() {
+        // Field order is free in protobuf: a label after the samples still belongs to the
+        // series, so such a series has no single run of label bytes to key on.
+        let mut raw = Vec::new();
+        let head = series(&[("__name__", "up")], &[(5, 1.0)]).encode_to_vec();
+        let tail = series(&[("host", "z")], &[]).encode_to_vec();
+        let body = [head, tail].concat();
+        raw.push(0x0a);
+        raw.push(body.len() as u8);
+        raw.extend_from_slice(&body);
+        let d = DecodedWriteRequest::parse(raw).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = strata_storage::Db::open(dir.path(), strata_storage::Options::default()).unwrap();
+        let cache = SeriesCache::default();
+        for _ in 0..2 {
+            let mut app = db.appender();
+            write_to_store(&d, &mut app, &cache, &Limits::default()).unwrap();
+            app.commit().unwrap();
+        }
+        assert_eq!(cache.len(), 0);
+        assert_eq!(stored(&db, "up", "z"), vec![(5, 1.0)]);
     }
 
     #[test]

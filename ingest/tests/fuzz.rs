@@ -7,6 +7,7 @@
 
 use proptest::prelude::*;
 use strata_ingest::remote_write::{decode_write_request, write_to_store, DecodedWriteRequest};
+use strata_ingest::{Limits, SeriesCache};
 use strata_storage::{Db, Options};
 
 /// One store for every case (appends that fail change nothing; the rest accumulate).
@@ -154,7 +155,7 @@ proptest! {
         let bad = mutate(raw, &ops);
         if let Ok(d) = DecodedWriteRequest::parse(bad.clone()) {
             let mut app = store().appender();
-            match write_to_store(&d, &mut app) {
+            match write_to_store(&d, &mut app, &SeriesCache::default(), &Limits::default()) {
                 Ok(_) => {
                     for s in d.series() {
                         for (k, v) in s.label_bytes() {
