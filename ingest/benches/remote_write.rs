@@ -1,6 +1,7 @@
 //! The write path: decode a realistic remote-write request (2,000 series of a
 //! node-exporter-like host fleet, one sample each, as Prometheus batches them) and append
-//! it to the store.
+//! it to the store. `many_series` writes 50,000 series, 2,000 a request in turn, so that
+//! each request finds its series out of the CPU's caches, as a busy server does.
 
 use std::hint::black_box;
 
@@ -13,12 +14,17 @@ use strata_storage::{Db, Options};
 const SERIES: usize = 2_000;
 
 fn request(t: i64) -> Vec<u8> {
+    request_from(t, 0)
+}
+
+/// Hosts `first_host..first_host + 20`.
+fn request_from(t: i64, first_host: usize) -> Vec<u8> {
     let modes = [
         "idle", "user", "system", "iowait", "irq", "softirq", "steal", "nice",
     ];
     let timeseries = (0..SERIES)
         .map(|i| {
-            let host = i / 100;
+            let host = first_host + i / 100;
             let (cpu, mode) = ((i % 100) / 8, modes[i % 8]);
             let label = |n: &str, v: String| Label {
                 name: n.into(),
@@ -93,6 +99,50 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // 25 requests of distinct series, sent in turn.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let db = Db::open(
+        dir.path(),
+        Options {
+            wal_fsync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    let cache = SeriesCache::default();
+    let (mut t, mut turn) = (1_700_000_000_000i64, 0usize);
+    g.bench_function("many_series_decode_append_commit_2000", |b| {
+        b.iter_custom(|iters| {
+            // Bodies are encoded 100 at a time, outside the timing.
+            let mut spent = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(100);
+                left -= n;
+                let bodies: Vec<Vec<u8>> = (0..n)
+                    .map(|_| {
+                        turn = (turn + 1) % 25;
+                        if turn == 0 {
+                            t += 15_000;
+                        }
+                        request_from(t, turn * 20)
+                    })
+                    .collect();
+                let start = std::time::Instant::now();
+                for body in &bodies {
+                    let req = strata_ingest::decode_write_request(body, 32 << 20)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let mut app = db.appender();
+                    strata_ingest::write_to_store(&req, &mut app, &cache, &Limits::default())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    black_box(app.commit().unwrap_or_else(|e| panic!("{e}")));
+                }
+                spent += start.elapsed();
+            }
+            spent
+        })
+    });
     g.finish();
 }
 

@@ -762,11 +762,21 @@ pub fn write_to_store(
     let mut scratch: Vec<(&str, &str)> = Vec::new();
     {
         let known = cache.reader();
-        for s in req.series() {
-            let key = s
-                .span
-                .encoded_labels
-                .map(|(a, b)| cache.key(&req.raw[a as usize..b as usize]));
+        // Keys first, each one's slot prefetched: the lookups then overlap their misses.
+        let keys: Vec<Option<Key>> = req
+            .series()
+            .map(|s| {
+                let k = s
+                    .span
+                    .encoded_labels
+                    .map(|(a, b)| cache.key(&req.raw[a as usize..b as usize]));
+                if let Some(k) = k {
+                    known.prefetch(k);
+                }
+                k
+            })
+            .collect();
+        for (s, key) in req.series().zip(keys) {
             if let Some((k, r)) = key.and_then(|k| Some((k, known.get(k)?))) {
                 if !s.has_histograms() {
                     targets.push(Target::Cached(r, k));
@@ -780,36 +790,56 @@ pub fn write_to_store(
     let mut stats = WriteStats::default();
     let mut learned: Vec<(Key, SeriesRef)> = Vec::new();
     app.reserve(req.series_count(), req.sample_count());
-    for (s, target) in req.series().zip(&targets) {
-        let samples = s.samples();
-        let Some(&(t, v)) = samples.first() else {
-            continue;
-        };
-        let r = match *target {
-            Target::Cached(r, k) => match app.append_ref(r, t, v) {
-                Ok(()) => r,
-                Err(strata_storage::Error::UnknownSeries(_)) => {
-                    // The head dropped the series since: by labels, as a new one.
-                    let (a, b) = check_labels(&s, limits, &mut scratch, &mut pairs)?;
-                    let r = app.append_pairs(&pairs[a..b], t, v)?;
-                    learned.push((k, r));
-                    r
-                }
-                Err(e) => return Err(e.into()),
-            },
-            Target::Checked(a, b, k) => {
+    let views: Vec<SeriesView<'_>> = req.series().collect();
+    // A run of cached series goes to the appender in one call.
+    let mut run: Vec<(SeriesRef, &[(i64, f64)])> = Vec::new();
+    let mut run_pos: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < targets.len() {
+        if let Target::Checked(a, b, k) = targets[i] {
+            let s = &views[i];
+            if let Some((&(t, v), rest)) = s.samples().split_first() {
                 let r = app.append_pairs(&pairs[a..b], t, v)?;
                 if let Some(k) = k {
                     learned.push((k, r));
                 }
-                r
+                for &(t, v) in rest {
+                    app.append_ref(r, t, v)?;
+                }
+                stats.series += 1;
+                stats.samples += 1 + rest.len();
             }
-        };
-        for &(t, v) in &samples[1..] {
-            app.append_ref(r, t, v)?;
+            i += 1;
+            continue;
         }
-        stats.series += 1;
-        stats.samples += samples.len();
+        run.clear();
+        run_pos.clear();
+        while let Some(&Target::Cached(r, _)) = targets.get(i) {
+            let samples = views[i].samples();
+            if !samples.is_empty() {
+                run.push((r, samples));
+                run_pos.push(i);
+                stats.series += 1;
+                stats.samples += samples.len();
+            }
+            i += 1;
+        }
+        let mut from = 0;
+        while let Some(k) = app.append_refs(&run[from..])? {
+            // The head dropped that series since: by labels, as a new one.
+            let at = run_pos[from + k];
+            let s = &views[at];
+            let (a, b) = check_labels(s, limits, &mut scratch, &mut pairs)?;
+            let samples = s.samples();
+            let r = app.append_pairs(&pairs[a..b], samples[0].0, samples[0].1)?;
+            for &(t, v) in &samples[1..] {
+                app.append_ref(r, t, v)?;
+            }
+            if let Target::Cached(_, key) = targets[at] {
+                learned.push((key, r));
+            }
+            from += k + 1;
+        }
     }
     if !learned.is_empty() {
         cache.insert(learned);

@@ -15,8 +15,7 @@
 //! then reports it unknown and the caller takes the slow path, which refreshes the entry.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use strata_storage::SeriesRef;
@@ -24,7 +23,7 @@ use strata_storage::SeriesRef;
 /// 2^61 − 1, a Mersenne prime.
 const P: u64 = (1 << 61) - 1;
 
-/// Entries kept before the cache starts over: about 24 bytes each, so at most 100 MiB.
+/// Entries kept before the cache starts over: 24–64 bytes each, so at most 256 MiB.
 /// Series churn (a label that changes every deploy) would otherwise grow it forever.
 const DEFAULT_MAX_ENTRIES: usize = 4 << 20;
 
@@ -32,36 +31,96 @@ const DEFAULT_MAX_ENTRIES: usize = 4 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key(u64, u64);
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already uniformly distributed: the map uses it as its hash.
-        state.write_u64(self.0 ^ self.1.rotate_left(32));
-    }
+/// An open-addressing table (linear probing) of keys and references: 24 bytes a series,
+/// and a lookup's slot can be prefetched, which a general-purpose map does not allow.
+#[derive(Default)]
+struct Table {
+    /// A power of two in length (or empty); `r == 0` marks a free slot.
+    slots: Vec<Slot>,
+    len: usize,
 }
 
-/// Passes a [`Key`]'s word through as the map's hash.
-#[derive(Default)]
-pub struct KeyHasher(u64);
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    k0: u64,
+    k1: u64,
+    /// The reference plus one.
+    r: u32,
+}
 
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Table {
+    fn home(&self, k: Key) -> usize {
+        // Keys are uniform modulo P: their low bits are as good as any.
+        (k.0 as usize) & (self.slots.len().wrapping_sub(1))
     }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `Key`; a plain fold keeps it a correct hasher.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+
+    fn prefetch(&self, k: Key) {
+        if !self.slots.is_empty() {
+            strata_storage::prefetch(&self.slots[self.home(k)]);
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+
+    fn get(&self, k: Key) -> Option<SeriesRef> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(k);
+        loop {
+            let s = &self.slots[i];
+            if s.r == 0 {
+                return None;
+            }
+            if s.k0 == k.0 && s.k1 == k.1 {
+                return Some(SeriesRef(s.r - 1));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, k: Key, r: SeriesRef) {
+        let Some(stored) = r.0.checked_add(1) else {
+            return;
+        };
+        // At most three quarters full, so that probes stay short and always end.
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            let old = std::mem::take(&mut self.slots);
+            self.slots = vec![Slot::default(); (old.len() * 2).max(1024)];
+            self.len = 0;
+            for s in old.into_iter().filter(|s| s.r != 0) {
+                self.put(s);
+            }
+        }
+        self.put(Slot {
+            k0: k.0,
+            k1: k.1,
+            r: stored,
+        });
+    }
+
+    fn put(&mut self, new: Slot) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(Key(new.k0, new.k1));
+        loop {
+            let s = &mut self.slots[i];
+            if s.r == 0 {
+                *s = new;
+                self.len += 1;
+                return;
+            }
+            if s.k0 == new.k0 && s.k1 == new.k1 {
+                s.r = new.r;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
     }
 }
 
 /// Encoded labels → head series, shared by all writers of one database.
 pub struct SeriesCache {
     bases: (u64, u64),
-    map: RwLock<HashMap<Key, SeriesRef, BuildHasherDefault<KeyHasher>>>,
+    table: RwLock<Table>,
     max_entries: usize,
 }
 
@@ -82,7 +141,7 @@ impl SeriesCache {
         };
         Self {
             bases: (base(1), base(2)),
-            map: RwLock::new(HashMap::default()),
+            table: RwLock::new(Table::default()),
             max_entries: max_entries.max(1),
         }
     }
@@ -113,26 +172,26 @@ impl SeriesCache {
 
     /// Shared access for a request's lookups.
     pub fn reader(&self) -> CacheReader<'_> {
-        CacheReader(self.map.read().unwrap_or_else(PoisonError::into_inner))
+        CacheReader(self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Records what a request resolved.
     pub fn insert(&self, entries: impl IntoIterator<Item = (Key, SeriesRef)>) {
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         for (k, r) in entries {
-            if map.len() >= self.max_entries {
-                map.clear();
+            if table.len >= self.max_entries {
+                *table = Table::default();
             }
-            map.insert(k, r);
+            table.insert(k, r);
         }
     }
 
     /// Number of cached series.
     pub fn len(&self) -> usize {
-        self.map
+        self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -141,13 +200,17 @@ impl SeriesCache {
 }
 
 /// Lookups under one read lock.
-pub struct CacheReader<'a>(
-    RwLockReadGuard<'a, HashMap<Key, SeriesRef, BuildHasherDefault<KeyHasher>>>,
-);
+pub struct CacheReader<'a>(RwLockReadGuard<'a, Table>);
 
 impl CacheReader<'_> {
     pub fn get(&self, k: Key) -> Option<SeriesRef> {
-        self.0.get(&k).copied()
+        self.0.get(k)
+    }
+
+    /// Starts loading where [`CacheReader::get`] will look for `k`: a request computes
+    /// all its keys first, then looks them up with the cache misses overlapped.
+    pub fn prefetch(&self, k: Key) {
+        self.0.prefetch(k);
     }
 }
 
@@ -212,6 +275,32 @@ mod tests {
         // A second cache draws other bases.
         let d = SeriesCache::default();
         assert_ne!(c.key(b"abc"), d.key(b"abc"));
+    }
+
+    #[test]
+    fn grows_and_finds_every_key() {
+        let c = SeriesCache::default();
+        let key = |i: u32| c.key(format!("series-{i}").as_bytes());
+        for chunk in (0..10_000u32).collect::<Vec<_>>().chunks(777) {
+            c.insert(chunk.iter().map(|&i| (key(i), SeriesRef(i))));
+        }
+        assert_eq!(c.len(), 10_000);
+        let r = c.reader();
+        for i in 0..10_000 {
+            r.prefetch(key(i));
+            assert_eq!(r.get(key(i)), Some(SeriesRef(i)));
+        }
+        assert_eq!(r.get(key(10_000)), None);
+        drop(r);
+        // A key seen again takes its new reference; the last reference cannot be kept.
+        c.insert([
+            (key(5), SeriesRef(50_000)),
+            (key(20_000), SeriesRef(u32::MAX)),
+        ]);
+        assert_eq!(c.len(), 10_000);
+        assert_eq!(c.reader().get(key(5)), Some(SeriesRef(50_000)));
+        assert_eq!(c.reader().get(key(20_000)), None);
+        assert_eq!(SeriesCache::default().reader().get(key(1)), None);
     }
 
     #[test]

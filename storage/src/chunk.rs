@@ -261,6 +261,14 @@ impl XorChunk {
     }
 
     /// Appends a sample. The caller guarantees `t` is greater than the last timestamp.
+    /// Where the next append writes: for [`crate::prefetch`].
+    pub(crate) fn tail(&self) -> *const u8 {
+        self.bits
+            .bytes
+            .as_ptr()
+            .wrapping_add(self.bits.bytes.len().saturating_sub(1))
+    }
+
     pub(crate) fn append(&mut self, t: i64, v: f64) {
         let vbits = v.to_bits();
         match self.count {

@@ -271,6 +271,7 @@ impl Db {
             series: Vec::new(),
             local: HashMap::default(),
             pending: Vec::new(),
+            tails: Vec::new(),
             samples: Vec::new(),
         }
     }
@@ -882,6 +883,9 @@ impl Db {
     }
 }
 
+/// Series whose memory an appender prefetches at once (see [`MemSeries::prefetch`]).
+const GROUP: usize = 8;
+
 /// Collects samples and writes them to the store atomically on [`Appender::commit`].
 ///
 /// Nothing appended is visible to queries or durable until `commit` returns `Ok`. Dropping
@@ -892,6 +896,8 @@ pub struct Appender {
     local: HashMap<SeriesRef, usize, crate::labels::MixState>,
     /// Newest timestamp waiting for commit per entry of `series` (`i64::MIN`: none).
     pending: Vec<i64>,
+    /// Where each entry of `series` appends next, as last seen: prefetched by the commit.
+    tails: Vec<usize>,
     samples: Vec<(u32, i64, f64)>,
 }
 
@@ -981,12 +987,7 @@ impl Appender {
                 s.unpin();
                 i
             }
-            None => {
-                self.series.push(s);
-                self.pending.push(i64::MIN);
-                self.local.insert(r, self.series.len() - 1);
-                self.series.len() - 1
-            }
+            None => self.add_series(s),
         };
         self.push(idx, t, v)?;
         Ok(r)
@@ -1002,18 +1003,67 @@ impl Appender {
                     .head
                     .series_by_ref_pinned(r)
                     .ok_or(Error::UnknownSeries(r.0))?;
-                self.series.push(s);
-                self.pending.push(i64::MIN);
-                self.local.insert(r, self.series.len() - 1);
-                self.series.len() - 1
+                self.add_series(s)
             }
         };
         self.push(idx, t, v)
     }
 
+    /// Appends the samples of series known by reference, in order: `(reference,
+    /// samples)`. Stops at the first reference the head does not know (it may have
+    /// dropped the series) and returns its position, for the caller to append that one by
+    /// labels and go on with the rest; `None` once all are appended. Like
+    /// [`Appender::append_ref`], with one lock of the series table for all of them and
+    /// the next series' memory loading while one is appended.
+    pub fn append_refs(
+        &mut self,
+        items: &[(SeriesRef, &[(i64, f64)])],
+    ) -> Result<Option<usize>, Error> {
+        let db = Arc::clone(&self.db);
+        db.head.with_table(|table| {
+            for (g, group) in items.chunks(GROUP).enumerate() {
+                for &(r, _) in group {
+                    if let Some(Some(s)) = table.get(r.0 as usize) {
+                        s.prefetch();
+                    }
+                }
+                for (j, &(r, samples)) in group.iter().enumerate() {
+                    let idx = match self.local.get(&r) {
+                        Some(&i) => i,
+                        None => {
+                            let Some(Some(s)) = table.get(r.0 as usize) else {
+                                return Ok(Some(g * GROUP + j));
+                            };
+                            s.pins.fetch_add(1, Ordering::AcqRel);
+                            self.add_series(Arc::clone(s))
+                        }
+                    };
+                    for &(t, v) in samples {
+                        self.push(idx, t, v)?;
+                    }
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Takes a pinned series into the appender: its index.
+    fn add_series(&mut self, s: Arc<MemSeries>) -> usize {
+        let r = s.sref;
+        self.series.push(s);
+        self.pending.push(i64::MIN);
+        self.tails.push(0);
+        self.local.insert(r, self.series.len() - 1);
+        self.series.len() - 1
+    }
+
     fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
         let s = &self.series[idx];
-        let stored = lock(&s.data).check(t, v);
+        let stored = {
+            let data = lock(&s.data);
+            self.tails[idx] = data.tail();
+            data.check(t, v)
+        };
         let pending = self.pending[idx];
         let outcome = match stored {
             _ if pending == i64::MIN => stored,
@@ -1049,6 +1099,7 @@ impl Appender {
     pub fn reserve(&mut self, series: usize, samples: usize) {
         self.series.reserve(series);
         self.pending.reserve(series);
+        self.tails.reserve(series);
         self.local.reserve(series);
         self.samples.reserve(samples);
     }
@@ -1110,7 +1161,24 @@ impl Appender {
         }
         let mut batch = Batch::default();
         let mut i = 0;
+        // Samples arrive grouped by series; the next GROUP series are prefetched together.
+        let mut fetched = 0;
         while i < self.samples.len() {
+            if i >= fetched {
+                let mut seen = 0;
+                let mut last = u32::MAX;
+                fetched = i;
+                while fetched < self.samples.len() && seen < GROUP {
+                    let idx = self.samples[fetched].0;
+                    if idx != last {
+                        self.series[idx as usize].prefetch();
+                        crate::prefetch(self.tails[idx as usize] as *const u8);
+                        last = idx;
+                        seen += 1;
+                    }
+                    fetched += 1;
+                }
+            }
             let idx = self.samples[i].0;
             let mut data = lock(&self.series[idx as usize].data);
             while i < self.samples.len() && self.samples[i].0 == idx {
@@ -1947,6 +2015,39 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn append_refs_stops_at_an_unknown_reference() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let mut app = db.appender();
+        let refs: Vec<SeriesRef> = (0..20)
+            .map(|i| app.append(&up(&format!("j{i}")), 1_000, f64::from(i)))
+            .collect::<Result<_, _>>()?;
+        app.commit()?;
+        // Groups of eight and more, one series twice, one reference unknown.
+        let s2: Vec<Vec<(i64, f64)>> = (0..20).map(|i| vec![(2_000, f64::from(i) + 0.5)]).collect();
+        let mut items: Vec<(SeriesRef, &[(i64, f64)])> = refs
+            .iter()
+            .zip(&s2)
+            .map(|(&r, s)| (r, s.as_slice()))
+            .collect();
+        let later = [(3_000, 9.0)];
+        items.insert(12, (SeriesRef(999), &later));
+        items.push((refs[3], &later));
+        let mut app = db.appender();
+        assert_eq!(app.append_refs(&items)?, Some(12));
+        assert_eq!(app.append_refs(&items[13..])?, None);
+        app.commit()?;
+        for i in 0..20 {
+            let mut want = vec![(1_000, f64::from(i)), (2_000, f64::from(i) + 0.5)];
+            if i == 3 {
+                want.push((3_000, 9.0));
+            }
+            assert_eq!(read_all(&db, &format!("j{i}")), want, "j{i}");
+        }
+        Ok(())
     }
 
     #[test]

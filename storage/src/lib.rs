@@ -70,3 +70,19 @@ pub fn stale_nan() -> f64 {
 /// A dense reference to a series in this store's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesRef(pub u32);
+
+/// Asks the CPU to start loading the cache line holding `p` and returns at once, so that
+/// a loop can have the lines of the next few items on their way while it works on this
+/// one. Any address will do: a prefetch reads nothing the program sees and never faults.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `prefetcht0` has no architectural effect and cannot fault, whatever the
+    // address; SSE, which provides it, is part of every x86-64 CPU.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
