@@ -399,6 +399,33 @@ impl<'a> Pb<'a> {
         })
     }
 
+    /// A `Label` message as encoders write it: name (field 1), then value (field 2),
+    /// each under 128 bytes, nothing else. `None` (and nothing read) for any other
+    /// form, which the general loop then reads.
+    #[inline]
+    fn short_label(&self) -> Option<LabelSpan> {
+        let b = self.buf.get(self.pos..self.end)?;
+        let (&[0x0a, n], rest) = b.split_first_chunk::<2>()? else {
+            return None;
+        };
+        let n = usize::from(n);
+        let (&[0x12, m], _) = rest.get(n..)?.split_first_chunk::<2>()? else {
+            return None;
+        };
+        let m = usize::from(m);
+        if n >= 0x80 || m >= 0x80 || 4 + n + m != b.len() {
+            return None;
+        }
+        let base = u32::try_from(self.pos)
+            .ok()
+            .filter(|_| u32::try_from(self.end).is_ok())?;
+        let at = |x: usize| base + x as u32;
+        Some(LabelSpan {
+            name: (at(2), at(2 + n)),
+            value: (at(4 + n), at(4 + n + m)),
+        })
+    }
+
     /// A `Sample` message (the same in 1.0 and 2.0): value (1, double) and timestamp
     /// (2, int64).
     fn sample(mut self) -> Result<(i64, f64), PbError> {
@@ -523,6 +550,13 @@ impl DecodedWriteRequest {
                     1 => {
                         ts.expect_wire(wire, WIRE_LEN, "label")?;
                         let mut l = ts.message()?;
+                        if let Some(label) = l.short_label() {
+                            req.labels.push(label);
+                            if !other_fields {
+                                labels_end = Some(ts.pos);
+                            }
+                            continue;
+                        }
                         let mut label = LabelSpan::default();
                         while !l.done() {
                             let (f, w) = l.tag()?;
@@ -1191,6 +1225,42 @@ mod tests {
         assert_eq!(s[0].samples()[1].0, -5);
         assert!(s[0].samples()[1].1.is_nan());
         assert!(s[1].samples().is_empty());
+    }
+
+    #[test]
+    fn labels_in_every_encoding_read_alike() {
+        let long = "v".repeat(300);
+        // A label with a field of its own (ignored), value before name, no value.
+        let odd: Vec<u8> = [
+            &[0x0a, 8, 0x12, 1, b'a', 0x0a, 1, b'n', 0x18, 7][..],
+            &[0x0a, 6, 0x12, 1, b'b', 0x0a, 1, b'm'][..],
+            &[0x0a, 3, 0x0a, 1, b'e'][..],
+        ]
+        .concat();
+        let plain = series(
+            &[("__name__", "up"), ("long", &long), ("", "")],
+            &[(1, 2.0)],
+        );
+        let mut raw = Vec::new();
+        for body in [plain.encode_to_vec(), odd] {
+            raw.push(0x0a);
+            prost::encoding::encode_varint(body.len() as u64, &mut raw);
+            raw.extend_from_slice(&body);
+        }
+        let d = DecodedWriteRequest::parse(raw).unwrap();
+        let s: Vec<SeriesView<'_>> = d.series().collect();
+        let got: Vec<Vec<(&[u8], &[u8])>> = s.iter().map(|s| s.label_bytes().collect()).collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![
+                    (&b"__name__"[..], &b"up"[..]),
+                    (b"long", long.as_bytes()),
+                    (b"", b"")
+                ],
+                vec![(&b"n"[..], &b"a"[..]), (b"m", b"b"), (b"e", b"")],
+            ]
+        );
     }
 
     #[test]

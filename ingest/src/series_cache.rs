@@ -149,21 +149,33 @@ impl SeriesCache {
     /// The digest of `bytes`.
     pub fn key(&self, bytes: &[u8]) -> Key {
         let (r1, r2) = self.bases;
+        let (q1, q2) = (mul_mod(r1, r1), mul_mod(r2, r2));
         let (mut h1, mut h2) = (0u64, 0u64);
-        let mut words = bytes.chunks_exact(7);
-        for w in &mut words {
+        let word = |w: &[u8]| {
             let mut b = [0u8; 8];
-            b[..7].copy_from_slice(w);
-            let x = u64::from_le_bytes(b);
-            h1 = add_mod(mul_mod(h1, r1), x);
-            h2 = add_mod(mul_mod(h2, r2), x);
+            b[..w.len()].copy_from_slice(w);
+            u64::from_le_bytes(b)
+        };
+        // Two words a step: h·r² + x·r + y is h·r + x, then ·r + y, with the two
+        // multiplications independent of each other.
+        let mut pairs = bytes.chunks_exact(14);
+        for p in &mut pairs {
+            let (x, y) = (word(&p[..7]), word(&p[7..]));
+            h1 = add_mod(add_mod(mul_mod(h1, q1), mul_mod(x, r1)), y);
+            h2 = add_mod(add_mod(mul_mod(h2, q2), mul_mod(x, r2)), y);
         }
-        let rest = words.remainder();
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
+        let rest = pairs.remainder();
+        // What is left: one word (zero to six bytes), or a whole one and another (zero
+        // to six bytes).
+        let (x, y) = if rest.len() >= 7 {
+            (word(&rest[..7]), word(&rest[7..]))
+        } else {
+            (word(rest), 0)
+        };
+        let tail: &[u64] = if rest.len() >= 7 { &[x, y] } else { &[x] };
         // The last word is zero-padded; the length, as one more word, tells the padding
         // apart from zero bytes that were sent.
-        for x in [u64::from_le_bytes(b), bytes.len() as u64 & P] {
+        for &x in tail.iter().chain(&[bytes.len() as u64 & P]) {
             h1 = add_mod(mul_mod(h1, r1), x);
             h2 = add_mod(mul_mod(h2, r2), x);
         }
@@ -225,7 +237,7 @@ fn mul_mod(a: u64, b: u64) -> u64 {
     }
 }
 
-/// `a + b mod P` for `a < P`, `b < 2^56`.
+/// `a + b mod P` for `a, b < P`.
 fn add_mod(a: u64, b: u64) -> u64 {
     let s = a + b;
     if s >= P {
@@ -250,6 +262,30 @@ mod tests {
             u128::from(mul_mod(a, b)),
             u128::from(a) * u128::from(b) % u128::from(P)
         );
+    }
+
+    #[test]
+    fn key_is_the_polynomial_of_the_seven_byte_words_and_the_length() {
+        let c = SeriesCache::default();
+        let (r1, r2) = c.bases;
+        let bytes: Vec<u8> = (0..60u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+        for n in 0..=bytes.len() {
+            let b = &bytes[..n];
+            let mut words: Vec<u64> = b
+                .chunks(7)
+                .map(|w| {
+                    let mut a = [0u8; 8];
+                    a[..w.len()].copy_from_slice(w);
+                    u64::from_le_bytes(a)
+                })
+                .collect();
+            if n % 7 == 0 {
+                words.push(0);
+            }
+            words.push(n as u64);
+            let horner = |r: u64| words.iter().fold(0, |h, &w| add_mod(mul_mod(h, r), w));
+            assert_eq!(c.key(b), Key(horner(r1), horner(r2)), "{n} bytes");
+        }
     }
 
     #[test]
