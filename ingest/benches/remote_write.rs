@@ -64,6 +64,39 @@ fn bench(c: &mut Criterion) {
         b.iter(|| strata_ingest::decode_write_request(black_box(&body), 32 << 20))
     });
 
+    // The digests of 2,000 series' encoded labels (about 100 bytes each).
+    let regions: Vec<Vec<u8>> = (0..SERIES)
+        .map(|i| {
+            let labels = [
+                ("__name__", "node_cpu_seconds_total".to_string()),
+                ("cpu", (i % 64).to_string()),
+                ("instance", format!("host-{:03}.example.net:9100", i / 100)),
+                ("job", "node".to_string()),
+                ("mode", "softirq".to_string()),
+            ];
+            TimeSeries {
+                labels: labels
+                    .into_iter()
+                    .map(|(n, v)| Label {
+                        name: n.into(),
+                        value: v,
+                    })
+                    .collect(),
+                samples: vec![],
+                histograms: vec![],
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let keys = SeriesCache::default();
+    g.bench_function("cache_key_2000", |b| {
+        b.iter(|| {
+            for r in &regions {
+                black_box(keys.key(black_box(r)));
+            }
+        })
+    });
+
     for fsync in [false, true] {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let db = Db::open(

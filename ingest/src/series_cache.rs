@@ -119,7 +119,8 @@ impl Table {
 
 /// Encoded labels → head series, shared by all writers of one database.
 pub struct SeriesCache {
-    bases: (u64, u64),
+    /// Each base to the powers 0 to 5.
+    powers: [[u64; 6]; 2],
     table: RwLock<Table>,
     max_entries: usize,
 }
@@ -139,8 +140,15 @@ impl SeriesCache {
             // In [2, P): 0 and 1 would make a weak polynomial.
             2 + h.finish() % (P - 2)
         };
+        let powers = |r: u64| {
+            let mut p = [1u64; 6];
+            for i in 1..6 {
+                p[i] = mul_mod(p[i - 1], r);
+            }
+            p
+        };
         Self {
-            bases: (base(1), base(2)),
+            powers: [powers(base(1)), powers(base(2))],
             table: RwLock::new(Table::default()),
             max_entries: max_entries.max(1),
         }
@@ -148,37 +156,63 @@ impl SeriesCache {
 
     /// The digest of `bytes`.
     pub fn key(&self, bytes: &[u8]) -> Key {
-        let (r1, r2) = self.bases;
-        let (q1, q2) = (mul_mod(r1, r1), mul_mod(r2, r2));
-        let (mut h1, mut h2) = (0u64, 0u64);
-        let word = |w: &[u8]| {
+        const LOW56: u64 = (1 << 56) - 1;
+        let at = |c: &[u8], i: usize| {
             let mut b = [0u8; 8];
-            b[..w.len()].copy_from_slice(w);
+            b.copy_from_slice(&c[i..i + 8]);
             u64::from_le_bytes(b)
         };
-        // Two words a step: h·r² + x·r + y is h·r + x, then ·r + y, with the two
-        // multiplications independent of each other.
-        let mut pairs = bytes.chunks_exact(14);
-        for p in &mut pairs {
-            let (x, y) = (word(&p[..7]), word(&p[7..]));
-            h1 = add_mod(add_mod(mul_mod(h1, q1), mul_mod(x, r1)), y);
-            h2 = add_mod(add_mod(mul_mod(h2, q2), mul_mod(x, r2)), y);
+        let wide = |a: u64, b: u64| u128::from(a) * u128::from(b);
+        let [a, b] = &self.powers;
+        let (mut h1, mut h2) = (0u64, 0u64);
+        // Four words a step: h·r⁴ + x₁·r³ + x₂·r² + x₃·r + x₄ is four steps of h·r + x,
+        // with independent multiplications summed before one reduction.
+        let mut blocks = bytes.chunks_exact(28);
+        for c in &mut blocks {
+            let x = [
+                at(c, 0) & LOW56,
+                at(c, 7) & LOW56,
+                at(c, 14) & LOW56,
+                at(c, 20) >> 8,
+            ];
+            let step = |h: u64, p: &[u64; 6]| {
+                reduce(
+                    wide(h, p[4])
+                        + wide(x[0], p[3])
+                        + wide(x[1], p[2])
+                        + wide(x[2], p[1])
+                        + u128::from(x[3]),
+                )
+            };
+            h1 = step(h1, a);
+            h2 = step(h2, b);
         }
-        let rest = pairs.remainder();
-        // What is left: one word (zero to six bytes), or a whole one and another (zero
-        // to six bytes).
-        let (x, y) = if rest.len() >= 7 {
-            (word(&rest[..7]), word(&rest[7..]))
-        } else {
-            (word(rest), 0)
+        // What is left in one more step: its whole words, the last word zero-padded
+        // (possibly all padding), and the length, as one more word, which tells the
+        // padding apart from zero bytes that were sent. Two to five words.
+        let rest = blocks.remainder();
+        let mut tail = [0u64; 5];
+        let whole = rest.len() / 7;
+        for (t, w) in tail.iter_mut().zip(rest.chunks_exact(7)) {
+            let mut b = [0u8; 8];
+            b[..7].copy_from_slice(w);
+            *t = u64::from_le_bytes(b);
+        }
+        tail[whole] = rest[whole * 7..]
+            .iter()
+            .rev()
+            .fold(0, |v, &b| (v << 8) | u64::from(b));
+        tail[whole + 1] = bytes.len() as u64 & P;
+        let k = whole + 2;
+        let last = |h: u64, p: &[u64; 6]| {
+            let mut sum = wide(h, p[k]);
+            for (j, &t) in tail[..k].iter().enumerate() {
+                sum += wide(t, p[k - 1 - j]);
+            }
+            reduce(sum)
         };
-        let tail: &[u64] = if rest.len() >= 7 { &[x, y] } else { &[x] };
-        // The last word is zero-padded; the length, as one more word, tells the padding
-        // apart from zero bytes that were sent.
-        for &x in tail.iter().chain(&[bytes.len() as u64 & P]) {
-            h1 = add_mod(mul_mod(h1, r1), x);
-            h2 = add_mod(mul_mod(h2, r2), x);
-        }
+        h1 = last(h1, a);
+        h2 = last(h2, b);
         Key(h1, h2)
     }
 
@@ -237,13 +271,15 @@ fn mul_mod(a: u64, b: u64) -> u64 {
     }
 }
 
-/// `a + b mod P` for `a, b < P`.
-fn add_mod(a: u64, b: u64) -> u64 {
-    let s = a + b;
-    if s >= P {
-        s - P
+/// `s mod P` for `s < 2^125`.
+fn reduce(s: u128) -> u64 {
+    let hi = (s >> 61) as u64;
+    let t = (s as u64 & P) + (hi & P) + (hi >> 61);
+    let t = (t & P) + (t >> 61);
+    if t >= P {
+        t - P
     } else {
-        s
+        t
     }
 }
 
@@ -251,12 +287,32 @@ fn add_mod(a: u64, b: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// `a + b mod P` for `a, b < P`.
+    fn add_mod(a: u64, b: u64) -> u64 {
+        let s = a + b;
+        if s >= P {
+            s - P
+        } else {
+            s
+        }
+    }
+
     #[test]
     fn arithmetic_modulo_the_prime() {
         assert_eq!(mul_mod(P - 1, P - 1), 1);
         assert_eq!(mul_mod(P - 1, 2), P - 2);
         assert_eq!(mul_mod(1 << 60, 2), 1);
         assert_eq!(add_mod(P - 1, 1), 0);
+        for s in [
+            0u128,
+            1,
+            u128::from(P),
+            u128::from(P) * 2,
+            (1 << 125) - 1,
+            (1 << 122) + 12345,
+        ] {
+            assert_eq!(u128::from(reduce(s)), s % u128::from(P), "{s}");
+        }
         let (a, b) = (0x0123_4567_89AB_CDEF & P, 0x0FED_CBA9_8765_4321 & P);
         assert_eq!(
             u128::from(mul_mod(a, b)),
@@ -267,8 +323,8 @@ mod tests {
     #[test]
     fn key_is_the_polynomial_of_the_seven_byte_words_and_the_length() {
         let c = SeriesCache::default();
-        let (r1, r2) = c.bases;
-        let bytes: Vec<u8> = (0..60u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+        let (r1, r2) = (c.powers[0][1], c.powers[1][1]);
+        let bytes: Vec<u8> = (0..120u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
         for n in 0..=bytes.len() {
             let b = &bytes[..n];
             let mut words: Vec<u64> = b
