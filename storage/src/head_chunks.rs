@@ -148,9 +148,24 @@ pub(crate) struct SegmentFile {
     len: u64,
     /// Identifies the file in the per-thread read windows (an address could be reused).
     id: u64,
-    /// Bytes written so far: what a read window may hold.
+    /// Bytes in the file so far: what a read window may hold.
     written: AtomicU64,
+    /// Records handed out but not yet in the file: written together, one system call
+    /// per [`FLUSH_AT`] bytes instead of one per chunk. Readers of those ranges copy
+    /// them from here. A failed write leaves them here, readable.
+    pending: Mutex<Pending>,
 }
+
+/// Bytes for a segment file, not yet written to it.
+#[derive(Default)]
+struct Pending {
+    /// Where `bytes` go in the file.
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// Pending bytes that make a segment file write its records.
+const FLUSH_AT: usize = 64 << 10;
 
 /// Bytes one read brings in around a chunk: the chunks of series scraped together lie
 /// side by side, and a query reads them one after another.
@@ -189,7 +204,45 @@ impl SegmentFile {
             len,
             id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
             written: AtomicU64::new(written),
+            pending: Mutex::new(Pending::default()),
         })
+    }
+
+    /// Queues a record for offset `at`, writing the queue out through `file` (this
+    /// segment's file opened for writing) once it is large enough.
+    fn append(&self, file: &File, at: u64, record: &[&[u8]]) -> Result<(), Error> {
+        let mut p = lock(&self.pending);
+        if p.bytes.is_empty() {
+            p.at = at;
+        }
+        debug_assert_eq!(p.at + p.bytes.len() as u64, at);
+        for part in record {
+            p.bytes.extend_from_slice(part);
+        }
+        if p.bytes.len() >= FLUSH_AT {
+            self.flush_locked(file, &mut p)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the queued records to the file.
+    fn flush(&self, file: &File) -> Result<(), Error> {
+        self.flush_locked(file, &mut lock(&self.pending))
+    }
+
+    fn flush_locked(&self, file: &File, p: &mut Pending) -> Result<(), Error> {
+        if p.bytes.is_empty() {
+            return Ok(());
+        }
+        file.write_all_at(&p.bytes, p.at)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.written
+            .store(p.at + p.bytes.len() as u64, Ordering::Release);
+        p.bytes.clear();
+        if p.bytes.capacity() > 2 * FLUSH_AT {
+            p.bytes.shrink_to(FLUSH_AT);
+        }
+        Ok(())
     }
 
     /// The file's length.
@@ -212,6 +265,13 @@ impl SegmentFile {
     /// read, which never change.
     pub(crate) fn with_bytes<R>(&self, start: u32, len: u16, f: impl FnOnce(&[u8]) -> R) -> R {
         let (from, to) = (u64::from(start), u64::from(start) + u64::from(len));
+        if to > self.written.load(Ordering::Acquire) {
+            let p = lock(&self.pending);
+            if from >= p.at && to <= p.at + p.bytes.len() as u64 {
+                return f(&p.bytes[(from - p.at) as usize..(to - p.at) as usize]);
+            }
+            // Written out meanwhile: read from the file.
+        }
         READ_WINDOWS.with_borrow_mut(|w| match self.window(w, from, to) {
             Ok(bytes) => f(bytes),
             Err(e) => {
@@ -349,6 +409,9 @@ impl HeadChunks {
     /// which segment each file is.
     pub(crate) fn sync(&self) -> Result<Vec<(Arc<SegmentFile>, u32)>, Error> {
         let w = lock(&self.writer);
+        if let (Some(seg), Some(file)) = (w.segments.last(), &w.file) {
+            seg.file.flush(file)?;
+        }
         for s in &w.segments {
             File::open(&s.path)
                 .and_then(|f| f.sync_data())
@@ -433,21 +496,23 @@ impl HeadChunks {
         let (Some(seg), Some(file)) = (segments.last_mut(), file.as_ref()) else {
             return Err(Error::Corrupt("no head chunk segment".into()));
         };
-        let mut record = Vec::with_capacity(need as usize);
-        record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        record.extend_from_slice(&count.to_le_bytes());
-        record.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
-        record.extend_from_slice(bytes);
-        file.write_all_at(&record, seg.used)
-            .map_err(|e| Error::io(&seg.path, e))?;
+        let record: [&[u8]; 4] = [
+            &(bytes.len() as u32).to_le_bytes(),
+            &count.to_le_bytes(),
+            &crc32c::crc32c(bytes).to_le_bytes(),
+            bytes,
+        ];
+        seg.file.append(file, seg.used, &record)?;
         let start = (seg.used + RECORD_HEADER) as u32;
         seg.used += need;
-        seg.file.written.store(seg.used, Ordering::Release);
         seg.max_t = seg.max_t.max(max_t);
         Ok((Arc::clone(&seg.file), start))
     }
 
     fn rotate(&self, w: &mut Writer, dir: &Path) -> Result<(), Error> {
+        if let (Some(seg), Some(file)) = (w.segments.last(), &w.file) {
+            seg.file.flush(file)?;
+        }
         let path = dir.join(format!("{:08}", w.next_index));
         let file = OpenOptions::new()
             .create_new(true)
@@ -563,6 +628,59 @@ mod tests {
                 want,
                 "chunk {k}"
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn queued_chunks_read_back_before_and_after_they_reach_the_file() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path().join("chunks_head");
+        let hc = HeadChunks::open(&dir)?;
+        let chunk = |k: i64| {
+            let mut c = XorChunk::new();
+            for i in 0..120 {
+                c.append(k * 10_000 + i * 15 + i % 3, (k * 31 + i * i) as f64 / 8.0);
+            }
+            c
+        };
+        // Enough chunks for a few writes of the queue, each read at once (from the
+        // queue) and all read again at the end (from the file, but the last ones).
+        let mut buf = Vec::new();
+        let mut written = Vec::new();
+        let mut k = 0;
+        while hc.disk_size() < 3 * FLUSH_AT as u64 {
+            let c = chunk(k);
+            let want: Vec<(i64, f64)> = c.iter().collect();
+            let p = hc.persist(&c);
+            assert_eq!(p.read(&mut buf).collect::<Vec<_>>(), want, "chunk {k}");
+            written.push((p, want));
+            k += 1;
+        }
+        let file = dir.join("00000000");
+        let on_disk = || fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let len = |p: &HeadChunk| match p {
+            HeadChunk::File { start, len, .. } => u64::from(*start) + u64::from(*len),
+            HeadChunk::Mem(_) => 0,
+        };
+        let end = written.iter().map(|(p, _)| len(p)).max().unwrap_or(0);
+        // The file is preallocated; what shows the queue is whether its bytes are there.
+        let tail_on_disk = |end: u64| -> Result<bool, Error> {
+            let f = File::open(&file).map_err(|e| Error::io(&file, e))?;
+            let mut last = [0u8; 16];
+            f.read_exact_at(&mut last, end - 16)
+                .map_err(|e| Error::io(&file, e))?;
+            Ok(last != [0u8; 16])
+        };
+        assert!(on_disk() >= end);
+        assert!(!tail_on_disk(end)?, "the last chunks wait in the queue");
+        for (p, want) in &written {
+            assert_eq!(&p.read(&mut buf).collect::<Vec<_>>(), want);
+        }
+        hc.sync()?;
+        assert!(tail_on_disk(end)?, "a sync writes the queue out");
+        for (p, want) in &written {
+            assert_eq!(&p.read(&mut buf).collect::<Vec<_>>(), want);
         }
         Ok(())
     }
