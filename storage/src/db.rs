@@ -918,7 +918,7 @@ impl Appender {
         let s = self
             .db
             .head
-            .get_or_create_pinned(
+            .get_or_create_limited(
                 labels.stable_hash(),
                 |l| l == labels,
                 || labels.clone(),
@@ -945,7 +945,7 @@ impl Appender {
         let s = self
             .db
             .head
-            .get_or_create_pinned(
+            .get_or_create_limited(
                 hash,
                 |l| l.eq_pairs(pairs),
                 || Labels::from_pairs(pairs.iter().copied()),
@@ -982,11 +982,7 @@ impl Appender {
     fn append_series(&mut self, s: Arc<MemSeries>, t: i64, v: f64) -> Result<SeriesRef, Error> {
         let r = s.sref;
         let idx = match self.local.get(&r) {
-            Some(&i) => {
-                // Pinned once already by this appender.
-                s.unpin();
-                i
-            }
+            Some(&i) => i,
             None => self.add_series(s),
         };
         self.push(idx, t, v)?;
@@ -1001,7 +997,7 @@ impl Appender {
                 let s = self
                     .db
                     .head
-                    .series_by_ref_pinned(r)
+                    .series_by_ref(r)
                     .ok_or(Error::UnknownSeries(r.0))?;
                 self.add_series(s)
             }
@@ -1034,7 +1030,6 @@ impl Appender {
                             let Some(Some(s)) = table.get(r.0 as usize) else {
                                 return Ok(Some(g * GROUP + j));
                             };
-                            s.pins.fetch_add(1, Ordering::AcqRel);
                             self.add_series(Arc::clone(s))
                         }
                     };
@@ -1047,7 +1042,8 @@ impl Appender {
         })
     }
 
-    /// Takes a pinned series into the appender: its index.
+    /// Takes a series into the appender (holding it keeps the head from dropping it):
+    /// its index.
     fn add_series(&mut self, s: Arc<MemSeries>) -> usize {
         let r = s.sref;
         self.series.push(s);
@@ -1196,15 +1192,6 @@ impl Appender {
 
     /// Discards everything appended.
     pub fn rollback(self) {}
-}
-
-impl Drop for Appender {
-    /// Releases the appender's series: from now on the head may drop those left empty.
-    fn drop(&mut self) {
-        for s in &self.series {
-            s.unpin();
-        }
-    }
 }
 
 /// One series selected by a [`Querier`]: its labels and its samples in the query range.

@@ -11,7 +11,7 @@
 //! postings write locks, which happens once per series, not per sample.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
@@ -444,8 +444,6 @@ pub(crate) struct MemSeries {
     pub(crate) labels: Labels,
     /// Whether a WAL series record for this series has been written.
     pub(crate) logged: AtomicBool,
-    /// Appenders holding this series for a commit: it is not collected meanwhile.
-    pub(crate) pins: AtomicU32,
     /// Whether the WAL knows it by a second reference (then it is never collected).
     aliased: AtomicBool,
     pub(crate) data: Mutex<SeriesData>,
@@ -462,11 +460,6 @@ impl MemSeries {
         for off in (0..len).step_by(64).chain([len - 1]) {
             crate::prefetch(start.wrapping_add(off));
         }
-    }
-
-    /// Releases an appender's pin.
-    pub(crate) fn unpin(&self) {
-        self.pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -629,21 +622,22 @@ impl Head {
         make: impl FnOnce() -> Labels,
         sref: Option<SeriesRef>,
     ) -> Arc<MemSeries> {
-        self.find_or_create(hash, is_it, make, sref, false, SeriesLimits::default())
+        self.find_or_create(hash, is_it, make, sref, SeriesLimits::default())
             .unwrap_or_else(unreachable_without_limit)
     }
 
-    /// Like [`Head::get_or_create_with`], pinned for an appender (see
-    /// [`MemSeries::unpin`]); pinned under the shard lock, so never collected in between.
-    /// Fails when the series would be new and a limit is reached.
-    pub(crate) fn get_or_create_pinned(
+    /// Like [`Head::get_or_create_with`], for an appender: the reference it takes (under
+    /// the shard lock) keeps the series from being collected until it lets go (see
+    /// [`Head::collect_empty_series`]). Fails when the series would be new and a limit is
+    /// reached.
+    pub(crate) fn get_or_create_limited(
         &self,
         hash: u64,
         is_it: impl Fn(&Labels) -> bool,
         make: impl FnOnce() -> Labels,
         limits: SeriesLimits,
     ) -> Result<Arc<MemSeries>, LimitHit> {
-        self.find_or_create(hash, is_it, make, None, true, limits)
+        self.find_or_create(hash, is_it, make, None, limits)
     }
 
     fn find_or_create(
@@ -652,15 +646,11 @@ impl Head {
         is_it: impl Fn(&Labels) -> bool,
         make: impl FnOnce() -> Labels,
         sref: Option<SeriesRef>,
-        pin: bool,
         limits: SeriesLimits,
     ) -> Result<Arc<MemSeries>, LimitHit> {
         let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
         if let Some(s) = shard.get(&hash).and_then(|b| b.find(&is_it)) {
             let s = Arc::clone(s);
-            if pin {
-                s.pins.fetch_add(1, Ordering::AcqRel);
-            }
             drop(shard);
             if let Some(r) = sref {
                 if r != s.sref {
@@ -705,7 +695,6 @@ impl Head {
             sref: r,
             labels,
             logged: AtomicBool::new(sref.is_some()),
-            pins: AtomicU32::new(u32::from(pin)),
             aliased: AtomicBool::new(false),
             data: Mutex::new(SeriesData::new()),
         });
@@ -741,14 +730,6 @@ impl Head {
     pub(crate) fn series_by_ref(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
         table.get(r.0 as usize).and_then(|s| s.clone())
-    }
-
-    /// Like [`Head::series_by_ref`], pinned for an appender under the table lock.
-    pub(crate) fn series_by_ref_pinned(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
-        let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        let s = table.get(r.0 as usize).and_then(|s| s.clone())?;
-        s.pins.fetch_add(1, Ordering::AcqRel);
-        Some(s)
     }
 
     /// A snapshot of the head for a fast restart: every series with its chunk references
@@ -857,16 +838,23 @@ impl Head {
         Ok(n)
     }
 
-    /// Drops the series that hold no sample any more, unless an appender holds them:
-    /// from the shard maps, the reference table, the postings and (for strings no other
-    /// series uses) the symbol set. Returns how many went.
+    /// Drops the series that hold no sample any more, unless something else holds them
+    /// (an appender about to commit to one, a query, a snapshot): from the shard maps,
+    /// the reference table, the postings and (for strings no other series uses) the
+    /// symbol set. Returns how many went.
+    ///
+    /// What holds a series shows in its reference count: the table, its shard and the
+    /// candidate list make three. Every other reference is taken from the table or a
+    /// shard under their locks, which this holds while it looks, so none can appear
+    /// between the look and the removal; one that goes away meanwhile only leaves the
+    /// series for the next cut.
     fn collect_empty_series(&self, candidates: Vec<Arc<MemSeries>>) -> usize {
         let mut gone: Vec<Arc<MemSeries>> = Vec::new();
         for s in candidates {
             let hash = s.labels.stable_hash();
             let mut shard = lock(&self.shards[(hash as usize) % SHARDS]);
             let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
-            if s.pins.load(Ordering::Acquire) > 0
+            if Arc::strong_count(&s) > 3
                 || s.aliased.load(Ordering::Acquire)
                 || lock(&s.data).sample_count() > 0
             {
