@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A request is all or nothing: every series is validated before the first sample is
-//! appended, and an error while appending rolls the whole request back.
+//! appended, and an error while appending rolls the whole request back. A series whose
+//! encoded labels were validated before is found in the [`SeriesCache`] instead.
 
 pub mod metadata;
 pub mod remote_read;
