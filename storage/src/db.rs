@@ -1010,7 +1010,8 @@ impl Appender {
     /// dropped the series) and returns its position, for the caller to append that one by
     /// labels and go on with the rest; `None` once all are appended. Like
     /// [`Appender::append_ref`], with one lock of the series table for all of them and
-    /// the next series' memory loading while one is appended.
+    /// the memory of eight series at a time loaded together (see
+    /// [`MemSeries::prefetch`]).
     pub fn append_refs(
         &mut self,
         items: &[(SeriesRef, &[(i64, f64)])],
