@@ -510,26 +510,32 @@ async fn series(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
     let limit = p.limit()?;
     let body = blocking(move || {
         let q = st.db.querier(start, end);
+        let n = if limit > 0 { limit } else { usize::MAX };
+        let write = |found: &[&Labels]| {
+            json::success(|out| {
+                out.push('[');
+                for (i, l) in found.iter().take(n).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json::push_labels(out, l);
+                }
+                out.push(']');
+            })
+        };
+        if let [m] = &sets[..] {
+            // Written straight from the head's and the blocks' label sets.
+            return Ok(q.with_series_labels(m, write)?);
+        }
         // Each set's labels come sorted and unique; several sets are merged.
         let mut found: Vec<Labels> = Vec::new();
         for m in &sets {
             found.extend(q.series_labels(m)?);
         }
-        if sets.len() > 1 {
-            found.sort_unstable();
-            found.dedup();
-        }
-        Ok(json::success(|out| {
-            out.push('[');
-            let n = if limit > 0 { limit } else { usize::MAX };
-            for (i, l) in found.iter().take(n).enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json::push_labels(out, l);
-            }
-            out.push(']');
-        }))
+        found.sort_unstable();
+        found.dedup();
+        let refs: Vec<&Labels> = found.iter().collect();
+        Ok(write(&refs))
     })
     .await?;
     Ok(json_response(StatusCode::OK, body))

@@ -1134,7 +1134,7 @@ impl Block {
     }
 
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`.
-    pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+    pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<&Labels> {
         if maxt < self.meta.min_time || mint >= self.meta.max_time {
             return Vec::new();
         }
@@ -1160,7 +1160,7 @@ impl Block {
                     .any(|(t, _)| inside(t) && !d.iter().any(|&(a, z)| t >= a && t <= z)),
             });
             if found {
-                out.push(s.labels.clone());
+                out.push(&s.labels);
             }
         }
         out

@@ -1567,19 +1567,31 @@ impl Querier {
     /// The labels of the series `matchers` select with a sample in range, sorted and
     /// unique: [`Querier::select`] without reading the samples.
     pub fn series_labels(&self, matchers: &[Matcher]) -> Result<Vec<Labels>, Error> {
+        self.with_series_labels(matchers, |all| all.iter().map(|&l| l.clone()).collect())
+    }
+
+    /// `f` over what [`Querier::series_labels`] returns, borrowed from the head and the
+    /// blocks rather than copied.
+    pub fn with_series_labels<R>(
+        &self,
+        matchers: &[Matcher],
+        f: impl FnOnce(&[&Labels]) -> R,
+    ) -> Result<R, Error> {
         // The head first, then the blocks, as in `select`. A series usually lies in the
         // head and in several blocks: sorted lists are merged rather than sorted again.
-        let mut out = self.db.head.select_labels(matchers, self.mint, self.maxt);
+        let head = self.db.head.select_series(matchers, self.mint, self.maxt);
+        let blocks = self.db.block_list();
+        let mut out: Vec<&Labels> = head.iter().map(|s| &s.labels).collect();
         out.sort_unstable();
         out.dedup();
-        for b in self.db.block_list() {
+        for b in &blocks {
             let mut more = b.select_labels(matchers, self.mint, self.maxt);
             if !more.is_sorted() {
                 more.sort_unstable();
             }
             out = merge_sorted(out, more);
         }
-        Ok(out)
+        Ok(f(&out))
     }
 
     /// Label names, sorted. With matchers, only of the series they select in range.

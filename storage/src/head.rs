@@ -1038,11 +1038,17 @@ impl Head {
 
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`, in
     /// no particular order.
-    pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+    /// The series matching `matchers` with a sample in `[mint, maxt]` (their labels are
+    /// read without copying them).
+    pub(crate) fn select_series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<Arc<MemSeries>> {
         self.matching(matchers)
             .into_iter()
             .filter(|s| lock(&s.data).has_sample_in(mint, maxt))
-            .map(|s| s.labels.clone())
             .collect()
     }
 

@@ -11,10 +11,31 @@ pub const METRIC_NAME: &str = "__name__";
 
 /// One `name="value"` pair. The strings are shared: cloning a label, or a label set,
 /// copies no text, and the head interns them so that each distinct string is stored once.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Label {
     pub name: Arc<str>,
     pub value: Arc<str>,
+}
+
+/// By name, then value. Strings the head interns are often the very same allocation,
+/// which settles a comparison without reading the text (equality does so already).
+impl Ord for Label {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let by = |a: &Arc<str>, b: &Arc<str>| {
+            if Arc::ptr_eq(a, b) {
+                std::cmp::Ordering::Equal
+            } else {
+                a.cmp(b)
+            }
+        };
+        by(&self.name, &other.name).then_with(|| by(&self.value, &other.value))
+    }
+}
+
+impl PartialOrd for Label {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Label {
