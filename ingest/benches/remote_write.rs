@@ -55,6 +55,29 @@ fn request_from(t: i64, first_host: usize) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// A store in a temporary directory.
+fn store(fsync: bool) -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let db = Db::open(
+        dir.path(),
+        Options {
+            wal_fsync: fsync,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    (dir, db)
+}
+
+/// Decodes, appends and commits one request, as the server does.
+fn write(db: &Db, cache: &SeriesCache, body: &[u8]) -> strata_storage::CommitStats {
+    let req = strata_ingest::decode_write_request(body, 32 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let mut app = db.appender();
+    strata_ingest::write_to_store(&req, &mut app, cache, &Limits::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.commit().unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("remote_write");
     g.throughput(Throughput::Elements(SERIES as u64));
@@ -98,15 +121,7 @@ fn bench(c: &mut Criterion) {
     });
 
     for fsync in [false, true] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let db = Db::open(
-            dir.path(),
-            Options {
-                wal_fsync: fsync,
-                ..Options::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("open: {e}"));
+        let (_dir, db) = store(fsync);
         let mut t = 1_700_000_000_000i64;
         let cache = SeriesCache::default();
         let name = if fsync {
@@ -120,29 +135,14 @@ fn bench(c: &mut Criterion) {
                     t += 15_000;
                     request(t)
                 },
-                |body| {
-                    let req = strata_ingest::decode_write_request(&body, 32 << 20)
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    let mut app = db.appender();
-                    strata_ingest::write_to_store(&req, &mut app, &cache, &Limits::default())
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    app.commit().unwrap_or_else(|e| panic!("{e}"))
-                },
+                |body| write(&db, &cache, &body),
                 BatchSize::SmallInput,
             )
         });
     }
 
     // 25 requests of distinct series, sent in turn.
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let db = Db::open(
-        dir.path(),
-        Options {
-            wal_fsync: false,
-            ..Options::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("open: {e}"));
+    let (_dir, db) = store(false);
     let cache = SeriesCache::default();
     let (mut t, mut turn) = (1_700_000_000_000i64, 0usize);
     g.bench_function("many_series_decode_append_commit_2000", |b| {
@@ -164,12 +164,7 @@ fn bench(c: &mut Criterion) {
                     .collect();
                 let start = std::time::Instant::now();
                 for body in &bodies {
-                    let req = strata_ingest::decode_write_request(body, 32 << 20)
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    let mut app = db.appender();
-                    strata_ingest::write_to_store(&req, &mut app, &cache, &Limits::default())
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    black_box(app.commit().unwrap_or_else(|e| panic!("{e}")));
+                    black_box(write(&db, &cache, body));
                 }
                 spent += start.elapsed();
             }
