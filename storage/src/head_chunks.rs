@@ -3,7 +3,7 @@
 //! only its open chunk (and a small reference per full one) in memory.
 //!
 //! ```text
-//!  XorChunk full ──pwrite──> chunks_head/00000003 (pre-sized, sparse)
+//!  XorChunk full ──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
 //!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
 //!  query / block cut <──pread── 8 KiB windows kept per thread (neighbouring chunks)
 //! ```
@@ -13,10 +13,14 @@
 //! few thousand series would map most of the files into the process (and its RSS).
 //! The files' pages stay in the page cache, shared and reclaimable.
 //!
-//! The files are a cache of what the WAL holds: they are never synced, and they are
-//! removed at start, when the WAL replay writes them anew. A segment goes once every
-//! chunk in it is older than what the head keeps. If a write fails (a full disk), the
-//! chunk stays on the heap and the failure is logged once.
+//! Records are queued per segment and written 64 KiB at a time, on rotation and before a
+//! sync; a reader of a queued record copies it from the queue.
+//!
+//! The files are a cache of what the WAL holds: they are synced only for a head snapshot
+//! (which refers to them), and removed at start unless that snapshot is loaded, when the
+//! WAL replay writes them anew. A segment goes once every chunk in it is older than what
+//! the head keeps. If a write fails (a full disk), the queued chunks stay readable in
+//! memory, later chunks stay on the heap, and the failure is logged once.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
