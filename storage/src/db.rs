@@ -11,6 +11,7 @@ use crate::block::{
     block_name, write_block, write_block_with, write_tombstones, Block, BlockMeta, ChunkIter,
     ChunkView, NewBlock,
 };
+use crate::chunk::XorIter;
 use crate::head::{
     lock, merge_newest_wins, AppendOutcome, Batch, CutMark, Head, LimitHit, MemSeries, SeriesLimits,
 };
@@ -1285,7 +1286,7 @@ impl Series {
                 continue;
             }
             if let ChunkView::HeadFile { .. } = c {
-                c.with_head_file(|it| take_in_range(it, out, mint, maxt, &mut last));
+                c.with_head_file(|it| take_xor_in_range(it, out, mint, maxt, &mut last));
                 continue;
             }
             let from = out.len();
@@ -1303,7 +1304,7 @@ impl Series {
                 continue;
             }
             match c.iter() {
-                ChunkIter::Xor(it) => take_in_range(it, out, mint, maxt, &mut last),
+                ChunkIter::Xor(it) => take_xor_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Slice(it) => take_in_range(it, out, mint, maxt, &mut last),
             }
@@ -1412,6 +1413,29 @@ fn take_in_range(
             *last = t;
         }
     }
+}
+
+/// [`take_in_range`] for an XOR chunk, through its faster [`XorIter::decode_while`].
+fn take_xor_in_range(
+    it: XorIter<'_>,
+    out: &mut Vec<(i64, f64)>,
+    mint: i64,
+    maxt: i64,
+    last: &mut i64,
+) {
+    out.reserve(usize::from(it.remaining()));
+    let mut newest = *last;
+    it.decode_while(|t, v| {
+        if t > maxt {
+            return false;
+        }
+        if t >= mint && t > newest {
+            out.push((t, v));
+            newest = t;
+        }
+        true
+    });
+    *last = newest;
 }
 
 /// The samples of a [`Series`] in time order.
