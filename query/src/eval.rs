@@ -1273,6 +1273,38 @@ impl Evaluator<'_> {
             count += u32::from(pair[1].1 < pair[0].1);
             resets.push(count);
         }
+        let resets = &resets[..];
+        let queryable = match spec.extrapolated {
+            // Monomorphic loops for the most common functions; the same arithmetic as
+            // through `spec.f`.
+            Some((true, true)) => self.slide(input, samples, resets, values, |_, w| {
+                Ok(functions::extrapolated_rate(w, true, true))
+            })?,
+            Some((true, false)) => self.slide(input, samples, resets, values, |_, w| {
+                Ok(functions::extrapolated_rate(w, true, false))
+            })?,
+            _ => self.slide(input, samples, resets, values, |i, w| {
+                for (a, s) in args.iter_mut().zip(scalars) {
+                    *a = s[i];
+                }
+                (spec.f)(w, args).map_err(QueryError::Execution)
+            })?,
+        };
+        self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
+        Ok(values.iter().any(Option::is_some))
+    }
+
+    /// `f` of the window at each step of `samples` into `values`; returns how many
+    /// samples the windows held in all. `resets[j]` counts the drops in `samples[..=j]`.
+    #[inline(always)]
+    fn slide(
+        &self,
+        input: &RangeInput,
+        samples: &[(i64, f64)],
+        resets: &[u32],
+        values: &mut [Option<f64>],
+        mut f: impl FnMut(usize, &Window<'_>) -> Result<Option<f64>, QueryError>,
+    ) -> Result<u64, QueryError> {
         let mut queryable = 0u64;
         let (mut lo, mut hi) = (0, 0);
         for (i, slot) in values.iter_mut().enumerate() {
@@ -1288,9 +1320,6 @@ impl Evaluator<'_> {
                     lo += 1;
                 }
             }
-            for (a, s) in args.iter_mut().zip(scalars) {
-                *a = s[i];
-            }
             queryable += (hi - lo) as u64;
             let w = Window {
                 samples: &samples[lo..hi],
@@ -1299,10 +1328,9 @@ impl Evaluator<'_> {
                 eval_time: self.ts(i),
                 may_have_resets: hi > lo + 1 && resets[hi - 1] != resets[lo],
             };
-            *slot = (spec.f)(&w, args).map_err(QueryError::Execution)?;
+            *slot = f(i, &w)?;
         }
-        self.ctx.queryable.fetch_add(queryable, Ordering::Relaxed);
-        Ok(values.iter().any(Option::is_some))
+        Ok(queryable)
     }
 
     fn constant(&self, v: f64) -> Val {

@@ -26,6 +26,10 @@ pub(crate) struct WindowSpec {
     pub(crate) keep_name: bool,
     /// Index of the range-vector argument; the others are scalars.
     pub(crate) range_arg: usize,
+    /// For `rate`, `increase` and `delta`: whether the function treats its input as a
+    /// counter and whether it divides by the range. Evaluation calls these directly
+    /// rather than through `f`, which lets the compiler fold them into its loop.
+    pub(crate) extrapolated: Option<(bool, bool)>,
 }
 
 /// Looks up a window function by name.
@@ -34,11 +38,16 @@ pub(crate) fn window_function(name: &str) -> Option<WindowSpec> {
         f,
         keep_name,
         range_arg: 0,
+        extrapolated: None,
+    };
+    let extrapolated = |f: WindowFn, counter: bool, rate: bool| WindowSpec {
+        extrapolated: Some((counter, rate)),
+        ..spec(f, false)
     };
     Some(match name {
-        "rate" => spec(|w, _| Ok(extrapolated_rate(w, true, true)), false),
-        "increase" => spec(|w, _| Ok(extrapolated_rate(w, true, false)), false),
-        "delta" => spec(|w, _| Ok(extrapolated_rate(w, false, false)), false),
+        "rate" => extrapolated(|w, _| Ok(extrapolated_rate(w, true, true)), true, true),
+        "increase" => extrapolated(|w, _| Ok(extrapolated_rate(w, true, false)), true, false),
+        "delta" => extrapolated(|w, _| Ok(extrapolated_rate(w, false, false)), false, false),
         "irate" => spec(|w, _| Ok(instant_delta(w, true)), false),
         "idelta" => spec(|w, _| Ok(instant_delta(w, false)), false),
         "sum_over_time" => spec(|w, _| Ok(sum_over_time(w)), false),
@@ -74,6 +83,7 @@ pub(crate) fn window_function(name: &str) -> Option<WindowSpec> {
             },
             keep_name: false,
             range_arg: 1,
+            extrapolated: None,
         },
         _ => return None,
     })
@@ -197,7 +207,8 @@ pub(crate) fn kahan_sum_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards the
 /// window's edges the way Prometheus does it.
-fn extrapolated_rate(w: &Window<'_>, is_counter: bool, is_rate: bool) -> Option<f64> {
+#[inline(always)]
+pub(crate) fn extrapolated_rate(w: &Window<'_>, is_counter: bool, is_rate: bool) -> Option<f64> {
     let s = w.samples;
     if s.len() < 2 {
         return None;
