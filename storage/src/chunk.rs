@@ -414,31 +414,71 @@ impl XorState {
         Some(())
     }
 
-    /// A sample after the second: a delta of the time delta, then the value.
+    /// A sample after the second: a delta of the time delta, then the value. The usual
+    /// shapes are read with one check for bits each and no jump on the delta's width.
     #[inline(always)]
     fn read_later(&mut self, r: &mut BitReader<'_>) -> Option<(i64, f64)> {
-        // The prefix is 0, 10, 110, 1110 or 1111: count leading ones in 4 bits.
-        let avail = r.remaining().min(4) as u32;
-        if avail == 0 {
-            return None;
+        // The time: a prefix 0, 10, 110 or 1110 and a field of 0, 14, 17 or 20 bits, or
+        // 1111 and 64 bits.
+        if r.have < 24 {
+            r.refill();
         }
-        let bits = r.peek(avail)? << (4 - avail);
-        let prefix = ((bits << 60).leading_ones() as u8).min(4);
-        let used = u32::from((prefix + 1).min(4));
-        if used > avail {
-            return None;
+        let prefix = (!r.acc).leading_zeros().min(4);
+        if prefix == 4 {
+            if r.have < 4 {
+                return None;
+            }
+            r.consume(4);
+            self.t_delta += r.read_bits(64)? as i64;
+        } else {
+            const WIDTH: [u32; 4] = [0, 14, 17, 20];
+            let width = WIDTH[prefix as usize];
+            let used = prefix + 1 + width;
+            if used > r.have {
+                return None;
+            }
+            // The field's bits; none for width 0 (two shifts keep each below 64).
+            let raw = ((r.acc << (prefix + 1)) >> 32) >> (32 - width);
+            r.consume(used);
+            // Fields hold -(2^(w-1) - 1) ..= 2^(w-1): above half is negative.
+            let half = (1u64 << width) >> 1;
+            let dod = raw as i64 - if raw > half { 1i64 << width } else { 0 };
+            self.t_delta += dod;
         }
-        r.consume(used);
-        let dod = match prefix {
-            0 => 0,
-            1 => sign_extend(r.read_bits(14)?, 14),
-            2 => sign_extend(r.read_bits(17)?, 17),
-            3 => sign_extend(r.read_bits(20)?, 20),
-            _ => r.read_bits(64)? as i64,
-        };
-        self.t_delta += dod;
         self.t += self.t_delta;
-        self.read_value(r)?;
+        // The value: 0 for a repeat, 10 for an XOR within the last window of bits, 11 for
+        // a new window (5 bits of leading zeros, 6 of length) and the XOR.
+        if r.have < 13 {
+            r.refill();
+        }
+        if r.have == 0 {
+            return None;
+        }
+        if r.acc >> 63 == 1 {
+            if r.have < 2 {
+                return None;
+            }
+            let new_window = (r.acc >> 62) & 1 == 1;
+            r.consume(2);
+            if new_window {
+                if r.have < 11 {
+                    return None;
+                }
+                let fields = r.acc >> 53;
+                r.consume(11);
+                self.leading = (fields >> 6) as u8;
+                let sig = match (fields & 63) as u8 {
+                    0 => 64,
+                    n => n,
+                };
+                self.trailing = 64u8.checked_sub(self.leading + sig)?;
+            }
+            let sig = 64 - self.leading - self.trailing;
+            let x = r.read_bits(sig)?;
+            self.v ^= x << self.trailing;
+        } else {
+            r.consume(1);
+        }
         Some((self.t, f64::from_bits(self.v)))
     }
 }
@@ -503,16 +543,6 @@ impl<'a> XorIter<'a> {
                 _ => return,
             }
         }
-    }
-}
-
-/// Decodes an `n`-bit delta-of-delta field. The encoder stores values in
-/// `-(2^(n-1) - 1) ..= 2^(n-1)`, so the top positive value is read back as positive.
-fn sign_extend(v: u64, bits: u32) -> i64 {
-    if v > 1 << (bits - 1) {
-        v as i64 - (1i64 << bits)
-    } else {
-        v as i64
     }
 }
 
@@ -611,6 +641,24 @@ mod tests {
     }
 
     #[test]
+    fn time_deltas_at_the_edges_of_each_width() {
+        // Each field width's top positive and bottom negative delta of deltas, and one
+        // past each.
+        let mut s = vec![(0i64, 0.0), (15_000, 1.0)];
+        let mut delta = 15_000i64;
+        for w in [14u32, 17, 20] {
+            let half = 1i64 << (w - 1);
+            for dod in [half, -(half - 1), half + 1, -half, 0] {
+                delta += dod;
+                delta = delta.max(1);
+                let (t, v) = s[s.len() - 1];
+                s.push((t + delta, v + 0.5));
+            }
+        }
+        roundtrip(&s);
+    }
+
+    #[test]
     fn truncated_bytes_stop_cleanly() {
         let mut c = XorChunk::new();
         for i in 0..50 {
@@ -620,6 +668,10 @@ mod tests {
         let cut = &bytes[..bytes.len() / 2];
         let n = XorIter::new(cut, 50).count();
         assert!(n < 50);
+        let all: Vec<(i64, u64)> = XorIter::new(bytes, 50)
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
+        assert_eq!(all.len(), 50);
         for len in 0..bytes.len() {
             let cut = &bytes[..len];
             let one: Vec<(i64, u64)> = XorIter::new(cut, 50)
@@ -631,6 +683,8 @@ mod tests {
                 true
             });
             assert_eq!(bulk, one, "cut at {len} bytes");
+            // What a cut chunk yields is the start of what the whole one does.
+            assert_eq!(one, all[..one.len()], "cut at {len} bytes");
         }
     }
 }
