@@ -467,6 +467,47 @@ impl MemSeries {
 /// out-of-order samples in range.
 /// A head series as selected: labels, chunks, out-of-order samples in the range, and its
 /// newest sample when that is known without decoding (see [`SeriesData::last_sample`]).
+/// From this many matching series on, a selection sorts them and copies their chunk
+/// views on two threads.
+const PARALLEL_SELECT: usize = 2_048;
+
+/// Sorts series by their labels; in two halves on two threads, then merged, when
+/// `parallel`.
+fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
+    let by_labels = |a: &Arc<MemSeries>, b: &Arc<MemSeries>| a.labels.cmp(&b.labels);
+    if !parallel {
+        series.sort_by(by_labels);
+        return;
+    }
+    let mid = series.len() / 2;
+    let (front, back) = series.split_at_mut(mid);
+    std::thread::scope(|sc| {
+        let sorting = sc.spawn(|| back.sort_by(by_labels));
+        front.sort_by(by_labels);
+        join(sorting);
+    });
+    let back = series.split_off(mid);
+    let front = std::mem::take(series);
+    series.reserve_exact(front.len() + back.len());
+    let (mut a, mut b) = (front.into_iter().peekable(), back.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        // Ties take the front first, as a stable sort of the whole would.
+        let next = if by_labels(y, x).is_lt() {
+            b.next()
+        } else {
+            a.next()
+        };
+        series.extend(next);
+    }
+    series.extend(a);
+    series.extend(b);
+}
+
+/// The result of a scoped thread; its panic goes on in the caller.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>, Option<(i64, f64)>);
 
 /// What a batch of appends stored: published to the head's atomics once per batch.
@@ -926,16 +967,22 @@ impl Head {
 
     /// The distinct series matching `matchers`.
     pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let mut seen = HashSet::new();
+        let mut out = self.matching_with_aliases(matchers);
+        out.retain(|s| seen.insert(Arc::as_ptr(s)));
+        out
+    }
+
+    /// [`Head::matching`] with a series once per reference that names it.
+    fn matching_with_aliases(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
         let refs = self
             .postings
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .select(matchers);
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        let mut seen = HashSet::new();
         refs.iter()
             .filter_map(|r| table.get(r as usize).and_then(|s| s.clone()))
-            .filter(|s| seen.insert(Arc::as_ptr(s)))
             .collect()
     }
 
@@ -952,9 +999,6 @@ impl Head {
         lock(&s.data).delete_range(mint, maxt, &self.chunks);
     }
 
-    /// Snapshots of the series matching `matchers` with samples in `[mint, maxt]`, sorted
-    /// by labels.
-    /// Every distinct series (aliases once).
     /// Every series of the head, once each (aliases left out).
     pub(crate) fn live_series(&self) -> Vec<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
@@ -1016,28 +1060,40 @@ impl Head {
         maxt: i64,
         newest_only: bool,
     ) -> Vec<SelectedSeries> {
-        let mut series = self.matching(matchers);
+        let mut series = self.matching_with_aliases(matchers);
+        let parallel = series.len() >= PARALLEL_SELECT;
         // Sorted as pointers: moving the selections themselves costs more than the
-        // comparisons.
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let mut out: Vec<SelectedSeries> = Vec::with_capacity(series.len());
-        for s in series {
-            let (chunks, ooo, last) = {
-                let d = lock(&s.data);
-                match d.last_sample(mint, maxt) {
-                    Some(last) if newest_only => (Vec::new(), Vec::new(), Some(last)),
-                    last => (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt), last),
+        // comparisons. An alias sorts next to the series it names.
+        sort_by_labels(&mut series, parallel);
+        series.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let take = |part: &[Arc<MemSeries>]| {
+            let mut out: Vec<SelectedSeries> = Vec::with_capacity(part.len());
+            for s in part {
+                let (chunks, ooo, last) = {
+                    let d = lock(&s.data);
+                    match d.last_sample(mint, maxt) {
+                        Some(last) if newest_only => (Vec::new(), Vec::new(), Some(last)),
+                        last => (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt), last),
+                    }
+                };
+                if !chunks.is_empty() || !ooo.is_empty() || last.is_some() {
+                    out.push((s.labels.clone(), chunks, ooo, last));
                 }
-            };
-            if !chunks.is_empty() || !ooo.is_empty() || last.is_some() {
-                out.push((s.labels.clone(), chunks, ooo, last));
             }
+            out
+        };
+        if !parallel {
+            return take(&series);
         }
-        out
+        let (front, back) = series.split_at(series.len() / 2);
+        std::thread::scope(|sc| {
+            let back = sc.spawn(|| take(back));
+            let mut out = take(front);
+            out.extend(join(back));
+            out
+        })
     }
 
-    /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`, in
-    /// no particular order.
     /// The series matching `matchers` with a sample in `[mint, maxt]` (their labels are
     /// read without copying them).
     pub(crate) fn select_series(
@@ -1151,6 +1207,54 @@ mod tests {
             vec![None]
         );
         assert!(jobs(&[Matcher::equal("job", "nope")]).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn large_selections_are_sorted_once_each_on_two_threads() -> Result<(), crate::Error> {
+        let head = Head::new(HeadChunks::in_memory());
+        let n = PARALLEL_SELECT as u64 + 1_001;
+        // Created in an order unrelated to label order.
+        let mut want = Vec::new();
+        for i in 0..n {
+            let k = (i * 7_919) % n;
+            let l = ls(&[("__name__", "m"), ("k", &format!("{k:x}")), ("z", "1")]);
+            let s = head.get_or_create(&l, None);
+            let mut b = Batch::default();
+            head.append_locked(&mut lock(&s.data), 1_000, k as f64, &mut b);
+            head.apply_batch(&b);
+            want.push(l);
+        }
+        // Some named by a second reference too, as a write-ahead log replay does: each
+        // still comes once. (After the others, whose references come one after another.)
+        for (k, l) in want.iter().enumerate().step_by(100) {
+            head.get_or_create(l, Some(SeriesRef(1_000_000 + k as u32)));
+        }
+        want.sort();
+        let all = head.select(&[Matcher::equal("__name__", "m")], 0, 2_000, false);
+        let got: Vec<Labels> = all.iter().map(|s| s.0.clone()).collect();
+        assert_eq!(got.len(), want.len());
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            panic!("at {i}: {:?} against {:?}", got[i], want[i]);
+        }
+        // Each with its own samples.
+        for (l, chunks, _, _) in &all {
+            let k = u64::from_str_radix(l.get("k").unwrap_or_default(), 16).ok();
+            let v: Vec<f64> = chunks.iter().flat_map(|c| c.iter()).map(|s| s.1).collect();
+            assert_eq!(v, vec![k.unwrap_or(u64::MAX) as f64]);
+        }
+        // A small selection, on one thread, agrees.
+        let few = head.select(&[Matcher::regex("k", "1.")?], 0, 2_000, false);
+        let few: Vec<Labels> = few.into_iter().map(|s| s.0).collect();
+        let expect: Vec<Labels> = want
+            .iter()
+            .filter(|l| {
+                l.get("k")
+                    .is_some_and(|k| k.len() == 2 && k.starts_with('1'))
+            })
+            .cloned()
+            .collect();
+        assert_eq!(few, expect);
         Ok(())
     }
 
