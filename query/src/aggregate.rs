@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use promql_parser::parser::LabelModifier;
-use strata_storage::{Labels, METRIC_NAME};
+use strata_storage::{hash_labels, IntHash, Label, Labels, METRIC_NAME};
 
 use crate::eval::StepSeries;
 use crate::functions::{kahan_sum_inc, quantile, MeanAccumulator};
@@ -22,21 +22,21 @@ pub(crate) enum Param {
 /// The output labels of an aggregation group: `by` keeps the listed labels, `without`
 /// drops them and the metric name.
 pub(crate) fn grouping_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
-    match modifier {
-        None => Labels::empty(),
-        Some(LabelModifier::Include(by)) => {
-            let mut l = labels.clone();
-            l.retain(|l| by.labels.iter().any(|n| n.as_str() == &*l.name));
-            l
-        }
+    Labels::from_vec(grouped(labels, modifier).cloned().collect())
+}
+
+/// The labels of `labels` that [`grouping_labels`] keeps, in order.
+fn grouped<'a>(
+    labels: &'a Labels,
+    modifier: Option<&'a LabelModifier>,
+) -> impl Iterator<Item = &'a Label> + Clone {
+    labels.iter().filter(move |l| match modifier {
+        None => false,
+        Some(LabelModifier::Include(by)) => by.labels.iter().any(|n| n.as_str() == &*l.name),
         Some(LabelModifier::Exclude(without)) => {
-            let mut l = labels.clone();
-            l.retain(|l| {
-                &*l.name != METRIC_NAME && !without.labels.iter().any(|n| n.as_str() == &*l.name)
-            });
-            l
+            &*l.name != METRIC_NAME && !without.labels.iter().any(|n| n.as_str() == &*l.name)
         }
-    }
+    })
 }
 
 /// Evaluates `op` over `input`. The result of `topk`/`bottomk` is ordered by rank (for
@@ -83,16 +83,23 @@ pub(crate) fn group<'a>(
     input: impl Iterator<Item = &'a Labels>,
     modifier: Option<&LabelModifier>,
 ) -> (Vec<Labels>, Vec<Vec<usize>>) {
-    let mut index: HashMap<Labels, usize> = HashMap::new();
-    let mut labels = Vec::new();
+    // Groups by the hash of their labels, which are built only for a new group; groups
+    // whose hashes collide are told apart by their labels.
+    let mut index: HashMap<u64, Vec<usize>, IntHash> = HashMap::default();
+    let mut labels: Vec<Labels> = Vec::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
     for (i, series_labels) in input.enumerate() {
-        let key = grouping_labels(series_labels, modifier);
-        let g = *index.entry(key.clone()).or_insert_with(|| {
-            labels.push(key);
-            members.push(Vec::new());
-            members.len() - 1
-        });
+        let key = grouped(series_labels, modifier);
+        let same = index.entry(hash_labels(key.clone())).or_default();
+        let g = match same.iter().find(|&&g| labels[g].iter().eq(key.clone())) {
+            Some(&g) => g,
+            None => {
+                labels.push(Labels::from_vec(key.cloned().collect()));
+                members.push(Vec::new());
+                same.push(members.len() - 1);
+                members.len() - 1
+            }
+        };
         members[g].push(i);
     }
     (labels, members)

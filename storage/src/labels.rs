@@ -213,6 +213,12 @@ impl<'a> IntoIterator for &'a Labels {
     }
 }
 
+/// The hash [`Labels::stable_hash`] gives for a label set of these labels: a subset of
+/// a set's labels is hashed without building it.
+pub fn hash_labels<'a>(labels: impl Iterator<Item = &'a Label>) -> u64 {
+    hash_pairs(labels.map(|l| (&*l.name, &*l.value)))
+}
+
 /// The hash [`Labels::stable_hash`] gives for the same pairs.
 pub(crate) fn hash_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
     let mut h = Hash64::new();

@@ -49,7 +49,7 @@ pub use db::{
     WalHold,
 };
 pub use error::Error;
-pub use labels::{Label, Labels, MixHasher, MixState as IntHash, METRIC_NAME};
+pub use labels::{hash_labels, Label, Labels, MixHasher, MixState as IntHash, METRIC_NAME};
 pub use matcher::{MatchKind, Matcher};
 pub use postings::PostingsStats;
 pub use wal::{Record as WalRecord, ReplayReport, WalPosition, WalReader};
