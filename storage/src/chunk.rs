@@ -217,6 +217,28 @@ pub(crate) struct XorChunk {
     v: u64,
     leading: u8,
     trailing: u8,
+    /// The two latest marks, older first (index 0: none yet).
+    marks: [Mark; 2],
+}
+
+/// Samples between two [`Mark`]s of a chunk.
+pub(crate) const MARK_EVERY: u16 = 32;
+
+/// Where decoding can start inside a chunk: the decoder's state before sample `index`.
+/// A query of the newest minutes of a series decodes its open chunk from the latest mark
+/// before them instead of from the chunk's first sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The sample decoding starts at; 0 for no mark.
+    pub(crate) index: u16,
+    /// That sample's first bit in the chunk's bytes.
+    pub(crate) bit: u32,
+    /// The time of the sample before it: every sample from `index` on is later.
+    pub(crate) t: i64,
+    t_delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
 }
 
 impl Default for XorChunk {
@@ -240,7 +262,17 @@ impl XorChunk {
             v: 0,
             leading: 0xff,
             trailing: 0,
+            marks: [Mark::default(); 2],
         }
+    }
+
+    /// The latest mark after which every sample is newer than `t`, if the chunk has one.
+    pub(crate) fn mark_before(&self, t: i64) -> Option<Mark> {
+        self.marks
+            .iter()
+            .rev()
+            .find(|m| m.index > 0 && m.t < t)
+            .copied()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -270,6 +302,26 @@ impl XorChunk {
 
     pub(crate) fn append(&mut self, t: i64, v: f64) {
         let vbits = v.to_bits();
+        if self.count >= 2 && self.count.is_multiple_of(MARK_EVERY) {
+            self.marks = [
+                self.marks[1],
+                Mark {
+                    index: self.count,
+                    bit: (self.bits.bytes.len() * 8) as u32 - u32::from(self.bits.free),
+                    t: self.t,
+                    t_delta: self.t_delta,
+                    v: self.v,
+                    // Before its first new window the writer has none; the reader starts
+                    // from zero and reads one before it uses it.
+                    leading: if self.leading == 0xff {
+                        0
+                    } else {
+                        self.leading
+                    },
+                    trailing: self.trailing,
+                },
+            ];
+        }
         match self.count {
             0 => {
                 self.bits.write_varint(t);
@@ -520,6 +572,30 @@ impl<'a> XorIter<'a> {
         Some((s.t, f64::from_bits(s.v)))
     }
 
+    /// Decodes from `mark` of a chunk of `count` samples, `bytes` being the chunk's
+    /// bytes from the one holding the mark's first bit.
+    pub(crate) fn resume(bytes: &'a [u8], mark: &Mark, count: u16) -> Self {
+        let mut r = BitReader::new(bytes);
+        let skip = (mark.bit % 8) as u8;
+        let ok = r.read_bits(skip).is_some() && mark.index >= 2;
+        Self {
+            r,
+            remaining: if ok {
+                count.saturating_sub(mark.index)
+            } else {
+                0
+            },
+            read: mark.index,
+            s: XorState {
+                t: mark.t,
+                t_delta: mark.t_delta,
+                v: mark.v,
+                leading: mark.leading,
+                trailing: mark.trailing,
+            },
+        }
+    }
+
     /// How many samples are not read yet.
     pub(crate) fn remaining(&self) -> u16 {
         self.remaining
@@ -638,6 +714,57 @@ mod tests {
             s.push((t, f64::from_bits(x)));
         }
         roundtrip(&s);
+    }
+
+    #[test]
+    fn decoding_from_a_mark_yields_every_later_sample() {
+        let mut x: u64 = 11;
+        let mut t = 1_000i64;
+        let mut samples = Vec::new();
+        for i in 0..150 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += 15_000 + (x >> 60) as i64 + if i == 70 { 1 << 40 } else { 0 };
+            let v = match i % 5 {
+                0 => 1.0,
+                1 => (x >> 11) as f64,
+                2 => f64::from_bits(x),
+                _ => i as f64 * 0.25,
+            };
+            samples.push((t, v));
+        }
+        let mut c = XorChunk::new();
+        let bits = |s: &[(i64, f64)]| -> Vec<(i64, u64)> {
+            s.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+        };
+        let mut marked = 0;
+        for (n, &(t, v)) in samples.iter().enumerate() {
+            c.append(t, v);
+            let count = n as u16 + 1;
+            for &(from_t, _) in &samples[..=n] {
+                let Some(m) = c.mark_before(from_t) else {
+                    continue;
+                };
+                marked += 1;
+                let i = usize::from(m.index);
+                assert_eq!(m.t, samples[i - 1].0);
+                assert!(m.t < from_t);
+                // As a query copies it: from the byte of the mark's first bit.
+                let tail = &c.bytes()[(m.bit / 8) as usize..];
+                let mut from = m;
+                from.bit %= 8;
+                let mut got = Vec::new();
+                XorIter::resume(tail, &from, count).decode_while(|t, v| {
+                    got.push((t, v.to_bits()));
+                    true
+                });
+                assert_eq!(got, bits(&samples[i..=n]), "{count} samples, mark at {i}");
+            }
+        }
+        // Marks at 32, 64, 96 and 128, two kept at a time.
+        assert_eq!(c.marks.map(|m| m.index), [96, 128]);
+        assert!(marked > 1_000);
     }
 
     #[test]

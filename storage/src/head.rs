@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
-use crate::chunk::{XorChunk, XorIter};
+use crate::chunk::{Mark, XorChunk, XorIter};
 use crate::head_chunks::{HeadChunk, HeadChunks, SegmentFile};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
@@ -33,13 +33,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An immutable, encoded chunk.
+/// An immutable, encoded chunk, or the end of one from a mark on.
 #[derive(Debug)]
 pub(crate) struct ClosedChunk {
     bytes: Box<[u8]>,
     count: u16,
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
+    /// Where `bytes` start, when they are the chunk's from the byte holding this mark's
+    /// first bit (the mark's bit counted from that byte).
+    from: Option<Mark>,
 }
 
 impl ClosedChunk {
@@ -49,11 +52,15 @@ impl ClosedChunk {
             count,
             min_t,
             max_t,
+            from: None,
         }
     }
 
     pub(crate) fn iter(&self) -> XorIter<'_> {
-        XorIter::new(&self.bytes, self.count)
+        match &self.from {
+            None => XorIter::new(&self.bytes, self.count),
+            Some(m) => XorIter::resume(&self.bytes, m, self.count),
+        }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -229,11 +236,23 @@ impl SeriesData {
             Vec::with_capacity(self.closed.iter().filter(inside).count() + usize::from(open));
         out.extend(self.closed.iter().filter(inside).map(HeadChunk::view));
         if open {
+            // From the latest mark before `mint`, when there is one: only the samples
+            // after it are copied and decoded.
+            let (bytes, min_t, from) = match self.open.mark_before(mint) {
+                Some(m) => {
+                    let at = (m.bit / 8) as usize;
+                    let mut from = m;
+                    from.bit %= 8;
+                    (self.open.bytes().get(at..), m.t + 1, Some(from))
+                }
+                None => (Some(self.open.bytes()), self.open.min_time(), None),
+            };
             out.push(ChunkView::Head(Arc::new(ClosedChunk {
-                bytes: self.open.bytes().into(),
+                bytes: bytes.unwrap_or_default().into(),
                 count: self.open.len() as u16,
-                min_t: self.open.min_time(),
+                min_t,
                 max_t: self.open.max_time(),
+                from,
             })));
         }
         out
@@ -1256,6 +1275,39 @@ mod tests {
             .collect();
         assert_eq!(few, expect);
         Ok(())
+    }
+
+    #[test]
+    fn recent_samples_are_read_from_a_mark_of_the_open_chunk() {
+        let head = Head::new(HeadChunks::in_memory());
+        let s = head.get_or_create(&ls(&[("__name__", "x")]), None);
+        // One closed chunk and 110 samples in the open one.
+        let n = SAMPLES_PER_CHUNK as i64 + 110;
+        for i in 0..n {
+            let mut b = Batch::default();
+            head.append_locked(&mut lock(&s.data), i * 15_000, (i * i) as f64, &mut b);
+            head.apply_batch(&b);
+        }
+        let mut resumed = 0;
+        for k in 0..n {
+            let mint = k * 15_000;
+            let sel = head.select(&[Matcher::equal("__name__", "x")], mint, i64::MAX, false);
+            let got: Vec<(i64, f64)> = sel[0]
+                .1
+                .iter()
+                .flat_map(|c| c.iter())
+                .filter(|s| s.0 >= mint)
+                .collect();
+            let want: Vec<(i64, f64)> = (k..n).map(|i| (i * 15_000, (i * i) as f64)).collect();
+            assert_eq!(got, want, "from sample {k}");
+            resumed += sel[0]
+                .1
+                .iter()
+                .filter(|c| matches!(c, ChunkView::Head(c) if c.from.is_some()))
+                .count();
+        }
+        // The open chunk keeps its marks at 64 and 96: they serve windows from them on.
+        assert_eq!(resumed, 110 - 64);
     }
 
     #[test]
