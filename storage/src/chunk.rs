@@ -218,7 +218,20 @@ pub(crate) struct XorChunk {
     leading: u8,
     trailing: u8,
     /// The two latest marks, older first (index 0: none yet).
-    marks: [Mark; 2],
+    marks: [StoredMark; 2],
+}
+
+/// A [`Mark`] as an open chunk keeps it, in 24 bytes: its time from the chunk's first
+/// sample. A state that does not fit is not kept.
+#[derive(Debug, Clone, Copy, Default)]
+struct StoredMark {
+    v: u64,
+    t_offset: u32,
+    t_delta: i32,
+    bit: u16,
+    index: u16,
+    leading: u8,
+    trailing: u8,
 }
 
 /// Samples between two [`Mark`]s of a chunk.
@@ -227,7 +240,7 @@ pub(crate) const MARK_EVERY: u16 = 32;
 /// Where decoding can start inside a chunk: the decoder's state before sample `index`.
 /// A query of the newest minutes of a series decodes its open chunk from the latest mark
 /// before them instead of from the chunk's first sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mark {
     /// The sample decoding starts at; 0 for no mark.
     pub(crate) index: u16,
@@ -262,7 +275,7 @@ impl XorChunk {
             v: 0,
             leading: 0xff,
             trailing: 0,
-            marks: [Mark::default(); 2],
+            marks: [StoredMark::default(); 2],
         }
     }
 
@@ -271,8 +284,46 @@ impl XorChunk {
         self.marks
             .iter()
             .rev()
+            .map(|m| Mark {
+                index: m.index,
+                bit: u32::from(m.bit),
+                t: self.first_t + i64::from(m.t_offset),
+                t_delta: i64::from(m.t_delta),
+                v: m.v,
+                leading: m.leading,
+                trailing: m.trailing,
+            })
             .find(|m| m.index > 0 && m.t < t)
-            .copied()
+    }
+
+    /// Keeps a mark before the sample about to be appended, when its state fits.
+    fn mark(&mut self) {
+        let bit = self.bits.bytes.len() * 8 - usize::from(self.bits.free);
+        let (Ok(bit), Ok(t_offset), Ok(t_delta)) = (
+            u16::try_from(bit),
+            u32::try_from(self.t - self.first_t),
+            i32::try_from(self.t_delta),
+        ) else {
+            return;
+        };
+        self.marks = [
+            self.marks[1],
+            StoredMark {
+                v: self.v,
+                t_offset,
+                t_delta,
+                bit,
+                index: self.count,
+                // Before its first new window the writer has none; the reader starts from
+                // zero and reads one before it uses it.
+                leading: if self.leading == 0xff {
+                    0
+                } else {
+                    self.leading
+                },
+                trailing: self.trailing,
+            },
+        ];
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -303,24 +354,7 @@ impl XorChunk {
     pub(crate) fn append(&mut self, t: i64, v: f64) {
         let vbits = v.to_bits();
         if self.count >= 2 && self.count.is_multiple_of(MARK_EVERY) {
-            self.marks = [
-                self.marks[1],
-                Mark {
-                    index: self.count,
-                    bit: (self.bits.bytes.len() * 8) as u32 - u32::from(self.bits.free),
-                    t: self.t,
-                    t_delta: self.t_delta,
-                    v: self.v,
-                    // Before its first new window the writer has none; the reader starts
-                    // from zero and reads one before it uses it.
-                    leading: if self.leading == 0xff {
-                        0
-                    } else {
-                        self.leading
-                    },
-                    trailing: self.trailing,
-                },
-            ];
+            self.mark();
         }
         match self.count {
             0 => {
@@ -725,7 +759,7 @@ mod tests {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            t += 15_000 + (x >> 60) as i64 + if i == 70 { 1 << 40 } else { 0 };
+            t += 15_000 + (x >> 60) as i64 + if i == 70 { 1 << 30 } else { 0 };
             let v = match i % 5 {
                 0 => 1.0,
                 1 => (x >> 11) as f64,
@@ -764,6 +798,12 @@ mod tests {
         }
         // Marks at 32, 64, 96 and 128, two kept at a time.
         assert_eq!(c.marks.map(|m| m.index), [96, 128]);
+        // A gap that does not fit a kept mark's time leaves the chunk without new marks.
+        let mut c = XorChunk::new();
+        for i in 0..100 {
+            c.append(i * 15_000 + if i > 40 { 1 << 40 } else { 0 }, 1.0);
+        }
+        assert_eq!(c.marks.map(|m| m.index), [0, 32]);
         assert!(marked > 1_000);
     }
 
