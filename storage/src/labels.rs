@@ -47,14 +47,34 @@ impl Label {
     }
 }
 
-/// A sorted set of labels with unique names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Labels(Vec<Label>);
+/// A sorted set of labels with unique names. Shared: a clone is a reference count, not
+/// a copy (a query hands the same set from the head to its output); a change makes a new
+/// set. `None` is the empty set, so that one costs no allocation.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Option<Arc<[Label]>>);
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Labels").field(&self.as_slice()).finish()
+    }
+}
 
 impl Labels {
     /// An empty label set.
     pub const fn empty() -> Self {
-        Self(Vec::new())
+        Self(None)
+    }
+
+    /// A set of sorted labels with unique names and no empty values.
+    fn wrap(v: Vec<Label>) -> Self {
+        Self((!v.is_empty()).then(|| v.into()))
+    }
+
+    /// Changes the set through a vector of its labels.
+    fn edit(&mut self, f: impl FnOnce(&mut Vec<Label>)) {
+        let mut v = self.as_slice().to_vec();
+        f(&mut v);
+        *self = Self::wrap(v);
     }
 
     /// Builds a label set from pairs in any order. Empty values are dropped; when a name
@@ -69,22 +89,26 @@ impl Labels {
             .filter(|l| !l.value.is_empty())
             .collect();
         Self::normalize(&mut v);
-        Self(v)
+        Self::wrap(v)
     }
 
     /// Replaces every string with the interned copy `intern` returns for it.
     pub(crate) fn intern(&mut self, mut intern: impl FnMut(&Arc<str>) -> Arc<str>) {
-        for l in &mut self.0 {
-            l.name = intern(&l.name);
-            l.value = intern(&l.value);
-        }
+        let interned: Vec<Label> = self
+            .iter()
+            .map(|l| Label {
+                name: intern(&l.name),
+                value: intern(&l.value),
+            })
+            .collect();
+        *self = Self::wrap(interned);
     }
 
     /// Takes ownership of a vector of labels, sorting it and dropping empty values.
     pub fn from_vec(mut v: Vec<Label>) -> Self {
         v.retain(|l| !l.value.is_empty());
         Self::normalize(&mut v);
-        Self(v)
+        Self::wrap(v)
     }
 
     fn normalize(v: &mut Vec<Label>) {
@@ -104,10 +128,10 @@ impl Labels {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|l| (*l.name).cmp(name))
+        let s = self.as_slice();
+        s.binary_search_by(|l| (*l.name).cmp(name))
             .ok()
-            .map(|i| &*self.0[i].value)
+            .map(|i| &*s[i].value)
     }
 
     /// The metric name, if the set has one.
@@ -116,56 +140,60 @@ impl Labels {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, Label> {
-        self.0.iter()
+        self.as_slice().iter()
     }
 
     pub fn as_slice(&self) -> &[Label] {
-        &self.0
+        self.0.as_deref().unwrap_or(&[])
     }
 
     /// Sets `name` to `value`, or removes it when `value` is empty.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.binary_search_by(|l| (*l.name).cmp(name)) {
-            Ok(i) if value.is_empty() => {
-                self.0.remove(i);
-            }
-            Ok(i) => self.0[i].value = value.into(),
+        match self.as_slice().binary_search_by(|l| (*l.name).cmp(name)) {
+            Ok(i) if value.is_empty() => self.edit(|v| {
+                v.remove(i);
+            }),
+            Ok(i) => self.edit(|v| v[i].value = value.into()),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, Label::new(name, value)),
+            Err(i) => self.edit(|v| v.insert(i, Label::new(name, value))),
         }
     }
 
     /// Removes `name` if present.
     pub fn remove(&mut self, name: &str) {
-        if let Ok(i) = self.0.binary_search_by(|l| (*l.name).cmp(name)) {
-            self.0.remove(i);
+        if let Ok(i) = self.as_slice().binary_search_by(|l| (*l.name).cmp(name)) {
+            self.edit(|v| {
+                v.remove(i);
+            });
         }
     }
 
     /// Keeps only the labels for which `keep` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&Label) -> bool) {
-        self.0.retain(|l| keep(l));
+        if !self.iter().all(&mut keep) {
+            // `keep` sees each label once more; callers' predicates are pure.
+            self.edit(|v| v.retain(|l| keep(l)));
+        }
     }
 
     /// A 64-bit hash of the whole set, stable within a process run. Collisions are possible
     /// and handled by the callers that index by it.
     pub fn stable_hash(&self) -> u64 {
-        hash_pairs(self.0.iter().map(|l| (&*l.name, &*l.value)))
+        hash_pairs(self.iter().map(|l| (&*l.name, &*l.value)))
     }
 
     /// Whether the set equals these `(name, value)` pairs, in order.
     pub fn eq_pairs(&self, pairs: &[(&str, &str)]) -> bool {
-        self.0.len() == pairs.len()
+        self.len() == pairs.len()
             && self
-                .0
                 .iter()
                 .zip(pairs)
                 .all(|(l, (n, v))| &*l.name == *n && &*l.value == *v)
@@ -177,7 +205,6 @@ impl Labels {
     /// `{__name__="up", job="a"}`.
     pub fn to_braced_string(&self) -> String {
         let parts: Vec<String> = self
-            .0
             .iter()
             .map(|l| format!("{}={:?}", l.name, l.value))
             .collect();
@@ -194,7 +221,7 @@ impl fmt::Display for Labels {
         }
         let mut first = true;
         f.write_str("{")?;
-        for l in self.0.iter().filter(|l| &*l.name != METRIC_NAME) {
+        for l in self.iter().filter(|l| &*l.name != METRIC_NAME) {
             if !first {
                 f.write_str(", ")?;
             }
@@ -209,7 +236,7 @@ impl<'a> IntoIterator for &'a Labels {
     type Item = &'a Label;
     type IntoIter = std::slice::Iter<'a, Label>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.as_slice().iter()
     }
 }
 
@@ -319,6 +346,28 @@ mod tests {
     fn sorts_and_drops_empty_values() {
         let l = Labels::from_pairs([("b", "2"), ("a", "1"), ("c", "")]);
         assert_eq!(l.as_slice(), &[Label::new("a", "1"), Label::new("b", "2")]);
+    }
+
+    #[test]
+    fn clones_share_and_changes_make_a_new_set() {
+        let a = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
+        let mut b = a.clone();
+        assert!(std::ptr::eq(a.as_slice(), b.as_slice()));
+        b.set("job", "b");
+        b.set("zone", "z");
+        assert_eq!(a.get("job"), Some("a"));
+        assert_eq!(b.get("job"), Some("b"));
+        assert_eq!(a.len(), 2);
+        b.remove("__name__");
+        b.retain(|l| &*l.name != "zone");
+        assert_eq!(b, Labels::from_pairs([("job", "b")]));
+        b.set("job", "");
+        // Emptied, the set equals and sorts with the empty set.
+        assert!(b.is_empty());
+        assert_eq!(b, Labels::empty());
+        assert_eq!(b, Labels::from_vec(Vec::new()));
+        assert!(Labels::empty() < a);
+        assert_eq!(format!("{b:?}"), "Labels([])");
     }
 
     #[test]
