@@ -10,7 +10,18 @@ use strata_storage::Labels;
 
 /// Appends `s` as a JSON string literal.
 pub(crate) fn push_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
+    // Most strings (label names and values) need no escape: one pass that compilers
+    // turn into vector compares tells, and they are copied whole.
+    let plain = !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Runs of bytes that need no escape are copied whole. Every byte escaped is ASCII,
     // so the runs end on character boundaries.
     let mut run = 0;
@@ -226,5 +237,22 @@ mod tests {
         push_str(&mut s, "a\"b\\c\n\u{1}é");
         let back: String = serde_json::from_str(&s).unwrap();
         assert_eq!(back, "a\"b\\c\n\u{1}é");
+        // Plain strings are copied whole; one character to escape anywhere in a long
+        // string is still found.
+        let long = "host-000:9100/node_network_receive_bytes_total/".repeat(3);
+        for special in ["", "\"", "\\", "\n", "\u{1f}", "\u{7f}", "é"] {
+            for at in [0, 1, 31, 32, 33, long.len()] {
+                let mut text = long.clone();
+                text.insert_str(at, special);
+                let mut s = String::new();
+                push_str(&mut s, &text);
+                let back: String = serde_json::from_str(&s).unwrap();
+                assert_eq!(back, text);
+                assert_eq!(
+                    s.len() == text.len() + 2,
+                    !"\"\\\n\u{1f}".contains(special) || special.is_empty()
+                );
+            }
+        }
     }
 }

@@ -864,7 +864,17 @@ pub(crate) fn write_tombstones(dir: &Path, tombstones: &Tombstones) -> Result<()
 
 impl Block {
     /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<Block, Error> {
+        Self::open_interned(dir, |_| {})
+    }
+
+    /// Opens a block; `intern` may replace its symbols with equal strings shared with
+    /// others (the head's), so that label comparisons between them see one pointer.
+    pub(crate) fn open_interned(
+        dir: &Path,
+        intern: impl FnOnce(&mut [Arc<str>]),
+    ) -> Result<Block, Error> {
         let corrupt = |file: &str, why: String| {
             Error::Corrupt(format!("{}: {why}", dir.join(file).display()))
         };
@@ -946,6 +956,7 @@ impl Block {
             let b = r.bytes(n).ok_or_else(bad)?;
             symbols.push(Arc::from(std::str::from_utf8(b).map_err(|_| bad())?));
         }
+        intern(&mut symbols);
         let sym = |i: u64| symbols.get(i as usize).cloned();
         let nseries = r.uvarint().ok_or_else(bad)? as usize;
         let mut series = Vec::with_capacity(nseries.min(body.len()));

@@ -184,7 +184,7 @@ impl Db {
         }
         let hc_dir = dir.join("chunks_head");
         let (head, from_segment, snapshot_series) = load_snapshot(&hc_dir)?;
-        let blocks = open_blocks(&dir.join("blocks"))?;
+        let blocks = open_blocks(&dir.join("blocks"), &head)?;
         if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
             head.min_valid.store(max, Ordering::Relaxed);
         }
@@ -413,7 +413,7 @@ impl Db {
                 true,
             )?;
             let wrote = started.elapsed();
-            let block = Arc::new(Block::open(&dir)?);
+            let block = Arc::new(open_block(&inner.head, &dir)?);
             let waiting = std::time::Instant::now();
             let _gate = held.unwrap_or_else(gate);
             let mut wal = lock(&inner.wal.writer);
@@ -588,7 +588,7 @@ impl Db {
             },
             new,
         )?;
-        let merged = Arc::new(Block::open(&dir)?);
+        let merged = Arc::new(open_block(&inner.head, &dir)?);
         let meta = merged.meta.clone();
         {
             let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
@@ -684,7 +684,7 @@ impl Db {
                 tombstones.entry(id).or_default().push((mint, maxt));
             }
             write_tombstones(&b.dir, &tombstones)?;
-            let reopened = Arc::new(Block::open(&b.dir)?);
+            let reopened = Arc::new(open_block(&inner.head, &b.dir)?);
             let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
             for slot in list.iter_mut() {
                 if Arc::ptr_eq(slot, &b) {
@@ -840,7 +840,7 @@ impl Db {
                 sources: Vec::new(),
             };
             let dir = write_block(&blocks_dir, &list, new)?;
-            let block = Arc::new(Block::open(&dir)?);
+            let block = Arc::new(open_block(&inner.head, &dir)?);
             written.push(block.meta.clone());
             let mut blocks = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
             blocks.push(block);
@@ -1939,9 +1939,14 @@ fn overlapping_group(blocks: &[Arc<Block>]) -> Option<Vec<Arc<Block>>> {
     (group.len() > 1).then_some(group)
 }
 
+/// Opens a block whose strings the head shares (see [`Head::intern_symbols`]).
+fn open_block(head: &Head, dir: &Path) -> Result<Block, Error> {
+    Block::open_interned(dir, |symbols| head.intern_symbols(symbols))
+}
+
 /// Opens every block under `dir`, oldest first. A block that fails its checks is moved
 /// aside (renamed with a `corrupt-` prefix) and reported; the others keep serving.
-fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
+fn open_blocks(dir: &Path, head: &Head) -> Result<Vec<Arc<Block>>, Error> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut blocks = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -1957,7 +1962,7 @@ fn open_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, Error> {
         if name.starts_with("corrupt-") || !path.is_dir() {
             continue;
         }
-        match Block::open(&path) {
+        match open_block(head, &path) {
             Ok(b) => blocks.push(Arc::new(b)),
             Err(e) => {
                 let aside = dir.join(format!("corrupt-{name}"));
@@ -2503,6 +2508,43 @@ mod tests {
         assert_eq!(db.stats().samples, 20);
         let all: Vec<(i64, f64)> = (0..50).map(|i| (i * 1000, i as f64)).collect();
         assert_eq!(read_all(&db, "a"), all);
+        Ok(())
+    }
+
+    #[test]
+    fn blocks_share_the_heads_strings() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            ..Options::default()
+        };
+        let shared =
+            |db: &Db| -> Result<bool, Error> {
+                let head = db.inner.head.matching(&[Matcher::equal("job", "a")]);
+                let blocks = db.inner.block_list();
+                let Some(block) = blocks.first() else {
+                    return Ok(false);
+                };
+                let in_block = block.select_labels(&[Matcher::equal("job", "a")], 0, 5_000);
+                Ok(head.len() == 1
+                    && in_block.len() == 1
+                    && head[0].labels.iter().zip(in_block[0].iter()).all(|(h, b)| {
+                        Arc::ptr_eq(&h.name, &b.name) && Arc::ptr_eq(&h.value, &b.value)
+                    }))
+            };
+        {
+            let db = Db::open(dir.path(), opts.clone())?;
+            for t in 0..30 {
+                let mut app = db.appender();
+                app.append(&up("a"), t * 1000, 1.0)?;
+                app.commit()?;
+            }
+            db.compact_head()?;
+            assert!(shared(&db)?, "a block cut now");
+        }
+        // Opened again: the head is read back first, then the blocks take its strings.
+        let db = Db::open(dir.path(), opts)?;
+        assert!(shared(&db)?, "a block opened at start");
         Ok(())
     }
 

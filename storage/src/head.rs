@@ -787,6 +787,21 @@ impl Head {
         table[idx] = Some(s);
     }
 
+    /// Replaces each string with the head's equal one, adding those it lacks: a block's
+    /// labels then share the head's strings, and comparing a series' labels in both
+    /// settles on pointers.
+    pub(crate) fn intern_symbols(&self, strings: &mut [Arc<str>]) {
+        let mut symbols = lock(&self.symbols);
+        for s in strings {
+            match symbols.get(&**s) {
+                Some(known) => *s = Arc::clone(known),
+                None => {
+                    symbols.insert(Arc::clone(s));
+                }
+            }
+        }
+    }
+
     pub(crate) fn series_by_ref(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
         table.get(r.0 as usize).and_then(|s| s.clone())

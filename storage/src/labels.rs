@@ -20,6 +20,7 @@ pub struct Label {
 /// By name, then value. Strings the head interns are often the very same allocation,
 /// which settles a comparison without reading the text (equality does so already).
 impl Ord for Label {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let by = |a: &Arc<str>, b: &Arc<str>| {
             if Arc::ptr_eq(a, b) {
@@ -33,6 +34,7 @@ impl Ord for Label {
 }
 
 impl PartialOrd for Label {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
@@ -50,8 +52,23 @@ impl Label {
 /// A sorted set of labels with unique names. Shared: a clone is a reference count, not
 /// a copy (a query hands the same set from the head to its output); a change makes a new
 /// set. `None` is the empty set, so that one costs no allocation.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Option<Arc<[Label]>>);
+
+/// Label by label, as the sorted slices they are (the empty set first).
+impl Ord for Labels {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl PartialOrd for Labels {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
