@@ -1001,9 +1001,10 @@ impl Head {
 
     /// The distinct series matching `matchers`.
     pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        // Only a series named by a second reference can come twice.
         let mut seen = HashSet::new();
         let mut out = self.matching_with_aliases(matchers);
-        out.retain(|s| seen.insert(Arc::as_ptr(s)));
+        out.retain(|s| !s.aliased.load(Ordering::Acquire) || seen.insert(Arc::as_ptr(s)));
         out
     }
 
