@@ -482,10 +482,6 @@ impl MemSeries {
     }
 }
 
-/// A selected series: its labels, a snapshot of its chunks in range, and its
-/// out-of-order samples in range.
-/// A head series as selected: labels, chunks, out-of-order samples in the range, and its
-/// newest sample when that is known without decoding (see [`SeriesData::last_sample`]).
 /// From this many matching series on, a selection sorts them and copies their chunk
 /// views on two threads.
 const PARALLEL_SELECT: usize = 2_048;
@@ -522,11 +518,24 @@ fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
     series.extend(b);
 }
 
+/// The head's copy of `s`, which becomes `s` itself when the head has none.
+fn intern(symbols: &mut HashSet<Arc<str>>, s: &Arc<str>) -> Arc<str> {
+    match symbols.get(&**s) {
+        Some(known) => Arc::clone(known),
+        None => {
+            symbols.insert(Arc::clone(s));
+            Arc::clone(s)
+        }
+    }
+}
+
 /// The result of a scoped thread; its panic goes on in the caller.
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// A head series as selected: labels, chunks, out-of-order samples in the range, and its
+/// newest sample when that is known without decoding (see [`SeriesData::last_sample`]).
 pub(crate) type SelectedSeries = (Labels, Vec<ChunkView>, Vec<(i64, f64)>, Option<(i64, f64)>);
 
 /// What a batch of appends stored: published to the head's atomics once per batch.
@@ -741,13 +750,7 @@ impl Head {
         }
         {
             let mut symbols = lock(&self.symbols);
-            labels.intern(|s| match symbols.get(s) {
-                Some(known) => Arc::clone(known),
-                None => {
-                    symbols.insert(Arc::clone(s));
-                    Arc::clone(s)
-                }
-            });
+            labels.intern(|s| intern(&mut symbols, s));
         }
         let mut table = self.series.write().unwrap_or_else(PoisonError::into_inner);
         let r = sref.unwrap_or(SeriesRef(table.len() as u32));
@@ -793,12 +796,7 @@ impl Head {
     pub(crate) fn intern_symbols(&self, strings: &mut [Arc<str>]) {
         let mut symbols = lock(&self.symbols);
         for s in strings {
-            match symbols.get(&**s) {
-                Some(known) => *s = Arc::clone(known),
-                None => {
-                    symbols.insert(Arc::clone(s));
-                }
-            }
+            *s = intern(&mut symbols, s);
         }
     }
 

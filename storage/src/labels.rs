@@ -111,14 +111,15 @@ impl Labels {
 
     /// Replaces every string with the interned copy `intern` returns for it.
     pub(crate) fn intern(&mut self, mut intern: impl FnMut(&Arc<str>) -> Arc<str>) {
-        let interned: Vec<Label> = self
-            .iter()
-            .map(|l| Label {
-                name: intern(&l.name),
-                value: intern(&l.value),
-            })
-            .collect();
-        *self = Self::wrap(interned);
+        let mut each = |l: &mut Label| {
+            l.name = intern(&l.name);
+            l.value = intern(&l.value);
+        };
+        // A set just built is held once: its labels change in place.
+        match self.0.as_mut().and_then(Arc::get_mut) {
+            Some(unique) => unique.iter_mut().for_each(each),
+            None => self.edit(|v| v.iter_mut().for_each(&mut each)),
+        }
     }
 
     /// Takes ownership of a vector of labels, sorting it and dropping empty values.
