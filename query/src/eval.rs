@@ -1283,6 +1283,9 @@ impl Evaluator<'_> {
             Some((true, false)) => self.slide(input, samples, resets, values, |_, w| {
                 Ok(functions::extrapolated_rate(w, true, false))
             })?,
+            Some((false, false)) => self.slide(input, samples, resets, values, |_, w| {
+                Ok(functions::extrapolated_rate(w, false, false))
+            })?,
             _ => self.slide(input, samples, resets, values, |i, w| {
                 for (a, s) in args.iter_mut().zip(scalars) {
                     *a = s[i];
