@@ -300,9 +300,12 @@ impl SeriesData {
         let mut out = Vec::with_capacity(self.sample_count());
         let mut buf = Vec::new();
         for c in &self.closed {
-            out.extend(c.read(&mut buf));
+            push_all(c.read(&mut buf), &mut out);
         }
-        out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
+        push_all(
+            XorIter::new(self.open.bytes(), self.open.len() as u16),
+            &mut out,
+        );
         if !self.ooo().is_empty() {
             out = merge_newest_wins(&out, self.ooo());
         }
@@ -363,9 +366,12 @@ impl SeriesData {
         let mut out = Vec::with_capacity(self.sample_count());
         let mut buf = Vec::new();
         for c in &self.closed {
-            out.extend(c.read(&mut buf));
+            push_all(c.read(&mut buf), &mut out);
         }
-        out.extend(XorIter::new(self.open.bytes(), self.open.len() as u16));
+        push_all(
+            XorIter::new(self.open.bytes(), self.open.len() as u16),
+            &mut out,
+        );
         out
     }
 
@@ -516,6 +522,15 @@ fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
     }
     series.extend(a);
     series.extend(b);
+}
+
+/// Appends every sample of `it` to `out`, through the bulk decoder.
+fn push_all(it: XorIter<'_>, out: &mut Vec<(i64, f64)>) {
+    out.reserve(usize::from(it.remaining()));
+    it.decode_while(|t, v| {
+        out.push((t, v));
+        true
+    });
 }
 
 /// The head's copy of `s`, which becomes `s` itself when the head has none.
