@@ -235,17 +235,17 @@ struct StoredMark {
 }
 
 /// Samples between two [`Mark`]s of a chunk.
-pub(crate) const MARK_EVERY: u16 = 32;
+const MARK_EVERY: u16 = 32;
 
 /// Where decoding can start inside a chunk: the decoder's state before sample `index`.
 /// A query of the newest minutes of a series decodes its open chunk from the latest mark
 /// before them instead of from the chunk's first sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Mark {
     /// The sample decoding starts at; 0 for no mark.
     pub(crate) index: u16,
     /// That sample's first bit in the chunk's bytes.
-    pub(crate) bit: u32,
+    bit: u32,
     /// The time of the sample before it: every sample from `index` on is later.
     pub(crate) t: i64,
     t_delta: i64,
@@ -294,6 +294,15 @@ impl XorChunk {
                 trailing: m.trailing,
             })
             .find(|m| m.index > 0 && m.t < t)
+    }
+
+    /// The chunk's bytes from the one holding `m`'s first bit, and `m` with its bit
+    /// counted from that byte: what [`XorIter::resume`] decodes from.
+    pub(crate) fn tail_from(&self, m: &Mark) -> (&[u8], Mark) {
+        let at = (m.bit / 8) as usize;
+        let mut from = *m;
+        from.bit %= 8;
+        (self.bytes().get(at..).unwrap_or_default(), from)
     }
 
     /// Keeps a mark before the sample about to be appended, when its state fits.
@@ -785,9 +794,7 @@ mod tests {
                 assert_eq!(m.t, samples[i - 1].0);
                 assert!(m.t < from_t);
                 // As a query copies it: from the byte of the mark's first bit.
-                let tail = &c.bytes()[(m.bit / 8) as usize..];
-                let mut from = m;
-                from.bit %= 8;
+                let (tail, from) = c.tail_from(&m);
                 let mut got = Vec::new();
                 XorIter::resume(tail, &from, count).decode_while(|t, v| {
                     got.push((t, v.to_bits()));

@@ -240,15 +240,13 @@ impl SeriesData {
             // after it are copied and decoded.
             let (bytes, min_t, from) = match self.open.mark_before(mint) {
                 Some(m) => {
-                    let at = (m.bit / 8) as usize;
-                    let mut from = m;
-                    from.bit %= 8;
-                    (self.open.bytes().get(at..), m.t + 1, Some(from))
+                    let (tail, from) = self.open.tail_from(&m);
+                    (tail, m.t + 1, Some(from))
                 }
-                None => (Some(self.open.bytes()), self.open.min_time(), None),
+                None => (self.open.bytes(), self.open.min_time(), None),
             };
             out.push(ChunkView::Head(Arc::new(ClosedChunk {
-                bytes: bytes.unwrap_or_default().into(),
+                bytes: bytes.into(),
                 count: self.open.len() as u16,
                 min_t,
                 max_t: self.open.max_time(),
