@@ -7,8 +7,8 @@
 //! Workload: HOSTS node-exporter-like hosts (default 20) of about 750 series each —
 //! counters with integer and fractional steps, random-walk gauges, constants — at a 15 s
 //! interval with a few ms of jitter, HOURS of data (default 6), 2,000 samples per
-//! request, sent over four connections (each host always on the same one, so every series
-//! arrives in time order).
+//! request, sent over four kept-alive connections (each host always on the same one, so
+//! every series arrives in time order).
 //!
 //! Per system: ingest samples/s, receiver CPU seconds, samples per receiver CPU-second,
 //! peak RSS, bytes per sample on disk once persisted (Prometheus: admin snapshot;
@@ -33,13 +33,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    cpu_seconds, enc, free_port, post_write, proc_status_kib, request, start_victoria_metrics,
+    cpu_seconds, enc, free_port, proc_status_kib, request, start_victoria_metrics,
     wait_for, write_body, Strata, Ts,
 };
 
@@ -346,20 +347,122 @@ fn dir_bytes(p: &Path) -> u64 {
     total
 }
 
-/// Pushes every connection's bodies concurrently; the wall time.
+/// Pushes every connection's bodies concurrently, each over one kept-alive HTTP/1.1
+/// connection as a remote-write sender keeps it; the wall time.
 fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
     let started = Instant::now();
     std::thread::scope(|s| {
         for bodies in conns {
             s.spawn(move || {
+                let mut conn = KeptAlive { addr, stream: None };
                 for b in bodies {
-                    let r = post_write(addr, b).unwrap();
-                    assert!(r.status / 100 == 2, "{addr}: {} {}", r.status, r.body);
+                    let (status, body) = conn.post_write(b).unwrap();
+                    assert!(status / 100 == 2, "{addr}: {status} {body}");
                 }
             });
         }
     });
     started.elapsed()
+}
+
+/// A persistent HTTP/1.1 connection for remote-write requests: reconnects when the
+/// server closed it, and resends a request only when writing it to a reused connection
+/// failed (nothing of it was answered).
+struct KeptAlive {
+    addr: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl KeptAlive {
+    fn post_write(&mut self, body: &[u8]) -> std::io::Result<(u16, String)> {
+        let head = format!(
+            "POST /api/v1/write HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let reused = self.stream.is_some();
+        let sent = self.send(head.as_bytes(), body);
+        if sent.is_err() && reused {
+            self.stream = None;
+            self.send(head.as_bytes(), body)?;
+        } else {
+            sent?;
+        }
+        let answer = self.read_response();
+        if answer.is_err() {
+            self.stream = None;
+        }
+        answer
+    }
+
+    fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            s.set_nodelay(true)?;
+            self.stream = Some(BufReader::new(s));
+        }
+        let Some(s) = self.stream.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let w = s.get_mut();
+        w.write_all(head)?;
+        w.write_all(body)
+    }
+
+    fn read_response(&mut self) -> std::io::Result<(u16, String)> {
+        let Some(s) = self.stream.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let mut line = String::new();
+        s.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let (mut length, mut chunked, mut close) = (0usize, false, false);
+        loop {
+            line.clear();
+            if s.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let h = line.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            } else if h.starts_with("transfer-encoding:") && h.contains("chunked") {
+                chunked = true;
+            } else if h.starts_with("connection:") && h.contains("close") {
+                close = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                s.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|e| std::io::Error::other(format!("chunk size {line:?}: {e}")))?;
+                let at = body.len();
+                body.resize(at + n + 2, 0);
+                s.read_exact(&mut body[at..])?;
+                body.truncate(at + n);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length, 0);
+            s.read_exact(&mut body)?;
+        }
+        if close {
+            self.stream = None;
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }
 
 /// One query's answer as `labels -> [(t, v)]` and how long it took.
