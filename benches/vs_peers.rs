@@ -24,7 +24,7 @@
 //! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run; NO_RECORD=1
 //! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand;
 //! ONLY=strata (or prometheus, victoria-metrics) runs one system alone and prints its
-//! figures without a table, for tuning).
+//! figures without a table, for tuning; QUERIES=0 stops after ingest and persisting).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -40,8 +40,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    cpu_seconds, enc, free_port, proc_status_kib, request, start_victoria_metrics,
-    wait_for, write_body, Strata, Ts,
+    cpu_seconds, enc, free_port, proc_status_kib, request, start_victoria_metrics, wait_for,
+    write_body, Strata, Ts,
 };
 
 const STEP_MS: i64 = 15_000;
@@ -736,6 +736,19 @@ fn main() {
             gen_cpu,
         });
         println!("{}: ingested in {:.1} s, receiver CPU {cpu:.1} s, {counted} samples counted, {bytes} bytes persisted", p.name, took.as_secs_f64());
+    }
+
+    if std::env::var("QUERIES").is_ok_and(|v| v == "0") {
+        for (p, r) in peers.iter().zip(&rows) {
+            println!(
+                "{}: {:.0} samples/s, {:.0} samples per CPU-second, {:.3} bytes/sample",
+                p.name,
+                r.ingest,
+                samples as f64 / r.cpu,
+                r.bytes_per_sample
+            );
+        }
+        return;
     }
 
     // Queries are timed once every system is idle: a dashboard is judged in steady

@@ -183,7 +183,7 @@ impl Db {
             return Err(Error::Locked(dir));
         }
         let hc_dir = dir.join("chunks_head");
-        let (head, from_segment, snapshot_series) = load_snapshot(&hc_dir)?;
+        let (head, from_segment, snapshot_series) = load_snapshot(&hc_dir, opts.block_range_ms)?;
         let blocks = open_blocks(&dir.join("blocks"), &head)?;
         if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
             head.min_valid.store(max, Ordering::Relaxed);
@@ -1717,12 +1717,17 @@ fn write_head_block(
 /// A head loaded from the snapshot a clean shutdown left in `dir` (which is then removed),
 /// or an empty one with the head chunk files cleared. Returns the head, the first WAL
 /// segment still to replay and the number of series loaded.
-fn load_snapshot(dir: &Path) -> Result<(Head, u64, u64), Error> {
+fn load_snapshot(dir: &Path, chunk_range: i64) -> Result<(Head, u64, u64), Error> {
+    let new_head = |chunks| {
+        let mut head = Head::new(chunks);
+        head.set_chunk_range(chunk_range);
+        head
+    };
     let loaded = match crate::snapshot::Reader::open(dir) {
         Ok(Some(mut snap)) => {
             let segment = snap.wal_segment();
             let restored = HeadChunks::adopt(dir, snap.segments()).and_then(|(chunks, files)| {
-                let head = Head::new(chunks);
+                let head = new_head(chunks);
                 head.restore(&mut snap, &files).map(|n| (head, n))
             });
             match restored {
@@ -1749,7 +1754,7 @@ fn load_snapshot(dir: &Path) -> Result<(Head, u64, u64), Error> {
     })?;
     match loaded {
         Some(l) => Ok(l),
-        None => Ok((Head::new(HeadChunks::open(dir)?), 0, 0)),
+        None => Ok((new_head(HeadChunks::open(dir)?), 0, 0)),
     }
 }
 

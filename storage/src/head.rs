@@ -100,9 +100,18 @@ pub(crate) struct SeriesData {
     ooo: Option<Box<Vec<(i64, f64)>>>,
     last_t: i64,
     last_v: u64,
+    /// The open chunk takes no sample at or after this: the end of the block range its
+    /// first sample is in (see [`HeadChunks::range`]).
+    open_end: i64,
     /// Bumped whenever an out-of-order sample lands: a block cut tells by it whether
     /// samples it did not write arrived while it was writing.
     ooo_changes: u32,
+}
+
+/// The end of the aligned range of length `range` that holds `t`.
+fn range_end(t: i64, range: i64) -> i64 {
+    let range = range.max(1);
+    t.div_euclid(range).saturating_add(1).saturating_mul(range)
 }
 
 /// What a block cut saw of a series when it wrote it (see [`SeriesData::changed_since`]).
@@ -123,6 +132,7 @@ impl SeriesData {
             ooo: None,
             last_t: i64::MIN,
             last_v: 0,
+            open_end: i64::MIN,
             ooo_changes: 0,
         }
     }
@@ -209,11 +219,15 @@ impl SeriesData {
     }
 
     fn push_in_order(&mut self, t: i64, v: f64, chunks: &HeadChunks) {
-        if self.open.len() >= SAMPLES_PER_CHUNK {
+        let n = self.open.len();
+        if n >= SAMPLES_PER_CHUNK || (n > 0 && t >= self.open_end) {
             // One more chunk every half hour or so: grow exactly, no slack.
             self.closed.reserve_exact(1);
             self.closed.push(chunks.persist(&self.open));
             self.open.reset();
+        }
+        if self.open.len() == 0 {
+            self.open_end = range_end(t, chunks.range);
         }
         self.open.append(t, v);
     }
@@ -684,6 +698,11 @@ impl Head {
         }
     }
 
+    /// Aligns chunks to block ranges of this length from now on.
+    pub(crate) fn set_chunk_range(&mut self, range: i64) {
+        self.chunks.range = range.max(1);
+    }
+
     /// Finds the series with exactly these labels, creating it if absent. A given `sref`
     /// (WAL replay) is used as the new series' reference.
     pub(crate) fn get_or_create(&self, labels: &Labels, sref: Option<SeriesRef>) -> Arc<MemSeries> {
@@ -904,6 +923,7 @@ impl Head {
             for (t, v) in XorIter::new(&s.open.1, s.open.0) {
                 data.open.append(t, v);
             }
+            data.open_end = range_end(data.open.min_time(), self.chunks.range);
             if !s.ooo.is_empty() {
                 data.ooo = Some(Box::new(s.ooo));
             }
@@ -1383,6 +1403,43 @@ mod tests {
         d.truncate_before(21, &hc);
         assert!(d.samples().is_empty());
         assert_eq!(d.append(20, 3.0, &hc), AppendOutcome::Duplicate);
+    }
+
+    #[test]
+    fn chunks_end_at_range_boundaries_and_a_cut_there_keeps_the_rest() {
+        let mut hc = HeadChunks::in_memory();
+        hc.range = 1_000;
+        let mut d = SeriesData::new();
+        // 15 samples a range: far fewer than a chunk holds.
+        for t in (0..5_000).step_by(66) {
+            assert_eq!(d.append(t, t as f64, &hc), AppendOutcome::Appended);
+        }
+        let spans: Vec<(i64, i64)> = d.closed.iter().map(|c| (c.min_t(), c.max_t())).collect();
+        assert_eq!(spans.len(), 4, "{spans:?}");
+        for (i, &(min, max)) in spans.iter().enumerate() {
+            let start = i as i64 * 1_000;
+            assert!(min >= start && max < start + 1_000, "{spans:?}");
+        }
+        assert!(d.open.min_time() >= 4_000);
+        let before = d.samples();
+        // Cut at a boundary: the chunks after it stay as they are, not written anew.
+        let at = |c: &HeadChunk| match c {
+            HeadChunk::Mem(c) => Arc::as_ptr(c) as usize,
+            HeadChunk::File { .. } => 0,
+        };
+        let kept: Vec<usize> = d.closed[2..].iter().map(at).collect();
+        d.truncate_before(2_000, &hc);
+        let after: Vec<usize> = d.closed.iter().map(at).collect();
+        assert_eq!(kept, after);
+        let want: Vec<(i64, f64)> = before.into_iter().filter(|s| s.0 >= 2_000).collect();
+        assert_eq!(d.samples(), want);
+        // A head that starts again mid-range ends its first chunk at the next boundary.
+        let mut d = SeriesData::new();
+        for t in [2_500, 2_900, 3_000, 3_100] {
+            d.append(t, 1.0, &hc);
+        }
+        assert_eq!(d.closed.len(), 1);
+        assert_eq!((d.closed[0].min_t(), d.closed[0].max_t()), (2_500, 2_900));
     }
 
     #[test]

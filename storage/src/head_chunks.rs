@@ -334,7 +334,13 @@ pub(crate) struct HeadChunks {
     dir: Option<PathBuf>,
     writer: Mutex<Writer>,
     failed: AtomicBool,
+    /// A chunk ends where a block range does (ranges are aligned to multiples of this),
+    /// so that cutting a block never splits a chunk: the chunks before the cut go whole.
+    pub(crate) range: i64,
 }
+
+/// The block range chunks align to unless the store sets its own.
+const DEFAULT_RANGE: i64 = 2 * 3_600_000;
 
 impl HeadChunks {
     /// Head chunk files in `dir`; files left by an earlier run are removed.
@@ -351,6 +357,7 @@ impl HeadChunks {
                 file: None,
             }),
             failed: AtomicBool::new(false),
+            range: DEFAULT_RANGE,
         })
     }
 
@@ -404,6 +411,7 @@ impl HeadChunks {
                     file: None,
                 }),
                 failed: AtomicBool::new(false),
+                range: DEFAULT_RANGE,
             },
             maps,
         ))
@@ -438,6 +446,7 @@ impl HeadChunks {
                 file: None,
             }),
             failed: AtomicBool::new(false),
+            range: DEFAULT_RANGE,
         }
     }
 
