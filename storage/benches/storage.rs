@@ -123,5 +123,51 @@ fn read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// XOR-encoding one chunk of 120 samples, as the head appends them: an integer counter, a
+/// counter in hundredths, a random-walk gauge with full-precision steps and a constant, each
+/// 15 s apart with a few milliseconds of jitter.
+fn encode(c: &mut Criterion) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut kinds: Vec<Vec<(i64, f64)>> = Vec::new();
+    for kind in 0..4 {
+        let (mut t, mut v) = (1_700_000_000_000i64, 1_000.0f64);
+        let mut ticks = 100_000u64;
+        kinds.push(
+            (0..120)
+                .map(|_| {
+                    t += 15_000 + (next() % 5) as i64;
+                    match kind {
+                        0 => v += (next() % 64) as f64,
+                        1 => {
+                            ticks += next() % 1_500;
+                            v = ticks as f64 / 100.0;
+                        }
+                        2 => v += (next() % 1_000) as f64 / 997.0 - 0.5,
+                        _ => {}
+                    }
+                    (t, v)
+                })
+                .collect(),
+        );
+    }
+    let mut g = c.benchmark_group("chunk");
+    g.throughput(Throughput::Elements(4 * 120));
+    g.bench_function("xor_encode_4_kinds_120_samples", |b| {
+        b.iter(|| {
+            kinds
+                .iter()
+                .map(|k| strata_storage::prometheus_xor_chunk(black_box(k)).len())
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, encode);
 criterion_main!(benches);

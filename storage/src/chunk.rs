@@ -42,22 +42,37 @@ impl BitWriter {
         }
     }
 
-    /// Writes the low `n` bits of `v`, most significant first.
+    /// Writes the low `n` bits of `v` (`n` at most 64), most significant first: the free
+    /// bits of the last byte first, then whole bytes at once.
     #[inline]
-    fn write_bits(&mut self, v: u64, mut n: u8) {
-        while n > 0 {
-            if self.free == 0 {
-                self.new_byte();
-            }
-            let take = n.min(self.free);
-            let shift = n - take;
-            let chunk = ((v >> shift) & ((1u64 << take) - 1)) as u8;
-            self.free -= take;
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= chunk << self.free;
-            }
-            n -= take;
+    fn write_bits(&mut self, v: u64, n: u8) {
+        if n == 0 {
+            return;
         }
+        let mut n = u32::from(n.min(64));
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        let free = u32::from(self.free);
+        if free > 0 {
+            if let Some(last) = self.bytes.last_mut() {
+                if n <= free {
+                    *last |= (v << (free - n)) as u8;
+                    self.free -= n as u8;
+                    return;
+                }
+                n -= free;
+                // The top `free` of the value's bits.
+                *last |= (v >> n) as u8;
+            }
+        }
+        // Byte-aligned now: the low `n` bits (1 to 64) left-aligned, then as many bytes
+        // as they take.
+        let whole = n.div_ceil(8) as usize;
+        if self.bytes.capacity() - self.bytes.len() < whole {
+            self.bytes.reserve_exact(GROWTH.max(whole));
+        }
+        self.bytes
+            .extend_from_slice(&(v << (64 - n)).to_be_bytes()[..whole]);
+        self.free = (whole as u32 * 8 - n) as u8;
     }
 
     fn write_uvarint(&mut self, mut v: u64) {
@@ -380,20 +395,13 @@ impl XorChunk {
             _ => {
                 let delta = t - self.t;
                 let dod = delta - self.t_delta;
+                // The prefix and the field in one write where they fit in 64 bits.
+                let field = |bits: u32| (dod as u64) & ((1u64 << bits) - 1);
                 match dod {
                     0 => self.bits.write_bit(false),
-                    -8191..=8192 => {
-                        self.bits.write_bits(0b10, 2);
-                        self.bits.write_bits(dod as u64, 14);
-                    }
-                    -65535..=65536 => {
-                        self.bits.write_bits(0b110, 3);
-                        self.bits.write_bits(dod as u64, 17);
-                    }
-                    -524287..=524288 => {
-                        self.bits.write_bits(0b1110, 4);
-                        self.bits.write_bits(dod as u64, 20);
-                    }
+                    -8191..=8192 => self.bits.write_bits((0b10 << 14) | field(14), 16),
+                    -65535..=65536 => self.bits.write_bits((0b110 << 17) | field(17), 20),
+                    -524287..=524288 => self.bits.write_bits((0b1110 << 20) | field(20), 24),
                     _ => {
                         self.bits.write_bits(0b1111, 4);
                         self.bits.write_bits(dod as u64, 64);
@@ -414,23 +422,32 @@ impl XorChunk {
             self.bits.write_bit(false);
             return;
         }
-        self.bits.write_bit(true);
         let leading = (x.leading_zeros() as u8).min(31);
         let trailing = x.trailing_zeros() as u8;
         if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
-            // Reuse the previous window.
-            self.bits.write_bit(false);
+            // Reuse the previous window: `10`, then the window's bits.
             let sig = 64 - self.leading - self.trailing;
-            self.bits.write_bits(x >> self.trailing, sig);
+            if sig <= 62 {
+                self.bits
+                    .write_bits((0b10 << sig) | (x >> self.trailing), sig + 2);
+            } else {
+                self.bits.write_bits(0b10, 2);
+                self.bits.write_bits(x >> self.trailing, sig);
+            }
         } else {
             self.leading = leading;
             self.trailing = trailing;
-            self.bits.write_bit(true);
-            self.bits.write_bits(leading as u64, 5);
             let sig = 64 - leading - trailing;
-            // 64 significant bits are stored as 0 in the 6-bit field.
-            self.bits.write_bits((sig & 63) as u64, 6);
-            self.bits.write_bits(x >> trailing, sig);
+            // `11`, 5 bits of leading zeros, 6 of length (64 significant bits are stored
+            // as 0), then the bits.
+            let head = (0b11 << 11) | (u64::from(leading) << 6) | u64::from(sig & 63);
+            if sig <= 51 {
+                self.bits
+                    .write_bits((head << sig) | (x >> trailing), sig + 13);
+            } else {
+                self.bits.write_bits(head, 13);
+                self.bits.write_bits(x >> trailing, sig);
+            }
         }
     }
 
@@ -686,6 +703,35 @@ impl Iterator for XorIter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_writes_match_writing_one_bit_at_a_time() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut fast = BitWriter::default();
+        let mut slow = BitWriter::default();
+        for _ in 0..20_000 {
+            let r = next();
+            let n = (r % 65) as u8;
+            let v = next();
+            if r & 0x100 == 0 {
+                fast.write_bit(v & 1 == 1);
+                slow.write_bit(v & 1 == 1);
+                continue;
+            }
+            fast.write_bits(v, n);
+            for i in (0..n).rev() {
+                slow.write_bit((v >> i) & 1 == 1);
+            }
+            assert_eq!(fast.free, slow.free);
+        }
+        assert_eq!(fast.bytes, slow.bytes);
+    }
 
     fn roundtrip(samples: &[(i64, f64)]) {
         let mut c = XorChunk::new();
