@@ -1,4 +1,4 @@
-//! Crashes at the riskiest steps of a block cut, a WAL checkpoint and a merge (test-only
+//! Crashes at the riskiest steps of a block cut, the WAL's truncation and a merge (test-only
 //! fault points: `STRATA_FAULT` makes strata abort there, as `kill -9` would stop it).
 //! After a restart every acknowledged sample is back, once.
 
@@ -13,11 +13,11 @@ use common::{request, vector_map, write_body, Strata, Ts};
 const BASE: i64 = 1_700_000_000_000;
 const MINUTES: i64 = 14;
 
-/// One request per minute of one-per-second samples; returns the samples acknowledged
-/// before the process went away.
-fn write_until_crash(strata: &mut Strata) -> Vec<(i64, f64)> {
+/// One request per minute of one-per-second samples, for the given minutes; returns the
+/// samples acknowledged before the process went away.
+fn write_until_crash(strata: &mut Strata, minutes: std::ops::Range<i64>) -> Vec<(i64, f64)> {
     let mut acked = Vec::new();
-    for minute in 0..MINUTES {
+    for minute in minutes {
         let samples: Vec<(i64, f64)> = (0..60)
             .map(|s| {
                 let i = minute * 60 + s;
@@ -92,10 +92,23 @@ fn check(strata: &Strata, acked: &[(i64, f64)]) {
 }
 
 fn crash_at(point: &str) {
+    crash_after(point, 0);
+}
+
+/// As [`crash_at`], the fault armed only after `clean_minutes` of writes and a clean
+/// restart (a head snapshot).
+fn crash_after(point: &str, clean_minutes: i64) {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--storage.block-range", "1m"];
+    let mut acked = Vec::new();
+    if clean_minutes > 0 {
+        let mut strata = Strata::start(dir.path(), &args);
+        acked = write_until_crash(&mut strata, 0..clean_minutes);
+        assert_eq!(acked.len() as i64, clean_minutes * 60);
+        assert!(strata.terminate(), "{point}: no clean stop");
+    }
     let mut strata = Strata::start_env(dir.path(), &args, &[("STRATA_FAULT", point)]);
-    let acked = write_until_crash(&mut strata);
+    acked.extend(write_until_crash(&mut strata, clean_minutes..MINUTES));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !strata.has_exited() {
         assert!(
@@ -148,8 +161,15 @@ fn crash_with_a_block_in_place_before_the_head_is_truncated() {
 }
 
 #[test]
+fn crash_with_the_series_kept_aside_before_the_wal_start_moves() {
+    crash_at("series-checkpoint-written");
+}
+
+/// After a start from a head snapshot the segments before it were not read: the first
+/// cut writes the head into a checkpoint instead.
+#[test]
 fn crash_with_a_checkpoint_written_before_old_segments_go() {
-    crash_at("checkpoint-written");
+    crash_after("checkpoint-written", 3);
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //! would stop it — so tests can check what a crash at that exact step leaves behind.
 //!
 //! Points: `block-written` (a block's files are synced in its temporary directory),
-//! `block-renamed` (the block is in place, the head not yet truncated), `checkpoint-written`
-//! (the WAL checkpoint is synced, older segments not yet deleted), `merge-input-removed`
-//! (a merged block is in place and one of its inputs deleted).
+//! `block-renamed` (the block is in place, the head not yet truncated),
+//! `series-checkpoint-written` (after a cut: the live series are written aside, the WAL's
+//! start file not yet replaced), `checkpoint-written` (a WAL checkpoint of the whole head,
+//! made when replay did not read every segment, is synced, older segments not yet
+//! deleted), `merge-input-removed` (a merged block is in place and one of its inputs
+//! deleted).
 
 use std::sync::OnceLock;
 

@@ -69,6 +69,10 @@ pub struct ReplayReport {
     pub corruption: Option<String>,
     /// Bytes removed from the WAL by the repair.
     pub dropped_bytes: u64,
+    /// The newest sample timestamp of each segment replayed (`i64::MIN` for none).
+    pub(crate) segment_max_t: Vec<(u64, i64)>,
+    /// Samples passed over at replay, being in blocks already.
+    pub(crate) skipped_samples: u64,
     /// Series loaded from the head snapshot of a clean shutdown (the WAL segments it
     /// covers were not replayed); 0 when there was none.
     pub snapshot_series: u64,
@@ -76,6 +80,28 @@ pub struct ReplayReport {
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:08}"))
+}
+
+/// The series records replay reads before segment `index` when the start file names it:
+/// laid out as a segment, written by [`WalWriter::drop_before`].
+fn checkpoint_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("checkpoint.{index:08}"))
+}
+
+/// Removes every series checkpoint file but the one for segment `keep`.
+fn remove_checkpoints(dir: &Path, keep: Option<u64>) -> Result<(), Error> {
+    let keep = keep.map(|k| checkpoint_path(dir, k));
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("checkpoint."));
+        if named && Some(&path) != keep.as_ref() {
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Segment indexes present in `dir`, ascending.
@@ -102,17 +128,53 @@ pub(crate) fn replay(
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let all = list_segments(dir)?;
     let next = all.last().map_or(0, |i| i + 1);
-    let from_segment = from_segment.max(read_start(dir));
-    let segments: Vec<u64> = all.into_iter().filter(|&i| i >= from_segment).collect();
+    let start = read_start(dir);
     let mut report = ReplayReport::default();
     let mut window = Window::default();
+    // Series whose records were in segments dropped since: needed unless a head snapshot
+    // from later on holds them.
+    let checkpoint = checkpoint_path(dir, start.index);
+    if from_segment <= start.index && checkpoint.exists() {
+        let mut file = File::open(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?;
+        let (good_len, problem) = replay_segment(&mut file, &mut window, &mut apply, &mut report)
+            .map_err(|e| Error::io(&checkpoint, e))?;
+        if let Some(problem) = problem {
+            // Written whole and synced before the start file named it: damage here is
+            // the disk's. The series it lost take their samples with them.
+            report.corruption = Some(format!(
+                "{}: offset {good_len}: {problem}",
+                checkpoint.display()
+            ));
+        }
+    }
+    let from_segment = from_segment.max(start.index);
+    let segments: Vec<u64> = all.into_iter().filter(|&i| i >= from_segment).collect();
     for (pos, &index) in segments.iter().enumerate() {
         let path = segment_path(dir, index);
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         report.segments += 1;
-        let (good_len, problem) = replay_segment(&mut file, &mut window, &mut apply, &mut report)
-            .map_err(|e| Error::io(&path, e))?;
+        let floor = start.floor(index);
+        let mut max_t = i64::MIN;
+        let mut skipped = 0u64;
+        let mut apply_above_floor = |mut rec: Record| {
+            if let Record::Samples(list) | Record::CheckpointSamples(list) = &mut rec {
+                if let Some(m) = list.iter().map(|s| s.1).max() {
+                    max_t = max_t.max(m);
+                }
+                if floor > i64::MIN {
+                    let before = list.len();
+                    list.retain(|s| s.1 >= floor);
+                    skipped += (before - list.len()) as u64;
+                }
+            }
+            apply(rec);
+        };
+        let (good_len, problem) =
+            replay_segment(&mut file, &mut window, &mut apply_above_floor, &mut report)
+                .map_err(|e| Error::io(&path, e))?;
+        report.skipped_samples += skipped;
+        report.segment_max_t.push((index, max_t));
         if let Some(problem) = problem {
             report.corruption = Some(format!("{}: offset {good_len}: {problem}", path.display()));
             report.dropped_bytes += size.saturating_sub(good_len);
@@ -128,18 +190,54 @@ pub(crate) fn replay(
     Ok((report, next))
 }
 
-/// The first segment replay needs, from the start file (0 without one).
-fn read_start(dir: &Path) -> u64 {
-    fs::read_to_string(dir.join(START_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+/// What the start file says: the first segment replay needs and, line by line after it,
+/// floors — `(boundary, floor)`: samples older than `floor` in segments before
+/// `boundary` are in blocks already, and replay passes over them.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Start {
+    index: u64,
+    floors: Vec<(u64, i64)>,
 }
 
-/// Records `index` as the first segment replay needs, atomically.
-fn write_start(dir: &Path, index: u64) -> Result<(), Error> {
+impl Start {
+    /// The floor for samples of `segment`: the highest of the floors whose boundary lies
+    /// after it (`i64::MIN`: none).
+    fn floor(&self, segment: u64) -> i64 {
+        self.floors
+            .iter()
+            .filter(|f| f.0 > segment)
+            .map(|f| f.1)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+}
+
+/// The start file (a start at 0 without one; lines that do not parse are ignored, the
+/// floors being an optimisation only — see [`Start`]).
+fn read_start(dir: &Path) -> Start {
+    let text = fs::read_to_string(dir.join(START_FILE)).unwrap_or_default();
+    let mut lines = text.lines();
+    let index = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    let floors = lines
+        .filter_map(|l| {
+            let (b, f) = l.trim().split_once(' ')?;
+            Some((b.parse().ok()?, f.parse().ok()?))
+        })
+        .collect();
+    Start { index, floors }
+}
+
+/// Replaces the start file, atomically.
+fn write_start(dir: &Path, start: &Start) -> Result<(), Error> {
     let tmp = dir.join("start.tmp");
-    fs::write(&tmp, format!("{index}\n")).map_err(|e| Error::io(&tmp, e))?;
+    let mut text = format!("{}\n", start.index);
+    for (b, f) in &start.floors {
+        text.push_str(&format!("{b} {f}\n"));
+    }
+    fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
     File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
@@ -412,6 +510,11 @@ pub(crate) struct WalWriter {
     poisoned: Option<String>,
     buf: Vec<u8>,
     body: Vec<u8>,
+    /// What the start file says.
+    start: Start,
+    /// The newest sample timestamp of each segment whose every record is known (written
+    /// here or replayed), ascending by segment; `i64::MIN` for none.
+    max_t: Vec<(u64, i64)>,
 }
 
 impl WalWriter {
@@ -427,7 +530,17 @@ impl WalWriter {
             poisoned: None,
             buf: Vec::new(),
             body: Vec::new(),
+            start: read_start(dir),
+            max_t: vec![(index, i64::MIN)],
         })
+    }
+
+    /// Takes what replay learned of the segments before this writer's.
+    pub(crate) fn adopt(&mut self, report: &ReplayReport) {
+        let mut known = report.segment_max_t.clone();
+        known.retain(|k| k.0 < self.index);
+        known.append(&mut self.max_t);
+        self.max_t = known;
     }
 
     /// Writes a series record and a samples record with one write. Either slice may be
@@ -468,7 +581,14 @@ impl WalWriter {
             encode_samples(&mut self.body, samples);
             frame(&mut self.buf, samples_kind, &self.body, false);
         }
-        self.append_buf()
+        self.append_buf()?;
+        if let Some(newest) = samples.iter().map(|s| s.1).max() {
+            match self.max_t.last_mut() {
+                Some(last) if last.0 == self.index => last.1 = last.1.max(newest),
+                _ => self.max_t.push((self.index, newest)),
+            }
+        }
+        Ok(())
     }
 
     /// Writes a deletes record. Not synced: see [`WalWriter::file`].
@@ -542,6 +662,7 @@ impl WalWriter {
         self.index += 1;
         self.file = Arc::new(file);
         self.size = size;
+        self.max_t.push((self.index, i64::MIN));
         Ok(())
     }
 
@@ -576,16 +697,108 @@ impl WalWriter {
         }
         self.sync()?;
         crate::fault::point("checkpoint-written");
-        write_start(&self.dir, first)?;
-        let keep_from = keep_from.min(first);
-        for old in list_segments(&self.dir)?
-            .into_iter()
-            .filter(|&i| i < keep_from)
-        {
+        self.start = Start {
+            index: first,
+            floors: Vec::new(),
+        };
+        write_start(&self.dir, &self.start)?;
+        self.max_t.retain(|k| k.0 >= first);
+        self.remove_before(keep_from.min(first))?;
+        remove_checkpoints(&self.dir, None)?;
+        sync_dir(&self.dir)
+    }
+
+    fn remove_before(&self, index: u64) -> Result<(), Error> {
+        for old in list_segments(&self.dir)?.into_iter().filter(|&i| i < index) {
             let p = segment_path(&self.dir, old);
             fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
-        sync_dir(&self.dir)
+        Ok(())
+    }
+
+    /// After a block cut, when the head holds nothing older than `floor`: the log is
+    /// told that every sample older than `floor` logged so far is in blocks (replay
+    /// passes over them), and the segments holding nothing newer are deleted — but none
+    /// at or after `keep_from`, the oldest segment a [`WalReader`] still needs. The
+    /// series records those segments held are written first to a checkpoint file for
+    /// `series()`, the head's live series, which replay reads before the first segment
+    /// kept. No sample is copied, unlike [`WalWriter::checkpoint`].
+    ///
+    /// Returns false, having changed nothing, when a segment replay would read is not
+    /// known record by record (a head snapshot's start passed over it): the caller
+    /// checkpoints instead.
+    ///
+    /// A crash before the start file is replaced leaves the log as it was; after it, the
+    /// older segments and checkpoint files are leftovers replay ignores and the next call
+    /// removes.
+    pub(crate) fn drop_before<'a>(
+        &mut self,
+        floor: i64,
+        series: impl FnOnce() -> Vec<(SeriesRef, &'a Labels)>,
+        keep_from: u64,
+    ) -> Result<bool, Error> {
+        let segments: Vec<u64> = list_segments(&self.dir)?
+            .into_iter()
+            .filter(|&i| i >= self.start.index && i <= self.index)
+            .collect();
+        let mut newest = Vec::with_capacity(segments.len());
+        for &i in &segments {
+            match self.max_t.binary_search_by_key(&i, |k| k.0) {
+                Ok(at) => newest.push((i, self.max_t[at].1)),
+                Err(_) => return Ok(false),
+            }
+        }
+        // Everything logged so far goes before the boundary.
+        self.rotate()?;
+        let boundary = self.index;
+        let first_kept = newest
+            .iter()
+            .find(|k| k.1 >= floor)
+            .map_or(boundary, |k| k.0);
+        if first_kept > self.start.index {
+            let path = checkpoint_path(&self.dir, first_kept);
+            let tmp = self.dir.join("checkpoint.tmp");
+            let mut out = MAGIC.to_vec();
+            let series = series();
+            for part in series.chunks(100_000) {
+                self.body.clear();
+                put_uvarint(&mut self.body, part.len() as u64);
+                for (r, ls) in part {
+                    put_uvarint(&mut self.body, r.0 as u64);
+                    put_uvarint(&mut self.body, ls.len() as u64);
+                    for l in ls.iter() {
+                        put_str(&mut self.body, &l.name);
+                        put_str(&mut self.body, &l.value);
+                    }
+                }
+                frame(&mut out, KIND_SERIES, &self.body, true);
+            }
+            let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            f.write_all(&out)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            sync_dir(&self.dir)?;
+        }
+        crate::fault::point("series-checkpoint-written");
+        let mut floors: Vec<(u64, i64)> = self
+            .start
+            .floors
+            .iter()
+            .copied()
+            .filter(|f| f.0 > first_kept)
+            .collect();
+        floors.push((boundary, floor));
+        self.start = Start {
+            index: first_kept,
+            floors,
+        };
+        write_start(&self.dir, &self.start)?;
+        self.max_t.retain(|k| k.0 >= first_kept);
+        self.remove_before(keep_from.min(first_kept))?;
+        remove_checkpoints(&self.dir, Some(first_kept))?;
+        sync_dir(&self.dir)?;
+        Ok(true)
     }
 
     /// Flushes everything to stable storage.
