@@ -748,6 +748,7 @@ fn main() {
                 r.bytes_per_sample
             );
         }
+        keep(&peers, end_ms);
         return;
     }
 
