@@ -479,11 +479,15 @@ impl DecodedWriteRequest {
 
     /// Parses `prometheus.WriteRequest` bytes.
     pub fn parse(raw: Vec<u8>) -> Result<Self, IngestError> {
+        // Sized from the bytes, so that the arrays are not copied as they grow: a label
+        // takes 20 bytes or more on the wire, a series with its sample 200 or more as
+        // exporters label them (more samples a series grow the array as usual). Capacity
+        // not filled is never touched.
         let mut req = DecodedWriteRequest {
             raw: Vec::new(),
-            series: Vec::new(),
-            labels: Vec::new(),
-            samples: Vec::new(),
+            series: Vec::with_capacity(raw.len() / 200),
+            labels: Vec::with_capacity(raw.len() / 20),
+            samples: Vec::with_capacity(raw.len() / 200),
             metadata: Vec::new(),
         };
         let mut top = Pb {
