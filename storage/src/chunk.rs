@@ -66,12 +66,15 @@ impl BitWriter {
         }
         // Byte-aligned now: the low `n` bits (1 to 64) left-aligned, then as many bytes
         // as they take.
+        // All eight bytes go in with one store (those past the bits are zero), and the
+        // length is then set back: cheaper than copying a slice of varying length.
         let whole = n.div_ceil(8) as usize;
-        if self.bytes.capacity() - self.bytes.len() < whole {
-            self.bytes.reserve_exact(GROWTH.max(whole));
+        let len = self.bytes.len();
+        if self.bytes.capacity() - len < 8 {
+            self.bytes.reserve_exact(GROWTH);
         }
-        self.bytes
-            .extend_from_slice(&(v << (64 - n)).to_be_bytes()[..whole]);
+        self.bytes.extend_from_slice(&(v << (64 - n)).to_be_bytes());
+        self.bytes.truncate(len + whole);
         self.free = (whole as u32 * 8 - n) as u8;
     }
 
