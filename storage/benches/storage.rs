@@ -20,7 +20,8 @@ fn labels() -> Vec<Labels> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
+/// A store in a fresh temporary directory, the WAL not synced.
+fn fresh_store() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let db = Db::open(
         dir.path(),
@@ -30,6 +31,11 @@ fn bench(c: &mut Criterion) {
         },
     )
     .unwrap_or_else(|e| panic!("open: {e}"));
+    (dir, db)
+}
+
+fn bench(c: &mut Criterion) {
+    let (_dir, db) = fresh_store();
     let ls = labels();
     let mut g = c.benchmark_group("storage");
     g.throughput(Throughput::Elements(SERIES as u64));
@@ -189,15 +195,7 @@ fn cut(c: &mut Criterion) {
     g.bench_function("head_block_2000_series_2h", |b| {
         b.iter_batched(
             || {
-                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-                let db = Db::open(
-                    dir.path(),
-                    Options {
-                        wal_fsync: false,
-                        ..Options::default()
-                    },
-                )
-                .unwrap_or_else(|e| panic!("open: {e}"));
+                let (dir, db) = fresh_store();
                 for k in 0..STEPS {
                     let mut app = db.appender();
                     for (i, l) in ls.iter().enumerate() {

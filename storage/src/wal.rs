@@ -434,6 +434,19 @@ fn decode_deletes(body: &[u8]) -> Option<Vec<(SeriesRef, i64, i64)>> {
     c.done().then_some(out)
 }
 
+/// A series record's payload.
+fn encode_series(body: &mut Vec<u8>, series: &[(SeriesRef, &Labels)]) {
+    put_uvarint(body, series.len() as u64);
+    for (r, ls) in series {
+        put_uvarint(body, r.0 as u64);
+        put_uvarint(body, ls.len() as u64);
+        for l in ls.iter() {
+            put_str(body, &l.name);
+            put_str(body, &l.value);
+        }
+    }
+}
+
 /// The compact samples layout: per sample, one uvarint holding the zig-zag difference to
 /// the previous sample's reference (shifted left by 4) and the number of bytes the value
 /// takes (low 4 bits), then the zig-zag difference to the previous timestamp, then the
@@ -565,15 +578,7 @@ impl WalWriter {
         self.buf.clear();
         if !series.is_empty() {
             self.body.clear();
-            put_uvarint(&mut self.body, series.len() as u64);
-            for (r, ls) in series {
-                put_uvarint(&mut self.body, r.0 as u64);
-                put_uvarint(&mut self.body, ls.len() as u64);
-                for l in ls.iter() {
-                    put_str(&mut self.body, &l.name);
-                    put_str(&mut self.body, &l.value);
-                }
-            }
+            encode_series(&mut self.body, series);
             frame(&mut self.buf, KIND_SERIES, &self.body, true);
         }
         if !samples.is_empty() {
@@ -762,15 +767,7 @@ impl WalWriter {
             let series = series();
             for part in series.chunks(100_000) {
                 self.body.clear();
-                put_uvarint(&mut self.body, part.len() as u64);
-                for (r, ls) in part {
-                    put_uvarint(&mut self.body, r.0 as u64);
-                    put_uvarint(&mut self.body, ls.len() as u64);
-                    for l in ls.iter() {
-                        put_str(&mut self.body, &l.name);
-                        put_str(&mut self.body, &l.value);
-                    }
-                }
+                encode_series(&mut self.body, part);
                 frame(&mut out, KIND_SERIES, &self.body, true);
             }
             let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
