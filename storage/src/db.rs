@@ -428,13 +428,12 @@ impl Db {
             // The WAL now only needs what the head holds: the segments with nothing
             // newer than the head's oldest sample go, their series kept aside.
             let live = inner.head.live_series();
+            let records: Vec<(SeriesRef, &Labels)> =
+                live.iter().map(|s| (s.sref, &s.labels)).collect();
             let floor = inner.head.time_range().map_or(i64::MAX, |(min, _)| min);
-            let series = || live.iter().map(|s| (s.sref, &s.labels)).collect();
-            if !wal.drop_before(floor, series, inner.oldest_held())? {
+            if !wal.drop_before(floor, &records, inner.oldest_held())? {
                 // Segments replay would read are not known record by record (a start
                 // from a head snapshot passed over them): the head is written anew.
-                let records: Vec<(SeriesRef, &Labels)> =
-                    live.iter().map(|s| (s.sref, &s.labels)).collect();
                 wal.checkpoint(
                     &records,
                     |i, out| {

@@ -237,12 +237,17 @@ fn write_start(dir: &Path, start: &Start) -> Result<(), Error> {
     for (b, f) in &start.floors {
         text.push_str(&format!("{b} {f}\n"));
     }
-    fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    let dst = dir.join(START_FILE);
-    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    replace_file(dir, &tmp, &dir.join(START_FILE), text.as_bytes())
+}
+
+/// Puts `bytes` at `dst` atomically: written to `tmp` and synced, renamed, the directory
+/// synced.
+fn replace_file(dir: &Path, tmp: &Path, dst: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(tmp, e))?;
+    fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
     sync_dir(dir)
 }
 
@@ -726,7 +731,7 @@ impl WalWriter {
     /// passes over them), and the segments holding nothing newer are deleted — but none
     /// at or after `keep_from`, the oldest segment a [`WalReader`] still needs. The
     /// series records those segments held are written first to a checkpoint file for
-    /// `series()`, the head's live series, which replay reads before the first segment
+    /// `series`, the head's live series, which replay reads before the first segment
     /// kept. No sample is copied, unlike [`WalWriter::checkpoint`].
     ///
     /// Returns false, having changed nothing, when a segment replay would read is not
@@ -736,10 +741,10 @@ impl WalWriter {
     /// A crash before the start file is replaced leaves the log as it was; after it, the
     /// older segments and checkpoint files are leftovers replay ignores and the next call
     /// removes.
-    pub(crate) fn drop_before<'a>(
+    pub(crate) fn drop_before(
         &mut self,
         floor: i64,
-        series: impl FnOnce() -> Vec<(SeriesRef, &'a Labels)>,
+        series: &[(SeriesRef, &Labels)],
         keep_from: u64,
     ) -> Result<bool, Error> {
         let segments: Vec<u64> = list_segments(&self.dir)?
@@ -761,21 +766,18 @@ impl WalWriter {
             .find(|k| k.1 >= floor)
             .map_or(boundary, |k| k.0);
         if first_kept > self.start.index {
-            let path = checkpoint_path(&self.dir, first_kept);
-            let tmp = self.dir.join("checkpoint.tmp");
             let mut out = MAGIC.to_vec();
-            let series = series();
             for part in series.chunks(100_000) {
                 self.body.clear();
                 encode_series(&mut self.body, part);
                 frame(&mut out, KIND_SERIES, &self.body, true);
             }
-            let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            f.write_all(&out)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| Error::io(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-            sync_dir(&self.dir)?;
+            replace_file(
+                &self.dir,
+                &self.dir.join("checkpoint.tmp"),
+                &checkpoint_path(&self.dir, first_kept),
+                &out,
+            )?;
         }
         crate::fault::point("series-checkpoint-written");
         let mut floors: Vec<(u64, i64)> = self
