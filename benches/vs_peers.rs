@@ -24,7 +24,10 @@
 //! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run; NO_RECORD=1
 //! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand;
 //! ONLY=strata (or prometheus, victoria-metrics) runs one system alone and prints its
-//! figures without a table, for tuning; QUERIES=0 stops after ingest and persisting).
+//! figures without a table, for tuning; QUERIES=0 stops after ingest and persisting;
+//! CONNECTIONS=n sends over n connections instead of four; STRATA_FLAGS="..." adds flags
+//! to strata's command line, such as `--wal-fsync false`; a table made with either says
+//! so in its command).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -45,7 +48,17 @@ use common::{
 };
 
 const STEP_MS: i64 = 15_000;
+/// Connections the load generator sends over; `CONNECTIONS=n` changes it, for tuning
+/// (recorded runs use the default).
 const CONNECTIONS: usize = 4;
+
+fn connections() -> usize {
+    std::env::var("CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CONNECTIONS)
+}
 const PER_REQUEST: usize = 2_000;
 const RUNS: usize = 7;
 
@@ -287,13 +300,14 @@ impl Rng {
 /// The remote-write bodies for each connection, in send order, and the sample count.
 fn bodies(hosts: usize, start: i64, steps: i64) -> (Vec<Vec<Vec<u8>>>, usize) {
     let per_host: Vec<Vec<Series>> = (0..hosts).map(host_series).collect();
-    let mut conns: Vec<Vec<Vec<u8>>> = vec![Vec::new(); CONNECTIONS];
+    let connections = connections();
+    let mut conns: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
     let mut total = 0;
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut values: Vec<Vec<f64>> = per_host.iter().map(|s| vec![0.0; s.len()]).collect();
     let mut units: Vec<Vec<i64>> = per_host.iter().map(|s| vec![0; s.len()]).collect();
     for (c, conn) in conns.iter_mut().enumerate() {
-        let mine: Vec<usize> = (0..hosts).filter(|h| h % CONNECTIONS == c).collect();
+        let mine: Vec<usize> = (0..hosts).filter(|h| h % connections == c).collect();
         let mut batch: Vec<(usize, usize, i64, f64)> = Vec::with_capacity(PER_REQUEST);
         let flush = |batch: &mut Vec<(usize, usize, i64, f64)>, conn: &mut Vec<Vec<u8>>| {
             let ts: Vec<Ts> = batch
@@ -662,11 +676,15 @@ fn main() {
         .collect();
     families.sort();
     families.dedup();
-    println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s, {} requests over {CONNECTIONS} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>());
+    println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s, {} requests over {} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>(), conns.len());
 
     let dir = tempfile::tempdir().unwrap();
     let strata_dir = dir.path().join("strata-data");
-    let strata = Strata::start(&strata_dir, &["--enable-admin-api"]);
+    // STRATA_FLAGS: extra flags for strata, for tuning (e.g. `--wal-fsync false`).
+    let flags = std::env::var("STRATA_FLAGS").unwrap_or_default();
+    let mut args = vec!["--enable-admin-api"];
+    args.extend(flags.split_whitespace());
+    let strata = Strata::start(&strata_dir, &args);
     let mut peers = vec![Peer {
         name: "strata",
         addr: strata.addr,
@@ -922,7 +940,14 @@ fn main() {
         "\n## {} — side by side: {hosts} hosts ({series} series, {samples} samples, {hours} h)\n",
         chrono_day(now)
     );
-    let _ = writeln!(t, "`HOSTS={hosts} HOURS={hours} cargo bench --bench vs_peers`; 2 vCPU (AMD EPYC), 24 GiB; {versions}. Ratios are strata / peer within this run.\n");
+    // Tuning switches, when set, are part of the command that made the table.
+    let mut tuning = String::new();
+    for k in ["CONNECTIONS", "STRATA_FLAGS"] {
+        if let Ok(v) = std::env::var(k) {
+            let _ = write!(tuning, "{k}={v:?} ");
+        }
+    }
+    let _ = writeln!(t, "`{tuning}HOSTS={hosts} HOURS={hours} cargo bench --bench vs_peers`; 2 vCPU (AMD EPYC), 24 GiB; {versions}. Ratios are strata / peer within this run.\n");
     let _ = writeln!(
         t,
         "| | strata | Prometheus | VictoriaMetrics | strata/Prometheus | strata/VictoriaMetrics |"
