@@ -23,7 +23,7 @@ use memmap2::Mmap;
 use crate::chunk::{XorChunk, XorIter};
 use crate::dense;
 use crate::head::ClosedChunk;
-use crate::head_chunks::SegmentFile;
+use crate::head_chunks::{HeadIter, SegmentFile};
 use crate::labels::{Label, Labels};
 use crate::matcher::Matcher;
 use crate::postings::Postings;
@@ -108,7 +108,8 @@ fn meta_crc(meta: &BlockMeta) -> Result<u32, Error> {
 #[derive(Clone, Debug)]
 pub(crate) enum ChunkView {
     Head(Arc<ClosedChunk>),
-    /// An XOR chunk in a head chunk file.
+    /// A chunk in a head chunk file: XOR, or decimal when `count` has the
+    /// [`crate::decimal::DECIMAL`] bit.
     HeadFile {
         file: Arc<SegmentFile>,
         start: u32,
@@ -148,7 +149,7 @@ impl Iterator for ChunkIter<'_> {
 impl ChunkView {
     /// `f` over the samples of a [`ChunkView::HeadFile`], decoded straight from the
     /// file's read window; not called for other views.
-    pub(crate) fn with_head_file<R>(&self, f: impl FnOnce(XorIter<'_>) -> R) -> Option<R> {
+    pub(crate) fn with_head_file<R>(&self, f: impl FnOnce(HeadIter<'_>) -> R) -> Option<R> {
         let ChunkView::HeadFile {
             file,
             start,
@@ -159,7 +160,7 @@ impl ChunkView {
         else {
             return None;
         };
-        Some(file.with_bytes(*start, *len, |bytes| f(XorIter::new(bytes, *count))))
+        Some(file.with_bytes(*start, *len, |bytes| f(HeadIter::new(bytes, *count))))
     }
 
     /// The first and last timestamp.

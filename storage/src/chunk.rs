@@ -455,7 +455,6 @@ impl XorChunk {
     }
 
     /// Iterates over the samples written so far.
-    #[cfg(test)]
     pub(crate) fn iter(&self) -> XorIter<'_> {
         XorIter::new(self.bytes(), self.count)
     }

@@ -11,11 +11,10 @@ use crate::block::{
     block_name, write_block, write_block_with, write_tombstones, Block, BlockMeta, ChunkIter,
     ChunkView, NewBlock,
 };
-use crate::chunk::XorIter;
 use crate::head::{
     lock, merge_newest_wins, AppendOutcome, Batch, CutMark, Head, LimitHit, MemSeries, SeriesLimits,
 };
-use crate::head_chunks::HeadChunks;
+use crate::head_chunks::{HeadChunks, HeadIter};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::wal::{self, Record, ReplayReport, WalPosition, WalReader, WalWriter};
@@ -1311,7 +1310,7 @@ impl Series {
                 continue;
             }
             match c.iter() {
-                ChunkIter::Xor(it) => take_xor_in_range(it, out, mint, maxt, &mut last),
+                ChunkIter::Xor(it) => take_xor_in_range(it.into(), out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Slice(it) => take_in_range(it, out, mint, maxt, &mut last),
             }
@@ -1422,9 +1421,9 @@ fn take_in_range(
     }
 }
 
-/// [`take_in_range`] for an XOR chunk, through its faster [`XorIter::decode_while`].
+/// [`take_in_range`] for a head chunk, through its faster [`HeadIter::decode_while`].
 fn take_xor_in_range(
-    it: XorIter<'_>,
+    it: HeadIter<'_>,
     out: &mut Vec<(i64, f64)>,
     mint: i64,
     maxt: i64,

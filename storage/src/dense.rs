@@ -14,7 +14,7 @@ use crate::varint::{put_uvarint, put_varint, Cursor};
 use crate::Error;
 
 /// Largest decimal exponent tried: 10^15 keeps `m` within 2^53 for values below 9.
-const MAX_EXPONENT: usize = 15;
+pub(crate) const MAX_EXPONENT: usize = 15;
 /// A chunk with more exceptions than one in this many samples is not dense material.
 const MAX_EXCEPTION_SHARE: usize = 4;
 /// Integers up to 2^53 are exact in a float64.
@@ -24,12 +24,12 @@ const EXACT_INT: f64 = 9_007_199_254_740_992.0;
 /// and cost ingest the CPU of every block cut.
 const ZSTD_LEVEL: i32 = 3;
 
-const POW10: [f64; MAX_EXPONENT + 1] = [
+pub(crate) const POW10: [f64; MAX_EXPONENT + 1] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
 /// The exponent of the shortest decimal `m / 10^e` that is exactly `v`, if any.
-fn decimal_exponent(v: f64) -> Option<usize> {
+pub(crate) fn decimal_exponent(v: f64) -> Option<usize> {
     if !v.is_finite() {
         return None;
     }
@@ -37,7 +37,7 @@ fn decimal_exponent(v: f64) -> Option<usize> {
 }
 
 /// `m` such that `m / 10^e` is bit for bit `v`.
-fn as_decimal(v: f64, e: usize) -> Option<i64> {
+pub(crate) fn as_decimal(v: f64, e: usize) -> Option<i64> {
     let p = POW10[e];
     let m = (v * p).round();
     if m.is_nan() || m.abs() >= EXACT_INT {

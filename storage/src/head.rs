@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
 use crate::chunk::{Mark, XorChunk, XorIter};
-use crate::head_chunks::{HeadChunk, HeadChunks, SegmentFile};
+use crate::head_chunks::{HeadChunk, HeadChunks, HeadIter, SegmentFile};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
 use crate::postings::Postings;
@@ -315,7 +315,7 @@ impl SeriesData {
             push_all(c.read(&mut buf), &mut out);
         }
         push_all(
-            XorIter::new(self.open.bytes(), self.open.len() as u16),
+            XorIter::new(self.open.bytes(), self.open.len() as u16).into(),
             &mut out,
         );
         if !self.ooo().is_empty() {
@@ -381,7 +381,7 @@ impl SeriesData {
             push_all(c.read(&mut buf), &mut out);
         }
         push_all(
-            XorIter::new(self.open.bytes(), self.open.len() as u16),
+            XorIter::new(self.open.bytes(), self.open.len() as u16).into(),
             &mut out,
         );
         out
@@ -394,11 +394,26 @@ impl SeriesData {
             .closed
             .iter()
             .map(|c| {
-                let mem = || SnapChunk::Mem {
-                    count: c.len() as u16,
-                    min_t: c.min_t(),
-                    max_t: c.max_t(),
-                    bytes: c.bytes(&mut Vec::new()).to_vec(),
+                let mem = || {
+                    let mut buf = Vec::new();
+                    // Chunks on the heap are XOR: a decimal one is written again as XOR.
+                    let (count, bytes) = match c.read(&mut buf) {
+                        HeadIter::Xor(_) => (c.len() as u16, c.bytes(&mut buf).to_vec()),
+                        decimal @ HeadIter::Decimal(_) => {
+                            let mut x = XorChunk::new();
+                            for (t, v) in decimal {
+                                x.append(t, v);
+                            }
+                            let (bytes, count) = x.into_encoded();
+                            (count, bytes.into_vec())
+                        }
+                    };
+                    SnapChunk::Mem {
+                        count,
+                        min_t: c.min_t(),
+                        max_t: c.max_t(),
+                        bytes,
+                    }
                 };
                 match c {
                     HeadChunk::File {
@@ -537,7 +552,7 @@ fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
 }
 
 /// Appends every sample of `it` to `out`, through the bulk decoder.
-fn push_all(it: XorIter<'_>, out: &mut Vec<(i64, f64)>) {
+fn push_all(it: HeadIter<'_>, out: &mut Vec<(i64, f64)>) {
     out.reserve(usize::from(it.remaining()));
     it.decode_while(|t, v| {
         out.push((t, v));

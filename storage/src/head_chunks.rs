@@ -3,7 +3,7 @@
 //! only its open chunk (and a small reference per full one) in memory.
 //!
 //! ```text
-//!  XorChunk full ──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
+//!  XorChunk full ──decimal or XOR──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
 //!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
 //!  query / block cut <──pread── 8 KiB windows kept per thread (neighbouring chunks)
 //! ```
@@ -12,6 +12,9 @@
 //! every page fault on a map brings in the pages around it as well, so one query over a
 //! few thousand series would map most of the files into the process (and its RSS).
 //! The files' pages stay in the page cache, shared and reclaimable.
+//!
+//! A full chunk whose values are all decimals of one exponent is written in the decimal
+//! encoding (`crate::decimal`), which decodes about twice as fast; any other stays XOR.
 //!
 //! Records are queued per segment and written 64 KiB at a time, on rotation and before a
 //! sync; a reader of a queued record copies it from the queue.
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::block::ChunkView;
 use crate::chunk::{XorChunk, XorIter};
+use crate::decimal::{self, DecimalIter, DECIMAL};
 use crate::head::{lock, ClosedChunk};
 use crate::Error;
 
@@ -51,6 +55,7 @@ pub(crate) enum HeadChunk {
         /// `max_t - min_t`, or `u32::MAX` when larger (then read as unbounded).
         span: u32,
         len: u16,
+        /// The sample count, with the [`DECIMAL`] bit when the chunk is in that encoding.
         count: u16,
     },
 }
@@ -62,9 +67,9 @@ pub(crate) fn span(min_t: i64, max_t: i64) -> u32 {
 
 impl HeadChunk {
     /// The samples, decoding from memory or from the bytes read into `buf`.
-    pub(crate) fn read<'a>(&'a self, buf: &'a mut Vec<u8>) -> XorIter<'a> {
+    pub(crate) fn read<'a>(&'a self, buf: &'a mut Vec<u8>) -> HeadIter<'a> {
         match self {
-            HeadChunk::Mem(c) => c.iter(),
+            HeadChunk::Mem(c) => HeadIter::Xor(c.iter()),
             HeadChunk::File {
                 file,
                 start,
@@ -73,7 +78,7 @@ impl HeadChunk {
                 ..
             } => {
                 file.read(*start, *len, buf);
-                XorIter::new(buf, *count)
+                HeadIter::new(buf, *count)
             }
         }
     }
@@ -94,7 +99,7 @@ impl HeadChunk {
     pub(crate) fn len(&self) -> usize {
         match self {
             HeadChunk::Mem(c) => c.len(),
-            HeadChunk::File { count, .. } => usize::from(*count),
+            HeadChunk::File { count, .. } => usize::from(*count & !DECIMAL),
         }
     }
 
@@ -143,6 +148,67 @@ impl HeadChunk {
             },
         }
     }
+}
+
+/// The samples of a full head chunk, in whichever encoding it was written.
+#[derive(Clone)]
+pub(crate) enum HeadIter<'a> {
+    Xor(XorIter<'a>),
+    Decimal(DecimalIter<'a>),
+}
+
+impl<'a> HeadIter<'a> {
+    /// A chunk's bytes and its stored count, whose [`DECIMAL`] bit names the encoding.
+    pub(crate) fn new(bytes: &'a [u8], stored_count: u16) -> Self {
+        if stored_count & DECIMAL != 0 {
+            HeadIter::Decimal(DecimalIter::new(bytes, stored_count & !DECIMAL))
+        } else {
+            HeadIter::Xor(XorIter::new(bytes, stored_count))
+        }
+    }
+
+    /// How many samples are not read yet.
+    pub(crate) fn remaining(&self) -> u16 {
+        match self {
+            HeadIter::Xor(it) => it.remaining(),
+            HeadIter::Decimal(it) => it.remaining(),
+        }
+    }
+
+    /// Passes the samples not read yet to `f`, in order, until it returns `false`.
+    #[inline]
+    pub(crate) fn decode_while(self, f: impl FnMut(i64, f64) -> bool) {
+        match self {
+            HeadIter::Xor(it) => it.decode_while(f),
+            HeadIter::Decimal(it) => it.decode_while(f),
+        }
+    }
+}
+
+impl<'a> From<XorIter<'a>> for HeadIter<'a> {
+    fn from(it: XorIter<'a>) -> Self {
+        HeadIter::Xor(it)
+    }
+}
+
+impl Iterator for HeadIter<'_> {
+    type Item = (i64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        match self {
+            HeadIter::Xor(it) => it.next(),
+            HeadIter::Decimal(it) => it.next(),
+        }
+    }
+}
+
+/// Scratch space for rewriting full chunks: samples, encoded bytes, time deltas.
+type Rewrite = (Vec<(i64, f64)>, Vec<u8>, Vec<i64>);
+
+thread_local! {
+    static REWRITE: std::cell::RefCell<Rewrite> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// A head chunk file opened for reading.
@@ -450,7 +516,8 @@ impl HeadChunks {
         }
     }
 
-    /// Copies a full chunk out of the heap (the caller reuses the chunk's buffer).
+    /// Copies a full chunk out of the heap (the caller reuses the chunk's buffer): to a
+    /// head chunk file, in the decimal encoding when its values allow, else as it is.
     pub(crate) fn persist(&self, full: &XorChunk) -> HeadChunk {
         let (min_t, max_t) = (full.min_time(), full.max_time());
         let (bytes, count) = (full.bytes(), full.len() as u16);
@@ -465,14 +532,32 @@ impl HeadChunks {
         let Some(dir) = &self.dir else {
             return in_memory(bytes);
         };
-        let Ok(len) = u16::try_from(bytes.len()) else {
-            return in_memory(bytes);
-        };
         if self.failed.load(Ordering::Relaxed) {
             return in_memory(bytes);
         }
-        match self.write(dir, bytes, count, max_t) {
-            Ok((file, start)) => HeadChunk::File {
+        let written = REWRITE.with_borrow_mut(|(samples, encoded, deltas)| {
+            samples.clear();
+            samples.reserve(usize::from(count));
+            full.iter().decode_while(|t, v| {
+                samples.push((t, v));
+                true
+            });
+            let (bytes, stored) = if samples.len() == usize::from(count)
+                && decimal::encode(samples, encoded, deltas)
+            {
+                (&encoded[..], count | DECIMAL)
+            } else {
+                (bytes, count)
+            };
+            let len = u16::try_from(bytes.len()).ok()?;
+            Some(
+                self.write(dir, bytes, stored, max_t)
+                    .map(|(file, start)| (file, start, len, stored)),
+            )
+        });
+        match written {
+            None => in_memory(bytes),
+            Some(Ok((file, start, len, count))) => HeadChunk::File {
                 file,
                 min_t,
                 start,
@@ -480,7 +565,7 @@ impl HeadChunks {
                 len,
                 count,
             },
-            Err(e) => {
+            Some(Err(e)) => {
                 if !self.failed.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "writing a head chunk file failed; full chunks stay in memory from now on");
                 }
@@ -580,6 +665,55 @@ impl HeadChunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_values_leave_the_heap_rewritten_and_others_as_xor() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let hc = HeadChunks::open(&tmp.path().join("chunks_head"))?;
+        type Kind = (&'static str, fn(i64) -> f64, bool);
+        let kinds: [Kind; 3] = [
+            ("hundredths", |i| (500_000 + i * 1_234) as f64 / 100.0, true),
+            (
+                "a stale marker",
+                |i| {
+                    if i == 60 {
+                        crate::stale_nan()
+                    } else {
+                        i as f64
+                    }
+                },
+                false,
+            ),
+            ("float arithmetic", |i| i as f64 / 3.0, false),
+        ];
+        for (what, value, decimal) in kinds {
+            let mut c = XorChunk::new();
+            let want: Vec<(i64, u64)> = (0..120)
+                .map(|i| (1_000 + i * 15_000 + i % 4, value(i)))
+                .inspect(|&(t, v)| c.append(t, v))
+                .map(|(t, v)| (t, v.to_bits()))
+                .collect();
+            let p = hc.persist(&c);
+            let HeadChunk::File { count, .. } = p else {
+                panic!("{what}: not in a file");
+            };
+            assert_eq!(count & DECIMAL != 0, decimal, "{what}: encoding");
+            assert_eq!(p.len(), 120, "{what}");
+            let mut buf = Vec::new();
+            let got: Vec<(i64, u64)> = p.read(&mut buf).map(|(t, v)| (t, v.to_bits())).collect();
+            assert_eq!(got, want, "{what}: read back");
+            // As a query reads it, through the view and the bulk decoder.
+            let mut bulk = Vec::new();
+            p.view().with_head_file(|it| {
+                it.decode_while(|t, v| {
+                    bulk.push((t, v.to_bits()));
+                    true
+                })
+            });
+            assert_eq!(bulk, want, "{what}: through the view");
+        }
+        Ok(())
+    }
 
     #[test]
     fn chunks_round_trip_through_files_and_old_segments_go() -> Result<(), Error> {

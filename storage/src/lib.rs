@@ -29,6 +29,7 @@
 mod block;
 mod chunk;
 mod db;
+mod decimal;
 mod dense;
 mod error;
 mod fault;
