@@ -679,6 +679,25 @@ pub(crate) async fn compact_periodically(db: Db, every: Duration) {
     }
 }
 
+/// Compressed remote-write bodies up to this size are stored on the worker that read
+/// them (about 10,000 samples of exporter data; senders batch 2,000 by default).
+const INLINE_WRITE_BYTES: usize = 256 << 10;
+
+/// Decodes a remote-write body and commits its samples (the WAL synced per the fsync
+/// policy); the number of series and samples written.
+fn store_write(st: &AppState, bytes: &[u8], v2: bool) -> Result<(usize, usize), IngestError> {
+    let req = if v2 {
+        strata_ingest::decode_write_request_v2(bytes, st.max_write_bytes)?
+    } else {
+        strata_ingest::decode_write_request(bytes, st.max_write_bytes)?
+    };
+    let mut app = st.db.appender();
+    let stats = strata_ingest::write_to_store(&req, &mut app, &st.series_cache, &st.write_limits)?;
+    app.commit()?;
+    st.metadata.record(req.metadata());
+    Ok((stats.series, stats.samples))
+}
+
 /// Remote write 1.0. 204 only once every sample is in the WAL, synced.
 async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let counted = Arc::clone(&st);
@@ -719,30 +738,41 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             return (e.status, format!("{}\n", e.message)).into_response();
         }
     };
-    let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), IngestError> {
-        let req = if v2 {
-            strata_ingest::decode_write_request_v2(&bytes, st.max_write_bytes)?
-        } else {
-            strata_ingest::decode_write_request(&bytes, st.max_write_bytes)?
-        };
-        let mut app = st.db.appender();
-        let stats =
-            strata_ingest::write_to_store(&req, &mut app, &st.series_cache, &st.write_limits)?;
-        app.commit()?;
-        st.metadata.record(req.metadata());
-        Ok((stats.series, stats.samples))
-    })
-    .await;
+    // A request of the usual size is decoded and committed on the worker that read it.
+    // A sender keeps a few requests in flight and waits for each answer, so ingest is
+    // bound by the latency of one request, and handing it to the blocking pool and back
+    // (two context switches and their scheduling delays) cost more than the work: 3.1-3.9 M
+    // samples/s through the pool, 5.7-6.1 M inline (100 hosts, 4 connections, 2 cores).
+    // The worker waits for the WAL's fdatasync meanwhile (0.1 ms on this machine's disk);
+    // larger bodies, whose decoding alone takes milliseconds, go to the blocking pool.
+    let result = if bytes.len() <= INLINE_WRITE_BYTES {
+        store_write(&st, &bytes, v2)
+    } else {
+        let worker = Arc::clone(&st);
+        match tokio::task::spawn_blocking(move || store_write(&worker, &bytes, v2)).await {
+            Ok(r) => r,
+            Err(e) => {
+                for c in [&st_counters.write_requests, &st_counters.write_failures] {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("worker failed: {e}\n"),
+                )
+                    .into_response();
+            }
+        }
+    };
     st_counters
         .write_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if !matches!(result, Ok(Ok(_))) {
+    if result.is_err() {
         st_counters
             .write_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     match result {
-        Ok(Ok((series, samples))) => {
+        Ok((series, samples)) => {
             st_counters
                 .write_samples
                 .fetch_add(samples as u64, std::sync::atomic::Ordering::Relaxed);
@@ -770,7 +800,7 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             }
             r
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let reason = match &e {
                 IngestError::Limit { reason, .. } => Some(*reason),
                 IngestError::Storage(strata_storage::Error::SeriesLimit { .. }) => Some("series"),
@@ -794,11 +824,6 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
             }
             (status, format!("{e}\n")).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("worker failed: {e}\n"),
-        )
-            .into_response(),
     }
 }
 
