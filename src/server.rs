@@ -700,8 +700,7 @@ fn store_write(st: &AppState, bytes: &[u8], v2: bool) -> Result<(usize, usize), 
 
 /// Remote write 1.0. 204 only once every sample is in the WAL, synced.
 async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let counted = Arc::clone(&st);
-    let st_counters = &counted.counters;
+    let st_counters = &st.counters;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -813,7 +812,7 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
                 st_counters.refused(r);
             }
             let status = if matches!(reason, Some("series" | "series_per_metric")) {
-                counted.series_limit_status
+                st.series_limit_status
             } else {
                 StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             };

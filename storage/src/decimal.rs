@@ -10,7 +10,7 @@
 //! data, where XOR spends a few bits per timestamp and tens per changing value.
 
 use crate::dense::{as_decimal, decimal_exponent, MAX_EXPONENT, POW10};
-use crate::varint::put_varint;
+use crate::varint::{put_varint, Cursor};
 
 /// The top bit of a head chunk's stored sample count: the chunk is in this encoding.
 pub(crate) const DECIMAL: u16 = 0x8000;
@@ -25,18 +25,11 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, deltas: &mut Vec
     if samples.len() >= usize::from(DECIMAL) {
         return false;
     }
-    // The smallest exponent the first value takes, raised as later values need.
+    // From the smallest exponent the first value takes, raised until every value is exact
+    // at it (a value exact at a smaller exponent need not be at a larger one).
     let Some(mut e) = decimal_exponent(first) else {
         return false;
     };
-    for &(_, v) in &samples[1..] {
-        while as_decimal(v, e).is_none() {
-            e += 1;
-            if e > MAX_EXPONENT {
-                return false;
-            }
-        }
-    }
     deltas.clear();
     deltas.extend(samples.windows(2).map(|w| w[1].0.wrapping_sub(w[0].0)));
     let step = if deltas.is_empty() {
@@ -45,8 +38,6 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, deltas: &mut Vec
         let mid = deltas.len() / 2;
         *deltas.select_nth_unstable(mid).1
     };
-    // A value that took a smaller exponent need not be exact at a larger one: every value
-    // is checked at the final exponent, which moves up until all are.
     'exponent: while e <= MAX_EXPONENT {
         out.clear();
         out.push(e as u8);
@@ -73,8 +64,7 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, deltas: &mut Vec
 /// early (never a panic), as a damaged XOR chunk does.
 #[derive(Clone)]
 pub(crate) struct DecimalIter<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+    r: Cursor<'a>,
     remaining: u16,
     /// The next timestamp is the previous one plus `step` plus its stored offset.
     t: i64,
@@ -86,57 +76,29 @@ pub(crate) struct DecimalIter<'a> {
 
 impl<'a> DecimalIter<'a> {
     pub(crate) fn new(bytes: &'a [u8], count: u16) -> Self {
-        let mut it = DecimalIter {
-            bytes,
-            pos: 1,
-            remaining: 0,
-            t: 0,
-            step: 0,
-            m: 0,
-            p: 1.0,
-            first: true,
-        };
-        let header = bytes
-            .first()
+        let mut r = Cursor::new(bytes);
+        let header = r
+            .bytes(1)
+            .and_then(|e| e.first())
             .and_then(|&e| POW10.get(usize::from(e)))
-            .and_then(|&p| Some((p, it.varint()?, it.varint()?)));
-        if let Some((p, t0, step)) = header {
-            it.p = p;
+            .and_then(|&p| Some((p, r.varint()?, r.varint()?)));
+        let (p, t0, step, remaining) =
+            header.map_or((1.0, 0, 0, 0), |(p, t0, step)| (p, t0, step, count));
+        DecimalIter {
+            r,
+            remaining,
             // The first sample's offset is 0: the first delta read lands on `t0`.
-            it.t = t0.wrapping_sub(step);
-            it.step = step;
-            it.remaining = count;
+            t: t0.wrapping_sub(step),
+            step,
+            m: 0,
+            p,
+            first: true,
         }
-        it
     }
 
     /// How many samples are not read yet.
     pub(crate) fn remaining(&self) -> u16 {
         self.remaining
-    }
-
-    #[inline(always)]
-    fn varint(&mut self) -> Option<i64> {
-        let &b = self.bytes.get(self.pos)?;
-        self.pos += 1;
-        let mut u = u64::from(b);
-        if b >= 0x80 {
-            u &= 0x7f;
-            let mut shift = 7;
-            loop {
-                let &b = self.bytes.get(self.pos)?;
-                self.pos += 1;
-                u |= u64::from(b & 0x7f) << shift;
-                if b < 0x80 {
-                    break;
-                }
-                shift += 7;
-                if shift > 63 {
-                    return None;
-                }
-            }
-        }
-        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
     }
 
     /// Passes the samples not read yet to `f`, in order, until it returns `false`.
@@ -164,9 +126,9 @@ impl Iterator for DecimalIter<'_> {
             self.first = false;
             Some(0)
         } else {
-            self.varint()
+            self.r.varint()
         };
-        let Some((dt, dm)) = dt.and_then(|dt| Some((dt, self.varint()?))) else {
+        let Some((dt, dm)) = dt.and_then(|dt| Some((dt, self.r.varint()?))) else {
             // Truncated bytes: stop rather than yield garbage.
             self.remaining = 0;
             return None;

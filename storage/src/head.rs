@@ -397,16 +397,15 @@ impl SeriesData {
                 let mem = || {
                     let mut buf = Vec::new();
                     // Chunks on the heap are XOR: a decimal one is written again as XOR.
-                    let (count, bytes) = match c.read(&mut buf) {
-                        HeadIter::Xor(_) => (c.len() as u16, c.bytes(&mut buf).to_vec()),
-                        decimal @ HeadIter::Decimal(_) => {
-                            let mut x = XorChunk::new();
-                            for (t, v) in decimal {
-                                x.append(t, v);
-                            }
-                            let (bytes, count) = x.into_encoded();
-                            (count, bytes.into_vec())
+                    let (count, bytes) = if c.is_decimal() {
+                        let mut x = XorChunk::new();
+                        for (t, v) in c.read(&mut buf) {
+                            x.append(t, v);
                         }
+                        let (bytes, count) = x.into_encoded();
+                        (count, bytes.into_vec())
+                    } else {
+                        (c.len() as u16, c.bytes(&mut buf).to_vec())
                     };
                     SnapChunk::Mem {
                         count,

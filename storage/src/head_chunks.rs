@@ -103,6 +103,11 @@ impl HeadChunk {
         }
     }
 
+    /// Whether the chunk is in the decimal encoding (else XOR).
+    pub(crate) fn is_decimal(&self) -> bool {
+        matches!(self, HeadChunk::File { count, .. } if count & DECIMAL != 0)
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             HeadChunk::Mem(c) => c.encoded_len(),

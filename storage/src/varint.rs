@@ -18,6 +18,7 @@ pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+#[derive(Clone)]
 pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -28,7 +29,18 @@ impl<'a> Cursor<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// One byte, the usual case, without the loop.
+    #[inline]
     pub(crate) fn uvarint(&mut self) -> Option<u64> {
+        let &b = self.buf.get(self.pos)?;
+        if b < 0x80 {
+            self.pos += 1;
+            return Some(u64::from(b));
+        }
+        self.uvarint_long()
+    }
+
+    fn uvarint_long(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self.buf.get(self.pos)?;
@@ -41,6 +53,7 @@ impl<'a> Cursor<'a> {
         None
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> Option<i64> {
         let u = self.uvarint()?;
         Some(((u >> 1) as i64) ^ -((u & 1) as i64))
