@@ -867,14 +867,17 @@ impl Block {
     /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
     #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<Block, Error> {
-        Self::open_interned(dir, |_| {})
+        Self::open_interned(dir, |_| {}, |_| None)
     }
 
     /// Opens a block; `intern` may replace its symbols with equal strings shared with
-    /// others (the head's), so that label comparisons between them see one pointer.
+    /// others (the head's), so that label comparisons between them see one pointer, and
+    /// `share` may return an equal label set to hold instead of a series' own (the head's
+    /// handle of that series: sets compare by address then, and are stored once).
     pub(crate) fn open_interned(
         dir: &Path,
         intern: impl FnOnce(&mut [Arc<str>]),
+        share: impl Fn(&Labels) -> Option<Labels>,
     ) -> Result<Block, Error> {
         let corrupt = |file: &str, why: String| {
             Error::Corrupt(format!("{}: {why}", dir.join(file).display()))
@@ -974,6 +977,7 @@ impl Block {
                 ls.push(Label { name, value });
             }
             let labels = Labels::from_vec(ls);
+            let labels = share(&labels).unwrap_or(labels);
             let nc = r.uvarint().ok_or_else(bad)? as usize;
             let mut chunks = Vec::with_capacity(nc.min(body.len()));
             for _ in 0..nc {
@@ -1151,26 +1155,33 @@ impl Block {
             return Vec::new();
         }
         let inside = |t: i64| t >= mint && t <= maxt;
+        // A block inside the range: each series in it has a sample in range.
+        let whole = mint <= self.meta.min_time && maxt >= self.meta.max_time - 1;
+        let view = |chunk| ChunkView::Mapped {
+            file: Arc::clone(&self.chunks),
+            chunk,
+        };
         let mut out = Vec::new();
         for r in self.postings.select(matchers).iter() {
             let Some(s) = self.series.get(r as usize) else {
                 continue;
             };
-            let deleted = self.tombstones.get(&r);
-            let view = |chunk| ChunkView::Mapped {
-                file: Arc::clone(&self.chunks),
-                chunk,
-            };
-            let found = s.chunks.iter().any(|&chunk| match deleted {
-                None => {
-                    let v = view(chunk);
-                    holds_sample_in(chunk.min_t, chunk.max_t, mint, maxt, || v.iter())
-                }
+            let found = match self.tombstones.get(&r) {
+                None if whole => !s.chunks.is_empty(),
+                // Only a chunk that straddles an end of the range is decoded.
+                None => s.chunks.iter().any(|&chunk| {
+                    let mut v = None;
+                    holds_sample_in(chunk.min_t, chunk.max_t, mint, maxt, || {
+                        v.insert(view(chunk)).iter()
+                    })
+                }),
                 // Deletions apply: every sample is looked at.
-                Some(d) => view(chunk)
-                    .iter()
-                    .any(|(t, _)| inside(t) && !d.iter().any(|&(a, z)| t >= a && t <= z)),
-            });
+                Some(d) => s.chunks.iter().any(|&chunk| {
+                    view(chunk)
+                        .iter()
+                        .any(|(t, _)| inside(t) && !d.iter().any(|&(a, z)| t >= a && t <= z))
+                }),
+            };
             if found {
                 out.push(&s.labels);
             }

@@ -183,6 +183,10 @@ impl Db {
         }
         let hc_dir = dir.join("chunks_head");
         let (head, from_segment, snapshot_series) = load_snapshot(&hc_dir, opts.block_range_ms)?;
+        let wal_dir = dir.join("wal");
+        let (mut replay, next) = replay_wal(&wal_dir, from_segment, &head)?;
+        // After the replay, so that the blocks' label sets of series the head has are the
+        // head's own.
         let blocks = open_blocks(&dir.join("blocks"), &head)?;
         if let Some(max) = blocks.iter().map(|b| b.meta.max_time).max() {
             head.min_valid.store(max, Ordering::Relaxed);
@@ -192,8 +196,6 @@ impl Db {
             .flat_map(|b| b.meta.sources.iter().copied().chain([b.meta.seq]))
             .max()
             .map_or(1, |s| s + 1);
-        let wal_dir = dir.join("wal");
-        let (mut replay, next) = replay_wal(&wal_dir, from_segment, &head)?;
         replay.snapshot_series = snapshot_series;
         if let Some(c) = &replay.corruption {
             tracing::warn!(
@@ -1607,13 +1609,13 @@ impl Querier {
         matchers: &[Matcher],
         f: impl FnOnce(&[&Labels]) -> R,
     ) -> Result<R, Error> {
-        // The head first, then the blocks, as in `select`. A series usually lies in the
-        // head and in several blocks: sorted lists are merged rather than sorted again.
+        // A series usually lies in the head and in several blocks, which hold the head's
+        // own label set (see `open_block`): the blocks' sorted lists are merged (equal
+        // sets compare by address), and only the head's series no block shares are
+        // sorted and merged in.
         let head = self.db.head.select_series(matchers, self.mint, self.maxt);
         let blocks = self.db.block_list();
-        let mut out: Vec<&Labels> = head.iter().map(|s| &s.labels).collect();
-        out.sort_unstable();
-        out.dedup();
+        let mut out: Vec<&Labels> = Vec::new();
         for b in &blocks {
             let mut more = b.select_labels(matchers, self.mint, self.maxt);
             if !more.is_sorted() {
@@ -1621,7 +1623,19 @@ impl Querier {
             }
             out = merge_sorted(out, more);
         }
-        Ok(f(&out))
+        let mut shared: Vec<usize> = out.iter().filter_map(|l| l.set_address()).collect();
+        shared.sort_unstable();
+        let mut rest: Vec<&Labels> = head
+            .iter()
+            .map(|s| &s.labels)
+            .filter(|l| {
+                l.set_address()
+                    .is_none_or(|a| shared.binary_search(&a).is_err())
+            })
+            .collect();
+        rest.sort_unstable();
+        rest.dedup();
+        Ok(f(&merge_sorted(out, rest)))
     }
 
     /// Label names, sorted. With matchers, only of the series they select in range.
@@ -1952,7 +1966,11 @@ fn overlapping_group(blocks: &[Arc<Block>]) -> Option<Vec<Arc<Block>>> {
 
 /// Opens a block whose strings the head shares (see [`Head::intern_symbols`]).
 fn open_block(head: &Head, dir: &Path) -> Result<Block, Error> {
-    Block::open_interned(dir, |symbols| head.intern_symbols(symbols))
+    Block::open_interned(
+        dir,
+        |symbols| head.intern_symbols(symbols),
+        |labels| head.shared_labels(labels),
+    )
 }
 
 /// Opens every block under `dir`, oldest first. A block that fails its checks is moved
@@ -2437,6 +2455,75 @@ mod tests {
         let db = Db::open(dir.path(), opts)?;
         assert_eq!(read_all(&db, "a"), want, "after reopening");
         Ok(())
+    }
+
+    #[test]
+    fn blocks_share_the_heads_label_sets_and_series_lists_merge_them_once() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            block_range_ms: 10_000,
+            ..Options::default()
+        };
+        let labels = up;
+        // Every block holding series `name` holds the head's own set for it.
+        let shared_with_head = |db: &Db, name: &str| {
+            let l = labels(name);
+            let head = db.inner.head.shared_labels(&l);
+            let blocks = db.blocks();
+            let held: Vec<&Labels> = blocks
+                .iter()
+                .flat_map(|b| (0..).map_while(|r| b.series_labels(r)))
+                .filter(|s| **s == l)
+                .collect();
+            !held.is_empty()
+                && held
+                    .iter()
+                    .all(|s| head.as_ref().is_some_and(|h| h.same_set(s)))
+        };
+        let check = |db: &Db| -> Result<(), Error> {
+            let got = db
+                .querier(0, 100_000)
+                .series_labels(&[Matcher::equal("__name__", "up")])?;
+            let want: Vec<Labels> = ["a", "b", "c"].iter().map(|n| labels(n)).collect();
+            assert_eq!(got, want);
+            // Past "a"'s samples.
+            let got = db
+                .querier(30_000, 100_000)
+                .series_labels(&[Matcher::equal("__name__", "up")])?;
+            assert_eq!(got, vec![labels("b"), labels("c")]);
+            // Only "a" and "b", from blocks alone.
+            let got = db
+                .querier(0, 9_000)
+                .series_labels(&[Matcher::equal("__name__", "up")])?;
+            assert_eq!(got, vec![labels("a"), labels("b")]);
+            Ok(())
+        };
+        {
+            let db = Db::open(dir.path(), opts.clone())?;
+            // "a" only in blocks once cut, "b" in blocks and the head, "c" only in the head.
+            let mut app = db.appender();
+            for t in (0..20_000).step_by(1_000) {
+                app.append(&labels("a"), t, 1.0)?;
+                app.append(&labels("b"), t, 2.0)?;
+            }
+            app.commit()?;
+            let mut app = db.appender();
+            for t in (20_000..40_000).step_by(1_000) {
+                app.append(&labels("b"), t, 2.0)?;
+                app.append(&labels("c"), t, 3.0)?;
+            }
+            app.commit()?;
+            assert!(!db.compact_head()?.is_empty());
+            assert!(
+                shared_with_head(&db, "b"),
+                "a cut block holds the head's set"
+            );
+            check(&db)?;
+        }
+        // Blocks open after the WAL's replay: they share the head's sets again.
+        let db = Db::open(dir.path(), opts)?;
+        assert!(shared_with_head(&db, "b"), "after reopening");
+        check(&db)
     }
 
     #[test]

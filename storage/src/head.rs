@@ -846,6 +846,17 @@ impl Head {
         }
     }
 
+    /// The head's own handle of a label set equal to `labels`, when it has that series:
+    /// a block that takes it shares the head's set, which then compares by address.
+    pub(crate) fn shared_labels(&self, labels: &Labels) -> Option<Labels> {
+        let hash = labels.stable_hash();
+        let shard = lock(&self.shards[(hash as usize) % SHARDS]);
+        shard
+            .get(&hash)
+            .and_then(|b| b.find(|l| l == labels))
+            .map(|s| s.labels.clone())
+    }
+
     pub(crate) fn series_by_ref(&self, r: SeriesRef) -> Option<Arc<MemSeries>> {
         let table = self.series.read().unwrap_or_else(PoisonError::into_inner);
         table.get(r.0 as usize).and_then(|s| s.clone())

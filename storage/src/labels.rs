@@ -55,10 +55,14 @@ impl Label {
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Option<Arc<[Label]>>);
 
-/// Label by label, as the sorted slices they are (the empty set first).
+/// Label by label, as the sorted slices they are (the empty set first). Two handles of
+/// one shared set are equal without a look at the labels.
 impl Ord for Labels {
     #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.same_set(other) {
+            return std::cmp::Ordering::Equal;
+        }
         self.as_slice().cmp(other.as_slice())
     }
 }
@@ -80,6 +84,26 @@ impl Labels {
     /// An empty label set.
     pub const fn empty() -> Self {
         Self(None)
+    }
+
+    /// Whether both are handles of one shared set (or both empty): equal for certain,
+    /// though equal sets need not be shared.
+    #[inline]
+    pub fn same_set(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// The address of the shared set, which identifies it while it lives (`None` for the
+    /// empty set).
+    #[inline]
+    pub(crate) fn set_address(&self) -> Option<usize> {
+        self.0
+            .as_ref()
+            .map(|a| Arc::as_ptr(a) as *const Label as usize)
     }
 
     /// A set of sorted labels with unique names and no empty values.
