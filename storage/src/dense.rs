@@ -243,7 +243,41 @@ struct RangeDecoder<'a> {
     at: usize,
     x: u64,
     radix: u64,
+    by_radix: Divisor,
     base: i64,
+}
+
+/// Division by one divisor fixed ahead, as a multiplication and shifts (Granlund and
+/// Montgomery, "Division by invariant integers using multiplication", 1994, figure 4.1):
+/// the range decoder divides its state once per digit, each division waiting for the one
+/// before, and a hardware division takes several times as long.
+#[derive(Clone, Copy, Debug)]
+struct Divisor {
+    magic: u64,
+    /// `ceil(log2(d)) - 1`.
+    shift: u32,
+}
+
+impl Divisor {
+    /// For `d >= 2`.
+    fn new(d: u64) -> Divisor {
+        debug_assert!(d >= 2);
+        // ceil(log2(d)), in 1..=64.
+        let l = 64 - (d - 1).leading_zeros();
+        // (2^64 * (2^l - d)) / d + 1 < 2^64, as 2^l - d < d.
+        let magic = ((((1u128 << l) - u128::from(d)) << 64) / u128::from(d) + 1) as u64;
+        Divisor {
+            magic,
+            shift: l - 1,
+        }
+    }
+
+    /// `n / d`, for every `n`.
+    #[inline(always)]
+    fn div(self, n: u64) -> u64 {
+        let t = ((u128::from(self.magic) * u128::from(n)) >> 64) as u64;
+        (t + ((n - t) >> 1)) >> self.shift
+    }
 }
 
 impl<'a> RangeDecoder<'a> {
@@ -257,13 +291,16 @@ impl<'a> RangeDecoder<'a> {
             at: 0,
             x,
             radix,
+            by_radix: Divisor::new(radix),
             base,
         })
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Option<i64> {
-        let digit = self.x % self.radix;
-        self.x /= self.radix;
+        let q = self.by_radix.div(self.x);
+        let digit = self.x - q * self.radix;
+        self.x = q;
         // Below the radix, so the shift cannot overflow.
         while self.x < self.radix {
             let b = *self.bytes.get(self.at)?;
@@ -658,6 +695,42 @@ mod tests {
         };
         assert_eq!(bits(&got), bits(samples));
         Some(times.len() + values.len())
+    }
+
+    #[test]
+    fn division_by_a_fixed_divisor_matches_the_hardwares() {
+        let mut rng = Rng(7);
+        let mut divisors: Vec<u64> = (2..=1_000).collect();
+        divisors.extend([
+            3 << 20,
+            (1 << 24) - 1,
+            (1 << 24) + 1,
+            (1 << 32) - 1,
+            (1 << 32) + 1,
+            MAX_RADIX - 1,
+            MAX_RADIX,
+            1 << 63,
+            (1 << 63) + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ]);
+        divisors.extend((0..2_000).map(|_| 2 + rng.next() % (MAX_RADIX - 1)));
+        divisors.extend((0..500).map(|_| (rng.next() >> (rng.next() % 62)).max(2)));
+        for d in divisors {
+            let by = Divisor::new(d);
+            let mut numerators = vec![0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1];
+            numerators.extend(
+                d.checked_mul(255)
+                    .into_iter()
+                    .flat_map(|x| [x - 1, x, x.wrapping_add(1)]),
+            );
+            numerators.extend(d.checked_mul(256).map(|x| x - 1));
+            numerators.extend((0..50).map(|_| rng.next()));
+            numerators.extend((0..50).map(|_| rng.next() % d.saturating_mul(256)));
+            for n in numerators {
+                assert_eq!(by.div(n), n / d, "{n} / {d}");
+            }
+        }
     }
 
     /// A deterministic generator, so failures reproduce.
