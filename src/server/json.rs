@@ -69,12 +69,39 @@ pub(crate) fn push_time(out: &mut String, t_ms: i64) {
     }
     let abs = t_ms.unsigned_abs();
     let (secs, ms) = (abs / 1000, abs % 1000);
-    if ms == 0 {
-        let _ = write!(out, "{secs}");
-    } else {
-        let frac = format!("{ms:03}");
-        let _ = write!(out, "{secs}.{}", frac.trim_end_matches('0'));
+    push_u64(out, secs);
+    if ms != 0 {
+        // Milliseconds as a fraction, its trailing zeros dropped.
+        let digits = [
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+        ];
+        let keep = if ms % 100 == 0 {
+            2
+        } else if ms % 10 == 0 {
+            3
+        } else {
+            4
+        };
+        out.extend(digits[..keep].iter().map(|&b| char::from(b)));
     }
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf[at..].iter().map(|&b| char::from(b)));
 }
 
 pub(crate) fn push_labels(out: &mut String, labels: &Labels) {
@@ -229,6 +256,20 @@ mod tests {
             t.push(' ');
         }
         assert_eq!(t, "60 1435781451.781 1.5 -1.5 ");
+        // Every fraction against the formatting machinery.
+        for ms in (0..3_000).chain([i64::MAX, i64::MIN, -1, 9_223_372_036_854_775_000]) {
+            let mut t = String::new();
+            push_time(&mut t, ms);
+            let (sign, abs) = (if ms < 0 { "-" } else { "" }, ms.unsigned_abs());
+            let frac = format!("{:03}", abs % 1000);
+            let frac = frac.trim_end_matches('0');
+            let want = if frac.is_empty() {
+                format!("{sign}{}", abs / 1000)
+            } else {
+                format!("{sign}{}.{frac}", abs / 1000)
+            };
+            assert_eq!(t, want, "{ms}");
+        }
     }
 
     #[test]

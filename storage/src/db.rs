@@ -1360,6 +1360,43 @@ impl Series {
     }
 }
 
+/// A series' label set, its chunk views ranked by source, and its newest sample when the
+/// head knows it.
+type Ranked = (Labels, Vec<(u64, ChunkView)>, Option<(i64, f64)>);
+
+/// Merges two lists sorted by labels, each label set once in each; a series in both gets
+/// `a`'s views, then `b`'s, and `b`'s newest sample if it has one.
+fn merge_ranked(a: Vec<Ranked>, b: Vec<Ranked>) -> Vec<Ranked> {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => out.extend(a.next()),
+            std::cmp::Ordering::Greater => out.extend(b.next()),
+            std::cmp::Ordering::Equal => {
+                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
+                    x.1.extend(y.1);
+                    x.2 = y.2.or(x.2);
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The union of two sorted lists, sorted and without repeats (given `a` has none).
 fn merge_sorted<T: Ord>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
     if b.is_empty() {
@@ -1529,8 +1566,9 @@ impl Querier {
             .head
             .select(matchers, self.mint, self.maxt, newest_only);
         // Only blocks reaching into the range take part: queries of recent data merge
-        // nothing.
-        let blocks: Vec<Arc<Block>> = self
+        // nothing. Each block's series come sorted by labels, their views ranked by the
+        // block.
+        let from_blocks: Vec<Vec<Ranked>> = self
             .db
             .blocks
             .read()
@@ -1538,6 +1576,23 @@ impl Querier {
             .iter()
             .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
             .cloned()
+            // The list's lock is let go before the blocks are read.
+            .collect::<Vec<Arc<Block>>>()
+            .into_iter()
+            .map(|b| {
+                let mut list: Vec<Ranked> = b
+                    .select(matchers, self.mint, self.maxt)
+                    .into_iter()
+                    .map(|(labels, chunks)| {
+                        let views = chunks.into_iter().map(|c| (b.meta.seq, c)).collect();
+                        (labels, views, None)
+                    })
+                    .collect();
+                if !list.is_sorted_by(|x, y| x.0 <= y.0) {
+                    list.sort_by(|x, y| x.0.cmp(&y.0));
+                }
+                list
+            })
             .collect();
         let head_views = |chunks: Vec<ChunkView>,
                           ooo: Vec<(i64, f64)>,
@@ -1554,7 +1609,7 @@ impl Querier {
             }
             views
         };
-        let mut out: Vec<Series> = if blocks.is_empty() {
+        let mut out: Vec<Series> = if from_blocks.is_empty() {
             // The head's chunks, then its out-of-order samples: time order, or else the
             // order of precedence.
             head.into_iter()
@@ -1567,27 +1622,20 @@ impl Querier {
                 .collect()
         } else {
             // Blocks are sorted by start: a series' views are its blocks' chunks, then
-            // the head's.
-            type Views = (Vec<(u64, ChunkView)>, Option<(i64, f64)>);
-            let mut by_labels: std::collections::BTreeMap<Labels, Views> =
-                std::collections::BTreeMap::new();
-            for b in &blocks {
-                for (labels, chunks) in b.select(matchers, self.mint, self.maxt) {
-                    by_labels
-                        .entry(labels)
-                        .or_default()
-                        .0
-                        .extend(chunks.into_iter().map(|c| (b.meta.seq, c)));
-                }
+            // the head's. Each source lists its series sorted by labels, and a block
+            // holds the head's own label sets (see `open_block`): the lists are merged,
+            // most comparisons settled by address.
+            let mut merged: Vec<Ranked> = Vec::new();
+            for list in from_blocks {
+                merged = merge_ranked(merged, list);
             }
-            for (labels, chunks, ooo, last) in head {
-                let entry = by_labels.entry(labels).or_default();
-                entry.0.extend(head_views(chunks, ooo, last));
-                entry.1 = last;
-            }
-            by_labels
+            let list: Vec<Ranked> = head
                 .into_iter()
-                .map(|(labels, (views, last))| {
+                .map(|(labels, chunks, ooo, last)| (labels, head_views(chunks, ooo, last), last))
+                .collect();
+            merge_ranked(merged, list)
+                .into_iter()
+                .map(|(labels, views, last)| {
                     Series::from_ranked(labels, views, self.mint, self.maxt, last)
                 })
                 .collect()
