@@ -947,7 +947,8 @@ fn main() {
             let _ = write!(tuning, "{k}={v:?} ");
         }
     }
-    let _ = writeln!(t, "`{tuning}HOSTS={hosts} HOURS={hours} cargo bench --bench vs_peers`; 2 vCPU (AMD EPYC), 24 GiB; {versions}. Ratios are strata / peer within this run.\n");
+    let machine = machine();
+    let _ = writeln!(t, "`{tuning}HOSTS={hosts} HOURS={hours} cargo bench --bench vs_peers`; {machine}; {versions}. Ratios are strata / peer within this run.\n");
     let _ = writeln!(
         t,
         "| | strata | Prometheus | VictoriaMetrics | strata/Prometheus | strata/VictoriaMetrics |"
@@ -1019,6 +1020,32 @@ fn main() {
         println!("appended to {}", doc.display());
     }
     keep(&peers, end_ms);
+}
+
+/// This machine as the tables name it: CPUs, their model, memory (from `/proc`).
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let gib = proc_meminfo_kib("MemTotal") as f64 / (1024.0 * 1024.0);
+    format!("{cpus} vCPU ({model}), {gib:.0} GiB")
+}
+
+fn proc_meminfo_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// With KEEP_SECONDS=n, leaves the systems running for n seconds.
