@@ -136,10 +136,15 @@ fn encode_mantissas(
     // First value, common factor of the deltas, then the deltas (or deltas of deltas)
     // divided by it.
     let deltas: Vec<i64> = ints.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-    let factor = deltas
-        .iter()
-        .fold(0u64, |g, &d| gcd(g, d.unsigned_abs()))
-        .clamp(1, i64::MAX as u64) as i64;
+    let mut factor = 0u64;
+    for &d in &deltas {
+        factor = gcd(factor, d.unsigned_abs());
+        // Random increments reach 1 within a few deltas; nothing divides further.
+        if factor == 1 {
+            break;
+        }
+    }
+    let factor = factor.clamp(1, i64::MAX as u64) as i64;
     let deltas: Vec<i64> = deltas.iter().map(|&d| d / factor).collect();
     // Residuals of order 1 (the deltas) and order 2 (the first delta, then deltas of
     // deltas).
