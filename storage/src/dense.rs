@@ -37,13 +37,26 @@ pub(crate) fn decimal_exponent(v: f64) -> Option<usize> {
 }
 
 /// `m` such that `m / 10^e` is bit for bit `v`.
+#[inline]
 pub(crate) fn as_decimal(v: f64, e: usize) -> Option<i64> {
     let p = POW10[e];
-    let m = (v * p).round();
-    if m.is_nan() || m.abs() >= EXACT_INT {
+    let x = v * p;
+    // Below 2^53 the integer part converts exactly.
+    if x.is_nan() || x.abs() >= EXACT_INT {
         return None;
     }
-    let m = m as i64;
+    // `x` rounded half away from zero, as `f64::round` does, without its library call:
+    // the fraction left by truncation is exact.
+    let mut m = x as i64;
+    let frac = x - m as f64;
+    if frac >= 0.5 {
+        m += 1;
+    } else if frac <= -0.5 {
+        m -= 1;
+    }
+    if m.unsigned_abs() >= EXACT_INT as u64 {
+        return None;
+    }
     // Checked as the decoder computes it (which also refuses -0.0).
     ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
 }
@@ -77,11 +90,13 @@ pub(crate) fn encode_times(samples: &[(i64, f64)]) -> Result<Vec<u8>, Error> {
 pub(crate) fn encode_values(samples: &[(i64, f64)]) -> Result<Option<Vec<u8>>, Error> {
     let n = samples.len();
     // Decimal exponent: the largest any value needs; values needing none are exceptions.
-    let exponent = samples
-        .iter()
-        .filter_map(|&(_, v)| decimal_exponent(v))
-        .max()
-        .unwrap_or(0);
+    // A value exact at the largest so far needs no more, and only the others are searched.
+    let mut exponent = 0;
+    for &(_, v) in samples {
+        if as_decimal(v, exponent).is_none() {
+            exponent = exponent.max(decimal_exponent(v).unwrap_or(0));
+        }
+    }
     let mut exceptions: Vec<(usize, u64)> = Vec::new();
     let mut ints: Vec<i64> = Vec::with_capacity(n);
     for (i, &(_, v)) in samples.iter().enumerate() {
@@ -700,6 +715,89 @@ mod tests {
         };
         assert_eq!(bits(&got), bits(samples));
         Some(times.len() + values.len())
+    }
+
+    /// The decimal check against its definition with `f64::round`, and the exponent of a
+    /// chunk against the largest exponent any value needs.
+    #[test]
+    fn decimals_are_found_as_their_definition_finds_them() {
+        let reference = |v: f64, e: usize| {
+            let p = POW10[e];
+            let m = (v * p).round();
+            if m.is_nan() || m.abs() >= EXACT_INT {
+                return None;
+            }
+            let m = m as i64;
+            ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
+        };
+        let mut rng = Rng(11);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.125,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            EXACT_INT,
+            EXACT_INT - 1.0,
+            -(EXACT_INT - 1.0),
+            EXACT_INT / 2.0 - 0.5,
+            1e300,
+            -1e-300,
+            f64::MIN_POSITIVE,
+            0.1 + 0.2,
+        ];
+        for _ in 0..20_000 {
+            let e = (rng.next() % 8) as i32;
+            let m = (rng.next() % 10_000_000_000) as i64 - 5_000_000_000;
+            values.push(m as f64 / 10f64.powi(e));
+            values.push(f64::from_bits(rng.next()));
+            values.push((rng.next() % 1_000_000) as f64 + 0.5);
+        }
+        for &v in &values {
+            for e in 0..=MAX_EXPONENT {
+                assert_eq!(as_decimal(v, e), reference(v, e), "{v:e} at 10^-{e}");
+            }
+        }
+        // Chunks of decimals of mixed exponents, one value in each that is not.
+        let decimals: Vec<f64> = values.iter().copied().skip(18).step_by(3).collect();
+        let chunks: Vec<Vec<f64>> = decimals
+            .chunks(20)
+            .zip(values.iter().skip(19).step_by(3))
+            .map(|(c, &odd)| c.iter().copied().chain([odd]).collect())
+            .collect();
+        let mut checked = 0;
+        for chunk in &chunks {
+            let samples: Vec<(i64, f64)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (i as i64, v))
+                .collect();
+            let want = chunk.iter().filter_map(|&v| decimal_exponent(v)).max();
+            let got = encode_values(&samples).unwrap_or_else(|e| panic!("{e}"));
+            if let (Some(want), Some(got)) = (want, got) {
+                // The head byte after the exceptions holds the exponent in its low bits.
+                let raw = unpack_section(&got, 1 << 16).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+                let mut r = Cursor::new(&raw);
+                let exceptions = r.uvarint().unwrap_or_default();
+                for _ in 0..exceptions {
+                    r.uvarint();
+                    r.bytes(8);
+                }
+                let head = r.bytes(1).and_then(|b| b.first().copied());
+                assert_eq!(head.map(|h| usize::from(h & 15)), Some(want), "{chunk:?}");
+            }
+        }
+        assert!(
+            checked > 900,
+            "{checked} of {} chunks checked",
+            chunks.len()
+        );
     }
 
     #[test]
