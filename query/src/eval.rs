@@ -353,9 +353,12 @@ fn type_description(vt: ValueType) -> &'static str {
 
 /// Most threads one query's window functions use.
 const MAX_THREADS: usize = 4;
-/// Below these many series a window function (over a range of steps) or an instant
-/// selection runs on the calling thread: starting threads would cost more than it saves.
-const PARALLEL_MIN_SERIES: usize = 256;
+/// Below this many windows (series times steps) a window function over a range of steps
+/// runs on the calling thread: starting threads (tens of microseconds) would cost more
+/// than it saves. A window of a range query holds a few to hundreds of samples.
+const PARALLEL_MIN_WINDOWS: usize = 16_384;
+/// Below this many series a window function at one step, or an instant selection, runs
+/// on the calling thread.
 const PARALLEL_MIN_SERIES_INSTANT: usize = 2_048;
 
 /// How many threads one query's evaluation uses at most.
@@ -1004,6 +1007,16 @@ impl Evaluator<'_> {
         }
     }
 
+    /// Whether a window function over `series` series at this query's steps is worth
+    /// spreading over threads.
+    fn parallel_windows(&self, series: usize) -> bool {
+        if self.n > 1 {
+            series.saturating_mul(self.n) >= PARALLEL_MIN_WINDOWS
+        } else {
+            series >= PARALLEL_MIN_SERIES_INSTANT
+        }
+    }
+
     /// Applies a window function to every series of `input` at every step, the series
     /// split across the machine's cores when there are many.
     /// The output series take the input's labels.
@@ -1013,10 +1026,10 @@ impl Evaluator<'_> {
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
     ) -> Result<Vec<StepSeries>, QueryError> {
-        let min = if self.n > 1 {
-            PARALLEL_MIN_SERIES
+        let min = if self.parallel_windows(input.series.len()) {
+            2
         } else {
-            PARALLEL_MIN_SERIES_INSTANT
+            usize::MAX
         };
         let values = on_cores(&input.series, min, |part| {
             self.windows_of(&input, part, spec, scalars)
@@ -1176,12 +1189,7 @@ impl Evaluator<'_> {
         if start < members.len() {
             runs.push(start..members.len());
         }
-        let min = if self.n > 1 {
-            PARALLEL_MIN_SERIES
-        } else {
-            PARALLEL_MIN_SERIES_INSTANT
-        };
-        let min_runs = if input.series.len() >= min {
+        let min_runs = if self.parallel_windows(input.series.len()) {
             2
         } else {
             usize::MAX
