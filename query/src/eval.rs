@@ -817,7 +817,14 @@ impl Evaluator<'_> {
             querier.select(&matchers)?
         };
         let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
-        on_cores(&selected, PARALLEL_MIN_SERIES_INSTANT, |part| {
+        // Each series of a range query decodes its samples: spread by the work, as
+        // window functions are.
+        let min = if !single && self.parallel_windows(selected.len()) {
+            2
+        } else {
+            PARALLEL_MIN_SERIES_INSTANT
+        };
+        on_cores(&selected, min, |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut samples = Vec::new();
             for series in part {
