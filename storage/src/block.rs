@@ -415,6 +415,7 @@ pub(crate) fn write_block_with<'a>(
     // The number of each time section written, by content: series scraped together share
     // one.
     let mut times_at: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    let mut remembered = RememberedTimes::default();
     for (i, &series_labels) in labels.iter().enumerate() {
         let samples = samples_of(i);
         if samples.is_empty() {
@@ -424,7 +425,7 @@ pub(crate) fn write_block_with<'a>(
         let parts = samples.len().div_ceil(DENSE_MAX_SAMPLES).max(1);
         let per_part = samples.len().div_ceil(parts).max(1);
         for part in samples.chunks(per_part) {
-            let times = dense::encode_times(part)?;
+            let times = remembered.encode(part)?;
             // Time sections are referred to by their number in the file: the one this
             // section has, or will have once written.
             let known = times_at.get(&times).copied();
@@ -863,6 +864,49 @@ pub(crate) fn write_tombstones(dir: &Path, tombstones: &Tombstones) -> Result<()
     sync_dir(dir)
 }
 
+/// Time sections encoded for a block being written, by their timestamps: the series
+/// scraped together share a few of them, and hashing and comparing timestamps costs less
+/// than encoding and compressing them again. At most [`TIMES_REMEMBERED`], so a block of
+/// series scraped apart keeps no more copies than that.
+#[derive(Default)]
+struct RememberedTimes {
+    by_hash: std::collections::HashMap<u64, Vec<usize>>,
+    sections: Vec<(Vec<i64>, Vec<u8>)>,
+}
+
+const TIMES_REMEMBERED: usize = 256;
+
+impl RememberedTimes {
+    /// The time section of `part`, as [`dense::encode_times`] writes it.
+    fn encode(&mut self, part: &[(i64, f64)]) -> Result<Vec<u8>, Error> {
+        let mut h = crate::labels::Hash64::new();
+        h.write_u64(part.len() as u64);
+        for &(t, _) in part {
+            h.write_u64(t as u64);
+        }
+        let hash = h.finish();
+        let same =
+            |raw: &[i64]| raw.len() == part.len() && raw.iter().zip(part).all(|(a, b)| *a == b.0);
+        if let Some(&k) = self
+            .by_hash
+            .get(&hash)
+            .and_then(|ks| ks.iter().find(|&&k| same(&self.sections[k].0)))
+        {
+            return Ok(self.sections[k].1.clone());
+        }
+        let times = dense::encode_times(part)?;
+        if self.sections.len() < TIMES_REMEMBERED {
+            self.by_hash
+                .entry(hash)
+                .or_default()
+                .push(self.sections.len());
+            self.sections
+                .push((part.iter().map(|s| s.0).collect(), times.clone()));
+        }
+        Ok(times)
+    }
+}
+
 impl Block {
     /// Opens a block, verifying `meta.json`, the index checksum and every chunk checksum.
     #[cfg(test)]
@@ -1218,6 +1262,27 @@ fn release_pages(map: &Mmap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Remembered time sections are the very bytes encoding gives, for repeated and
+    /// distinct timestamps alike, past the limit too.
+    #[test]
+    fn remembered_time_sections_are_what_encoding_gives() -> Result<(), Error> {
+        let mut remembered = RememberedTimes::default();
+        for round in 0..3 {
+            for k in 0..400i64 {
+                let part: Vec<(i64, f64)> = (0..(100 + k % 3) as i64)
+                    .map(|j| (1_700_000_000_000 + k + j * 15_000 + (j * k) % 7, j as f64))
+                    .collect();
+                assert_eq!(
+                    remembered.encode(&part)?,
+                    dense::encode_times(&part)?,
+                    "round {round}, part {k}"
+                );
+            }
+        }
+        assert_eq!(remembered.sections.len(), TIMES_REMEMBERED);
+        Ok(())
+    }
 
     fn nb(min_time: i64, max_time: i64) -> NewBlock {
         NewBlock {

@@ -367,6 +367,10 @@ impl Hash64 {
         }
     }
 
+    pub(crate) fn write_u64(&mut self, word: u64) {
+        self.mix(word);
+    }
+
     pub(crate) fn write_sep(&mut self) {
         self.mix(0xFF);
     }
