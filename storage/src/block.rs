@@ -1270,7 +1270,7 @@ mod tests {
         let mut remembered = RememberedTimes::default();
         for round in 0..3 {
             for k in 0..400i64 {
-                let part: Vec<(i64, f64)> = (0..(100 + k % 3) as i64)
+                let part: Vec<(i64, f64)> = (0..(100 + k % 3))
                     .map(|j| (1_700_000_000_000 + k + j * 15_000 + (j * k) % 7, j as f64))
                     .collect();
                 assert_eq!(
