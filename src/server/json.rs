@@ -212,25 +212,20 @@ fn push_matrix(out: &mut String, series: &[MatrixSeries]) {
         .map_or(series.len() / 2, |i| (i + 1).min(series.len() - 1));
     let (front, back) = series.split_at(mid);
     let half = out.capacity() / 2;
-    let back = std::thread::scope(|sc| {
-        let back = sc.spawn(|| {
+    let written = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
             let mut b = String::with_capacity(half);
             push_matrix_series(&mut b, back);
             b
         });
         push_matrix_series(out, front);
-        back.join()
+        writer.join()
     });
-    match back {
-        Ok(b) => {
-            out.push(',');
-            out.push_str(&b);
-        }
+    out.push(',');
+    match written {
+        Ok(b) => out.push_str(&b),
         // The formatting does not panic; were it to, the second half is written here.
-        Err(_) => {
-            out.push(',');
-            push_matrix_series(out, series.split_at(mid).1);
-        }
+        Err(_) => push_matrix_series(out, back),
     }
 }
 

@@ -1568,7 +1568,7 @@ impl Querier {
         // Only blocks reaching into the range take part: queries of recent data merge
         // nothing. Each block's series come sorted by labels, their views ranked by the
         // block.
-        let from_blocks: Vec<Vec<Ranked>> = self
+        let blocks: Vec<Arc<Block>> = self
             .db
             .blocks
             .read()
@@ -1576,9 +1576,9 @@ impl Querier {
             .iter()
             .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
             .cloned()
-            // The list's lock is let go before the blocks are read.
-            .collect::<Vec<Arc<Block>>>()
-            .into_iter()
+            .collect();
+        let from_blocks: Vec<Vec<Ranked>> = blocks
+            .iter()
             .map(|b| {
                 let mut list: Vec<Ranked> = b
                     .select(matchers, self.mint, self.maxt)

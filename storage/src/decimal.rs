@@ -9,7 +9,7 @@
 //! chunk's usual spacing. Both are zig-zag varints, one or two bytes each for exporter
 //! data, where XOR spends a few bits per timestamp and tens per changing value.
 
-use crate::dense::{as_decimal, decimal_exponent, MAX_EXPONENT, POW10};
+use crate::dense::{as_decimal, decimal_exponent, median_step, MAX_EXPONENT, POW10};
 use crate::varint::{put_varint, Cursor};
 
 /// The top bit of a head chunk's stored sample count: the chunk is in this encoding.
@@ -30,14 +30,7 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, deltas: &mut Vec
     let Some(mut e) = decimal_exponent(first) else {
         return false;
     };
-    deltas.clear();
-    deltas.extend(samples.windows(2).map(|w| w[1].0.wrapping_sub(w[0].0)));
-    let step = if deltas.is_empty() {
-        0
-    } else {
-        let mid = deltas.len() / 2;
-        *deltas.select_nth_unstable(mid).1
-    };
+    let step = median_step(samples, deltas);
     'exponent: while e <= MAX_EXPONENT {
         out.clear();
         out.push(e as u8);

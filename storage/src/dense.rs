@@ -73,7 +73,7 @@ pub(crate) fn encode_times(samples: &[(i64, f64)]) -> Result<Vec<u8>, Error> {
     let Some(&(t0, _)) = samples.first() else {
         return pack(times);
     };
-    let step = grid_step(samples);
+    let step = median_step(samples, &mut Vec::new());
     put_varint(&mut times, t0);
     put_varint(&mut times, step);
     let mut grid = t0;
@@ -456,17 +456,16 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// The most common spacing of the timestamps, approximated by the median.
-fn grid_step(samples: &[(i64, f64)]) -> i64 {
-    let mut d: Vec<i64> = samples
-        .windows(2)
-        .map(|w| w[1].0.wrapping_sub(w[0].0))
-        .collect();
-    if d.is_empty() {
+/// The most common spacing of the timestamps, approximated by the median; `deltas` is
+/// scratch space.
+pub(crate) fn median_step(samples: &[(i64, f64)], deltas: &mut Vec<i64>) -> i64 {
+    deltas.clear();
+    deltas.extend(samples.windows(2).map(|w| w[1].0.wrapping_sub(w[0].0)));
+    if deltas.is_empty() {
         return 0;
     }
-    let mid = d.len() / 2;
-    *d.select_nth_unstable(mid).1
+    let mid = deltas.len() / 2;
+    *deltas.select_nth_unstable(mid).1
 }
 
 /// The grid point after `grid` given the sample's offset `d` from the expected point: a
