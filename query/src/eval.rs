@@ -1007,7 +1007,12 @@ impl Evaluator<'_> {
             Points::Stored(series) => {
                 buf.clear();
                 series.samples_into(buf);
-                buf.retain(|&(_, v)| !is_stale_nan(v));
+                // Stale markers are rare: look for one without writing, and only then
+                // remove them.
+                let stale = buf.iter().fold(false, |any, &(_, v)| any | is_stale_nan(v));
+                if stale {
+                    buf.retain(|&(_, v)| !is_stale_nan(v));
+                }
                 self.ctx.load(buf.len())?;
                 Ok(buf)
             }
@@ -1280,13 +1285,21 @@ impl Evaluator<'_> {
         let WindowScratch { args, resets, buf } = scratch;
         args.resize(scalars.len(), 0.0);
         let samples = self.points(series, buf)?;
-        // resets[j]: how many of samples[1..=j] are lower than their predecessor.
+        // resets[j]: how many of samples[1..=j] are lower than their predecessor; left
+        // empty when none is, as in most series (a comparison pass without writes).
         resets.clear();
-        let mut count = 0u32;
-        resets.push(0);
-        for pair in samples.windows(2) {
-            count += u32::from(pair[1].1 < pair[0].1);
-            resets.push(count);
+        let dropping = samples
+            .iter()
+            .skip(1)
+            .zip(samples)
+            .fold(false, |any, (b, a)| any | (b.1 < a.1));
+        if dropping {
+            let mut count = 0u32;
+            resets.push(0);
+            for pair in samples.windows(2) {
+                count += u32::from(pair[1].1 < pair[0].1);
+                resets.push(count);
+            }
         }
         let resets = &resets[..];
         let queryable = match spec.extrapolated {
@@ -1313,7 +1326,8 @@ impl Evaluator<'_> {
     }
 
     /// `f` of the window at each step of `samples` into `values`; returns how many
-    /// samples the windows held in all. `resets[j]` counts the drops in `samples[..=j]`.
+    /// samples the windows held in all. `resets[j]` counts the drops in `samples[..=j]`;
+    /// empty when there are none.
     #[inline(always)]
     fn slide(
         &self,
@@ -1344,7 +1358,7 @@ impl Evaluator<'_> {
                 range_start,
                 range_end,
                 eval_time: self.ts(i),
-                may_have_resets: hi > lo + 1 && resets[hi - 1] != resets[lo],
+                may_have_resets: hi > lo + 1 && !resets.is_empty() && resets[hi - 1] != resets[lo],
             };
             *slot = f(i, &w)?;
         }
