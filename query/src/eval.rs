@@ -12,7 +12,7 @@ use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
     VectorMatchCardinality, VectorSelector,
 };
-use strata_storage::{is_stale_nan, Db, Labels, MatchKind, Matcher, METRIC_NAME};
+use strata_storage::{is_stale_nan, read_ahead, Db, Labels, MatchKind, Matcher, METRIC_NAME};
 
 use crate::aggregate::{self, Param};
 use crate::functions::{self, Window};
@@ -361,6 +361,10 @@ const PARALLEL_MIN_WINDOWS: usize = 16_384;
 /// on the calling thread.
 const PARALLEL_MIN_SERIES_INSTANT: usize = 2_048;
 
+/// Series whose head chunk bytes are read ahead together ([`read_ahead`]) before they are
+/// decoded: about 300 bytes a chunk, a few chunks each.
+const READ_AHEAD_SERIES: usize = 512;
+
 /// How many threads one query's evaluation uses at most.
 fn query_threads() -> usize {
     std::thread::available_parallelism()
@@ -588,6 +592,16 @@ struct RangeSeries {
     points: Points,
     /// The metric name is to be removed at the end (delayed name removal).
     drop_name: bool,
+}
+
+impl RangeSeries {
+    /// The stored series behind it, if it is one.
+    fn stored(&self) -> Option<&strata_storage::Series> {
+        match &self.points {
+            Points::Stored(s) => Some(s),
+            Points::Computed(_) => None,
+        }
+    }
 }
 
 /// A window function's call with its arguments evaluated.
@@ -827,7 +841,14 @@ impl Evaluator<'_> {
         on_cores(&selected, min, |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut samples = Vec::new();
-            for series in part {
+            let mut ahead = None;
+            for (k, series) in part.iter().enumerate() {
+                if !single && k % READ_AHEAD_SERIES == 0 {
+                    // The guard before lets its bytes go first.
+                    drop(ahead.take());
+                    let batch = &part[k..(k + READ_AHEAD_SERIES).min(part.len())];
+                    ahead = Some(read_ahead(batch));
+                }
                 let mut values = vec![None; self.n];
                 if single {
                     let last = series.last_sample();
@@ -1210,7 +1231,24 @@ impl Evaluator<'_> {
             let mut out = Vec::new();
             let mut scratch = WindowScratch::default();
             let mut values = vec![None; self.n];
-            for g in part.iter().flat_map(Clone::clone) {
+            let groups: Vec<usize> = part.iter().flat_map(Clone::clone).collect();
+            let mut ahead = None;
+            for (k, &g) in groups.iter().enumerate() {
+                if ahead.as_ref().is_none_or(|&(until, _)| k >= until) {
+                    // The next groups, up to about READ_AHEAD_SERIES members; the guard
+                    // before lets its bytes go first.
+                    drop(ahead.take());
+                    let (mut until, mut n) = (k, 0);
+                    while until < groups.len() && n < READ_AHEAD_SERIES {
+                        n += members[groups[until]].len();
+                        until += 1;
+                    }
+                    let series = groups[k..until]
+                        .iter()
+                        .flat_map(|&g| &members[g])
+                        .filter_map(|&m| input.series[m].stored());
+                    ahead = Some((until, read_ahead(series)));
+                }
                 let mut acc = aggregate::GroupAcc::new(kind, self.n);
                 let mut first = None;
                 for &m in &members[g] {
@@ -1261,11 +1299,14 @@ impl Evaluator<'_> {
     ) -> Result<Vec<Option<Vec<Option<f64>>>>, QueryError> {
         let mut out = Vec::with_capacity(series_list.len());
         let mut scratch = WindowScratch::default();
-        for series in series_list {
-            let mut values = vec![None; self.n];
-            let any =
-                self.window_values(input, series, spec, scalars, &mut scratch, &mut values)?;
-            out.push(any.then_some(values));
+        for batch in series_list.chunks(READ_AHEAD_SERIES) {
+            let _ahead = read_ahead(batch.iter().filter_map(RangeSeries::stored));
+            for series in batch {
+                let mut values = vec![None; self.n];
+                let any =
+                    self.window_values(input, series, spec, scalars, &mut scratch, &mut values)?;
+                out.push(any.then_some(values));
+            }
         }
         Ok(out)
     }

@@ -260,6 +260,94 @@ thread_local! {
 
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Head chunk bytes read ahead on this thread ([`stage`]), looked up before the windows.
+struct Staged {
+    /// File id, first and end offset, and where its bytes start in `bytes`, of each
+    /// stretch read; sorted by file id and offset.
+    spans: Vec<(u64, u64, u64, usize)>,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static STAGED: std::cell::RefCell<Staged> = const {
+        std::cell::RefCell::new(Staged {
+            spans: Vec::new(),
+            bytes: Vec::new(),
+        })
+    };
+}
+
+/// Chunks closer than this in a file are read together, the bytes between them too: a
+/// system call costs about what copying a few KiB does.
+const STAGE_GAP: u64 = 2 << 10;
+
+/// Staged bytes kept for the thread's next [`stage`] at most; more is freed.
+const STAGE_KEEP: usize = 1 << 20;
+
+/// Reads the byte ranges `wanted` (a file, an offset, a length) of head chunk files
+/// ahead, in file order, each stretch of nearby chunks with one system call; until
+/// [`unstage`], this thread's [`SegmentFile::with_bytes`] serves them from here. A query
+/// decodes its series in label order, which is not the order the chunks were written
+/// in: read one by one, they cost a system call and a window's copy each. `wanted` is
+/// sorted in place. Ranges not written to the file yet, or whose read fails, are left
+/// to the windows. Nothing is read ahead, and `false` returned, when the chunks lie so
+/// far apart that a stretch would hold fewer than eight on average: the windows, which
+/// also bring in a chunk's neighbours, do as well then.
+pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
+    wanted.sort_unstable_by_key(|&(f, start, _)| (f.id, start));
+    let stretches = 1 + wanted
+        .windows(2)
+        .filter(|w| {
+            let end = u64::from(w[0].1) + u64::from(w[0].2);
+            w[1].0.id != w[0].0.id || u64::from(w[1].1) > end + STAGE_GAP
+        })
+        .count();
+    if stretches * 8 > wanted.len() {
+        return false;
+    }
+    STAGED.with_borrow_mut(|st| {
+        st.spans.clear();
+        st.bytes.clear();
+        let mut i = 0;
+        while i < wanted.len() {
+            let (file, start, len) = wanted[i];
+            let written = file.written.load(Ordering::Acquire);
+            let from = u64::from(start);
+            let mut to = from + u64::from(len);
+            i += 1;
+            if to > written {
+                continue;
+            }
+            while let Some(&(next, s, l)) = wanted.get(i) {
+                let end = u64::from(s) + u64::from(l);
+                if next.id != file.id || u64::from(s) > to + STAGE_GAP || end > written {
+                    break;
+                }
+                to = to.max(end);
+                i += 1;
+            }
+            let at = st.bytes.len();
+            st.bytes.resize(at + (to - from) as usize, 0);
+            match file.file.read_exact_at(&mut st.bytes[at..], from) {
+                Ok(()) => st.spans.push((file.id, from, to, at)),
+                Err(_) => st.bytes.truncate(at),
+            }
+        }
+    });
+    true
+}
+
+/// Ends this thread's [`stage`]: reads go through the windows again.
+pub(crate) fn unstage() {
+    STAGED.with_borrow_mut(|st| {
+        st.spans.clear();
+        st.bytes.clear();
+        if st.bytes.capacity() > STAGE_KEEP {
+            st.bytes = Vec::new();
+        }
+    });
+}
+
 impl std::fmt::Debug for SegmentFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegmentFile")
@@ -347,12 +435,28 @@ impl SegmentFile {
             }
             // Written out meanwhile: read from the file.
         }
+        if let Some((lo, hi)) = self.staged(from, to) {
+            return STAGED.with_borrow(|st| f(st.bytes.get(lo..hi).unwrap_or(&[])));
+        }
         READ_WINDOWS.with_borrow_mut(|w| match self.window(w, from, to) {
             Ok(bytes) => f(bytes),
             Err(e) => {
                 tracing::error!(file = %self.path.display(), start, error = %e, "reading a head chunk failed");
                 f(&[])
             }
+        })
+    }
+
+    /// Where bytes `from..to` of this file lie in this thread's staged bytes, if they do.
+    fn staged(&self, from: u64, to: u64) -> Option<(usize, usize)> {
+        STAGED.with_borrow(|st| {
+            // The last stretch starting at or before `from` in this file.
+            let i = st
+                .spans
+                .partition_point(|&(id, at, _, _)| (id, at) <= (self.id, from));
+            let &(id, at, end, pos) = st.spans.get(i.checked_sub(1)?)?;
+            let lo = pos + (from - at) as usize;
+            (id == self.id && to <= end).then_some((lo, lo + (to - from) as usize))
         })
     }
 

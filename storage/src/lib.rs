@@ -46,8 +46,8 @@ mod wal;
 pub use block::BlockMeta;
 pub use chunk::prometheus_xor_chunk;
 pub use db::{
-    Appender, CommitStats, Db, Options, Querier, Samples, Series, SeriesSamples, Stats, TsdbStatus,
-    WalHold,
+    read_ahead, Appender, CommitStats, Db, Options, Querier, ReadAhead, Samples, Series,
+    SeriesSamples, Stats, TsdbStatus, WalHold,
 };
 pub use error::Error;
 pub use labels::{hash_labels, Label, Labels, MixHasher, MixState as IntHash, METRIC_NAME};
