@@ -107,3 +107,53 @@ fn series_that_collide_once_named_apart_are_still_an_error() {
         "{err:?}"
     );
 }
+
+/// Each step of a range query is the instant query at that step's time, bit for bit:
+/// ranges of whole steps take a window's start from the window that many steps before,
+/// and samples lie exactly on window edges here.
+#[test]
+fn range_query_steps_equal_instant_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    let engine = Engine::default();
+    let mut compared = 0;
+    for f in [
+        "rate(m[5m])",
+        "increase(m[1m])",
+        "count_over_time(m[3m])",
+        "max_over_time(m[5m] offset 30s)",
+        "rate(m[90s])",
+    ] {
+        for step in [15_000, 60_000, 90_000, 120_000] {
+            let (start, end) = (HOUR / 2 + 7_500, HOUR + 15_000);
+            let range = engine.range_query(&db, f, start, end, step).unwrap();
+            let QueryValue::Matrix(m) = range.value else {
+                panic!("{f}: not a matrix");
+            };
+            let mut t = start;
+            while t <= end {
+                let QueryValue::Vector(v) = engine.instant_query(&db, f, t).unwrap().value else {
+                    panic!("{f} at {t}: not a vector");
+                };
+                let mut want: Vec<(String, u64)> = v
+                    .iter()
+                    .map(|(l, _, x)| (l.to_string(), x.to_bits()))
+                    .collect();
+                let mut got: Vec<(String, u64)> = m
+                    .iter()
+                    .filter_map(|(l, points)| {
+                        let p = points.iter().find(|p| p.0 == t)?;
+                        Some((l.to_string(), p.1.to_bits()))
+                    })
+                    .collect();
+                want.sort();
+                got.sort();
+                assert!(!want.is_empty(), "{f} at {t}: empty");
+                assert_eq!(got, want, "{f} at {t}, step {step}");
+                compared += 1;
+                t += step;
+            }
+        }
+    }
+    assert!(compared > 300, "{compared}");
+}
