@@ -387,20 +387,23 @@ fn on_cores<T: Sync, R: Send>(
     let per = items.len().div_ceil(threads);
     let f = &f;
     let parts: Vec<Result<Vec<R>, QueryError>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|part| sc.spawn(move || f(part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(QueryError::Execution(
-                        "a query evaluation thread panicked".into(),
-                    ))
-                })
-            })
-            .collect()
+        // The calling thread takes the first part itself: one thread fewer to start.
+        let mut chunks = items.chunks(per);
+        let first = chunks.next().unwrap_or(&[]);
+        let handles: Vec<_> = chunks.map(|part| sc.spawn(move || f(part))).collect();
+        let panicked = || {
+            Err(QueryError::Execution(
+                "a query evaluation thread panicked".into(),
+            ))
+        };
+        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(first)));
+        let mut parts = vec![own.unwrap_or_else(|_| panicked())];
+        parts.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| panicked())),
+        );
+        parts
     });
     let mut out = Vec::with_capacity(items.len());
     for p in parts {
