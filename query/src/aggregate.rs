@@ -155,7 +155,7 @@ fn top_k(
     let mut keep = vec![vec![false; n]; input.len()];
     // For an instant query: the output order, group by group, best first.
     let mut order: Vec<usize> = Vec::new();
-    let mut cand: Vec<usize> = Vec::new();
+    let mut cand: Vec<(f64, usize)> = Vec::new();
     for &k in &k {
         if k.is_nan() {
             return Err(QueryError::Execution("Parameter value is NaN".into()));
@@ -175,13 +175,10 @@ fn top_k(
             cand.clear();
             cand.extend(
                 idxs.iter()
-                    .copied()
-                    .filter(|&s| input[s].values[i].is_some()),
+                    .filter_map(|&s| input[s].values[i].map(|v| (v, s))),
             );
-            let value = |s: usize| input[s].values[i].unwrap_or(f64::NAN);
-            // Best first; NaN always ranks last.
-            cand.sort_by(|&a, &b| {
-                let (x, y) = (value(a), value(b));
+            // Best first; NaN always ranks last; equal values in input order.
+            let rank = |&(x, a): &(f64, usize), &(y, b): &(f64, usize)| {
                 match (x.is_nan(), y.is_nan()) {
                     (true, true) => std::cmp::Ordering::Equal,
                     (true, false) => std::cmp::Ordering::Greater,
@@ -189,8 +186,19 @@ fn top_k(
                     _ if top => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
                     _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
                 }
-            });
-            for &s in cand.iter().take(k.min(cand.len() as i64) as usize) {
+                .then(a.cmp(&b))
+            };
+            let take = k.min(cand.len() as i64) as usize;
+            if take < cand.len() {
+                // The best `take` first; a range query needs only which they are.
+                cand.select_nth_unstable_by(take, rank);
+                if n == 1 {
+                    cand[..take].sort_unstable_by(rank);
+                }
+            } else if n == 1 {
+                cand.sort_unstable_by(rank);
+            }
+            for &(_, s) in &cand[..take] {
                 keep[s][i] = true;
                 if n == 1 {
                     order.push(s);
@@ -470,6 +478,91 @@ impl Acc {
             Kind::Stdvar | Kind::Stddev if !self.finite => f64::NAN,
             Kind::Stdvar => self.welford_m2 / self.count,
             Kind::Stddev => (self.welford_m2 / self.count).sqrt(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `topk`/`bottomk` as a stable sort of each step's values, best first: what each
+    /// series keeps, and the order of those kept at the first step.
+    fn reference(values: &[Vec<Option<f64>>], k: usize, top: bool) -> (Vec<Vec<bool>>, Vec<usize>) {
+        let n = values[0].len();
+        let mut keep = vec![vec![false; n]; values.len()];
+        let mut first = Vec::new();
+        for i in 0..n {
+            let mut cand: Vec<usize> = (0..values.len())
+                .filter(|&s| values[s][i].is_some())
+                .collect();
+            let v = |s: usize| values[s][i].unwrap_or(f64::NAN);
+            cand.sort_by(|&a, &b| match (v(a).is_nan(), v(b).is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ if top => v(b).total_cmp(&v(a)),
+                _ => v(a).total_cmp(&v(b)),
+            });
+            for &s in cand.iter().take(k) {
+                keep[s][i] = true;
+                if i == 0 {
+                    first.push(s);
+                }
+            }
+        }
+        (keep, first)
+    }
+
+    #[test]
+    fn topk_keeps_the_stable_sorts_choice_with_ties_and_nan() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for case in 0..300 {
+            let (series, n) = (1 + next(30) as usize, 1 + next(20) as usize);
+            // Few distinct values, so that ties cross the k-th place often.
+            let values: Vec<Vec<Option<f64>>> = (0..series)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| match next(12) {
+                            0 => None,
+                            1 => Some(f64::NAN),
+                            v => Some(v as f64 % 5.0),
+                        })
+                        .collect()
+                })
+                .collect();
+            let k = next(series as u64 + 2) as usize;
+            for top in [true, false] {
+                let input: Vec<StepSeries> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(s, v)| {
+                        StepSeries::new(Labels::from_pairs([("s", s.to_string())]), v.clone())
+                    })
+                    .collect();
+                let out = top_k(input, None, Param::Scalar(vec![k as f64; n]), n, top)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let (want, first) = reference(&values, k, top);
+                let mut got = vec![vec![false; n]; series];
+                let mut order = Vec::new();
+                for s in &out {
+                    let i: usize = s.labels.get("s").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    for (j, v) in s.values.iter().enumerate() {
+                        got[i][j] = v.is_some();
+                    }
+                    order.push(i);
+                }
+                assert_eq!(got, want, "case {case}, k {k}, top {top}");
+                if n == 1 {
+                    assert_eq!(order, first, "case {case}: an instant query's order");
+                }
+            }
         }
     }
 }
