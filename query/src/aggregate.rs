@@ -381,43 +381,69 @@ impl Kind {
 
 /// One group's aggregation at every step, fed one member series at a time (members in
 /// group order, so every step sees its values in the same order however they arrive).
-pub(crate) struct GroupAcc {
-    kind: Kind,
-    steps: Vec<Option<Acc>>,
+pub(crate) enum GroupAcc {
+    /// `sum`, the most common, in a compact form: the Kahan sum and its compensation.
+    Sum(Vec<Option<(f64, f64)>>),
+    Any {
+        kind: Kind,
+        steps: Vec<Option<Acc>>,
+    },
 }
 
 impl GroupAcc {
     pub(crate) fn new(kind: Kind, n: usize) -> Self {
-        Self {
-            kind,
-            steps: vec![None; n],
+        match kind {
+            Kind::Sum => GroupAcc::Sum(vec![None; n]),
+            _ => GroupAcc::Any {
+                kind,
+                steps: vec![None; n],
+            },
         }
     }
 
     /// Adds a member's value at every step where it has one.
     pub(crate) fn add(&mut self, values: &[Option<f64>]) {
-        for (slot, v) in self.steps.iter_mut().zip(values) {
-            if let Some(v) = *v {
-                match slot {
-                    Some(a) => a.add(self.kind, v),
-                    None => *slot = Some(Acc::new(v)),
+        match self {
+            GroupAcc::Sum(steps) => {
+                for (slot, v) in steps.iter_mut().zip(values) {
+                    if let Some(v) = *v {
+                        *slot = Some(match *slot {
+                            Some((sum, c)) => kahan_sum_inc(v, sum, c),
+                            None => (v, 0.0),
+                        });
+                    }
+                }
+            }
+            GroupAcc::Any { kind, steps } => {
+                for (slot, v) in steps.iter_mut().zip(values) {
+                    if let Some(v) = *v {
+                        match slot {
+                            Some(a) => a.add(*kind, v),
+                            None => *slot = Some(Acc::new(v)),
+                        }
+                    }
                 }
             }
         }
     }
 
     pub(crate) fn finish(self) -> Vec<Option<f64>> {
-        let kind = self.kind;
-        self.steps
-            .into_iter()
-            .map(|a| a.map(|a| a.result(kind)))
-            .collect()
+        match self {
+            GroupAcc::Sum(steps) => steps
+                .into_iter()
+                .map(|a| a.map(|(sum, c)| sum + c))
+                .collect(),
+            GroupAcc::Any { kind, steps } => steps
+                .into_iter()
+                .map(|a| a.map(|a| a.result(kind)))
+                .collect(),
+        }
     }
 }
 
 /// The running state of one aggregation group at one step.
 #[derive(Debug, Clone, Copy)]
-struct Acc {
+pub(crate) struct Acc {
     value: f64,
     c: f64,
     count: f64,
