@@ -12,7 +12,8 @@ use crate::block::{
     ChunkView, NewBlock,
 };
 use crate::head::{
-    lock, merge_newest_wins, AppendOutcome, Batch, CutMark, Head, LimitHit, MemSeries, SeriesLimits,
+    lock, merge_newest_wins, AppendOutcome, Batch, CutMark, Head, LimitHit, MemSeries,
+    SelectedSeries, SeriesLimits,
 };
 use crate::head_chunks::{self, HeadChunks, HeadIter, SegmentFile};
 use crate::labels::Labels;
@@ -1242,17 +1243,29 @@ impl Series {
 
     /// [`Series::new`] from views with their precedence: arriving in time order unless
     /// out-of-order data overlaps other data, then sorted by precedence.
-    fn from_ranked(
+    /// `chunks` from several sources, `tags` naming each source's rank and where its
+    /// chunks start: ranked in order of precedence when they overlap.
+    fn from_tagged(
         labels: Labels,
-        mut views: Vec<(u64, ChunkView)>,
+        mut chunks: Vec<ChunkView>,
+        tags: &[(u64, usize)],
         mint: i64,
         maxt: i64,
         last: Option<(i64, f64)>,
     ) -> Series {
-        if overlap(views.iter().map(|v| &v.1)).0 {
-            views.sort_by_key(|v| v.0);
+        if overlap(chunks.iter()).0 {
+            let mut ranked: Vec<(u64, ChunkView)> = Vec::with_capacity(chunks.len());
+            for (i, c) in chunks.drain(..).enumerate() {
+                let rank = tags
+                    .iter()
+                    .take_while(|&&(_, from)| from <= i)
+                    .last()
+                    .map_or(0, |&(rank, _)| rank);
+                ranked.push((rank, c));
+            }
+            ranked.sort_by_key(|v| v.0);
+            chunks.extend(ranked.into_iter().map(|v| v.1));
         }
-        let chunks = views.into_iter().map(|v| v.1).collect();
         Series::new(labels, chunks, mint, maxt, last)
     }
 
@@ -1379,39 +1392,90 @@ impl Series {
     }
 }
 
-/// A series' label set, its chunk views ranked by source, and its newest sample when the
-/// head knows it.
-type Ranked = (Labels, Vec<(u64, ChunkView)>, Option<(i64, f64)>);
+/// A block's sequence number and its selected series, sorted by labels.
+type BlockSelection = (u64, Vec<(Labels, Vec<ChunkView>)>);
 
-/// Merges two lists sorted by labels, each label set once in each; a series in both gets
-/// `a`'s views, then `b`'s, and `b`'s newest sample if it has one.
-fn merge_ranked(a: Vec<Ranked>, b: Vec<Ranked>) -> Vec<Ranked> {
-    if a.is_empty() {
-        return b;
-    }
-    if b.is_empty() {
-        return a;
-    }
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+/// The series of the blocks (each list tagged with its block's sequence number, sorted
+/// by labels) and of the head (sorted by labels), merged into one list sorted by labels:
+/// a series' views are its blocks' chunks in block order, then the head's chunks, then
+/// its out-of-order samples, each source's list moved once into the series' own.
+fn merge_sources(
+    mut blocks: Vec<BlockSelection>,
+    mut head: Vec<SelectedSeries>,
+    mint: i64,
+    maxt: i64,
+) -> Vec<Series> {
+    let mut at = vec![0usize; blocks.len()];
+    let mut head_at = 0;
+    let mut out = Vec::with_capacity(
+        head.len()
+            .max(blocks.iter().map(|b| b.1.len()).max().unwrap_or(0)),
+    );
+    // Which sources hold the next series, and where each source's views start.
+    let mut holding: Vec<usize> = Vec::with_capacity(blocks.len());
+    let mut tags: Vec<(u64, usize)> = Vec::with_capacity(blocks.len() + 2);
     loop {
-        let order = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => x.0.cmp(&y.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => break,
-        };
-        match order {
-            std::cmp::Ordering::Less => out.extend(a.next()),
-            std::cmp::Ordering::Greater => out.extend(b.next()),
-            std::cmp::Ordering::Equal => {
-                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
-                    x.1.extend(y.1);
-                    x.2 = y.2.or(x.2);
-                    out.push(x);
+        // The smallest label set any source has next.
+        let mut least: Option<&Labels> = None;
+        for (k, (_, list)) in blocks.iter().enumerate() {
+            if let Some((l, _)) = list.get(at[k]) {
+                if least.is_none_or(|m| l < m) {
+                    least = Some(l);
                 }
             }
         }
+        let in_head = head.get(head_at).map(|h| &h.0);
+        if let Some(h) = in_head {
+            if least.is_none_or(|m| h < m) {
+                least = Some(h);
+            }
+        }
+        let Some(least) = least else {
+            break;
+        };
+        holding.clear();
+        let mut count = 0;
+        for (k, (_, list)) in blocks.iter().enumerate() {
+            if let Some((l, views)) = list.get(at[k]) {
+                if l == least {
+                    holding.push(k);
+                    count += views.len();
+                }
+            }
+        }
+        let head_holds = in_head == Some(least);
+        let mut labels = None;
+        let mut chunks: Vec<ChunkView> = Vec::with_capacity(count + if head_holds { 6 } else { 0 });
+        tags.clear();
+        for &k in &holding {
+            let (seq, list) = &mut blocks[k];
+            if let Some((l, views)) = list.get_mut(at[k]) {
+                labels.get_or_insert_with(|| std::mem::replace(l, Labels::empty()));
+                tags.push((*seq, chunks.len()));
+                chunks.append(views);
+            }
+            at[k] += 1;
+        }
+        let mut last = None;
+        if head_holds {
+            if let Some((l, views, ooo, newest)) = head.get_mut(head_at) {
+                labels.get_or_insert_with(|| std::mem::replace(l, Labels::empty()));
+                tags.push((HEAD_CHUNKS, chunks.len()));
+                if views.is_empty() && ooo.is_empty() {
+                    // Selected for its newest sample only: that sample stands for the head.
+                    chunks.extend(newest.map(|n| ChunkView::Samples(Arc::new([n]))));
+                }
+                chunks.append(views);
+                if !ooo.is_empty() {
+                    tags.push((HEAD_OUT_OF_ORDER, chunks.len()));
+                    chunks.push(ChunkView::Samples(std::mem::take(ooo).into()));
+                }
+                last = *newest;
+            }
+            head_at += 1;
+        }
+        let labels = labels.unwrap_or_else(Labels::empty);
+        out.push(Series::from_tagged(labels, chunks, &tags, mint, maxt, last));
     }
     out
 }
@@ -1629,38 +1693,16 @@ impl Querier {
             .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
             .cloned()
             .collect();
-        let from_blocks: Vec<Vec<Ranked>> = blocks
+        let from_blocks: Vec<BlockSelection> = blocks
             .iter()
             .map(|b| {
-                let mut list: Vec<Ranked> = b
-                    .select(matchers, self.mint, self.maxt)
-                    .into_iter()
-                    .map(|(labels, chunks)| {
-                        let views = chunks.into_iter().map(|c| (b.meta.seq, c)).collect();
-                        (labels, views, None)
-                    })
-                    .collect();
+                let mut list = b.select(matchers, self.mint, self.maxt);
                 if !list.is_sorted_by(|x, y| x.0 <= y.0) {
                     list.sort_by(|x, y| x.0.cmp(&y.0));
                 }
-                list
+                (b.meta.seq, list)
             })
             .collect();
-        let head_views = |chunks: Vec<ChunkView>,
-                          ooo: Vec<(i64, f64)>,
-                          last: Option<(i64, f64)>|
-         -> Vec<(u64, ChunkView)> {
-            let mut views: Vec<(u64, ChunkView)> =
-                chunks.into_iter().map(|c| (HEAD_CHUNKS, c)).collect();
-            if views.is_empty() && ooo.is_empty() {
-                // Selected for its newest sample only: that sample stands for the head.
-                views.extend(last.map(|l| (HEAD_CHUNKS, ChunkView::Samples(Arc::new([l])))));
-            }
-            if !ooo.is_empty() {
-                views.push((HEAD_OUT_OF_ORDER, ChunkView::Samples(ooo.into())));
-            }
-            views
-        };
         let mut out: Vec<Series> = if from_blocks.is_empty() {
             // The head's chunks, then its out-of-order samples: time order, or else the
             // order of precedence.
@@ -1676,21 +1718,9 @@ impl Querier {
             // Blocks are sorted by start: a series' views are its blocks' chunks, then
             // the head's. Each source lists its series sorted by labels, and a block
             // holds the head's own label sets (see `open_block`): the lists are merged,
-            // most comparisons settled by address.
-            let mut merged: Vec<Ranked> = Vec::new();
-            for list in from_blocks {
-                merged = merge_ranked(merged, list);
-            }
-            let list: Vec<Ranked> = head
-                .into_iter()
-                .map(|(labels, chunks, ooo, last)| (labels, head_views(chunks, ooo, last), last))
-                .collect();
-            merge_ranked(merged, list)
-                .into_iter()
-                .map(|(labels, views, last)| {
-                    Series::from_ranked(labels, views, self.mint, self.maxt, last)
-                })
-                .collect()
+            // most comparisons settled by address, each series' views moved once into
+            // its own list.
+            merge_sources(from_blocks, head, self.mint, self.maxt)
         };
         out.retain(Series::has_samples);
         Ok(out)
@@ -3223,6 +3253,65 @@ mod tests {
         }
         assert_eq!(read_all(&db, "b"), want_b);
         assert_eq!(read_all(&db, "a"), want);
+        Ok(())
+    }
+
+    #[test]
+    fn series_in_any_subset_of_blocks_and_head_merge_once_in_label_order() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 10_000,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        // Series j{i} has samples in the 10 s ranges k = 0, 1, 2 whose bit is set in i
+        // (three blocks once cut) and in range 3 (the head) when i is odd; a rewrite in
+        // an imported block wins over the first block.
+        let mut want = std::collections::BTreeMap::new();
+        for k in 0..4i64 {
+            let mut app = db.appender();
+            for i in 0..16i64 {
+                let present = if k == 3 {
+                    i % 2 == 1
+                } else {
+                    i & (1 << k) != 0
+                };
+                if present {
+                    for t in [k * 10_000 + 1_000, k * 10_000 + 6_000] {
+                        app.append(&up(&format!("j{i:02}")), t, (i * 100 + t / 1000) as f64)?;
+                        want.insert(
+                            (up(&format!("j{i:02}")).to_string(), t),
+                            (i * 100 + t / 1000) as f64,
+                        );
+                    }
+                }
+            }
+            app.commit()?;
+            db.maintain()?;
+        }
+        db.write_blocks(vec![(up("j01"), vec![(1_000, -1.0)])])?;
+        want.insert((up("j01").to_string(), 1_000), -1.0);
+        assert!(db.block_metas().len() >= 3);
+        let q = db.querier(i64::MIN, i64::MAX);
+        let series = q.select(&[Matcher::regex("job", ".+")?])?;
+        let names: Vec<String> = series.iter().map(|s| s.labels.to_string()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names, sorted, "sorted by labels, each once");
+        // j00 and j08 have no sample in any source.
+        assert_eq!(names.len(), 14, "every series with a sample: {names:?}");
+        let got: std::collections::BTreeMap<(String, i64), f64> = series
+            .iter()
+            .flat_map(|s| {
+                let key = s.labels.to_string();
+                s.samples().map(move |(t, v)| ((key.clone(), t), v))
+            })
+            .collect();
+        assert_eq!(got, want);
         Ok(())
     }
 
