@@ -334,6 +334,9 @@ pub(crate) struct Block {
     series: Vec<BlockSeries>,
     postings: Postings,
     pub(crate) bytes: u64,
+    /// Whether the series are in label order, as the format has them: a selection's
+    /// list then needs no sorting, and can be split by labels.
+    pub(crate) sorted: bool,
 }
 
 /// The directory name of a block.
@@ -1114,6 +1117,7 @@ impl Block {
             .filter_map(|p| fs::metadata(p).ok())
             .map(|m| m.len())
             .sum();
+        let sorted = series.windows(2).all(|w| w[0].labels < w[1].labels);
         Ok(Block {
             meta,
             dir: dir.to_owned(),
@@ -1122,27 +1126,48 @@ impl Block {
             series,
             postings,
             bytes,
+            sorted,
         })
     }
 
-    /// The series matching `matchers` with chunks overlapping `[mint, maxt]`.
     /// Gives back the pages of the chunks file read so far (see [`release_pages`]); for
     /// reads that go through a whole block, such as a merge.
     pub(crate) fn release_pages(&self) {
         release_pages(&self.chunks);
     }
 
+    /// The series matching `matchers` with chunks overlapping `[mint, maxt]`, and those
+    /// chunks.
+    #[cfg(test)]
     pub(crate) fn select(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
     ) -> Vec<(Labels, Vec<ChunkView>)> {
+        self.select_positions(&self.matching_in(matchers, mint, maxt), mint, maxt)
+    }
+
+    /// The positions of the series matching `matchers`, ascending (in label order when
+    /// [`Block::sorted`]); none when the block lies outside `[mint, maxt]`. With
+    /// [`Block::select_positions`], a block's part of a selection.
+    pub(crate) fn matching_in(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<u32> {
         if maxt < self.meta.min_time || mint >= self.meta.max_time {
             return Vec::new();
         }
-        let mut out = Vec::new();
-        for r in self.postings.select(matchers).iter() {
+        self.matching(matchers)
+    }
+
+    /// The series at `positions` with chunks overlapping `[mint, maxt]`, and those
+    /// chunks.
+    pub(crate) fn select_positions(
+        &self,
+        positions: &[u32],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<(Labels, Vec<ChunkView>)> {
+        let mut out = Vec::with_capacity(positions.len());
+        for &r in positions {
             let Some(s) = self.series.get(r as usize) else {
                 continue;
             };

@@ -1392,6 +1392,10 @@ impl Series {
     }
 }
 
+/// From this many series in all sources, a selection merges them in two halves side by
+/// side.
+const PARALLEL_MERGE: usize = 1_536;
+
 /// A block's sequence number and its selected series, sorted by labels.
 type BlockSelection = (u64, Vec<(Labels, Vec<ChunkView>)>);
 
@@ -1693,36 +1697,72 @@ impl Querier {
             .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
             .cloned()
             .collect();
-        let from_blocks: Vec<BlockSelection> = blocks
-            .iter()
-            .map(|b| {
-                let mut list = b.select(matchers, self.mint, self.maxt);
-                if !list.is_sorted_by(|x, y| x.0 <= y.0) {
-                    list.sort_by(|x, y| x.0.cmp(&y.0));
-                }
-                (b.meta.seq, list)
-            })
-            .collect();
-        let mut out: Vec<Series> = if from_blocks.is_empty() {
+        if blocks.is_empty() {
             // The head's chunks, then its out-of-order samples: time order, or else the
             // order of precedence.
-            head.into_iter()
+            let mut out: Vec<Series> = head
+                .into_iter()
                 .map(|(labels, mut chunks, ooo, last)| {
                     if !ooo.is_empty() {
                         chunks.push(ChunkView::Samples(ooo.into()));
                     }
                     Series::new(labels, chunks, self.mint, self.maxt, last)
                 })
-                .collect()
-        } else {
-            // Blocks are sorted by start: a series' views are its blocks' chunks, then
-            // the head's. Each source lists its series sorted by labels, and a block
-            // holds the head's own label sets (see `open_block`): the lists are merged,
-            // most comparisons settled by address, each series' views moved once into
-            // its own list.
-            merge_sources(from_blocks, head, self.mint, self.maxt)
+                .collect();
+            out.retain(Series::has_samples);
+            return Ok(out);
+        }
+        let positions: Vec<Vec<u32>> = blocks
+            .iter()
+            .map(|b| b.matching_in(matchers, self.mint, self.maxt))
+            .collect();
+        // Blocks are sorted by start: a series' views are its blocks' chunks, then the
+        // head's. Each source lists its series sorted by labels, and a block holds the
+        // head's own label sets (see `open_block`): the lists are merged, most
+        // comparisons settled by address, each series' views moved once into its own
+        // list. Many series are merged in two halves split at a label, side by side.
+        let merge = |head: Vec<SelectedSeries>, positions: Vec<&[u32]>| {
+            let from_blocks: Vec<BlockSelection> = blocks
+                .iter()
+                .zip(positions)
+                .map(|(b, p)| {
+                    let mut list = b.select_positions(p, self.mint, self.maxt);
+                    if !b.sorted {
+                        list.sort_by(|x, y| x.0.cmp(&y.0));
+                    }
+                    (b.meta.seq, list)
+                })
+                .collect();
+            let mut out = merge_sources(from_blocks, head, self.mint, self.maxt);
+            out.retain(Series::has_samples);
+            out
         };
-        out.retain(Series::has_samples);
+        let total = head.len() + positions.iter().map(Vec::len).sum::<usize>();
+        let split = (total >= PARALLEL_MERGE
+            && blocks.iter().all(|b| b.sorted)
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+        .then(|| head.get(head.len() / 2).map(|h| h.0.clone()))
+        .flatten();
+        let Some(split) = split else {
+            return Ok(merge(head, positions.iter().map(Vec::as_slice).collect()));
+        };
+        let mut front = head;
+        let back = front.split_off(front.partition_point(|h| h.0 < split));
+        let (fronts, backs): (Vec<&[u32]>, Vec<&[u32]>) = blocks
+            .iter()
+            .zip(&positions)
+            .map(|(b, p)| {
+                let at =
+                    p.partition_point(|&r| b.series_labels(r as usize).is_some_and(|l| *l < split));
+                p.split_at(at)
+            })
+            .unzip();
+        let out = std::thread::scope(|sc| {
+            let later = sc.spawn(|| merge(back, backs));
+            let mut out = merge(front, fronts);
+            out.extend(crate::head::join(later));
+            out
+        });
         Ok(out)
     }
 
@@ -3258,60 +3298,63 @@ mod tests {
 
     #[test]
     fn series_in_any_subset_of_blocks_and_head_merge_once_in_label_order() -> Result<(), Error> {
-        let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                block_range_ms: 10_000,
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
-        // Series j{i} has samples in the 10 s ranges k = 0, 1, 2 whose bit is set in i
-        // (three blocks once cut) and in range 3 (the head) when i is odd; a rewrite in
-        // an imported block wins over the first block.
-        let mut want = std::collections::BTreeMap::new();
-        for k in 0..4i64 {
-            let mut app = db.appender();
-            for i in 0..16i64 {
-                let present = if k == 3 {
-                    i % 2 == 1
-                } else {
-                    i & (1 << k) != 0
-                };
-                if present {
-                    for t in [k * 10_000 + 1_000, k * 10_000 + 6_000] {
-                        app.append(&up(&format!("j{i:02}")), t, (i * 100 + t / 1000) as f64)?;
-                        want.insert(
-                            (up(&format!("j{i:02}")).to_string(), t),
-                            (i * 100 + t / 1000) as f64,
-                        );
+        // 16 series merge in one pass; 2,000 (more than PARALLEL_MERGE in all sources) in
+        // two halves split at a label.
+        for n in [16i64, 2_000] {
+            let dir = tmp();
+            let db = Db::open(
+                dir.path(),
+                Options {
+                    block_range_ms: 10_000,
+                    wal_fsync: false,
+                    ..Options::default()
+                },
+            )?;
+            // Series j{i} has samples in the 10 s ranges k = 0, 1, 2 whose bit is set in
+            // i (three blocks once cut) and in range 3 (the head) when i is odd; a rewrite
+            // in an imported block wins over the first block.
+            let name = |i: i64| up(&format!("j{i:04}"));
+            let mut want = std::collections::BTreeMap::new();
+            for k in 0..4i64 {
+                let mut app = db.appender();
+                for i in 0..n {
+                    let present = if k == 3 {
+                        i % 2 == 1
+                    } else {
+                        i & (1 << k) != 0
+                    };
+                    if present {
+                        for t in [k * 10_000 + 1_000, k * 10_000 + 6_000] {
+                            let v = (i * 100 + t / 1000) as f64;
+                            app.append(&name(i), t, v)?;
+                            want.insert((name(i).to_string(), t), v);
+                        }
                     }
                 }
+                app.commit()?;
+                db.maintain()?;
             }
-            app.commit()?;
-            db.maintain()?;
+            db.write_blocks(vec![(name(1), vec![(1_000, -1.0)])])?;
+            want.insert((name(1).to_string(), 1_000), -1.0);
+            assert!(db.block_metas().len() >= 3);
+            let q = db.querier(i64::MIN, i64::MAX);
+            let series = q.select(&[Matcher::regex("job", ".+")?])?;
+            let names: Vec<String> = series.iter().map(|s| s.labels.to_string()).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(names, sorted, "sorted by labels, each once");
+            // Every eighth series has no sample in any source.
+            assert_eq!(names.len() as i64, n - n / 8, "every series with a sample");
+            let got: std::collections::BTreeMap<(String, i64), f64> = series
+                .iter()
+                .flat_map(|s| {
+                    let key = s.labels.to_string();
+                    s.samples().map(move |(t, v)| ((key.clone(), t), v))
+                })
+                .collect();
+            assert_eq!(got, want, "{n} series");
         }
-        db.write_blocks(vec![(up("j01"), vec![(1_000, -1.0)])])?;
-        want.insert((up("j01").to_string(), 1_000), -1.0);
-        assert!(db.block_metas().len() >= 3);
-        let q = db.querier(i64::MIN, i64::MAX);
-        let series = q.select(&[Matcher::regex("job", ".+")?])?;
-        let names: Vec<String> = series.iter().map(|s| s.labels.to_string()).collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(names, sorted, "sorted by labels, each once");
-        // j00 and j08 have no sample in any source.
-        assert_eq!(names.len(), 14, "every series with a sample: {names:?}");
-        let got: std::collections::BTreeMap<(String, i64), f64> = series
-            .iter()
-            .flat_map(|s| {
-                let key = s.labels.to_string();
-                s.samples().map(move |(t, v)| ((key.clone(), t), v))
-            })
-            .collect();
-        assert_eq!(got, want);
         Ok(())
     }
 

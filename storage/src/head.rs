@@ -520,6 +520,31 @@ const PARALLEL_SELECT: usize = 2_048;
 
 /// Sorts series by their labels; in two halves on two threads, then merged, when
 /// `parallel`.
+/// The chunk views in `[mint, maxt]` of each of `series` that has any there, with its
+/// out-of-order samples and its newest sample (with `newest_only`, that sample alone
+/// when the head knows it): the second half of [`Head::select`].
+pub(crate) fn take_selected(
+    series: &[Arc<MemSeries>],
+    mint: i64,
+    maxt: i64,
+    newest_only: bool,
+) -> Vec<SelectedSeries> {
+    let mut out: Vec<SelectedSeries> = Vec::with_capacity(series.len());
+    for s in series {
+        let (chunks, ooo, last) = {
+            let d = lock(&s.data);
+            match d.last_sample(mint, maxt) {
+                Some(last) if newest_only => (Vec::new(), Vec::new(), Some(last)),
+                last => (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt), last),
+            }
+        };
+        if !chunks.is_empty() || !ooo.is_empty() || last.is_some() {
+            out.push((s.labels.clone(), chunks, ooo, last));
+        }
+    }
+    out
+}
+
 fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
     let by_labels = |a: &Arc<MemSeries>, b: &Arc<MemSeries>| a.labels.cmp(&b.labels);
     if !parallel {
@@ -571,7 +596,7 @@ fn intern(symbols: &mut HashSet<Arc<str>>, s: &Arc<str>) -> Arc<str> {
 }
 
 /// The result of a scoped thread; its panic goes on in the caller.
-fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(crate) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
@@ -1151,28 +1176,9 @@ impl Head {
         maxt: i64,
         newest_only: bool,
     ) -> Vec<SelectedSeries> {
-        let mut series = self.matching_with_aliases(matchers);
+        let series = self.matching_sorted(matchers);
         let parallel = series.len() >= PARALLEL_SELECT;
-        // Sorted as pointers: moving the selections themselves costs more than the
-        // comparisons. An alias sorts next to the series it names.
-        sort_by_labels(&mut series, parallel);
-        series.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        let take = |part: &[Arc<MemSeries>]| {
-            let mut out: Vec<SelectedSeries> = Vec::with_capacity(part.len());
-            for s in part {
-                let (chunks, ooo, last) = {
-                    let d = lock(&s.data);
-                    match d.last_sample(mint, maxt) {
-                        Some(last) if newest_only => (Vec::new(), Vec::new(), Some(last)),
-                        last => (d.chunks_in(mint, maxt), d.ooo_in(mint, maxt), last),
-                    }
-                };
-                if !chunks.is_empty() || !ooo.is_empty() || last.is_some() {
-                    out.push((s.labels.clone(), chunks, ooo, last));
-                }
-            }
-            out
-        };
+        let take = |part: &[Arc<MemSeries>]| take_selected(part, mint, maxt, newest_only);
         if !parallel {
             return take(&series);
         }
@@ -1183,6 +1189,18 @@ impl Head {
             out.extend(join(back));
             out
         })
+    }
+
+    /// The series matching `matchers`, sorted by labels, each once: the first half of
+    /// [`Head::select`], whose second is [`take_selected`].
+    pub(crate) fn matching_sorted(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let mut series = self.matching_with_aliases(matchers);
+        // Sorted as pointers: moving the selections themselves costs more than the
+        // comparisons. An alias sorts next to the series it names.
+        let parallel = series.len() >= PARALLEL_SELECT;
+        sort_by_labels(&mut series, parallel);
+        series.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        series
     }
 
     /// The series matching `matchers` with a sample in `[mint, maxt]` (their labels are
