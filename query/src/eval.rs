@@ -1045,6 +1045,43 @@ impl Evaluator<'_> {
         }
     }
 
+    /// [`Evaluator::points`], and whether any point is lower than the one before it,
+    /// found in the same pass as the stale markers.
+    #[allow(clippy::type_complexity)]
+    fn points_with_drops<'b>(
+        &self,
+        s: &'b RangeSeries,
+        buf: &'b mut Vec<(i64, f64)>,
+    ) -> Result<(&'b [(i64, f64)], bool), QueryError> {
+        let drops = |p: &[(i64, f64)]| {
+            p.iter()
+                .skip(1)
+                .zip(p)
+                .fold(false, |any, (b, a)| any | (b.1 < a.1))
+        };
+        match &s.points {
+            Points::Computed(p) => Ok((p, drops(p))),
+            Points::Stored(series) => {
+                buf.clear();
+                series.samples_into(buf);
+                let first_stale = buf.first().is_some_and(|s| is_stale_nan(s.1));
+                let (stale, mut dropping) = buf
+                    .iter()
+                    .skip(1)
+                    .zip(buf.iter())
+                    .fold((first_stale, false), |(stale, dropping), (b, a)| {
+                        (stale | is_stale_nan(b.1), dropping | (b.1 < a.1))
+                    });
+                if stale {
+                    buf.retain(|&(_, v)| !is_stale_nan(v));
+                    dropping = drops(buf);
+                }
+                self.ctx.load(buf.len())?;
+                Ok((buf, dropping))
+            }
+        }
+    }
+
     /// Whether a window function over `series` series at this query's steps is worth
     /// spreading over threads.
     fn parallel_windows(&self, series: usize) -> bool {
@@ -1335,15 +1372,10 @@ impl Evaluator<'_> {
             ends,
         } = scratch;
         args.resize(scalars.len(), 0.0);
-        let samples = self.points(series, buf)?;
+        let (samples, dropping) = self.points_with_drops(series, buf)?;
         // resets[j]: how many of samples[1..=j] are lower than their predecessor; left
-        // empty when none is, as in most series (a comparison pass without writes).
+        // empty when none is, as in most series (found without writes).
         resets.clear();
-        let dropping = samples
-            .iter()
-            .skip(1)
-            .zip(samples)
-            .fold(false, |any, (b, a)| any | (b.1 < a.1));
         if dropping {
             let mut count = 0u32;
             resets.push(0);
