@@ -8,7 +8,8 @@
 //! counters with integer and fractional steps, random-walk gauges, constants — at a 15 s
 //! interval with a few ms of jitter, HOURS of data (default 6), 2,000 samples per
 //! request, sent over four kept-alive connections (each host always on the same one, so
-//! every series arrives in time order).
+//! every series arrives in time order; none more than 150 requests ahead of the slowest,
+//! as senders of one scrape round keep together).
 //!
 //! Per system: ingest samples/s, receiver CPU seconds, samples per receiver CPU-second,
 //! peak RSS, bytes per sample on disk once persisted (Prometheus: admin snapshot;
@@ -361,17 +362,40 @@ fn dir_bytes(p: &Path) -> u64 {
     total
 }
 
+/// How many bodies one connection may send ahead of the slowest: about 20 minutes of
+/// data at 20 hosts. A connection left more than an hour behind the others (a loaded
+/// machine can starve one thread) would have Prometheus refuse its samples as out of
+/// bounds of its head; senders of one scrape round stay together in practice.
+const MAX_LEAD: usize = 150;
+
 /// Pushes every connection's bodies concurrently, each over one kept-alive HTTP/1.1
-/// connection as a remote-write sender keeps it; the wall time.
+/// connection as a remote-write sender keeps it, none more than [`MAX_LEAD`] bodies
+/// ahead of the slowest; the wall time.
 fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let started = Instant::now();
+    let sent: Vec<AtomicUsize> = conns.iter().map(|_| AtomicUsize::new(0)).collect();
+    let sent = &sent;
     std::thread::scope(|s| {
-        for bodies in conns {
+        for (c, bodies) in conns.iter().enumerate() {
             s.spawn(move || {
                 let mut conn = KeptAlive { addr, stream: None };
-                for b in bodies {
+                for (i, b) in bodies.iter().enumerate() {
+                    let waiting = Instant::now();
+                    // Connections that have sent all theirs hold nobody back.
+                    while conns.iter().zip(sent).any(|(other, n)| {
+                        let n = n.load(Ordering::Acquire);
+                        n < other.len() && n + MAX_LEAD < i
+                    }) {
+                        assert!(
+                            waiting.elapsed() < Duration::from_secs(300),
+                            "{addr}: connection {c} waited 5 minutes for the others"
+                        );
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
                     let (status, body) = conn.post_write(b).unwrap();
                     assert!(status / 100 == 2, "{addr}: {status} {body}");
+                    sent[c].store(i + 1, Ordering::Release);
                 }
             });
         }
