@@ -281,8 +281,14 @@ thread_local! {
 /// system call costs about what copying a few KiB does.
 const STAGE_GAP: u64 = 2 << 10;
 
-/// Staged bytes kept for the thread's next [`stage`] at most; more is freed.
-const STAGE_KEEP: usize = 1 << 20;
+/// Bytes one [`stage`] reads ahead at most; the chunks past them are left to the
+/// windows. A stretch holds the chunks between the wanted ones too, and at 75,000
+/// series a batch's stretches could add up to tens of MiB of resident memory.
+pub(crate) const STAGE_BUDGET: usize = 1 << 20;
+
+/// One read's length at most, so that a run of chunks longer than the budget is still
+/// read ahead in part.
+const STAGE_STRETCH: u64 = 128 << 10;
 
 /// Reads the byte ranges `wanted` (a file, an offset, a length) of head chunk files
 /// ahead, in file order, each stretch of nearby chunks with one system call; until
@@ -290,7 +296,7 @@ const STAGE_KEEP: usize = 1 << 20;
 /// decodes its series in label order, which is not the order the chunks were written
 /// in: read one by one, they cost a system call and a window's copy each. `wanted` is
 /// sorted in place. Ranges not written to the file yet, or whose read fails, are left
-/// to the windows. Nothing is read ahead, and `false` returned, when the chunks lie so
+/// to the windows, as are those past [`STAGE_BUDGET`]. Nothing is read ahead, and `false` returned, when the chunks lie so
 /// far apart that a stretch would hold fewer than eight on average: the windows, which
 /// also bring in a chunk's neighbours, do as well then.
 pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
@@ -305,27 +311,44 @@ pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
     if stretches * 8 > wanted.len() {
         return false;
     }
+    // The stretches, in file order, while they fit the budget.
+    let mut stretches: Vec<(&SegmentFile, u64, u64)> = Vec::new();
+    let mut total = 0usize;
+    let mut i = 0;
+    while i < wanted.len() {
+        let (file, start, len) = wanted[i];
+        let written = file.written.load(Ordering::Acquire);
+        let from = u64::from(start);
+        let mut to = from + u64::from(len);
+        i += 1;
+        if to > written {
+            continue;
+        }
+        while let Some(&(next, s, l)) = wanted.get(i) {
+            let end = u64::from(s) + u64::from(l);
+            if next.id != file.id
+                || u64::from(s) > to + STAGE_GAP
+                || end > written
+                || end - from > STAGE_STRETCH
+            {
+                break;
+            }
+            to = to.max(end);
+            i += 1;
+        }
+        total += (to - from) as usize;
+        if total > STAGE_BUDGET {
+            break;
+        }
+        stretches.push((file, from, to));
+    }
+    if stretches.is_empty() {
+        return false;
+    }
     STAGED.with_borrow_mut(|st| {
         st.spans.clear();
         st.bytes.clear();
-        let mut i = 0;
-        while i < wanted.len() {
-            let (file, start, len) = wanted[i];
-            let written = file.written.load(Ordering::Acquire);
-            let from = u64::from(start);
-            let mut to = from + u64::from(len);
-            i += 1;
-            if to > written {
-                continue;
-            }
-            while let Some(&(next, s, l)) = wanted.get(i) {
-                let end = u64::from(s) + u64::from(l);
-                if next.id != file.id || u64::from(s) > to + STAGE_GAP || end > written {
-                    break;
-                }
-                to = to.max(end);
-                i += 1;
-            }
+        for (file, from, to) in stretches {
             let at = st.bytes.len();
             st.bytes.resize(at + (to - from) as usize, 0);
             match file.file.read_exact_at(&mut st.bytes[at..], from) {
@@ -337,14 +360,17 @@ pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
     true
 }
 
+/// How many bytes this thread holds read ahead.
+#[cfg(test)]
+pub(crate) fn staged_len() -> usize {
+    STAGED.with_borrow(|st| st.bytes.len())
+}
+
 /// Ends this thread's [`stage`]: reads go through the windows again.
 pub(crate) fn unstage() {
     STAGED.with_borrow_mut(|st| {
         st.spans.clear();
         st.bytes.clear();
-        if st.bytes.capacity() > STAGE_KEEP {
-            st.bytes = Vec::new();
-        }
     });
 }
 
