@@ -1241,10 +1241,9 @@ impl Series {
         }
     }
 
-    /// [`Series::new`] from views with their precedence: arriving in time order unless
-    /// out-of-order data overlaps other data, then sorted by precedence.
-    /// `chunks` from several sources, `tags` naming each source's rank and where its
-    /// chunks start: ranked in order of precedence when they overlap.
+    /// [`Series::new`] from the chunks of several sources in time order, `tags` naming
+    /// each source's rank and where its chunks start: sorted by rank (stably) when
+    /// out-of-order data or a rewrite overlaps other data.
     fn from_tagged(
         labels: Labels,
         mut chunks: Vec<ChunkView>,
@@ -1456,7 +1455,8 @@ fn merge_sources(
             if let Some((l, views)) = list.get_mut(at[k]) {
                 labels.get_or_insert_with(|| std::mem::replace(l, Labels::empty()));
                 tags.push((*seq, chunks.len()));
-                chunks.append(views);
+                // Taken, so that the source's list is freed now rather than with all.
+                chunks.extend(std::mem::take(views));
             }
             at[k] += 1;
         }
@@ -1469,7 +1469,7 @@ fn merge_sources(
                     // Selected for its newest sample only: that sample stands for the head.
                     chunks.extend(newest.map(|n| ChunkView::Samples(Arc::new([n]))));
                 }
-                chunks.append(views);
+                chunks.extend(std::mem::take(views));
                 if !ooo.is_empty() {
                     tags.push((HEAD_OUT_OF_ORDER, chunks.len()));
                     chunks.push(ChunkView::Samples(std::mem::take(ooo).into()));
