@@ -1028,25 +1028,12 @@ impl Evaluator<'_> {
         s: &'b RangeSeries,
         buf: &'b mut Vec<(i64, f64)>,
     ) -> Result<&'b [(i64, f64)], QueryError> {
-        match &s.points {
-            Points::Computed(p) => Ok(p),
-            Points::Stored(series) => {
-                buf.clear();
-                series.samples_into(buf);
-                // Stale markers are rare: look for one without writing, and only then
-                // remove them.
-                let stale = buf.iter().fold(false, |any, &(_, v)| any | is_stale_nan(v));
-                if stale {
-                    buf.retain(|&(_, v)| !is_stale_nan(v));
-                }
-                self.ctx.load(buf.len())?;
-                Ok(buf)
-            }
-        }
+        Ok(self.points_with_drops(s, buf)?.0)
     }
 
-    /// [`Evaluator::points`], and whether any point is lower than the one before it,
-    /// found in the same pass as the stale markers.
+    /// [`Evaluator::points`], and whether any point is lower than the one before it.
+    /// Stale markers are rare: one pass that writes nothing looks for them and for drops
+    /// together, and only a series that has one is cleaned.
     #[allow(clippy::type_complexity)]
     fn points_with_drops<'b>(
         &self,

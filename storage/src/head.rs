@@ -518,8 +518,6 @@ impl MemSeries {
 /// views on two threads.
 const PARALLEL_SELECT: usize = 2_048;
 
-/// Sorts series by their labels; in two halves on two threads, then merged, when
-/// `parallel`.
 /// The chunk views in `[mint, maxt]` of each of `series` that has any there, with its
 /// out-of-order samples and its newest sample (with `newest_only`, that sample alone
 /// when the head knows it): the second half of [`Head::select`].
@@ -545,6 +543,8 @@ pub(crate) fn take_selected(
     out
 }
 
+/// Sorts series by their labels; in two halves on two threads, then merged, when
+/// `parallel`.
 fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
     let by_labels = |a: &Arc<MemSeries>, b: &Arc<MemSeries>| a.labels.cmp(&b.labels);
     if !parallel {

@@ -296,19 +296,20 @@ const STAGE_STRETCH: u64 = 128 << 10;
 /// decodes its series in label order, which is not the order the chunks were written
 /// in: read one by one, they cost a system call and a window's copy each. `wanted` is
 /// sorted in place. Ranges not written to the file yet, or whose read fails, are left
-/// to the windows, as are those past [`STAGE_BUDGET`]. Nothing is read ahead, and `false` returned, when the chunks lie so
-/// far apart that a stretch would hold fewer than eight on average: the windows, which
-/// also bring in a chunk's neighbours, do as well then.
+/// to the windows, as are those past [`STAGE_BUDGET`]. Nothing is read ahead, and
+/// `false` returned, when the chunks lie so far apart that a stretch would hold fewer
+/// than eight on average: the windows, which also bring in a chunk's neighbours, do as
+/// well then.
 pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
     wanted.sort_unstable_by_key(|&(f, start, _)| (f.id, start));
-    let stretches = 1 + wanted
+    let runs = 1 + wanted
         .windows(2)
         .filter(|w| {
             let end = u64::from(w[0].1) + u64::from(w[0].2);
             w[1].0.id != w[0].0.id || u64::from(w[1].1) > end + STAGE_GAP
         })
         .count();
-    if stretches * 8 > wanted.len() {
+    if runs * 8 > wanted.len() {
         return false;
     }
     // The stretches, in file order, while they fit the budget.
