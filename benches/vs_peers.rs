@@ -24,8 +24,9 @@
 //!
 //! Run: `cargo bench --bench vs_peers` (HOSTS=100 HOURS=2 for the larger run; NO_RECORD=1
 //! only prints; KEEP_SECONDS=n keeps the three running afterwards, to query them by hand;
-//! ONLY=strata (or prometheus, victoria-metrics) runs one system alone and prints its
-//! figures without a table, for tuning; QUERIES=0 stops after ingest and persisting;
+//! ONLY=strata (or prometheus, victoria-metrics, or a comma-separated list such as
+//! `strata,victoria-metrics`) runs only those systems and prints their figures without a
+//! table, for tuning; QUERIES=0 stops after ingest and persisting;
 //! CONNECTIONS=n sends over n connections instead of four; STRATA_FLAGS="..." adds flags
 //! to strata's command line, such as `--wal-fsync false`; a table made with either says
 //! so in its command).
@@ -717,7 +718,10 @@ fn main() {
         child: None,
     }];
     let only = std::env::var("ONLY").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|o| o == name))
+    };
     if wanted("prometheus") {
         peers.push(start_prometheus(dir.path()));
     }

@@ -20,7 +20,7 @@ mod status;
 mod ui;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -358,8 +358,31 @@ fn timeout_param(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
 }
 
 /// A query that loaded this many samples (tens of milliseconds of work) gives the memory
-/// it freed back to the system.
+/// it freed back to the system, once queries pause.
 const TRIM_AFTER_SAMPLES: u64 = 1_000_000;
+/// How long no large query must end before the heap is trimmed: a dashboard's burst of
+/// queries reuses what the one before freed instead of faulting it in again.
+const TRIM_AFTER_PAUSE: Duration = Duration::from_secs(1);
+/// Large queries that end without a pause between them trim every this many, so that a
+/// steady stream of them cannot leave the heap untrimmed.
+const TRIM_EVERY: u64 = 32;
+
+/// Trims the heap once large queries pause for [`TRIM_AFTER_PAUSE`], or at every
+/// [`TRIM_EVERY`]th large query.
+fn trim_when_queries_pause() {
+    static LARGE_QUERIES: AtomicU64 = AtomicU64::new(0);
+    let n = LARGE_QUERIES.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+    if n % TRIM_EVERY == 0 {
+        tokio::task::spawn_blocking(give_back_free_memory);
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(TRIM_AFTER_PAUSE).await;
+        if LARGE_QUERIES.load(std::sync::atomic::Ordering::Acquire) == n {
+            tokio::task::spawn_blocking(give_back_free_memory);
+        }
+    });
+}
 
 /// Returns the allocator's free pages to the system. Large queries allocate on several
 /// threads and the allocator keeps what they free in per-thread arenas; without this the
@@ -434,8 +457,7 @@ async fn run_query(
     .await?;
     let (body, loaded) = body;
     if loaded >= TRIM_AFTER_SAMPLES {
-        // Off the response's path: the answer goes out meanwhile.
-        tokio::task::spawn_blocking(give_back_free_memory);
+        trim_when_queries_pause();
     }
     Ok(json_response(StatusCode::OK, body))
 }
