@@ -372,7 +372,7 @@ const TRIM_EVERY: u64 = 32;
 fn trim_when_queries_pause() {
     static LARGE_QUERIES: AtomicU64 = AtomicU64::new(0);
     let n = LARGE_QUERIES.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-    if n % TRIM_EVERY == 0 {
+    if n.is_multiple_of(TRIM_EVERY) {
         tokio::task::spawn_blocking(give_back_free_memory);
         return;
     }
