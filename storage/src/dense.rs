@@ -61,7 +61,7 @@ pub(crate) fn as_decimal(v: f64, e: usize) -> Option<i64> {
     ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
 }
 
-fn zigzag_len(v: i64) -> usize {
+pub(crate) fn zigzag_len(v: i64) -> usize {
     let u = ((v << 1) ^ (v >> 63)) as u64;
     (64 - u.leading_zeros() as usize).max(1).div_ceil(7)
 }
@@ -204,7 +204,7 @@ fn encode_mantissas(
     header(&mut values, order | PACKED);
     put_varint(&mut values, base);
     values.push(width);
-    put_packed(&mut values, r, base, width);
+    put_packed(&mut values, r.iter().copied(), base, width);
     if values.len() < best.len() {
         best = pack_raw(values.clone())?;
     }
@@ -345,12 +345,17 @@ enum Residuals<'a> {
 }
 
 /// Appends `r[i] - base` in `width` bits each, least significant bit first.
-fn put_packed(out: &mut Vec<u8>, r: &[i64], base: i64, width: u8) {
+pub(crate) fn put_packed(
+    out: &mut Vec<u8>,
+    r: impl IntoIterator<Item = i64>,
+    base: i64,
+    width: u8,
+) {
     if width == 0 {
         return;
     }
     let (mut acc, mut bits) = (0u128, 0u32);
-    for &x in r {
+    for x in r {
         acc |= u128::from(x.wrapping_sub(base) as u64) << bits;
         bits += u32::from(width);
         while bits >= 8 {
@@ -449,7 +454,7 @@ fn pack(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn gcd(mut a: u64, mut b: u64) -> u64 {
+pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }

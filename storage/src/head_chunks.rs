@@ -878,7 +878,7 @@ mod tests {
             assert_eq!(got[7], (k * 1000 + 7, (k * 1000 + 7) as f64 / 4.0));
             assert_eq!((c.min_t(), c.max_t()), (k * 1000, k * 1000 + 119));
         }
-        assert!(hc.disk_size() > 3 * 120);
+        assert!(hc.disk_size() > 3 * RECORD_HEADER);
         // Only the segment being written exists; it is never removed.
         hc.truncate_before(i64::MAX);
         assert!(dir.join("00000000").exists());
@@ -927,12 +927,19 @@ mod tests {
             }
             c
         };
-        // Enough chunks for a few writes of the queue, each read at once (from the
-        // queue) and all read again at the end (from the file, but the last ones).
+        // Enough chunks for a few writes of the queue, and to leave some in it, each read
+        // at once (from the queue) and all read again at the end (from the file, but the
+        // last ones).
+        let queued = || {
+            lock(&hc.writer)
+                .segments
+                .last()
+                .map_or(0, |s| lock(&s.file.pending).bytes.len())
+        };
         let mut buf = Vec::new();
         let mut written = Vec::new();
         let mut k = 0;
-        while hc.disk_size() < 3 * FLUSH_AT as u64 {
+        while hc.disk_size() < 3 * FLUSH_AT as u64 || queued() == 0 {
             let c = chunk(k);
             let want: Vec<(i64, f64)> = c.iter().collect();
             let p = hc.persist(&c);
