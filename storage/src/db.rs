@@ -2297,6 +2297,9 @@ mod tests {
             assert_eq!(&bits(&s.samples().collect::<Vec<_>>()), want);
         }
         drop(ahead);
+        // One series' chunks lie a chunk of every other series apart: no stretch holds
+        // two, and the windows read them.
+        assert!(!read_ahead(&series[..1]).staged);
         // Read ahead for some series only: the others read as before.
         let _ahead = read_ahead(series.iter().step_by(3));
         for (s, want) in series.iter().zip(&one_by_one) {

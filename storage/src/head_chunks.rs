@@ -298,8 +298,10 @@ const STAGE_STRETCH: u64 = 128 << 10;
 /// sorted in place. Ranges not written to the file yet, or whose read fails, are left
 /// to the windows, as are those past [`STAGE_BUDGET`]. Nothing is read ahead, and
 /// `false` returned, when the chunks lie so far apart that a stretch would hold fewer
-/// than eight on average: the windows, which also bring in a chunk's neighbours, do as
-/// well then.
+/// than two on average: a window, which also brings in a chunk's neighbours, costs as
+/// many system calls then. Chunks decoded in an order that leaves their neighbours for
+/// later (the members of `sum by (le)` groups, one bucket of every host before the
+/// next) cost a window's read each otherwise.
 pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
     wanted.sort_unstable_by_key(|&(f, start, _)| (f.id, start));
     let runs = 1 + wanted
@@ -309,7 +311,7 @@ pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
             w[1].0.id != w[0].0.id || u64::from(w[1].1) > end + STAGE_GAP
         })
         .count();
-    if runs * 8 > wanted.len() {
+    if runs * 2 > wanted.len() {
         return false;
     }
     // The stretches, in file order, while they fit the budget.
