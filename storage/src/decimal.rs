@@ -74,7 +74,11 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
         let (rt, dm) = (time_residual(k), delta(k));
         varint_bytes += zigzag_len(rt) + zigzag_len(dm);
         (t_min, t_max) = (t_min.min(rt), t_max.max(rt));
-        factor = gcd(factor, dm.unsigned_abs());
+        // Random increments reach 1 within a few deltas; a division each after that
+        // would cost more than the rest of the encoding.
+        if factor != 1 {
+            factor = gcd(factor, dm.unsigned_abs());
+        }
     }
     let factor = factor.clamp(1, i64::MAX as u64) as i64;
     let (mut m_min, mut m_max) = (i64::MAX, i64::MIN);
