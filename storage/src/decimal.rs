@@ -16,7 +16,7 @@
 use crate::dense::{
     as_decimal, decimal_exponent, gcd, median_step, put_packed, zigzag_len, MAX_EXPONENT, POW10,
 };
-use crate::varint::{put_uvarint, put_varint, Cursor};
+use crate::varint::{bytes_at, put_uvarint, put_varint, Cursor};
 
 /// The top bit of a head chunk's stored sample count: the chunk is in this encoding.
 pub(crate) const DECIMAL: u16 = 0x8000;
@@ -152,16 +152,7 @@ impl<'a> Packed<'a> {
     fn get(&self, k: usize) -> u64 {
         let bit = k * self.width as usize;
         let at = bit / 8;
-        let word = match self.bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
-            Some(w) => u64::from_le_bytes(*w),
-            None => {
-                // The last few bytes: zero beyond the end.
-                let mut w = [0u8; 8];
-                let tail = self.bytes.get(at..).unwrap_or(&[]);
-                w[..tail.len()].copy_from_slice(tail);
-                u64::from_le_bytes(w)
-            }
-        };
+        let word = u64::from_le_bytes(bytes_at(self.bytes, at));
         (word >> (bit % 8)) & self.mask
     }
 }

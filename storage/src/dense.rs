@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use crate::varint::{put_uvarint, put_varint, Cursor};
+use crate::varint::{bytes_at, put_uvarint, put_varint, Cursor};
 use crate::Error;
 
 /// Largest decimal exponent tried: 10^15 keeps `m` within 2^53 for values below 9.
@@ -324,17 +324,8 @@ impl<'a> GroupDecoder<'a> {
         {
             let bit = g * self.width as usize;
             let at = bit / 8;
-            // Up to 64 bits from any bit offset: 16 bytes, zero past the end.
-            let word = match self.bytes.get(at..).and_then(|b| b.first_chunk::<16>()) {
-                Some(w) => u128::from_le_bytes(*w),
-                None => {
-                    let mut w = [0u8; 16];
-                    let tail = self.bytes.get(at..).unwrap_or(&[]);
-                    let n = tail.len().min(16);
-                    w[..n].copy_from_slice(&tail[..n]);
-                    u128::from_le_bytes(w)
-                }
-            };
+            // Up to 64 bits from any bit offset: 16 bytes.
+            let word = u128::from_le_bytes(bytes_at(self.bytes, at));
             let mut x = (word >> (bit % 8)) as u64 & mask;
             for d in out.iter_mut() {
                 let q = self.by_radix.div(x);

@@ -18,6 +18,22 @@ pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// `N` bytes of `buf` from `at`, zero past its end: a fixed-size load for bit-packed
+/// fields, which may start in the last few bytes.
+#[inline(always)]
+pub(crate) fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    match buf.get(at..).and_then(|b| b.first_chunk::<N>()) {
+        Some(w) => *w,
+        None => {
+            let mut w = [0u8; N];
+            let tail = buf.get(at..).unwrap_or(&[]);
+            let n = tail.len().min(N);
+            w[..n].copy_from_slice(&tail[..n]);
+            w
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
