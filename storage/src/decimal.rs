@@ -100,8 +100,8 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
     out.push(e as u8 | if packed { PACKED } else { 0 });
     put_varint(out, t0);
     put_varint(out, step);
+    put_varint(out, ms[0]);
     if packed {
-        put_varint(out, ms[0]);
         put_varint(out, t_min);
         out.push(t_width as u8);
         put_uvarint(out, factor as u64);
@@ -115,7 +115,6 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
             m_width as u8,
         );
     } else {
-        put_varint(out, ms[0]);
         for k in 1..=n {
             put_varint(out, time_residual(k));
             put_varint(out, delta(k));
@@ -155,6 +154,18 @@ impl<'a> Packed<'a> {
         let word = u64::from_le_bytes(bytes_at(self.bytes, at));
         (word >> (bit % 8)) & self.mask
     }
+
+    /// Unpacks the residuals from index `k` (a multiple of [`BATCH`]) into `out`; `buf`
+    /// is scratch space.
+    #[inline(always)]
+    fn batch(&self, k: usize, buf: &mut [u8; BATCH_BYTES], out: &mut [u64; BATCH]) {
+        let w = self.width as usize;
+        let from = k * w / 8;
+        let bytes = self.bytes.get(from..).unwrap_or(&[]);
+        let n = bytes.len().min(BATCH * w / 8);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        UNPACK[w](buf, out);
+    }
 }
 
 /// Residuals unpacked at a time by [`DecimalIter::decode_while`].
@@ -189,20 +200,6 @@ static UNPACK: [Unpack; MAX_WIDTH as usize + 1] = unpackers!(
     29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56
 );
 
-impl Packed<'_> {
-    /// Unpacks the residuals from index `k` (a multiple of [`BATCH`]) into `out`; `buf`
-    /// is scratch space.
-    #[inline(always)]
-    fn batch(&self, k: usize, buf: &mut [u8; BATCH_BYTES], out: &mut [u64; BATCH]) {
-        let w = self.width as usize;
-        let from = k * w / 8;
-        let bytes = self.bytes.get(from..).unwrap_or(&[]);
-        let n = bytes.len().min(BATCH * w / 8);
-        buf[..n].copy_from_slice(&bytes[..n]);
-        UNPACK[w](buf, out);
-    }
-}
-
 /// Where a bit-packed chunk's residuals come from.
 #[derive(Clone)]
 struct PackedResiduals<'a> {
@@ -229,6 +226,38 @@ impl PackedResiduals<'_> {
         self.m_base
             .wrapping_add(self.mantissas.get(k) as i64)
             .wrapping_mul(self.factor)
+    }
+
+    /// The samples after the one at (`t`, `m`) up to residual `end`, to `f` until it
+    /// returns `false`; `value` makes a value of a mantissa.
+    #[inline(always)]
+    fn decode(
+        &self,
+        mut t: i64,
+        mut m: i64,
+        step: i64,
+        end: usize,
+        mut f: impl FnMut(i64, f64) -> bool,
+        value: impl Fn(i64) -> f64,
+    ) {
+        let t_step = step.wrapping_add(self.t_base);
+        let (m_base, factor) = (self.m_base, self.factor);
+        let mut buf = [0u8; BATCH_BYTES];
+        let (mut times, mut deltas) = ([0u64; BATCH], [0u64; BATCH]);
+        let mut k = self.k;
+        while k < end {
+            let n = (end - k).min(BATCH);
+            self.times.batch(k, &mut buf, &mut times);
+            self.mantissas.batch(k, &mut buf, &mut deltas);
+            for (&rt, &dm) in times[..n].iter().zip(&deltas[..n]) {
+                t = t.wrapping_add(t_step).wrapping_add(rt as i64);
+                m = m.wrapping_add(m_base.wrapping_add(dm as i64).wrapping_mul(factor));
+                if !f(t, value(m)) {
+                    return;
+                }
+            }
+            k += n;
+        }
     }
 }
 
@@ -300,25 +329,20 @@ impl<'a> DecimalIter<'a> {
     /// Passes the samples not read yet to `f`, in order, until it returns `false`.
     #[inline]
     pub(crate) fn decode_while(mut self, mut f: impl FnMut(i64, f64) -> bool) {
-        if self.packed.is_none() || self.first {
-            // Varints, or a packed chunk's first sample (from the header).
-            match self.next() {
-                Some((t, v)) if f(t, v) => {}
-                _ => return,
-            }
-            if self.packed.is_none() {
-                for (t, v) in self {
-                    if !f(t, v) {
-                        return;
-                    }
+        if self.packed.is_none() {
+            for (t, v) in self {
+                if !f(t, v) {
+                    return;
                 }
-                return;
             }
+            return;
         }
-        // The rest, unpacked a batch at a time: residuals of one width each take the
-        // same few instructions. A chunk read partly through `next` first goes on that
-        // way to a batch's start.
-        while self.remaining > 0 && self.packed.as_ref().is_some_and(|p| p.k % BATCH != 0) {
+        // A packed chunk's first sample (from the header), and the rest of a batch read
+        // partly through `next`, one at a time; then the rest a batch at a time, where
+        // residuals of one width each take the same few instructions.
+        while self.remaining > 0
+            && (self.first || self.packed.as_ref().is_some_and(|p| p.k % BATCH != 0))
+        {
             match self.next() {
                 Some((t, v)) if f(t, v) => {}
                 _ => return,
@@ -334,40 +358,6 @@ impl<'a> DecimalIter<'a> {
             p.decode(self.t, self.m, self.step, end, f, |m| m as f64);
         } else {
             p.decode(self.t, self.m, self.step, end, f, |m| m as f64 / pow);
-        }
-    }
-}
-
-impl PackedResiduals<'_> {
-    /// The samples after the one at (`t`, `m`) up to residual `end`, to `f` until it
-    /// returns `false`; `value` makes a value of a mantissa.
-    #[inline(always)]
-    fn decode(
-        &self,
-        mut t: i64,
-        mut m: i64,
-        step: i64,
-        end: usize,
-        mut f: impl FnMut(i64, f64) -> bool,
-        value: impl Fn(i64) -> f64,
-    ) {
-        let t_step = step.wrapping_add(self.t_base);
-        let (m_base, factor) = (self.m_base, self.factor);
-        let mut buf = [0u8; BATCH_BYTES];
-        let (mut times, mut deltas) = ([0u64; BATCH], [0u64; BATCH]);
-        let mut k = self.k;
-        while k < end {
-            let n = (end - k).min(BATCH);
-            self.times.batch(k, &mut buf, &mut times);
-            self.mantissas.batch(k, &mut buf, &mut deltas);
-            for (&rt, &dm) in times[..n].iter().zip(&deltas[..n]) {
-                t = t.wrapping_add(t_step).wrapping_add(rt as i64);
-                m = m.wrapping_add(m_base.wrapping_add(dm as i64).wrapping_mul(factor));
-                if !f(t, value(m)) {
-                    return;
-                }
-            }
-            k += n;
         }
     }
 }
