@@ -576,6 +576,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .context("starting the listener")?;
         let query_timeout = Duration::from_millis(args.query_timeout_ms.max(1) as u64);
+        let wal_sync = Arc::new(
+            server::wal_sync::WalSync::start(db.clone()).context("starting the WAL sync thread")?,
+        );
         let state = Arc::new(server::AppState {
             db: db.clone(),
             engine,
@@ -608,6 +611,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             series_limit_status: axum::http::StatusCode::from_u16(args.series_limit_status)
                 .unwrap_or(axum::http::StatusCode::TOO_MANY_REQUESTS),
             auth,
+            wal_sync: Arc::clone(&wal_sync),
         });
         if args.config_file.is_some() || web_tls.is_some() {
             tokio::spawn(server::reload_on_sighup(Arc::clone(&state)));
@@ -626,10 +630,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             db.clone(),
             Duration::from_millis((args.block_range_ms / 4).clamp(1_000, 60_000) as u64),
         ));
-        axum::serve(listener, server::router(state))
+        let served = axum::serve(listener, server::router(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        wal_sync.stop();
+        served
     })?;
     scraper.stop();
     manager.stop();

@@ -101,8 +101,11 @@ pub struct TsdbStatus {
 
 struct Wal {
     writer: Mutex<WalWriter>,
-    /// Sequence number of the last write known to be on stable storage.
+    /// Sequence number of the last write known to be on stable storage; held while
+    /// syncing, so that commits waiting meanwhile share the next fdatasync.
     synced: Mutex<u64>,
+    /// What `synced` holds, readable without waiting for a sync in progress.
+    durable: AtomicU64,
     fsync: bool,
 }
 
@@ -220,6 +223,7 @@ impl Db {
                 wal: Wal {
                     writer: Mutex::new(writer),
                     synced: Mutex::new(0),
+                    durable: AtomicU64::new(0),
                     fsync,
                 },
                 replay,
@@ -358,6 +362,37 @@ impl Db {
             .head
             .time_range()
             .is_some_and(|(min, max)| max - min > range + range / 2)
+    }
+
+    /// Makes the WAL writes through `unsynced` durable (group commit: one fdatasync
+    /// covers every write made before it started, so commits waiting meanwhile share
+    /// it). Returns at once when they are already synced, or the WAL is not synced per
+    /// commit (`wal_fsync` off).
+    pub fn sync_wal(&self, unsynced: Unsynced) -> Result<(), Error> {
+        let wal = &self.inner.wal;
+        if self.is_durable(unsynced) {
+            return Ok(());
+        }
+        let mut synced = lock(&wal.synced);
+        if *synced < unsynced.0 {
+            // Writes up to `target` are in the current segment or in older segments,
+            // which were synced when they were closed.
+            let (target, current) = {
+                let w = lock(&wal.writer);
+                (w.seq(), w.file())
+            };
+            current
+                .sync_data()
+                .map_err(|e| Error::io(&self.inner.dir.join("wal"), e))?;
+            *synced = target;
+            wal.durable.store(target, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Whether the WAL writes through `unsynced` are on stable storage already.
+    pub fn is_durable(&self, unsynced: Unsynced) -> bool {
+        self.inner.wal.durable.load(Ordering::Acquire) >= unsynced.0
     }
 
     /// Cuts the head's oldest block ranges into blocks while the head spans more than one
@@ -918,6 +953,12 @@ pub struct CommitStats {
     pub new_series: usize,
 }
 
+/// A commit's WAL write that may not be on stable storage yet ([`Db::sync_wal`]).
+/// Ordered: syncing through one covers every earlier one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "the samples are not durable until the WAL is synced through this"]
+pub struct Unsynced(u64);
+
 impl Appender {
     /// Adds a sample for the series with `labels` (sorted, unique names, non-empty),
     /// returning the series' reference for [`Appender::append_ref`].
@@ -1117,10 +1158,25 @@ impl Appender {
     }
 
     /// Writes the samples to the WAL (synced per the fsync policy) and then to the head.
-    /// When this returns `Ok`, the samples survive a crash.
+    /// When this returns `Ok`, the samples survive a crash. When it fails in the sync,
+    /// they may be in the head (and answer queries) without being durable.
     pub fn commit(self) -> Result<CommitStats, Error> {
+        let db = Db {
+            inner: Arc::clone(&self.db),
+        };
+        let (stats, unsynced) = self.commit_unsynced()?;
+        db.sync_wal(unsynced)?;
+        Ok(stats)
+    }
+
+    /// [`Appender::commit`] without waiting for the WAL sync: the samples are in the WAL
+    /// file and in the head, and survive a crash of the process but not yet of the
+    /// machine until [`Db::sync_wal`] with the returned [`Unsynced`] (or a later one)
+    /// succeeds. A writer that acknowledges only after that sync can hand the wait to
+    /// another thread and meanwhile decode its next request.
+    pub fn commit_unsynced(self) -> Result<(CommitStats, Unsynced), Error> {
         if self.samples.is_empty() {
-            return Ok(CommitStats::default());
+            return Ok((CommitStats::default(), Unsynced(0)));
         }
         let db = &self.db;
         let wal_samples: Vec<(SeriesRef, i64, f64)> = self
@@ -1150,22 +1206,6 @@ impl Appender {
             new_series = fresh.len();
             w.seq()
         };
-        if db.wal.fsync {
-            // Group commit: one fdatasync covers every write made before it started.
-            // Writes up to `target` are in the current segment or in older segments,
-            // which were synced when they were closed.
-            let mut synced = lock(&db.wal.synced);
-            if *synced < seq {
-                let (target, current) = {
-                    let w = lock(&db.wal.writer);
-                    (w.seq(), w.file())
-                };
-                current
-                    .sync_data()
-                    .map_err(|e| Error::io(&db.dir.join("wal"), e))?;
-                *synced = target;
-            }
-        }
         let mut batch = Batch::default();
         let mut i = 0;
         // Samples arrive grouped by series; the next GROUP series are prefetched together.
@@ -1195,10 +1235,14 @@ impl Appender {
             }
         }
         db.head.apply_batch(&batch);
-        Ok(CommitStats {
-            samples: self.samples.len(),
-            new_series,
-        })
+        let unsynced = Unsynced(if db.wal.fsync { seq } else { 0 });
+        Ok((
+            CommitStats {
+                samples: self.samples.len(),
+                new_series,
+            },
+            unsynced,
+        ))
     }
 
     /// Discards everything appended.

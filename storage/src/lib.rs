@@ -47,7 +47,7 @@ pub use block::BlockMeta;
 pub use chunk::prometheus_xor_chunk;
 pub use db::{
     read_ahead, Appender, CommitStats, Db, Options, Querier, ReadAhead, Samples, Series,
-    SeriesSamples, Stats, TsdbStatus, WalHold,
+    SeriesSamples, Stats, TsdbStatus, Unsynced, WalHold,
 };
 pub use error::Error;
 pub use labels::{hash_labels, Label, Labels, MixHasher, MixState as IntHash, METRIC_NAME};
