@@ -2293,6 +2293,44 @@ mod tests {
     }
 
     #[test]
+    fn an_unsynced_commit_is_queryable_and_durable_once_synced() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let commit = |t: i64| -> Result<Unsynced, Error> {
+            let mut app = db.appender();
+            app.append(&up("a"), t, 1.0)?;
+            Ok(app.commit_unsynced()?.1)
+        };
+        let first = commit(1_000)?;
+        let second = commit(2_000)?;
+        assert!(first < second);
+        // In the head before the sync; not yet known durable.
+        assert_eq!(read_all(&db, "a"), vec![(1_000, 1.0), (2_000, 1.0)]);
+        assert!(!db.is_durable(first) && !db.is_durable(second));
+        // One sync through the later write covers the earlier one.
+        db.sync_wal(second)?;
+        assert!(db.is_durable(first) && db.is_durable(second));
+        let third = commit(3_000)?;
+        assert!(!db.is_durable(third));
+        // A commit that appended nothing needs no sync.
+        assert!(db.is_durable(db.appender().commit_unsynced()?.1));
+        drop(db);
+        // Without fsync per commit, every commit counts as durable at once.
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        let mut app = db.appender();
+        app.append(&up("b"), 1_000, 2.0)?;
+        assert!(db.is_durable(app.commit_unsynced()?.1));
+        Ok(())
+    }
+
+    #[test]
     fn read_ahead_gives_the_same_samples_as_reading_chunk_by_chunk() -> Result<(), Error> {
         let dir = tmp();
         let db = Db::open(dir.path(), Options::default())?;
