@@ -91,16 +91,31 @@ pub(crate) fn encode_values(samples: &[(i64, f64)]) -> Result<Option<Vec<u8>>, E
     let n = samples.len();
     // Decimal exponent: the largest any value needs; values needing none are exceptions.
     // A value exact at the largest so far needs no more, and only the others are searched.
+    // Each value's mantissa at the exponent of its time, kept: only those before the
+    // last rise of the exponent (none, when the first value has the largest) are found
+    // again at the final one.
     let mut exponent = 0;
-    for &(_, v) in samples {
-        if as_decimal(v, exponent).is_none() {
-            exponent = exponent.max(decimal_exponent(v).unwrap_or(0));
+    let mut mantissas: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut stale = 0;
+    for (i, &(_, v)) in samples.iter().enumerate() {
+        let mut m = as_decimal(v, exponent);
+        if m.is_none() {
+            let e = exponent.max(decimal_exponent(v).unwrap_or(0));
+            if e != exponent {
+                exponent = e;
+                stale = i;
+                m = as_decimal(v, exponent);
+            }
         }
+        mantissas.push(m);
+    }
+    for (m, &(_, v)) in mantissas[..stale].iter_mut().zip(samples) {
+        *m = as_decimal(v, exponent);
     }
     let mut exceptions: Vec<(usize, u64)> = Vec::new();
     let mut ints: Vec<i64> = Vec::with_capacity(n);
-    for (i, &(_, v)) in samples.iter().enumerate() {
-        match as_decimal(v, exponent) {
+    for (i, (m, &(_, v))) in mantissas.into_iter().zip(samples).enumerate() {
+        match m {
             Some(m) => ints.push(m),
             None => exceptions.push((i, v.to_bits())),
         }
@@ -194,12 +209,12 @@ fn encode_mantissas(
     // Bit-packed or range-coded: best when residuals spread evenly over a range (random
     // increments), which byte-wise compression codes a few bits above their entropy. Each
     // is taken when smaller, as is.
-    let (order, r) = if span(&second).0 < span(&deltas).0 {
-        orders[1]
+    let (first_span, second_span) = (span(&deltas), span(&second));
+    let (order, r, (spread, base)) = if second_span.0 < first_span.0 {
+        (2u8, &second, second_span)
     } else {
-        orders[0]
+        (1u8, &deltas, first_span)
     };
-    let (spread, base) = span(r);
     let width = (64 - spread.leading_zeros()) as u8;
     header(&mut values, order | PACKED);
     put_varint(&mut values, base);
