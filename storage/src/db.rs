@@ -2264,6 +2264,17 @@ mod tests {
         tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
     }
 
+    /// A store whose commits do not sync the WAL.
+    fn open_without_fsync(dir: &Path) -> Result<Db, Error> {
+        Db::open(
+            dir,
+            Options {
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )
+    }
+
     fn up(job: &str) -> Labels {
         Labels::from_pairs([("__name__", "up"), ("job", job)])
     }
@@ -2317,13 +2328,7 @@ mod tests {
         drop(db);
         // Without fsync per commit, every commit counts as durable at once.
         let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
+        let db = open_without_fsync(dir.path())?;
         let mut app = db.appender();
         app.append(&up("b"), 1_000, 2.0)?;
         assert!(db.is_durable(app.commit_unsynced()?.1));
@@ -3636,13 +3641,7 @@ mod tests {
     #[test]
     fn concurrent_appenders() -> Result<(), Error> {
         let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
+        let db = open_without_fsync(dir.path())?;
         std::thread::scope(|scope| {
             for w in 0..4 {
                 let db = db.clone();
