@@ -794,10 +794,12 @@ async fn write(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) 
         }
     };
     let result = match result {
-        Ok((series, samples, unsynced)) => match st.wal_sync.durable(unsynced).await {
-            Ok(()) => Ok((series, samples)),
-            Err(e) => Err(IngestError::Storage(e)),
-        },
+        Ok((series, samples, unsynced)) => st
+            .wal_sync
+            .durable(unsynced)
+            .await
+            .map(|()| (series, samples))
+            .map_err(IngestError::Storage),
         Err(e) => Err(e),
     };
     st_counters

@@ -18,6 +18,8 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use strata_storage::{Db, Error, Unsynced};
+
+use crate::rules::lock;
 use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), Arc<Error>>>;
@@ -61,11 +63,7 @@ impl WalSync {
         }
         let (tx, rx) = oneshot::channel();
         let first = {
-            let mut q = self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut q = lock(&self.shared.queue);
             if q.stopped {
                 drop(q);
                 // Shutting down: the caller's worker syncs itself.
@@ -89,11 +87,7 @@ impl WalSync {
 
     /// Ends the sync thread once it has answered every request registered.
     pub(crate) fn stop(&self) {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stopped = true;
+        lock(&self.shared.queue).stopped = true;
         self.shared.wake.notify_one();
     }
 }
@@ -107,7 +101,7 @@ impl Drop for WalSync {
 fn sync_loop(db: &Db, shared: &Shared) {
     loop {
         let batch = {
-            let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut q = lock(&shared.queue);
             while q.waiting.is_empty() && !q.stopped {
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
             }

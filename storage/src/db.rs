@@ -101,12 +101,39 @@ pub struct TsdbStatus {
 
 struct Wal {
     writer: Mutex<WalWriter>,
-    /// Sequence number of the last write known to be on stable storage; held while
-    /// syncing, so that commits waiting meanwhile share the next fdatasync.
-    synced: Mutex<u64>,
-    /// What `synced` holds, readable without waiting for a sync in progress.
+    /// Held while syncing, so that commits waiting meanwhile share the next fdatasync.
+    syncing: Mutex<()>,
+    /// Sequence number of the last write known to be on stable storage.
     durable: AtomicU64,
     fsync: bool,
+}
+
+impl Wal {
+    /// [`Db::sync_wal`]; `dir` names the WAL in an error.
+    fn sync_through(&self, unsynced: Unsynced, dir: &Path) -> Result<(), Error> {
+        if self.is_durable(unsynced) {
+            return Ok(());
+        }
+        let _syncing = lock(&self.syncing);
+        // A sync that ended while this waited may have covered it.
+        if !self.is_durable(unsynced) {
+            // Writes up to `target` are in the current segment or in older segments,
+            // which were synced when they were closed.
+            let (target, current) = {
+                let w = lock(&self.writer);
+                (w.seq(), w.file())
+            };
+            current
+                .sync_data()
+                .map_err(|e| Error::io(&dir.join("wal"), e))?;
+            self.durable.store(target, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn is_durable(&self, unsynced: Unsynced) -> bool {
+        self.durable.load(Ordering::Acquire) >= unsynced.0
+    }
 }
 
 struct DbInner {
@@ -222,7 +249,7 @@ impl Db {
                 head,
                 wal: Wal {
                     writer: Mutex::new(writer),
-                    synced: Mutex::new(0),
+                    syncing: Mutex::new(()),
                     durable: AtomicU64::new(0),
                     fsync,
                 },
@@ -369,30 +396,12 @@ impl Db {
     /// it). Returns at once when they are already synced, or the WAL is not synced per
     /// commit (`wal_fsync` off).
     pub fn sync_wal(&self, unsynced: Unsynced) -> Result<(), Error> {
-        let wal = &self.inner.wal;
-        if self.is_durable(unsynced) {
-            return Ok(());
-        }
-        let mut synced = lock(&wal.synced);
-        if *synced < unsynced.0 {
-            // Writes up to `target` are in the current segment or in older segments,
-            // which were synced when they were closed.
-            let (target, current) = {
-                let w = lock(&wal.writer);
-                (w.seq(), w.file())
-            };
-            current
-                .sync_data()
-                .map_err(|e| Error::io(&self.inner.dir.join("wal"), e))?;
-            *synced = target;
-            wal.durable.store(target, Ordering::Release);
-        }
-        Ok(())
+        self.inner.wal.sync_through(unsynced, &self.inner.dir)
     }
 
     /// Whether the WAL writes through `unsynced` are on stable storage already.
     pub fn is_durable(&self, unsynced: Unsynced) -> bool {
-        self.inner.wal.durable.load(Ordering::Acquire) >= unsynced.0
+        self.inner.wal.is_durable(unsynced)
     }
 
     /// Cuts the head's oldest block ranges into blocks while the head spans more than one
@@ -1161,11 +1170,9 @@ impl Appender {
     /// When this returns `Ok`, the samples survive a crash. When it fails in the sync,
     /// they may be in the head (and answer queries) without being durable.
     pub fn commit(self) -> Result<CommitStats, Error> {
-        let db = Db {
-            inner: Arc::clone(&self.db),
-        };
+        let db = Arc::clone(&self.db);
         let (stats, unsynced) = self.commit_unsynced()?;
-        db.sync_wal(unsynced)?;
+        db.wal.sync_through(unsynced, &db.dir)?;
         Ok(stats)
     }
 
