@@ -185,3 +185,10 @@ fn crash_with_a_checkpoint_written_before_old_segments_go() {
 fn crash_in_the_middle_of_removing_merged_blocks() {
     crash_at("merge-input-removed");
 }
+
+/// A cut that ends a merge range is written with the blocks before it in that range; a
+/// crash while those are removed leaves them beside the block that holds their samples.
+#[test]
+fn crash_in_the_middle_of_removing_a_merged_cuts_partners() {
+    crash_at("cut-partner-removed");
+}

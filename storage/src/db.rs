@@ -445,20 +445,23 @@ impl Db {
             }
             let bmax = bmin + range;
             previous = Some(bmin);
+            // A cut that completes a range of the first merge level is written together
+            // with the blocks before it in that range: the merge that would follow,
+            // without encoding the cut's samples twice.
+            let partners = if hold {
+                Vec::new()
+            } else {
+                self.cut_partners(bmin, bmax)
+            };
             let new = NewBlock {
-                min_time: bmin,
+                min_time: partners.first().map_or(bmin, |b| b.meta.min_time),
                 max_time: bmax,
                 seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
-                sources: Vec::new(),
+                sources: partners.iter().map(|b| b.meta.seq).collect(),
             };
-            let (dir, marks) = write_head_block(
-                &inner.head,
-                &inner.dir.join("blocks"),
-                bmin,
-                bmax,
-                new,
-                true,
-            )?;
+            let blocks_dir = inner.dir.join("blocks");
+            let (dir, marks) =
+                write_head_block(&inner.head, &blocks_dir, bmin, bmax, new, true, &partners)?;
             let wrote = started.elapsed();
             let block = Arc::new(open_block(&inner.head, &dir)?);
             let waiting = std::time::Instant::now();
@@ -467,6 +470,7 @@ impl Db {
             written.push(block.meta.clone());
             {
                 let mut list = inner.blocks.write().unwrap_or_else(PoisonError::into_inner);
+                list.retain(|b| !partners.iter().any(|p| Arc::ptr_eq(b, p)));
                 list.push(block);
                 list.sort_by_key(|b| (b.meta.min_time, b.meta.seq));
             }
@@ -496,22 +500,65 @@ impl Db {
             }
             // A head snapshot refers to the log just rewritten.
             crate::snapshot::remove(&inner.dir.join("chunks_head"))?;
+            drop(wal);
+            drop(_gate);
+            let waited = if hold { started } else { waiting }.elapsed();
+            // The new block is in place and listed: its partners go, as a merge's inputs.
+            for b in &partners {
+                remove_block(&blocks_dir, &b.meta)?;
+                crate::fault::point("cut-partner-removed");
+            }
             tracing::info!(
                 block = %dir.display(),
                 series = written.last().map_or(0, |m| m.num_series),
                 min_time = bmin,
                 max_time = bmax,
+                merged_blocks = partners.len(),
                 block_ms = wrote.as_millis() as u64,
-                commits_waited_ms = if hold {
-                    started.elapsed()
-                } else {
-                    waiting.elapsed()
-                }
-                .as_millis() as u64,
+                commits_waited_ms = waited.as_millis() as u64,
                 "cut a block from the head"
             );
         }
         Ok(written)
+    }
+
+    /// The blocks a cut of `[bmin, bmax)` is written together with, oldest first: those
+    /// filling the rest of the first merge level's range (three block ranges) the cut
+    /// ends, when no block overlaps another, the cut or the range's start. Empty
+    /// otherwise, or when that level is past the merge cap (see [`Db::compact_blocks`]).
+    fn cut_partners(&self, bmin: i64, bmax: i64) -> Vec<Arc<Block>> {
+        let base = self.inner.opts.block_range_ms.max(1);
+        let level = base.saturating_mul(3);
+        if level > self.merge_cap() {
+            return Vec::new();
+        }
+        let start = bmin.div_euclid(level) * level;
+        if start.checked_add(level) != Some(bmax) {
+            return Vec::new();
+        }
+        let mut partners = Vec::new();
+        let mut end = start;
+        for b in self.blocks() {
+            if b.meta.max_time <= start || b.meta.min_time >= bmax {
+                continue;
+            }
+            if b.meta.min_time < end || b.meta.max_time > bmin {
+                return Vec::new();
+            }
+            end = b.meta.max_time;
+            partners.push(b);
+        }
+        partners
+    }
+
+    /// The largest range blocks are merged to: a tenth of the retention time (at least
+    /// one block range), unbounded without one.
+    fn merge_cap(&self) -> i64 {
+        let base = self.inner.opts.block_range_ms.max(1);
+        self.inner
+            .opts
+            .retention_ms
+            .map_or(i64::MAX, |r| (r / 10).max(base))
     }
 
     /// Merges adjacent blocks into larger ones: ranges grow threefold per level (2 h, 6 h,
@@ -524,10 +571,7 @@ impl Db {
             return Ok(Vec::new());
         };
         let base = inner.opts.block_range_ms.max(1);
-        let cap = inner
-            .opts
-            .retention_ms
-            .map_or(i64::MAX, |r| (r / 10).max(base));
+        let cap = self.merge_cap();
         let mut written = Vec::new();
         // Overlapping blocks (out-of-order samples cut after their range was persisted)
         // merge first, each connected group into one block.
@@ -582,28 +626,12 @@ impl Db {
         let max = group.iter().map(|b| b.meta.max_time).max().unwrap_or(0);
         let mut by_seq: Vec<&Arc<Block>> = group.iter().collect();
         by_seq.sort_by_key(|b| b.meta.seq);
-        // Every input series as (labels, input, position), by labels and then oldest
-        // input first; chunks are looked up, decoded and merged one series at a time as
-        // the new block is written, so no input is copied whole.
-        let mut refs: Vec<(&Labels, usize, u32)> = Vec::new();
-        for (k, b) in by_seq.iter().enumerate() {
-            for r in 0..b.series_count() {
-                if let Some(l) = b.series_labels(r) {
-                    refs.push((l, k, r as u32));
-                }
-            }
-        }
+        // Chunks are looked up, decoded and merged one series at a time as the new block
+        // is written, so no input is copied whole.
+        let mut refs = Vec::new();
+        block_series_refs(&by_seq, &mut refs);
         refs.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
-        // Series i of the new block: labels[i], from refs[starts[i]..starts[i + 1]].
-        let mut labels: Vec<&Labels> = Vec::new();
-        let mut starts: Vec<usize> = Vec::new();
-        for (j, r) in refs.iter().enumerate() {
-            if labels.last() != Some(&r.0) {
-                labels.push(r.0);
-                starts.push(j);
-            }
-        }
-        starts.push(refs.len());
+        let (labels, starts) = group_by_labels(&refs);
         let blocks_dir = inner.dir.join("blocks");
         let new = NewBlock {
             min_time: min,
@@ -623,15 +651,11 @@ impl Db {
                 }
                 let mut merged: Vec<(i64, f64)> = Vec::new();
                 for &(_, k, r) in &refs[starts[i]..starts[i + 1]] {
-                    let chunks = by_seq[k].views(r, i64::MIN, i64::MAX);
-                    let samples: Vec<(i64, f64)> = chunks.iter().flat_map(|c| c.iter()).collect();
-                    let after = match (merged.last(), samples.first()) {
-                        (Some(l), Some(f)) => l.0 < f.0,
-                        _ => true,
-                    };
-                    if after {
-                        merged.extend(samples);
-                    } else {
+                    let from = merged.len();
+                    append_block_series(by_seq[k], r, &mut merged);
+                    // An input overlapping the ones before it: its samples win.
+                    if from > 0 && merged.len() > from && merged[from].0 <= merged[from - 1].0 {
+                        let samples = merged.split_off(from);
                         merged = merge_newest_wins(&merged, &samples);
                     }
                 }
@@ -668,6 +692,8 @@ impl Db {
     /// size.
     pub fn apply_retention(&self) -> Result<Vec<BlockMeta>, Error> {
         let inner = &self.inner;
+        // Not while a cut or merge reads a block it would delete.
+        let _cutting = lock(&inner.cutting);
         let newest = inner
             .head
             .time_range()
@@ -839,6 +865,7 @@ impl Db {
                     max.saturating_add(1),
                     new,
                     false,
+                    &[],
                 )?;
             }
         }
@@ -1922,10 +1949,47 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
     fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
+/// Every series of `blocks` as (labels, the block's index in `blocks`, position in it),
+/// appended to `refs` block by block.
+fn block_series_refs<'a>(blocks: &[&'a Arc<Block>], refs: &mut Vec<(&'a Labels, usize, u32)>) {
+    for (k, b) in blocks.iter().enumerate() {
+        for r in 0..b.series_count() {
+            if let Some(l) = b.series_labels(r) {
+                refs.push((l, k, r as u32));
+            }
+        }
+    }
+}
+
+/// The distinct labels of `refs` (sorted by labels) and where each one's run starts:
+/// series i of a new block is `labels[i]`, from `refs[starts[i]..starts[i + 1]]`.
+fn group_by_labels<'a>(refs: &[(&'a Labels, usize, u32)]) -> (Vec<&'a Labels>, Vec<usize>) {
+    let mut labels: Vec<&Labels> = Vec::new();
+    let mut starts: Vec<usize> = Vec::new();
+    for (j, r) in refs.iter().enumerate() {
+        if labels.last() != Some(&r.0) {
+            labels.push(r.0);
+            starts.push(j);
+        }
+    }
+    starts.push(refs.len());
+    (labels, starts)
+}
+
+/// Appends every sample of series `r` of `block`, its deleted ones left out, to `out`.
+fn append_block_series(block: &Block, r: u32, out: &mut Vec<(i64, f64)>) {
+    for c in block.views(r, i64::MIN, i64::MAX) {
+        if !c.append_dense(out) {
+            out.extend(c.iter());
+        }
+    }
+}
+
 /// Writes the head's samples in `[mint, maxt)` as a block, series by series: only one
-/// series' samples are decoded at a time. Returns its directory and, `with_marks`
-/// (for a cut, which truncates the head after it), what it saw of each series it
-/// wrote, by series address.
+/// series' samples are decoded at a time. With `partners` (blocks older than `mint`,
+/// oldest first, not overlapping each other), their samples go into the same block,
+/// before the head's. Returns its directory and, `with_marks` (for a cut, which
+/// truncates the head after it), what it saw of each head series, by series address.
 fn write_head_block(
     head: &Head,
     blocks_dir: &Path,
@@ -1933,25 +1997,64 @@ fn write_head_block(
     maxt: i64,
     new: NewBlock,
     with_marks: bool,
+    partners: &[Arc<Block>],
 ) -> Result<(PathBuf, HashMap<usize, CutMark>), Error> {
     let mut live = head.live_series();
     live.sort_by(|a, b| a.labels.cmp(&b.labels));
-    let labels: Vec<&Labels> = live.iter().map(|s| &s.labels).collect();
+    // Every series as (labels, source, position): source `partners.len()` is the head,
+    // and goes after the partners' samples of the same labels.
+    let in_head = partners.len();
+    let mut refs: Vec<(&Labels, usize, u32)> = Vec::with_capacity(live.len());
+    if !partners.is_empty() {
+        let older: Vec<&Arc<Block>> = partners.iter().collect();
+        block_series_refs(&older, &mut refs);
+    }
+    refs.extend(
+        live.iter()
+            .enumerate()
+            .map(|(i, s)| (&s.labels, in_head, i as u32)),
+    );
+    if !partners.is_empty() {
+        refs.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    }
+    let (labels, starts) = group_by_labels(&refs);
     let mut marks = HashMap::with_capacity(if with_marks { live.len() } else { 0 });
+    // Samples read from partners since they last gave their pages back.
+    let mut read = 0usize;
     let dir = write_block_with(
         blocks_dir,
         &labels,
         |i| {
-            let data = lock(&live[i].data);
-            let mut mark = data.cut_mark();
-            let mut v = data.samples();
-            drop(data);
-            mark.older = v.first().is_some_and(|p| p.0 < mint);
-            if with_marks {
-                marks.insert(Arc::as_ptr(&live[i]) as usize, mark);
+            let mut out: Vec<(i64, f64)> = Vec::new();
+            for &(_, k, r) in &refs[starts[i]..starts[i + 1]] {
+                if k < in_head {
+                    if read >= crate::block::RELEASE_EVERY / 2 {
+                        partners.iter().for_each(|b| b.release_pages());
+                        read = 0;
+                    }
+                    let from = out.len();
+                    append_block_series(&partners[k], r, &mut out);
+                    // About two bytes a sample in the partners' chunks.
+                    read += 2 * (out.len() - from);
+                    continue;
+                }
+                let s = &live[r as usize];
+                let data = lock(&s.data);
+                let mut mark = data.cut_mark();
+                let mut v = data.samples();
+                drop(data);
+                mark.older = v.first().is_some_and(|p| p.0 < mint);
+                if with_marks {
+                    marks.insert(Arc::as_ptr(s) as usize, mark);
+                }
+                v.retain(|p| p.0 >= mint && p.0 < maxt);
+                if out.is_empty() {
+                    out = v;
+                } else {
+                    out.extend(v);
+                }
             }
-            v.retain(|p| p.0 >= mint && p.0 < maxt);
-            Cow::Owned(v)
+            Cow::Owned(out)
         },
         new,
     )?;
@@ -3056,17 +3159,26 @@ mod tests {
             let wal_before = db.stats().wal_bytes;
             let cut = db.compact_head()?;
             // The head spans 49 s: cuts [0,10), [10,20), [20,30) and [30,40) leave 9 s.
+            // The third ends the merge range [0,30): it is written with the two blocks
+            // before it, as one block.
             let ranges: Vec<(i64, i64)> = cut.iter().map(|m| (m.min_time, m.max_time)).collect();
             assert_eq!(
                 ranges,
-                vec![
-                    (0, 10_000),
-                    (10_000, 20_000),
-                    (20_000, 30_000),
-                    (30_000, 40_000)
-                ]
+                vec![(0, 10_000), (10_000, 20_000), (0, 30_000), (30_000, 40_000)]
             );
-            assert_eq!(cut.iter().map(|m| m.num_samples).sum::<u64>(), 80);
+            let samples: Vec<u64> = cut.iter().map(|m| m.num_samples).collect();
+            assert_eq!(samples, vec![20, 20, 60, 20]);
+            assert_eq!(cut[2].sources, vec![cut[0].seq, cut[1].seq]);
+            let listed: Vec<(i64, i64)> = db
+                .block_metas()
+                .iter()
+                .map(|m| (m.min_time, m.max_time))
+                .collect();
+            assert_eq!(listed, vec![(0, 30_000), (30_000, 40_000)]);
+            let on_disk = std::fs::read_dir(dir.path().join("blocks"))
+                .map_err(|e| Error::io(dir.path(), e))?
+                .count();
+            assert_eq!(on_disk, 2, "the merged cut's partners are deleted");
             assert_eq!(read_all(&db, "a"), want);
             let stats = db.stats();
             assert_eq!(stats.samples, 20, "the head keeps only [40 s, 50 s)");
@@ -3085,7 +3197,7 @@ mod tests {
         // samples the blocks hold.
         let db = Db::open(dir.path(), opts.clone())?;
         assert_eq!(read_all(&db, "a"), want);
-        assert_eq!(db.stats().blocks, 4);
+        assert_eq!(db.stats().blocks, 2);
         assert_eq!(db.stats().samples, 20);
         assert_eq!(db.replay_report().skipped_samples, 80);
         let mut app = db.appender();
@@ -3106,21 +3218,26 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&chunks, &bytes).map_err(|e| Error::io(&chunks, e))?;
         let db = Db::open(dir.path(), opts)?;
-        assert_eq!(db.stats().blocks, 3);
+        assert_eq!(db.stats().blocks, 1);
         assert!(blocks.join(format!("corrupt-{first_name}")).exists());
         let got = read_all(&db, "a");
         assert_eq!(
             got.len(),
-            41,
-            "everything but the corrupt block's ten samples"
+            21,
+            "everything but the corrupt block's thirty samples"
         );
-        assert_eq!(got.first(), Some(&(10_000, 10.0)));
+        assert_eq!(got.first(), Some(&(30_000, 30.0)));
         Ok(())
     }
 
-    /// Nine 10 s blocks and a head of [90 s, 99 s].
+    /// Nine 10 s blocks and a head of [90 s, 99 s]. Cut under a retention whose merge cap
+    /// is one block range, so that no cut is written together with the blocks before it.
     fn nine_blocks(dir: &Path, opts: &Options) -> Result<Vec<(i64, f64)>, Error> {
-        let db = Db::open(dir, opts.clone())?;
+        let unmerged = Options {
+            retention_ms: Some(opts.block_range_ms * 10),
+            ..opts.clone()
+        };
+        let db = Db::open(dir, unmerged)?;
         let want: Vec<(i64, f64)> = (0..100).map(|i| (i * 1000, i as f64)).collect();
         for &(t, v) in &want {
             let mut app = db.appender();
