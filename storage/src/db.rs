@@ -382,13 +382,15 @@ impl Db {
         self.blocks().iter().map(|b| b.meta.clone()).collect()
     }
 
-    /// Whether the head spans enough to cut a block.
+    /// Whether the head spans enough to cut a block, and no cut or merge runs (which
+    /// cuts what the head holds by the time it ends).
     pub fn needs_compaction(&self) -> bool {
         let range = self.inner.opts.block_range_ms.max(1);
         self.inner
             .head
             .time_range()
             .is_some_and(|(min, max)| max - min > range + range / 2)
+            && self.inner.cutting.try_lock().is_ok()
     }
 
     /// Makes the WAL writes through `unsynced` durable (group commit: one fdatasync
@@ -689,11 +691,14 @@ impl Db {
 
     /// Deletes whole blocks, oldest first: those past the retention time (relative to the
     /// newest sample), then while blocks, WAL and head chunk files exceed the retention
-    /// size.
+    /// size. Returns at once, deleting nothing, while a cut or merge runs.
     pub fn apply_retention(&self) -> Result<Vec<BlockMeta>, Error> {
         let inner = &self.inner;
-        // Not while a cut or merge reads a block it would delete.
-        let _cutting = lock(&inner.cutting);
+        // Not while a cut or merge reads a block it would delete: the maintenance after
+        // it applies the retention.
+        let Ok(_cutting) = inner.cutting.try_lock() else {
+            return Ok(Vec::new());
+        };
         let newest = inner
             .head
             .time_range()
