@@ -2046,7 +2046,7 @@ fn write_head_block(
                 let s = &live[r as usize];
                 let data = lock(&s.data);
                 let mut mark = data.cut_mark();
-                let mut v = data.samples();
+                let mut v = data.samples_before(maxt);
                 drop(data);
                 mark.older = v.first().is_some_and(|p| p.0 < mint);
                 if with_marks {

@@ -57,8 +57,10 @@ pub(crate) fn as_decimal(v: f64, e: usize) -> Option<i64> {
     if m.unsigned_abs() >= EXACT_INT as u64 {
         return None;
     }
-    // Checked as the decoder computes it (which also refuses -0.0).
-    ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
+    // Checked as the decoder computes it (which also refuses -0.0); a division by 1 is
+    // exact, and skipped.
+    let back = if e == 0 { m as f64 } else { m as f64 / p };
+    (back.to_bits() == v.to_bits()).then_some(m)
 }
 
 pub(crate) fn zigzag_len(v: i64) -> usize {
@@ -175,7 +177,11 @@ fn encode_mantissas(
         }
     }
     let factor = factor.clamp(1, i64::MAX as u64) as i64;
-    let deltas: Vec<i64> = deltas.iter().map(|&d| d / factor).collect();
+    let deltas: Vec<i64> = if factor == 1 {
+        deltas
+    } else {
+        deltas.iter().map(|&d| d / factor).collect()
+    };
     // Residuals of order 1 (the deltas) and order 2 (the first delta, then deltas of
     // deltas).
     let mut second = Vec::with_capacity(deltas.len());

@@ -324,6 +324,27 @@ impl SeriesData {
         out
     }
 
+    /// [`SeriesData::samples`] older than `t`, and some newer ones: the in-order chunks
+    /// starting at or after `t` are left undecoded.
+    pub(crate) fn samples_before(&self, t: i64) -> Vec<(i64, f64)> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for c in self.closed.iter().take_while(|c| c.min_t() < t) {
+            push_all(c.read(&mut buf), &mut out);
+        }
+        let all_closed = self.closed.last().is_none_or(|c| c.min_t() < t);
+        if all_closed && self.open.len() > 0 && self.open.min_time() < t {
+            push_all(
+                XorIter::new(self.open.bytes(), self.open.len() as u16).into(),
+                &mut out,
+            );
+        }
+        if !self.ooo().is_empty() {
+            out = merge_newest_wins(&out, self.ooo());
+        }
+        out
+    }
+
     /// Keeps only the samples at or after `t`, re-encoded; the last sample seen is
     /// remembered, so a resend of it is still recognised.
     fn truncate_before(&mut self, t: i64, chunks: &HeadChunks) {
@@ -1483,6 +1504,46 @@ mod tests {
         }
         assert_eq!(d.closed.len(), 1);
         assert_eq!((d.closed[0].min_t(), d.closed[0].max_t()), (2_500, 2_900));
+    }
+
+    #[test]
+    fn samples_before_a_time_decode_only_the_chunks_that_start_before_it() {
+        let mut hc = HeadChunks::in_memory();
+        hc.range = 1_000;
+        let mut d = SeriesData::new();
+        for t in (0..5_000).step_by(66) {
+            d.append(t, t as f64, &hc);
+        }
+        // Out-of-order samples, one on each side of the cut.
+        d.append(1_001, -1.0, &hc);
+        d.append(3_001, -3.0, &hc);
+        let all = d.samples();
+        for t in [
+            0,
+            1,
+            999,
+            1_000,
+            1_001,
+            2_500,
+            4_000,
+            4_001,
+            4_999,
+            5_000,
+            i64::MAX,
+        ] {
+            let got = d.samples_before(t);
+            let want: Vec<(i64, f64)> = all.iter().copied().filter(|s| s.0 < t).collect();
+            let older: Vec<(i64, f64)> = got.iter().copied().filter(|s| s.0 < t).collect();
+            assert_eq!(older, want, "before {t}");
+            // Whole chunks after `t` are left out: at most the one holding `t` is read
+            // past it, plus the out-of-order samples.
+            assert!(
+                got.len() <= want.len() + 17,
+                "before {t}: {} samples",
+                got.len()
+            );
+        }
+        assert_eq!(d.samples_before(i64::MAX), all);
     }
 
     #[test]
