@@ -81,9 +81,17 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
         }
     }
     let factor = factor.clamp(1, i64::MAX as u64) as i64;
+    // Without a common factor (random increments) no division is needed.
+    let scaled = |k: usize| {
+        if factor == 1 {
+            delta(k)
+        } else {
+            delta(k) / factor
+        }
+    };
     let (mut m_min, mut m_max) = (i64::MAX, i64::MIN);
     for k in 1..samples.len() {
-        let r = delta(k) / factor;
+        let r = scaled(k);
         (m_min, m_max) = (m_min.min(r), m_max.max(r));
     }
     let width = |min: i64, max: i64| 64 - (max.wrapping_sub(min) as u64).leading_zeros();
@@ -108,12 +116,7 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
         put_varint(out, m_min);
         out.push(m_width as u8);
         put_packed(out, (1..=n).map(time_residual), t_min, t_width as u8);
-        put_packed(
-            out,
-            (1..=n).map(|k| delta(k) / factor),
-            m_min,
-            m_width as u8,
-        );
+        put_packed(out, (1..=n).map(scaled), m_min, m_width as u8);
     } else {
         for k in 1..=n {
             put_varint(out, time_residual(k));
