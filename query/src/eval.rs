@@ -367,9 +367,7 @@ const READ_AHEAD_SERIES: usize = 512;
 
 /// How many threads one query's evaluation uses at most.
 fn query_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS)
+    strata_storage::cores().min(MAX_THREADS)
 }
 
 /// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads when there are

@@ -1826,7 +1826,7 @@ impl Querier {
         let total = head.len() + positions.iter().map(Vec::len).sum::<usize>();
         let split = (total >= PARALLEL_MERGE
             && blocks.iter().all(|b| b.sorted)
-            && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+            && crate::cores() >= 2)
         .then(|| head.get(head.len() / 2).map(|h| h.0.clone()))
         .flatten();
         let Some(split) = split else {
