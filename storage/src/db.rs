@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::block::{
@@ -148,6 +148,8 @@ struct DbInner {
     apply_gate: RwLock<()>,
     /// Held while cutting blocks; one cut at a time.
     cutting: Mutex<()>,
+    /// How many [`Db::maintain`] calls are running.
+    maintaining: AtomicUsize,
     /// The sequence number of the next block written.
     next_seq: AtomicU64,
     replay: ReplayReport,
@@ -245,6 +247,7 @@ impl Db {
                 blocks: RwLock::new(blocks),
                 apply_gate: RwLock::new(()),
                 cutting: Mutex::new(()),
+                maintaining: AtomicUsize::new(0),
                 next_seq: AtomicU64::new(next_seq),
                 head,
                 wal: Wal {
@@ -382,15 +385,16 @@ impl Db {
         self.blocks().iter().map(|b| b.meta.clone()).collect()
     }
 
-    /// Whether the head spans enough to cut a block, and no cut or merge runs (which
-    /// cuts what the head holds by the time it ends).
+    /// Whether the head spans enough to cut a block and no [`Db::maintain`] runs (a
+    /// running one cuts while the head spans enough, and is not to be queued behind).
     pub fn needs_compaction(&self) -> bool {
         let range = self.inner.opts.block_range_ms.max(1);
-        self.inner
-            .head
-            .time_range()
-            .is_some_and(|(min, max)| max - min > range + range / 2)
-            && self.inner.cutting.try_lock().is_ok()
+        self.inner.maintaining.load(Ordering::Acquire) == 0
+            && self
+                .inner
+                .head
+                .time_range()
+                .is_some_and(|(min, max)| max - min > range + range / 2)
     }
 
     /// Makes the WAL writes through `unsynced` durable (group commit: one fdatasync
@@ -431,6 +435,7 @@ impl Db {
                 break;
             }
             let mut bmin = min.div_euclid(range) * range;
+            let spanned = (min, max);
             // Commits go on while the block is written: a series that may have received
             // samples the block lacks meanwhile keeps its older samples in the head (see
             // `Head::truncate_written`), and the next round writes them. A range cut
@@ -516,6 +521,8 @@ impl Db {
                 min_time = bmin,
                 max_time = bmax,
                 merged_blocks = partners.len(),
+                head_min = spanned.0,
+                head_max = spanned.1,
                 block_ms = wrote.as_millis() as u64,
                 commits_waited_ms = waited.as_millis() as u64,
                 "cut a block from the head"
@@ -936,6 +943,14 @@ impl Db {
 
     /// Cuts blocks from the head, merges blocks and applies retention.
     pub fn maintain(&self) -> Result<(), Error> {
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.inner.maintaining.fetch_add(1, Ordering::AcqRel);
+        let _running = Running(&self.inner.maintaining);
         self.compact_head()?;
         self.compact_blocks()?;
         self.apply_retention()?;
@@ -1824,11 +1839,10 @@ impl Querier {
             out
         };
         let total = head.len() + positions.iter().map(Vec::len).sum::<usize>();
-        let split = (total >= PARALLEL_MERGE
-            && blocks.iter().all(|b| b.sorted)
-            && crate::cores() >= 2)
-        .then(|| head.get(head.len() / 2).map(|h| h.0.clone()))
-        .flatten();
+        let split =
+            (total >= PARALLEL_MERGE && blocks.iter().all(|b| b.sorted) && crate::cores() >= 2)
+                .then(|| head.get(head.len() / 2).map(|h| h.0.clone()))
+                .flatten();
         let Some(split) = split else {
             return Ok(merge(head, positions.iter().map(Vec::as_slice).collect()));
         };
