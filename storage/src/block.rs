@@ -546,7 +546,7 @@ pub(crate) fn write_block_with<'a>(
     // it unpacks to, then the section.
     let mut index: Vec<u8> = INDEX_MAGIC_PACKED.to_vec();
     put_uvarint(&mut index, body.len() as u64);
-    index.extend_from_slice(&dense::pack_fast(body)?);
+    index.extend_from_slice(&dense::pack_index(body)?);
     let crc = crc32c::crc32c(&index);
     index.extend_from_slice(&crc.to_le_bytes());
 

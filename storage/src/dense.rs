@@ -555,10 +555,15 @@ fn pack_raw(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// A section as [`pack`] makes it, compressed at a fast level: for a block's index,
-/// written while ingest waits for the block.
-pub(crate) fn pack_fast(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
-    let packed = zstd::bulk::compress(&raw, 3)
+/// zstd level for a block's index, one section of about 35 bytes a series: unlike the
+/// small chunk sections it gains from a higher level. For 15,000 series of exporter
+/// data (535 KB): level 3 129 KB in 1.4 ms, level 7 116 KB in 3.3 ms, level 9 117 KB
+/// in 4.5 ms, level 19 98 KB in 94 ms.
+const INDEX_ZSTD_LEVEL: i32 = 7;
+
+/// A section as [`pack`] makes it, for a block's index.
+pub(crate) fn pack_index(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let packed = zstd::bulk::compress(&raw, INDEX_ZSTD_LEVEL)
         .map_err(|e| Error::Corrupt(format!("compressing an index: {e}")))?;
     if packed.len() < raw.len() {
         let mut out = Vec::with_capacity(packed.len() + 1);
@@ -570,7 +575,7 @@ pub(crate) fn pack_fast(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// The bytes of a section written by [`pack`] or [`pack_fast`], at most `bound` of them.
+/// The bytes of a section written by [`pack`] or [`pack_index`], at most `bound` of them.
 pub(crate) fn unpack_section(section: &[u8], bound: usize) -> Result<Vec<u8>, Error> {
     unpack(section, bound).map(std::borrow::Cow::into_owned)
 }
