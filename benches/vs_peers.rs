@@ -28,8 +28,10 @@
 //! `strata,victoria-metrics`) runs only those systems and prints their figures without a
 //! table, for tuning; QUERIES=0 stops after ingest and persisting;
 //! CONNECTIONS=n sends over n connections instead of four; STRATA_FLAGS="..." adds flags
-//! to strata's command line, such as `--wal-fsync false`; a table made with either says
-//! so in its command).
+//! to strata's command line, such as `--wal-fsync false`; INGEST_ORDER=a,b,c sends the
+//! workload to the systems in that order (by default strata, Prometheus, then
+//! VictoriaMetrics), to see whether going first or last moves a figure; a table made with
+//! any of these says so in its command).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -741,8 +743,15 @@ fn main() {
         arrived: bool,
         gen_cpu: f64,
     }
-    let mut rows = Vec::new();
-    for p in &mut peers {
+    // The order in which the systems take the workload; rows stay in `peers` order.
+    let mut order: Vec<usize> = (0..peers.len()).collect();
+    if let Ok(names) = std::env::var("INGEST_ORDER") {
+        let rank = |name: &str| names.split(',').position(|n| n.trim() == name);
+        order.sort_by_key(|&i| rank(peers[i].name).unwrap_or(usize::MAX));
+    }
+    let mut rows: Vec<Option<Row>> = (0..peers.len()).map(|_| None).collect();
+    for &at in &order {
+        let p = &mut peers[at];
         let cpu0 = cpu_seconds(p.pid);
         let gen0 = cpu_seconds(std::process::id());
         let took = push(p.addr, &conns);
@@ -773,7 +782,7 @@ fn main() {
         let bytes = persisted_bytes(p, &month);
         let hwm_persist = mib(proc_status_kib(p.pid, "VmHWM"));
         println!("{}: peak RSS {hwm_ingest:.0} MiB after ingest, {hwm_count:.0} after counting, {hwm_persist:.0} after persisting", p.name);
-        rows.push(Row {
+        rows[at] = Some(Row {
             ingest: samples as f64 / took.as_secs_f64(),
             cpu,
             rss: 0.0,
@@ -784,6 +793,7 @@ fn main() {
         println!("{}: ingested in {:.1} s, receiver CPU {cpu:.1} s, {counted} samples counted, {bytes} bytes persisted", p.name, took.as_secs_f64());
     }
 
+    let mut rows: Vec<Row> = rows.into_iter().flatten().collect();
     if std::env::var("QUERIES").is_ok_and(|v| v == "0") {
         for (p, r) in peers.iter().zip(&rows) {
             println!(
@@ -970,7 +980,7 @@ fn main() {
     );
     // Tuning switches, when set, are part of the command that made the table.
     let mut tuning = String::new();
-    for k in ["CONNECTIONS", "STRATA_FLAGS"] {
+    for k in ["CONNECTIONS", "STRATA_FLAGS", "INGEST_ORDER"] {
         if let Ok(v) = std::env::var(k) {
             let _ = write!(tuning, "{k}={v:?} ");
         }
