@@ -638,7 +638,7 @@ impl Db {
         // Chunks are looked up, decoded and merged one series at a time as the new block
         // is written, so no input is copied whole.
         let mut refs = Vec::new();
-        block_series_refs(&by_seq, &mut refs);
+        block_series_refs(by_seq.iter().copied(), &mut refs);
         refs.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
         let (labels, starts) = group_by_labels(&refs);
         let blocks_dir = inner.dir.join("blocks");
@@ -1970,8 +1970,11 @@ fn remove_block(blocks_dir: &Path, meta: &BlockMeta) -> Result<(), Error> {
 
 /// Every series of `blocks` as (labels, the block's index in `blocks`, position in it),
 /// appended to `refs` block by block.
-fn block_series_refs<'a>(blocks: &[&'a Arc<Block>], refs: &mut Vec<(&'a Labels, usize, u32)>) {
-    for (k, b) in blocks.iter().enumerate() {
+fn block_series_refs<'a>(
+    blocks: impl IntoIterator<Item = &'a Arc<Block>>,
+    refs: &mut Vec<(&'a Labels, usize, u32)>,
+) {
+    for (k, b) in blocks.into_iter().enumerate() {
         for r in 0..b.series_count() {
             if let Some(l) = b.series_labels(r) {
                 refs.push((l, k, r as u32));
@@ -2024,10 +2027,7 @@ fn write_head_block(
     // and goes after the partners' samples of the same labels.
     let in_head = partners.len();
     let mut refs: Vec<(&Labels, usize, u32)> = Vec::with_capacity(live.len());
-    if !partners.is_empty() {
-        let older: Vec<&Arc<Block>> = partners.iter().collect();
-        block_series_refs(&older, &mut refs);
-    }
+    block_series_refs(partners, &mut refs);
     refs.extend(
         live.iter()
             .enumerate()
