@@ -37,6 +37,9 @@ const CHUNKS_MAGIC_V2: &[u8; 8] = b"STRCHK02";
 const INDEX_MAGIC: &[u8; 8] = b"STRIDX02";
 /// An index whose body (everything after the magic) is one compressed section.
 const INDEX_MAGIC_PACKED: &[u8; 8] = b"STRIDX03";
+/// A packed index whose chunk times and offsets are relative and which leaves the
+/// postings to be built when the block is opened (the current layout).
+const INDEX_MAGIC_RELATIVE: &[u8; 8] = b"STRIDX04";
 const TOMBSTONES_MAGIC: &[u8; 8] = b"STRTMB01";
 /// The largest unpacked index accepted (a claim past it is corruption).
 const MAX_INDEX_BYTES: u64 = 1 << 34;
@@ -378,8 +381,19 @@ pub(crate) fn write_block(
 pub(crate) fn write_block_with<'a>(
     blocks_dir: &Path,
     labels: &[&Labels],
+    samples_of: impl FnMut(usize) -> Cow<'a, [(i64, f64)]>,
+    new: NewBlock,
+) -> Result<PathBuf, Error> {
+    write_block_laid_out(blocks_dir, labels, samples_of, new, IndexLayout::Relative)
+}
+
+/// [`write_block_with`] with the index in `layout`.
+fn write_block_laid_out<'a>(
+    blocks_dir: &Path,
+    labels: &[&Labels],
     mut samples_of: impl FnMut(usize) -> Cow<'a, [(i64, f64)]>,
     new: NewBlock,
+    layout: IndexLayout,
 ) -> Result<PathBuf, Error> {
     fs::create_dir_all(blocks_dir).map_err(|e| Error::io(blocks_dir, e))?;
     let NewBlock {
@@ -485,66 +499,14 @@ pub(crate) fn write_block_with<'a>(
     }
     let series = kept;
 
-    // Index: symbols, then series.
-    // Deduplicated as they are gathered: a block repeats a few thousand strings over
-    // hundreds of thousands of labels.
-    let mut symbols: Vec<&str> = series
-        .iter()
-        .flat_map(|l| l.iter().flat_map(|l| [&*l.name, &*l.value]))
-        .collect::<std::collections::HashSet<&str>>()
-        .into_iter()
-        .collect();
-    symbols.sort_unstable();
-    // The body after the magic, as the packed form holds it.
-    let mut body: Vec<u8> = Vec::new();
-    put_uvarint(&mut body, symbols.len() as u64);
-    for s in &symbols {
-        put_uvarint(&mut body, s.len() as u64);
-        body.extend_from_slice(s.as_bytes());
-    }
-    let sym = |s: &str| symbols.binary_search(&s).unwrap_or(0) as u64;
-    put_uvarint(&mut body, series.len() as u64);
-    let mut from = 0;
-    for (labels, &end) in series.iter().zip(&ends) {
-        let chunks = &refs[from..end];
-        from = end;
-        put_uvarint(&mut body, labels.len() as u64);
-        for l in labels.iter() {
-            put_uvarint(&mut body, sym(&l.name));
-            put_uvarint(&mut body, sym(&l.value));
-        }
-        put_uvarint(&mut body, chunks.len() as u64);
-        for &(min_t, max_t, offset) in chunks {
-            put_varint(&mut body, min_t);
-            put_varint(&mut body, max_t - min_t);
-            put_uvarint(&mut body, offset);
-        }
-    }
-    // Postings: for every label pair, the bitmap of the series (by position) carrying it.
-    let mut postings: std::collections::BTreeMap<(u64, u64), roaring::RoaringBitmap> =
-        std::collections::BTreeMap::new();
-    for (i, labels) in series.iter().enumerate() {
-        for l in labels.iter() {
-            postings
-                .entry((sym(&l.name), sym(&l.value)))
-                .or_default()
-                .insert(i as u32);
-        }
-    }
-    put_uvarint(&mut body, postings.len() as u64);
-    let mut bitmap = Vec::new();
-    for ((name, value), p) in &postings {
-        put_uvarint(&mut body, *name);
-        put_uvarint(&mut body, *value);
-        bitmap.clear();
-        p.serialize_into(&mut bitmap)
-            .map_err(|e| Error::Corrupt(format!("encoding postings: {e}")))?;
-        put_uvarint(&mut body, bitmap.len() as u64);
-        body.extend_from_slice(&bitmap);
-    }
+    let body = index_body(&series, &ends, &refs, min_time, layout)?;
     // The body compressed as one section (symbols and chunk times repeat): the length
     // it unpacks to, then the section.
-    let mut index: Vec<u8> = INDEX_MAGIC_PACKED.to_vec();
+    let mut index: Vec<u8> = match layout {
+        IndexLayout::Absolute => INDEX_MAGIC_PACKED,
+        IndexLayout::Relative => INDEX_MAGIC_RELATIVE,
+    }
+    .to_vec();
     put_uvarint(&mut index, body.len() as u64);
     index.extend_from_slice(&dense::pack_index(body)?);
     let crc = crc32c::crc32c(&index);
@@ -646,6 +608,104 @@ const MAX_CHUNK_HEADER: usize = 10 + 1 + 3;
 
 /// Appends a record header: the data's length, the encoding, and the number of samples,
 /// except for dense values, whose count is their time section's.
+/// How an index body lays out chunk references and postings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexLayout {
+    /// `STRIDX02`/`03`: absolute chunk times and offsets, then the postings.
+    // Written only by tests, which check that blocks written before still read.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Absolute,
+    /// `STRIDX04`: a base time, chunk times from it and offsets from the previous
+    /// chunk's; no postings (they follow from the series' labels).
+    Relative,
+}
+
+/// The body of an index (everything after its magic): symbols, series with their chunk
+/// references (`refs[ends[i-1]..ends[i]]` for the i-th series) and, in the absolute
+/// layout, postings.
+fn index_body(
+    series: &[&Labels],
+    ends: &[usize],
+    refs: &[(i64, i64, u64)],
+    base: i64,
+    layout: IndexLayout,
+) -> Result<Vec<u8>, Error> {
+    // Deduplicated as they are gathered: a block repeats a few thousand strings over
+    // hundreds of thousands of labels.
+    let mut symbols: Vec<&str> = series
+        .iter()
+        .flat_map(|l| l.iter().flat_map(|l| [&*l.name, &*l.value]))
+        .collect::<std::collections::HashSet<&str>>()
+        .into_iter()
+        .collect();
+    symbols.sort_unstable();
+    let mut body: Vec<u8> = Vec::new();
+    put_uvarint(&mut body, symbols.len() as u64);
+    for s in &symbols {
+        put_uvarint(&mut body, s.len() as u64);
+        body.extend_from_slice(s.as_bytes());
+    }
+    let sym = |s: &str| symbols.binary_search(&s).unwrap_or(0) as u64;
+    put_uvarint(&mut body, series.len() as u64);
+    if layout == IndexLayout::Relative {
+        put_varint(&mut body, base);
+    }
+    let (mut from, mut previous_offset) = (0, 0u64);
+    for (labels, &end) in series.iter().zip(ends) {
+        let chunks = &refs[from..end];
+        from = end;
+        put_uvarint(&mut body, labels.len() as u64);
+        for l in labels.iter() {
+            put_uvarint(&mut body, sym(&l.name));
+            put_uvarint(&mut body, sym(&l.value));
+        }
+        put_uvarint(&mut body, chunks.len() as u64);
+        for &(min_t, max_t, offset) in chunks {
+            match layout {
+                IndexLayout::Absolute => {
+                    put_varint(&mut body, min_t);
+                    put_varint(&mut body, max_t - min_t);
+                    put_uvarint(&mut body, offset);
+                }
+                IndexLayout::Relative => {
+                    // Most chunks of a block start near its start and follow one another
+                    // in the file: small numbers that repeat, which compress.
+                    put_varint(&mut body, min_t.wrapping_sub(base));
+                    put_varint(&mut body, max_t - min_t);
+                    put_varint(&mut body, offset.wrapping_sub(previous_offset) as i64);
+                    previous_offset = offset;
+                }
+            }
+        }
+    }
+    if layout == IndexLayout::Relative {
+        return Ok(body);
+    }
+    // Postings: for every label pair, the bitmap of the series (by position) carrying it.
+    let mut postings: std::collections::BTreeMap<(u64, u64), roaring::RoaringBitmap> =
+        std::collections::BTreeMap::new();
+    for (i, labels) in series.iter().enumerate() {
+        for l in labels.iter() {
+            postings
+                .entry((sym(&l.name), sym(&l.value)))
+                .or_default()
+                .insert(i as u32);
+        }
+    }
+    put_uvarint(&mut body, postings.len() as u64);
+    let mut bitmap = Vec::new();
+    for ((name, value), p) in &postings {
+        put_uvarint(&mut body, *name);
+        put_uvarint(&mut body, *value);
+        bitmap.clear();
+        p.serialize_into(&mut bitmap)
+            .map_err(|e| Error::Corrupt(format!("encoding postings: {e}")))?;
+        put_uvarint(&mut body, bitmap.len() as u64);
+        body.extend_from_slice(&bitmap);
+    }
+    Ok(body)
+}
+
 fn put_record_header(out: &mut Vec<u8>, len: usize, encoding: Encoding, count: u16) {
     put_uvarint(out, len as u64);
     out.push(encoding as u8);
@@ -946,8 +1006,9 @@ impl Block {
         let index_path = dir.join("index");
         let index = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
         let magic = index.get(..INDEX_MAGIC.len());
+        let relative = magic == Some(INDEX_MAGIC_RELATIVE);
         if index.len() < INDEX_MAGIC.len() + 4
-            || (magic != Some(INDEX_MAGIC) && magic != Some(INDEX_MAGIC_PACKED))
+            || (magic != Some(INDEX_MAGIC) && magic != Some(INDEX_MAGIC_PACKED) && !relative)
         {
             return Err(corrupt("index", "bad magic".into()));
         }
@@ -958,7 +1019,7 @@ impl Block {
         }
         // A packed index: the same body as an unpacked one once decompressed.
         let unpacked;
-        let body = if magic == Some(INDEX_MAGIC_PACKED) {
+        let body = if magic == Some(INDEX_MAGIC_PACKED) || relative {
             let mut r = Cursor::new(&body[INDEX_MAGIC.len()..]);
             let len = r
                 .uvarint()
@@ -1010,6 +1071,15 @@ impl Block {
         intern(&mut symbols);
         let sym = |i: u64| symbols.get(i as usize).cloned();
         let nseries = r.uvarint().ok_or_else(bad)? as usize;
+        let base = if relative {
+            r.varint().ok_or_else(bad)?
+        } else {
+            0
+        };
+        let mut previous_offset = 0u64;
+        // Relative layout: the series (by position) of each label pair, by symbol.
+        let mut pairs: std::collections::HashMap<(u64, u64), Vec<u32>> =
+            std::collections::HashMap::new();
         let mut series = Vec::with_capacity(nseries.min(body.len()));
         let mut postings = Postings::default();
         let mut verified_times: std::collections::HashMap<usize, (usize, usize, u16)> =
@@ -1019,18 +1089,31 @@ impl Block {
             let nl = r.uvarint().ok_or_else(bad)? as usize;
             let mut ls = Vec::with_capacity(nl.min(64));
             for _ in 0..nl {
-                let name = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
-                let value = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
+                let (n, v) = (r.uvarint().ok_or_else(bad)?, r.uvarint().ok_or_else(bad)?);
+                let name = sym(n).ok_or_else(bad)?;
+                let value = sym(v).ok_or_else(bad)?;
                 ls.push(Label { name, value });
+                if relative {
+                    pairs.entry((n, v)).or_default().push(series.len() as u32);
+                }
             }
             let labels = Labels::from_vec(ls);
             let labels = share(&labels).unwrap_or(labels);
             let nc = r.uvarint().ok_or_else(bad)? as usize;
             let mut chunks = Vec::with_capacity(nc.min(body.len()));
             for _ in 0..nc {
-                let min_t = r.varint().ok_or_else(bad)?;
-                let max_t = min_t.wrapping_add(r.varint().ok_or_else(bad)?);
-                let offset = r.uvarint().ok_or_else(bad)? as usize;
+                let (min_t, max_t, offset) = if relative {
+                    let min_t = base.wrapping_add(r.varint().ok_or_else(bad)?);
+                    let max_t = min_t.wrapping_add(r.varint().ok_or_else(bad)?);
+                    previous_offset =
+                        previous_offset.wrapping_add(r.varint().ok_or_else(bad)? as u64);
+                    (min_t, max_t, previous_offset)
+                } else {
+                    let min_t = r.varint().ok_or_else(bad)?;
+                    let max_t = min_t.wrapping_add(r.varint().ok_or_else(bad)?);
+                    (min_t, max_t, r.uvarint().ok_or_else(bad)?)
+                };
+                let offset = usize::try_from(offset).map_err(|_| bad())?;
                 let Record {
                     encoding,
                     count,
@@ -1088,7 +1171,21 @@ impl Block {
             }
             series.push(BlockSeries { labels, chunks });
         }
-        let npairs = r.uvarint().ok_or_else(bad)? as usize;
+        for ((n, v), positions) in pairs {
+            let (Some(name), Some(value)) = (sym(n), sym(v)) else {
+                return Err(bad());
+            };
+            // Positions come in series order: ascending, each once per pair unless a
+            // series repeats a label, which `from_sorted_iter` refuses.
+            let bitmap = roaring::RoaringBitmap::from_sorted_iter(positions)
+                .map_err(|_| corrupt("index", format!("a series repeats {name}={value}")))?;
+            postings.insert_bitmap(name, value, bitmap);
+        }
+        let npairs = if relative {
+            0
+        } else {
+            r.uvarint().ok_or_else(bad)? as usize
+        };
         for _ in 0..npairs {
             let name = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
             let value = sym(r.uvarint().ok_or_else(bad)?).ok_or_else(bad)?;
@@ -1360,10 +1457,28 @@ mod tests {
                 (l, (0..100).map(|i| (i * 15_000, (i * n) as f64)).collect())
             })
             .collect();
-        let dir = write_block(tmp.path(), &series, nb(0, 1_500_000))?;
+        let labels: Vec<&Labels> = series.iter().map(|(l, _)| l).collect();
+        let current = write_block(tmp.path(), &series, nb(0, 1_500_000))?;
+        let path = current.join("index");
+        let relative = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        assert_eq!(&relative[..8], INDEX_MAGIC_RELATIVE);
+        // The same block as it was written before the relative layout: magic 03.
+        let dir = write_block_laid_out(
+            &tmp.path().join("before"),
+            &labels,
+            |i| Cow::Borrowed(&series[i].1[..]),
+            nb(0, 1_500_000),
+            IndexLayout::Absolute,
+        )?;
         let path = dir.join("index");
         let packed = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         assert_eq!(&packed[..8], INDEX_MAGIC_PACKED);
+        assert!(
+            relative.len() < packed.len(),
+            "{} >= {}",
+            relative.len(),
+            packed.len()
+        );
         // The same index as blocks were written before: magic 02, the body as is.
         let mut r = Cursor::new(&packed[8..packed.len() - 4]);
         let len = r.uvarint().unwrap_or(0) as usize;
@@ -1385,12 +1500,16 @@ mod tests {
                 .map(|(l, c)| (l, c.iter().flat_map(|c| c.iter()).collect()))
                 .collect()
         };
-        let want = read(&Block::open(&dir)?);
+        let want = read(&Block::open(&current)?);
         assert_eq!(want.len(), series.len());
         for (l, samples) in &series {
             let got = want.iter().find(|(g, _)| g == l).map(|(_, s)| s);
             assert_eq!(got, Some(samples), "{l}");
         }
+        assert!(
+            read(&Block::open(&dir)?) == want,
+            "the packed index of absolute times reads differently"
+        );
         fs::write(&path, &old).map_err(|e| Error::io(&path, e))?;
         assert!(
             read(&Block::open(&dir)?) == want,
