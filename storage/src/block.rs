@@ -606,8 +606,6 @@ impl ChunksOut {
 /// The longest record header: a `uvarint` length, the encoding, a `uvarint` count.
 const MAX_CHUNK_HEADER: usize = 10 + 1 + 3;
 
-/// Appends a record header: the data's length, the encoding, and the number of samples,
-/// except for dense values, whose count is their time section's.
 /// How an index body lays out chunk references and postings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IndexLayout {
@@ -706,6 +704,8 @@ fn index_body(
     Ok(body)
 }
 
+/// Appends a record header: the data's length, the encoding, and the number of samples,
+/// except for dense values, whose count is their time section's.
 fn put_record_header(out: &mut Vec<u8>, len: usize, encoding: Encoding, count: u16) {
     put_uvarint(out, len as u64);
     out.push(encoding as u8);
@@ -1510,6 +1510,23 @@ mod tests {
             read(&Block::open(&dir)?) == want,
             "the packed index of absolute times reads differently"
         );
+        // Postings built at open answer as the stored ones do.
+        let (built, stored) = (Block::open(&current)?, Block::open(&dir)?);
+        assert_eq!(built.label_names(), stored.label_names());
+        assert_eq!(built.label_values("n"), stored.label_values("n"));
+        assert_eq!(built.label_values("n").len(), series.len());
+        for m in [
+            vec![Matcher::equal("n", "7")],
+            vec![Matcher::regex("n", "1.*")?],
+            vec![
+                Matcher::equal("__name__", "m"),
+                Matcher::not_equal("n", "3"),
+            ],
+        ] {
+            let found = built.matching(&m);
+            assert!(!found.is_empty());
+            assert_eq!(found, stored.matching(&m));
+        }
         fs::write(&path, &old).map_err(|e| Error::io(&path, e))?;
         assert!(
             read(&Block::open(&dir)?) == want,
