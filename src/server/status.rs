@@ -178,7 +178,7 @@ pub(crate) async fn runtimeinfo(State(st): State<Arc<AppState>>) -> Response {
     let cwd = std::env::current_dir()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = strata_storage::cores();
     let retention = st
         .flags
         .iter()

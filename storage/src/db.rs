@@ -2026,7 +2026,8 @@ fn write_head_block(
     // Every series as (labels, source, position): source `partners.len()` is the head,
     // and goes after the partners' samples of the same labels.
     let in_head = partners.len();
-    let mut refs: Vec<(&Labels, usize, u32)> = Vec::with_capacity(live.len());
+    let mut refs: Vec<(&Labels, usize, u32)> =
+        Vec::with_capacity(live.len() + partners.iter().map(|b| b.series_count()).sum::<usize>());
     block_series_refs(partners, &mut refs);
     refs.extend(
         live.iter()
