@@ -12,6 +12,7 @@ mod scrape;
 mod server;
 mod yaml;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -630,10 +631,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             db.clone(),
             Duration::from_millis((args.block_range_ms / 4).clamp(1_000, 60_000) as u64),
         ));
-        let served = axum::serve(listener, server::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP");
+        // The serving loop runs as a task on the runtime's workers rather than on this
+        // thread: the connection a worker accepts is then handed to the loop and served on
+        // that same worker, with no wake-up of this thread and of a worker in between.
+        let serving = axum::serve(
+            listener,
+            server::router(state)
+                .into_make_service_with_connect_info::<server::listener::ConnSocket>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .into_future();
+        let served = match tokio::spawn(serving).await {
+            Ok(r) => r.context("serving HTTP"),
+            Err(e) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+        };
         wal_sync.stop();
         served
     })?;

@@ -8,12 +8,15 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -116,6 +119,29 @@ pub(crate) fn reload_tls(web: &WebConfig, state: &TlsState) -> Result<(), String
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket under the stream.
+    fn socket(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+/// The socket of the connection a request came on: its handler watches it to notice the
+/// client leaving while the handler keeps its thread ([`crate::server::watch_client`]).
+/// Valid while the request is handled: HTTP/1 handles a connection's requests inside
+/// the task that owns the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnSocket(pub(crate) RawFd);
+
+impl Connected<IncomingStream<'_, Listener>> for ConnSocket {
+    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+        ConnSocket(stream.io().stream.socket())
+    }
 }
 
 /// A connection holding one of the listener's slots, with the read deadline.
