@@ -376,12 +376,13 @@ const PARTS_PER_THREAD: usize = 4;
 /// A part's results, once a thread has evaluated it.
 type PartResult<R> = Mutex<Option<Result<Vec<R>, QueryError>>>;
 
-/// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads when there are
-/// `min_items` or more (on the calling thread otherwise), the results concatenated in
-/// order; the first error (in item order) wins. The threads take the parts in turn from
-/// a shared cursor, several parts each: a thread that starts late (waking an idle core
-/// takes 0.1–0.3 ms on a virtual machine) takes fewer, and the calling thread does not
-/// wait for one that started behind it with half the work still to do.
+/// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads (the calling one
+/// and parked helpers, [`crate::helpers::together`]) when there are `min_items` or more
+/// (on the calling thread otherwise), the results concatenated in order; the first error
+/// (in item order) wins. The threads take the parts in turn from a shared cursor, several
+/// parts each: a helper that starts late (waking an idle core takes 0.1–0.3 ms on a
+/// virtual machine) takes fewer, and the calling thread does not wait for one that
+/// started behind it with half the work still to do, nor for one that has not started.
 fn on_cores<T: Sync, R: Send>(
     items: &[T],
     min_items: usize,
@@ -409,14 +410,8 @@ fn on_cores<T: Sync, R: Send>(
             return;
         }
     };
-    let panicked = std::thread::scope(|sc| {
-        // The calling thread works too: one thread fewer to start.
-        let handles: Vec<_> = (1..threads.min(parts.len()))
-            .map(|_| sc.spawn(work))
-            .collect();
-        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err();
-        handles.into_iter().fold(own, |p, h| h.join().is_err() || p)
-    });
+    // The calling thread works too: one helper fewer to wake.
+    let panicked = crate::helpers::together(threads.min(parts.len()) - 1, &work);
     if panicked {
         return Err(QueryError::Execution(
             "a query evaluation thread panicked".into(),
