@@ -377,7 +377,7 @@ const PARTS_PER_THREAD: usize = 4;
 type PartResult<R> = Mutex<Option<Result<Vec<R>, QueryError>>>;
 
 /// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads (the calling one
-/// and parked helpers, [`crate::helpers::together`]) when there are `min_items` or more
+/// and parked helpers, [`strata_storage::helpers::together`]) when there are `min_items` or more
 /// (on the calling thread otherwise), the results concatenated in order; the first error
 /// (in item order) wins. The threads take the parts in turn from a shared cursor, several
 /// parts each: a helper that starts late (waking an idle core takes 0.1–0.3 ms on a
@@ -411,7 +411,7 @@ fn on_cores<T: Sync, R: Send>(
         }
     };
     // The calling thread works too: one helper fewer to wake.
-    let panicked = crate::helpers::together(threads.min(parts.len()) - 1, &work);
+    let panicked = strata_storage::helpers::together(threads.min(parts.len()) - 1, &work);
     if panicked {
         return Err(QueryError::Execution(
             "a query evaluation thread panicked".into(),

@@ -20,7 +20,6 @@ pub mod duration;
 mod error;
 mod eval;
 mod functions;
-mod helpers;
 mod histogram;
 mod position;
 pub mod script;

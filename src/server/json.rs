@@ -204,9 +204,11 @@ pub(crate) fn push_query_value(out: &mut String, v: &QueryValue) {
     out.push('}');
 }
 
-/// From this many points on, a matrix is written on two threads, half the series each:
-/// a float's shortest decimal takes about a tenth of a microsecond.
+/// From this many points on, a matrix is written on two threads, in [`JSON_PARTS`] parts
+/// taken in turn: a float's shortest decimal takes about a tenth of a microsecond.
 const PARALLEL_JSON_POINTS: usize = 4_096;
+/// The parts of a matrix written on two threads.
+const JSON_PARTS: usize = 8;
 
 type MatrixSeries = (Labels, Vec<(i64, f64)>);
 
@@ -217,31 +219,46 @@ fn push_matrix(out: &mut String, series: &[MatrixSeries]) {
         push_matrix_series(out, series);
         return;
     }
-    // Split where half the points are written.
-    let mut seen = 0;
-    let mid = series
-        .iter()
-        .position(|s| {
-            seen += s.1.len();
-            seen * 2 >= points
-        })
-        .map_or(series.len() / 2, |i| (i + 1).min(series.len() - 1));
-    let (front, back) = series.split_at(mid);
-    let half = out.capacity() / 2;
-    let written = std::thread::scope(|sc| {
-        let writer = sc.spawn(|| {
-            let mut b = String::with_capacity(half);
-            push_matrix_series(&mut b, back);
-            b
-        });
-        push_matrix_series(out, front);
-        writer.join()
+    // Parts of about the same number of points, taken in turn by this thread and a
+    // helper: a helper that wakes late writes fewer of them.
+    let per = points.div_ceil(JSON_PARTS);
+    let mut parts: Vec<&[MatrixSeries]> = Vec::with_capacity(JSON_PARTS + 1);
+    let (mut start, mut seen) = (0, 0);
+    for (i, s) in series.iter().enumerate() {
+        seen += s.1.len();
+        if seen >= per {
+            parts.push(&series[start..=i]);
+            (start, seen) = (i + 1, 0);
+        }
+    }
+    if start < series.len() {
+        parts.push(&series[start..]);
+    }
+    let room = out.capacity() / parts.len();
+    let written: Vec<std::sync::Mutex<Option<String>>> =
+        parts.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    strata_storage::helpers::together(1, &|| loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(part) = parts.get(i) else { return };
+        let mut b = String::with_capacity(room);
+        push_matrix_series(&mut b, part);
+        *written[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(b);
     });
-    out.push(',');
-    match written {
-        Ok(b) => out.push_str(&b),
-        // The formatting does not panic; were it to, the second half is written here.
-        Err(_) => push_matrix_series(out, back),
+    for (i, (w, part)) in written.into_iter().zip(&parts).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match w
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(b) => out.push_str(&b),
+            // The formatting does not panic; were it to, that part is written here.
+            None => push_matrix_series(out, part),
+        }
     }
 }
 
@@ -359,6 +376,8 @@ mod tests {
             vec![big / 3; 5],
             vec![0, big, 0],
             vec![big / 4 - 1; 3],
+            vec![big / 20; 40],
+            vec![7; 1000],
         ] {
             let m = series(&sizes);
             let mut serial = String::new();

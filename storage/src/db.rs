@@ -1857,12 +1857,8 @@ impl Querier {
                 p.split_at(at)
             })
             .unzip();
-        let out = std::thread::scope(|sc| {
-            let later = sc.spawn(|| merge(back, backs));
-            let mut out = merge(front, fronts);
-            out.extend(crate::head::join(later));
-            out
-        });
+        let (mut out, later) = crate::helpers::join(|| merge(front, fronts), || merge(back, backs));
+        out.extend(later);
         Ok(out)
     }
 

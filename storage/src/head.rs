@@ -562,11 +562,7 @@ fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
     }
     let mid = series.len() / 2;
     let (front, back) = series.split_at_mut(mid);
-    std::thread::scope(|sc| {
-        let sorting = sc.spawn(|| back.sort_by(by_labels));
-        front.sort_by(by_labels);
-        join(sorting);
-    });
+    crate::helpers::join(|| front.sort_by(by_labels), || back.sort_by(by_labels));
     let back = series.split_off(mid);
     let front = std::mem::take(series);
     series.reserve_exact(front.len() + back.len());
@@ -602,11 +598,6 @@ fn intern(symbols: &mut HashSet<Arc<str>>, s: &Arc<str>) -> Arc<str> {
             Arc::clone(s)
         }
     }
-}
-
-/// The result of a scoped thread; its panic goes on in the caller.
-pub(crate) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// A head series as selected: labels, chunks, out-of-order samples in the range, and its
@@ -1192,12 +1183,9 @@ impl Head {
             return take(&series);
         }
         let (front, back) = series.split_at(series.len() / 2);
-        std::thread::scope(|sc| {
-            let back = sc.spawn(|| take(back));
-            let mut out = take(front);
-            out.extend(join(back));
-            out
-        })
+        let (mut out, back) = crate::helpers::join(|| take(front), || take(back));
+        out.extend(back);
+        out
     }
 
     /// The series matching `matchers`, sorted by labels, each once: the first half of

@@ -35,6 +35,7 @@ mod error;
 mod fault;
 mod head;
 mod head_chunks;
+pub mod helpers;
 mod labels;
 mod matcher;
 mod postings;
