@@ -373,11 +373,8 @@ fn query_threads() -> usize {
 /// How many parts [`on_cores`] cuts its items into for each thread.
 const PARTS_PER_THREAD: usize = 4;
 
-/// A part's results, once a thread has evaluated it.
-type PartResult<R> = Mutex<Option<Result<Vec<R>, QueryError>>>;
-
 /// `f` over `items` in contiguous parts on up to [`MAX_THREADS`] threads (the calling one
-/// and parked helpers, [`strata_storage::helpers::together`]) when there are `min_items` or more
+/// and parked helpers, [`strata_storage::helpers::in_parts`]) when there are `min_items` or more
 /// (on the calling thread otherwise), the results concatenated in order; the first error
 /// (in item order) wins. The threads take the parts in turn from a shared cursor, several
 /// parts each: a helper that starts late (waking an idle core takes 0.1–0.3 ms on a
@@ -394,37 +391,23 @@ fn on_cores<T: Sync, R: Send>(
     }
     let per = items.len().div_ceil(threads * PARTS_PER_THREAD);
     let parts: Vec<&[T]> = items.chunks(per).collect();
-    let done: Vec<PartResult<R>> = parts.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(part) = parts.get(i) else {
-            return;
-        };
-        let r = f(part);
-        let failed = r.is_err();
-        *done[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
-        if failed {
-            // The parts after this one are not needed.
-            next.fetch_max(parts.len(), Ordering::Relaxed);
-            return;
-        }
-    };
-    // The calling thread works too: one helper fewer to wake.
-    let panicked = strata_storage::helpers::together(threads.min(parts.len()) - 1, &work);
-    if panicked {
-        return Err(QueryError::Execution(
-            "a query evaluation thread panicked".into(),
-        ));
-    }
+    // The calling thread works too: one helper fewer to wake. The parts after a failed
+    // one are not needed.
+    let done = strata_storage::helpers::in_parts(
+        threads.min(parts.len()) - 1,
+        &parts,
+        |part| f(part),
+        Result::is_err,
+    );
     let mut out = Vec::with_capacity(items.len());
     for d in done {
-        match d.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        match d {
             Some(r) => out.extend(r?),
-            // Only a part after a failed one is skipped, and that error came first.
+            // A part is skipped after a failed one, whose error came first, or when its
+            // evaluation panicked.
             None => {
                 return Err(QueryError::Execution(
-                    "a part of the query was not evaluated".into(),
+                    "a query evaluation thread panicked".into(),
                 ))
             }
         }

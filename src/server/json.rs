@@ -235,26 +235,21 @@ fn push_matrix(out: &mut String, series: &[MatrixSeries]) {
         parts.push(&series[start..]);
     }
     let room = out.capacity() / parts.len();
-    let written: Vec<std::sync::Mutex<Option<String>>> =
-        parts.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    strata_storage::helpers::together(1, &|| loop {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(part) = parts.get(i) else { return };
-        let mut b = String::with_capacity(room);
-        push_matrix_series(&mut b, part);
-        *written[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(b);
-    });
+    let written = strata_storage::helpers::in_parts(
+        1,
+        &parts,
+        |part| {
+            let mut b = String::with_capacity(room);
+            push_matrix_series(&mut b, part);
+            b
+        },
+        |_| false,
+    );
     for (i, (w, part)) in written.into_iter().zip(&parts).enumerate() {
         if i > 0 {
             out.push(',');
         }
-        match w
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        match w {
             Some(b) => out.push_str(&b),
             // The formatting does not panic; were it to, that part is written here.
             None => push_matrix_series(out, part),

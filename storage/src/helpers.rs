@@ -6,6 +6,7 @@
 //! with the work is withdrawn, so the caller never waits for a core to wake for nothing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
 /// One participant's turn at a shared piece of work.
@@ -75,7 +76,7 @@ pub fn together(helpers: usize, work: &(dyn Fn() + Sync)) -> bool {
         // Helpers are started as the work asks for them and stay parked between calls.
         while q.threads < helpers {
             let started = std::thread::Builder::new()
-                .name("query-helper".into())
+                .name("helper".into())
                 .spawn(help);
             if started.is_err() {
                 break;
@@ -102,6 +103,34 @@ pub fn together(helpers: usize, work: &(dyn Fn() + Sync)) -> bool {
         panicked |= running.1;
     }
     panicked
+}
+
+/// `f` over each of `parts`, taken in turn by the calling thread and up to `helpers`
+/// helpers, the results in the parts' order. After a result for which `stop` holds, no
+/// further part is taken. `None` for a part not done: one after a stop, or one whose `f`
+/// panicked (the panic itself is not passed on).
+pub fn in_parts<P: Sync, R: Send>(
+    helpers: usize,
+    parts: &[P],
+    f: impl Fn(&P) -> R + Sync,
+    stop: impl Fn(&R) -> bool + Sync,
+) -> Vec<Option<R>> {
+    let done: Vec<Mutex<Option<R>>> = parts.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    together(helpers, &|| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(part) = parts.get(i) else { return };
+        let r = f(part);
+        let stopping = stop(&r);
+        put(&done[i], r);
+        if stopping {
+            next.fetch_max(parts.len(), Ordering::Relaxed);
+            return;
+        }
+    });
+    done.into_iter()
+        .map(|d| d.into_inner().unwrap_or_else(PoisonError::into_inner))
+        .collect()
 }
 
 /// `a()` on the calling thread and `b()` on a helper, or both on the calling thread when
@@ -187,6 +216,17 @@ mod tests {
             assert!(!panicked);
             assert!(parts.iter().all(|p| p.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn in_parts_keeps_order_and_stops_after_a_stop() {
+        let parts: Vec<usize> = (0..100).collect();
+        let all = in_parts(1, &parts, |&i| i * 3, |_| false);
+        assert_eq!(all, parts.iter().map(|&i| Some(i * 3)).collect::<Vec<_>>());
+        // On the calling thread alone the parts go in order: none after the stop.
+        let stopped = in_parts(0, &parts, |&i| i, |&r| r == 40);
+        assert!(stopped[..=40].iter().all(Option::is_some));
+        assert!(stopped[41..].iter().all(Option::is_none));
     }
 
     #[test]
