@@ -129,9 +129,10 @@ pub(crate) enum ChunkView {
     Samples(Arc<[(i64, f64)]>),
 }
 
-/// The samples of a [`ChunkView`]: XOR chunks decode as they go, dense ones at once.
+/// The samples of a [`ChunkView`]: XOR and decimal chunks decode as they go, dense ones
+/// at once.
 pub(crate) enum ChunkIter<'a> {
-    Xor(XorIter<'a>),
+    Encoded(HeadIter<'a>),
     Decoded(std::vec::IntoIter<(i64, f64)>),
     Slice(std::iter::Copied<std::slice::Iter<'a, (i64, f64)>>),
 }
@@ -142,7 +143,7 @@ impl Iterator for ChunkIter<'_> {
     #[inline]
     fn next(&mut self) -> Option<(i64, f64)> {
         match self {
-            ChunkIter::Xor(it) => it.next(),
+            ChunkIter::Encoded(it) => it.next(),
             ChunkIter::Decoded(it) => it.next(),
             ChunkIter::Slice(it) => it.next(),
         }
@@ -202,7 +203,7 @@ impl ChunkView {
 
     pub(crate) fn iter(&self) -> ChunkIter<'_> {
         match self {
-            ChunkView::Head(c) => ChunkIter::Xor(c.iter()),
+            ChunkView::Head(c) => ChunkIter::Encoded(c.iter()),
             ChunkView::HeadFile { .. } => ChunkIter::Decoded(
                 self.with_head_file(|it| it.collect::<Vec<_>>())
                     .unwrap_or_default()
@@ -212,7 +213,7 @@ impl ChunkView {
             ChunkView::Mapped { file, chunk: c } => {
                 let data = file.get(c.start..c.start + c.len).unwrap_or(&[]);
                 if c.encoding == Encoding::Xor {
-                    return ChunkIter::Xor(XorIter::new(data, c.count));
+                    return ChunkIter::Encoded(XorIter::new(data, c.count).into());
                 }
                 let mut out = Vec::with_capacity(usize::from(c.count));
                 let decoded = decoded_times(file, c, &mut out)

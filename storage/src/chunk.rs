@@ -283,6 +283,16 @@ impl XorChunk {
         Self::new_with(Vec::with_capacity(32))
     }
 
+    /// An empty chunk writing into `bytes` (which must be empty).
+    pub(crate) fn with_buffer(bytes: Vec<u8>) -> Self {
+        Self::new_with(bytes)
+    }
+
+    /// The buffer, for the next chunk to reuse.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.bits.bytes
+    }
+
     fn new_with(bytes: Vec<u8>) -> Self {
         Self {
             bits: BitWriter { bytes, free: 0 },
@@ -370,14 +380,6 @@ impl XorChunk {
     }
 
     /// Appends a sample. The caller guarantees `t` is greater than the last timestamp.
-    /// Where the next append writes: for [`crate::prefetch`].
-    pub(crate) fn tail(&self) -> *const u8 {
-        self.bits
-            .bytes
-            .as_ptr()
-            .wrapping_add(self.bits.bytes.len().saturating_sub(1))
-    }
-
     pub(crate) fn append(&mut self, t: i64, v: f64) {
         let vbits = v.to_bits();
         if self.count >= 2 && self.count.is_multiple_of(MARK_EVERY) {
@@ -460,14 +462,6 @@ impl XorChunk {
     }
 
     /// Freezes the chunk into its encoded bytes and sample count.
-    /// Empties the chunk for reuse, keeping its buffer: a head series fills one chunk
-    /// after another, and reusing the buffer spares the allocator the churn.
-    pub(crate) fn reset(&mut self) {
-        let mut bytes = std::mem::take(&mut self.bits.bytes);
-        bytes.clear();
-        *self = Self::new_with(bytes);
-    }
-
     pub(crate) fn into_encoded(self) -> (Box<[u8]>, u16) {
         (self.bits.bytes.into_boxed_slice(), self.count)
     }

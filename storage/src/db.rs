@@ -1441,7 +1441,7 @@ impl Series {
                 continue;
             }
             match c.iter() {
-                ChunkIter::Xor(it) => take_xor_in_range(it.into(), out, mint, maxt, &mut last),
+                ChunkIter::Encoded(it) => take_xor_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Slice(it) => take_in_range(it, out, mint, maxt, &mut last),
             }

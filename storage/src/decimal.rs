@@ -333,10 +333,18 @@ impl<'a> DecimalIter<'a> {
     #[inline]
     pub(crate) fn decode_while(mut self, mut f: impl FnMut(i64, f64) -> bool) {
         if self.packed.is_none() {
-            for (t, v) in self {
-                if !f(t, v) {
-                    return;
+            if self.first {
+                match self.next() {
+                    Some((t, v)) if f(t, v) => {}
+                    _ => return,
                 }
+            }
+            // `m / 1` is `m`: integers skip the division.
+            let pow = self.p;
+            if pow == 1.0 {
+                self.decode_varints(f, |m| m as f64);
+            } else {
+                self.decode_varints(f, |m| m as f64 / pow);
             }
             return;
         }
@@ -363,6 +371,53 @@ impl<'a> DecimalIter<'a> {
             p.decode(self.t, self.m, self.step, end, f, |m| m as f64 / pow);
         }
     }
+}
+
+impl DecimalIter<'_> {
+    /// The varint layout's samples after the first, in one loop with the state in
+    /// registers and one- and two-byte varints read inline.
+    #[inline(always)]
+    fn decode_varints(mut self, mut f: impl FnMut(i64, f64) -> bool, value: impl Fn(i64) -> f64) {
+        let bytes = self.r.rest();
+        let (mut t, mut m, step) = (self.t, self.m, self.step);
+        let mut at = 0usize;
+        for _ in 0..self.remaining {
+            let (Some(dt), Some(dm)) = (zigzag_at(bytes, &mut at), zigzag_at(bytes, &mut at))
+            else {
+                // Truncated bytes: stop rather than yield garbage.
+                return;
+            };
+            t = t.wrapping_add(step).wrapping_add(dt);
+            m = m.wrapping_add(dm);
+            if !f(t, value(m)) {
+                return;
+            }
+        }
+    }
+}
+
+/// The zig-zag varint at `*at`, moving `at` past it.
+#[inline(always)]
+fn zigzag_at(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let &b0 = bytes.get(*at)?;
+    let u = if b0 < 0x80 {
+        *at += 1;
+        u64::from(b0)
+    } else {
+        match bytes.get(*at + 1) {
+            Some(&b1) if b1 < 0x80 => {
+                *at += 2;
+                u64::from(b0 & 0x7f) | u64::from(b1) << 7
+            }
+            _ => {
+                let mut c = Cursor::new(bytes.get(*at..)?);
+                let u = c.uvarint()?;
+                *at += bytes.get(*at..)?.len() - c.rest().len();
+                u
+            }
+        }
+    };
+    Some(((u >> 1) as i64) ^ -((u & 1) as i64))
 }
 
 impl Iterator for DecimalIter<'_> {
@@ -396,6 +451,231 @@ impl Iterator for DecimalIter<'_> {
         self.t = self.t.wrapping_add(self.step).wrapping_add(dt);
         self.m = self.m.wrapping_add(dm);
         Some((self.t, self.m as f64 / self.p))
+    }
+}
+
+/// Samples between two marks of an open decimal chunk.
+const MARK_EVERY: u16 = 32;
+
+/// An open head chunk in the varint layout, appended to one sample at a time. The
+/// chunk's exponent is the first value's (or the previous chunk's, when larger and the
+/// value is exact at it); the step is the first spacing. A value the exponent cannot
+/// hold is refused, and the caller writes the chunk again at a larger exponent or as
+/// XOR.
+#[derive(Debug, Clone)]
+pub(crate) struct DecimalChunk {
+    bytes: Vec<u8>,
+    count: u16,
+    /// With no sample yet: the exponent to try first.
+    e: u8,
+    first_t: i64,
+    t: i64,
+    step: i64,
+    m: i64,
+    /// The two latest marks, older first (index 0: none yet).
+    marks: [StoredMark; 2],
+}
+
+/// A [`DecimalMark`] as the open chunk keeps it, in 16 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct StoredMark {
+    m: i64,
+    t_offset: u32,
+    at: u16,
+    index: u16,
+}
+
+/// Where decoding can start inside an open decimal chunk: the state before sample
+/// `index`, whose residuals start at byte `at`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DecimalMark {
+    pub(crate) index: u16,
+    pub(crate) at: usize,
+    /// The time of the sample before `index`: every sample from `index` on is later.
+    pub(crate) t: i64,
+    m: i64,
+    step: i64,
+    e: u8,
+}
+
+impl DecimalChunk {
+    /// An empty chunk writing into `bytes` (cleared); `e` is the exponent to try first.
+    pub(crate) fn with_buffer(mut bytes: Vec<u8>, e: u8) -> Self {
+        bytes.clear();
+        DecimalChunk {
+            bytes,
+            count: 0,
+            e: e.min(MAX_EXPONENT as u8),
+            first_t: 0,
+            t: 0,
+            step: 0,
+            m: 0,
+            marks: [StoredMark::default(); 2],
+        }
+    }
+
+    /// Appends a sample later than the last one; `false`, with the chunk unchanged,
+    /// when the value is not a decimal of the chunk's exponent (or the chunk is full).
+    #[inline]
+    pub(crate) fn append(&mut self, t: i64, v: f64) -> bool {
+        match self.count {
+            0 => {
+                let e = match as_decimal(v, usize::from(self.e)) {
+                    Some(_) => usize::from(self.e),
+                    None => match decimal_exponent(v) {
+                        Some(e) => e,
+                        None => return false,
+                    },
+                };
+                let Some(m) = as_decimal(v, e) else {
+                    return false;
+                };
+                self.e = e as u8;
+                self.first_t = t;
+                self.step = 0;
+                self.write_header(m);
+                self.m = m;
+            }
+            1 => {
+                let Some(m) = as_decimal(v, usize::from(self.e)) else {
+                    return false;
+                };
+                // The header is all there is so far: written again with the step.
+                self.step = t.wrapping_sub(self.t);
+                let m0 = self.m;
+                self.bytes.clear();
+                self.write_header(m0);
+                put_varint(&mut self.bytes, 0);
+                put_varint(&mut self.bytes, m.wrapping_sub(m0));
+                self.m = m;
+            }
+            n if n >= DECIMAL - 1 => return false,
+            n => {
+                let Some(m) = as_decimal(v, usize::from(self.e)) else {
+                    return false;
+                };
+                if n.is_multiple_of(MARK_EVERY) {
+                    self.mark();
+                }
+                put_varint(
+                    &mut self.bytes,
+                    t.wrapping_sub(self.t).wrapping_sub(self.step),
+                );
+                put_varint(&mut self.bytes, m.wrapping_sub(self.m));
+                self.m = m;
+            }
+        }
+        self.t = t;
+        self.count += 1;
+        true
+    }
+
+    fn write_header(&mut self, m0: i64) {
+        self.bytes.push(self.e);
+        put_varint(&mut self.bytes, self.first_t);
+        put_varint(&mut self.bytes, self.step);
+        put_varint(&mut self.bytes, m0);
+    }
+
+    /// Keeps a mark before the sample about to be appended, when its state fits.
+    fn mark(&mut self) {
+        let (Ok(at), Ok(t_offset)) = (
+            u16::try_from(self.bytes.len()),
+            u32::try_from(self.t.wrapping_sub(self.first_t)),
+        ) else {
+            return;
+        };
+        self.marks = [
+            self.marks[1],
+            StoredMark {
+                m: self.m,
+                t_offset,
+                at,
+                index: self.count,
+            },
+        ];
+    }
+
+    /// The latest mark after which every sample is newer than `t`, if the chunk has one.
+    pub(crate) fn mark_before(&self, t: i64) -> Option<DecimalMark> {
+        self.marks
+            .iter()
+            .rev()
+            .map(|m| DecimalMark {
+                index: m.index,
+                at: usize::from(m.at),
+                t: self.first_t.wrapping_add(i64::from(m.t_offset)),
+                m: m.m,
+                step: self.step,
+                e: self.e,
+            })
+            .find(|m| m.index > 0 && m.t < t)
+    }
+
+    /// The chunk's samples, `samples` (`f64`s of `m / 10^e`) at exponent `e` exactly, if
+    /// every value is a decimal of it; `bytes` is the buffer to write into.
+    pub(crate) fn at_exponent(
+        samples: impl IntoIterator<Item = (i64, f64)>,
+        e: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Self, Vec<u8>> {
+        let mut c = DecimalChunk::with_buffer(bytes, e as u8);
+        for (t, v) in samples {
+            if !c.append(t, v) || usize::from(c.e) != e {
+                return Err(c.bytes);
+            }
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    pub(crate) fn exponent(&self) -> u8 {
+        self.e
+    }
+
+    pub(crate) fn min_time(&self) -> i64 {
+        self.first_t
+    }
+
+    pub(crate) fn max_time(&self) -> i64 {
+        self.t
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The buffer, for the next chunk to reuse.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub(crate) fn iter(&self) -> DecimalIter<'_> {
+        DecimalIter::new(&self.bytes, self.count)
+    }
+}
+
+impl<'a> DecimalIter<'a> {
+    /// Decodes from `mark` of a chunk of `count` samples in the varint layout, `bytes`
+    /// being the chunk's bytes from the mark's byte on.
+    pub(crate) fn resume(bytes: &'a [u8], mark: &DecimalMark, count: u16) -> Self {
+        let p = POW10.get(usize::from(mark.e)).copied();
+        DecimalIter {
+            r: Cursor::new(bytes),
+            remaining: match p {
+                Some(_) => count.saturating_sub(mark.index),
+                None => 0,
+            },
+            t: mark.t,
+            step: mark.step,
+            m: mark.m,
+            p: p.unwrap_or(1.0),
+            first: false,
+            packed: None,
+        }
     }
 }
 

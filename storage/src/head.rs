@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
-use crate::chunk::{Mark, XorChunk, XorIter};
+use crate::chunk::XorChunk;
+use crate::decimal::DECIMAL;
 use crate::head_chunks::{HeadChunk, HeadChunks, HeadIter, SegmentFile};
 use crate::labels::Labels;
 use crate::matcher::Matcher;
+use crate::open::{OpenChunk, Resume};
 use crate::postings::Postings;
 use crate::snapshot::{SnapChunk, SnapSeries};
 use crate::{Error, SeriesRef};
@@ -40,12 +42,13 @@ pub(crate) struct ClosedChunk {
     count: u16,
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
-    /// Where `bytes` start, when they are the chunk's from the byte holding this mark's
-    /// first bit (the mark's bit counted from that byte).
-    from: Option<Mark>,
+    /// Where `bytes` start, when they are the chunk's tail from this mark on.
+    from: Option<Resume>,
 }
 
 impl ClosedChunk {
+    /// `count` is the stored count: with the [`crate::decimal::DECIMAL`] bit when the
+    /// bytes are decimal.
     pub(crate) fn new(bytes: Box<[u8]>, count: u16, min_t: i64, max_t: i64) -> Self {
         Self {
             bytes,
@@ -56,11 +59,15 @@ impl ClosedChunk {
         }
     }
 
-    pub(crate) fn iter(&self) -> XorIter<'_> {
+    pub(crate) fn iter(&self) -> HeadIter<'_> {
         match &self.from {
-            None => XorIter::new(&self.bytes, self.count),
-            Some(m) => XorIter::resume(&self.bytes, m, self.count),
+            None => HeadIter::new(&self.bytes, self.count),
+            Some(m) => m.iter(&self.bytes, self.count),
         }
+    }
+
+    pub(crate) fn is_decimal(&self) -> bool {
+        self.count & DECIMAL != 0
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -68,7 +75,7 @@ impl ClosedChunk {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.count as usize
+        usize::from(self.count & !DECIMAL)
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -91,7 +98,7 @@ pub(crate) enum AppendOutcome {
 #[derive(Debug)]
 pub(crate) struct SeriesData {
     closed: Vec<HeadChunk>,
-    open: XorChunk,
+    open: OpenChunk,
     /// Samples that arrived out of order (or rewrote a timestamp), sorted by time, one
     /// per timestamp; they win over the chunks' samples at the same timestamp.
     // A pointer to a vector, not a vector: 8 bytes instead of 24 in every series, most of
@@ -128,7 +135,7 @@ impl SeriesData {
     fn new() -> Self {
         Self {
             closed: Vec::new(),
-            open: XorChunk::new(),
+            open: OpenChunk::new(),
             ooo: None,
             last_t: i64::MIN,
             last_v: 0,
@@ -252,16 +259,13 @@ impl SeriesData {
         if open {
             // From the latest mark before `mint`, when there is one: only the samples
             // after it are copied and decoded.
-            let (bytes, min_t, from) = match self.open.mark_before(mint) {
-                Some(m) => {
-                    let (tail, from) = self.open.tail_from(&m);
-                    (tail, m.t + 1, Some(from))
-                }
+            let (bytes, min_t, from) = match self.open.tail_before(mint) {
+                Some((tail, from)) => (tail, from.t() + 1, Some(from)),
                 None => (self.open.bytes(), self.open.min_time(), None),
             };
             out.push(ChunkView::Head(Arc::new(ClosedChunk {
                 bytes: bytes.into(),
-                count: self.open.len() as u16,
+                count: self.open.stored_count(),
                 min_t,
                 max_t: self.open.max_time(),
                 from,
@@ -303,7 +307,7 @@ impl SeriesData {
                     self.open.max_time(),
                     mint,
                     maxt,
-                    || XorIter::new(self.open.bytes(), self.open.len() as u16),
+                    || self.open.iter(),
                 ))
     }
 
@@ -322,10 +326,7 @@ impl SeriesData {
         }
         let all_closed = self.closed.last().is_none_or(|c| c.min_t() < t);
         if all_closed && self.open.len() > 0 && self.open.min_time() < t {
-            push_all(
-                XorIter::new(self.open.bytes(), self.open.len() as u16).into(),
-                &mut out,
-            );
+            push_all(self.open.iter(), &mut out);
         }
         if !self.ooo().is_empty() {
             out = merge_newest_wins(&out, self.ooo());
@@ -348,7 +349,7 @@ impl SeriesData {
                 .filter(|s| s.0 >= t)
                 .collect();
             self.closed.clear();
-            self.open = XorChunk::new();
+            self.open = OpenChunk::new();
             for (t, v) in keep {
                 self.push_in_order(t, v, chunks);
             }
@@ -374,7 +375,7 @@ impl SeriesData {
                 .filter(|s| !in_range(s.0))
                 .collect();
             self.closed.clear();
-            self.open = XorChunk::new();
+            self.open = OpenChunk::new();
             for (t, v) in keep {
                 self.push_in_order(t, v, chunks);
             }
@@ -389,10 +390,7 @@ impl SeriesData {
         for c in &self.closed {
             push_all(c.read(&mut buf), &mut out);
         }
-        push_all(
-            XorIter::new(self.open.bytes(), self.open.len() as u16).into(),
-            &mut out,
-        );
+        push_all(self.open.iter(), &mut out);
         out
     }
 
@@ -446,7 +444,7 @@ impl SeriesData {
                 }
             })
             .collect();
-        let open = (self.open.len() as u16, self.open.bytes().to_vec());
+        let open = (self.open.stored_count(), self.open.bytes().to_vec());
         (closed, open, self.ooo().to_vec())
     }
 
@@ -970,7 +968,7 @@ impl Head {
             }
             let mut data = SeriesData::new();
             data.closed = closed;
-            for (t, v) in XorIter::new(&s.open.1, s.open.0) {
+            for (t, v) in HeadIter::new(&s.open.1, s.open.0) {
                 data.open.append(t, v);
             }
             data.open_end = range_end(data.open.min_time(), self.chunks.range);

@@ -32,9 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::block::ChunkView;
-use crate::chunk::{XorChunk, XorIter};
+use crate::chunk::XorIter;
 use crate::decimal::{self, DecimalIter, DECIMAL};
 use crate::head::{lock, ClosedChunk};
+use crate::open::OpenChunk;
 use crate::Error;
 
 const MAGIC: &[u8; 8] = b"STRHCK01";
@@ -69,7 +70,7 @@ impl HeadChunk {
     /// The samples, decoding from memory or from the bytes read into `buf`.
     pub(crate) fn read<'a>(&'a self, buf: &'a mut Vec<u8>) -> HeadIter<'a> {
         match self {
-            HeadChunk::Mem(c) => HeadIter::Xor(c.iter()),
+            HeadChunk::Mem(c) => c.iter(),
             HeadChunk::File {
                 file,
                 start,
@@ -105,7 +106,10 @@ impl HeadChunk {
 
     /// Whether the chunk is in the decimal encoding (else XOR).
     pub(crate) fn is_decimal(&self) -> bool {
-        matches!(self, HeadChunk::File { count, .. } if count & DECIMAL != 0)
+        match self {
+            HeadChunk::Mem(c) => c.is_decimal(),
+            HeadChunk::File { count, .. } => count & DECIMAL != 0,
+        }
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -656,13 +660,13 @@ impl HeadChunks {
 
     /// Copies a full chunk out of the heap (the caller reuses the chunk's buffer): to a
     /// head chunk file, in the decimal encoding when its values allow, else as it is.
-    pub(crate) fn persist(&self, full: &XorChunk) -> HeadChunk {
+    pub(crate) fn persist(&self, full: &OpenChunk) -> HeadChunk {
         let (min_t, max_t) = (full.min_time(), full.max_time());
         let (bytes, count) = (full.bytes(), full.len() as u16);
         let in_memory = |bytes: &[u8]| {
             HeadChunk::Mem(Arc::new(ClosedChunk::new(
                 bytes.into(),
-                count,
+                full.stored_count(),
                 min_t,
                 max_t,
             )))
@@ -685,7 +689,7 @@ impl HeadChunks {
             {
                 (&encoded[..], count | DECIMAL)
             } else {
-                (bytes, count)
+                (bytes, full.stored_count())
             };
             let len = u16::try_from(bytes.len()).ok()?;
             Some(
@@ -825,7 +829,7 @@ mod tests {
             ("float arithmetic", |i| i as f64 / 3.0, false),
         ];
         for (what, value, decimal) in kinds {
-            let mut c = XorChunk::new();
+            let mut c = OpenChunk::new();
             let want: Vec<(i64, u64)> = (0..120)
                 .map(|i| (1_000 + i * 15_000 + i % 4, value(i)))
                 .inspect(|&(t, v)| c.append(t, v))
@@ -866,7 +870,7 @@ mod tests {
         );
         let mut chunks = Vec::new();
         for k in 0..3 {
-            let mut c = XorChunk::new();
+            let mut c = OpenChunk::new();
             for i in 0..120 {
                 c.append(k * 1000 + i, (k * 1000 + i) as f64 / 4.0);
             }
@@ -884,7 +888,7 @@ mod tests {
         // Only the segment being written exists; it is never removed.
         hc.truncate_before(i64::MAX);
         assert!(dir.join("00000000").exists());
-        let mem = HeadChunks::in_memory().persist(&XorChunk::new());
+        let mem = HeadChunks::in_memory().persist(&OpenChunk::new());
         assert!(matches!(mem, HeadChunk::Mem(_)));
         Ok(())
     }
@@ -894,7 +898,7 @@ mod tests {
         let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
         let hc = HeadChunks::open(&tmp.path().join("chunks_head"))?;
         let chunk = |k: i64| {
-            let mut c = XorChunk::new();
+            let mut c = OpenChunk::new();
             for i in 0..120 {
                 c.append(k * 10_000 + i * 15, (k * 7 + i) as f64 * 1.5);
             }
@@ -923,7 +927,7 @@ mod tests {
         let dir = tmp.path().join("chunks_head");
         let hc = HeadChunks::open(&dir)?;
         let chunk = |k: i64| {
-            let mut c = XorChunk::new();
+            let mut c = OpenChunk::new();
             for i in 0..120 {
                 c.append(k * 10_000 + i * 15 + i % 3, (k * 31 + i * i) as f64 / 8.0);
             }

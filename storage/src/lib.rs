@@ -38,6 +38,7 @@ mod head_chunks;
 pub mod helpers;
 mod labels;
 mod matcher;
+mod open;
 mod postings;
 mod ring;
 mod snapshot;
