@@ -3662,6 +3662,7 @@ mod tests {
     fn a_clean_close_leaves_a_head_snapshot_that_the_next_open_loads() -> Result<(), Error> {
         let dir = tmp();
         let mut want: Vec<(i64, f64)> = (0..300).map(|i| (i * 1000, i as f64 / 8.0)).collect();
+        let odd = [(1, 2.5), (2, f64::INFINITY), (3, 0.1 + 0.2), (4, 7.0)];
         {
             let db = Db::open(dir.path(), Options::default())?;
             let mut app = db.appender();
@@ -3669,6 +3670,11 @@ mod tests {
                 app.append(&up("a"), t, v)?;
             }
             app.append(&up("b"), 5, 1.0)?;
+            // An open chunk that turned XOR (a value no decimal holds) beside the
+            // decimal ones.
+            for &(t, v) in &odd {
+                app.append(&up("c"), t, v)?;
+            }
             app.commit()?;
             let mut app = db.appender();
             app.append(&up("a"), 1500, -1.5)?; // out of order
@@ -3684,13 +3690,14 @@ mod tests {
         {
             let db = Db::open(dir.path(), Options::default())?;
             let r = db.replay_report();
-            assert_eq!(r.snapshot_series, 2);
+            assert_eq!(r.snapshot_series, 3);
             assert_eq!(
                 r.samples, 1,
                 "only what came after the snapshot is replayed"
             );
             assert_eq!(read_all(&db, "a"), want);
             assert_eq!(read_all(&db, "b"), vec![(5, 1.0)]);
+            assert_eq!(read_all(&db, "c"), odd);
             // The loaded head keeps working: more chunks, a resend recognised.
             let mut app = db.appender();
             for i in 401..700 {
@@ -3712,6 +3719,7 @@ mod tests {
         );
         assert_eq!(read_all(&db, "a"), want);
         assert_eq!(read_all(&db, "b"), vec![(5, 1.0)]);
+        assert_eq!(read_all(&db, "c"), odd);
         Ok(())
     }
 
