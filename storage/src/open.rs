@@ -326,8 +326,8 @@ mod tests {
         let mut many: Vec<_> = times(119).map(|t| (t, (t % 977) as f64)).collect();
         many[60].0 += 1;
         many[61].0 += 3_600_000;
-        for k in 62..119 {
-            many[k].0 += 3_600_000;
+        for s in &mut many[62..] {
+            s.0 += 3_600_000;
         }
         filled(&many);
     }
