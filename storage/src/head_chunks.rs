@@ -3,7 +3,7 @@
 //! only its open chunk (and a small reference per full one) in memory.
 //!
 //! ```text
-//!  XorChunk full ──decimal or XOR──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
+//!  OpenChunk full ──decimal or XOR──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
 //!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
 //!  query / block cut <──pread── 8 KiB windows kept per thread (neighbouring chunks)
 //! ```

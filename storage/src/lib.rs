@@ -5,7 +5,7 @@
 //!  Appender::append ──> (validate order) ──> Appender::commit
 //!                                              │
 //!                                              ├─> WAL segment (CRC32C records, fdatasync)
-//!                                              └─> Head: series ──> XOR chunks
+//!                                              └─> Head: series ──> open chunk (decimal or XOR)
 //!                                                        postings: label pair ──> roaring bitmap
 //!  Querier::select(matchers) ──> postings ──> series ──> chunk snapshots ──> samples
 //! ```
