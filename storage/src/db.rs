@@ -1423,7 +1423,7 @@ impl Series {
                 continue;
             }
             if let ChunkView::HeadFile { .. } = c {
-                c.with_head_file(|it| take_xor_in_range(it, out, mint, maxt, &mut last));
+                c.with_head_file(|it| take_encoded_in_range(it, out, mint, maxt, &mut last));
                 continue;
             }
             let from = out.len();
@@ -1441,7 +1441,7 @@ impl Series {
                 continue;
             }
             match c.iter() {
-                ChunkIter::Encoded(it) => take_xor_in_range(it, out, mint, maxt, &mut last),
+                ChunkIter::Encoded(it) => take_encoded_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Decoded(it) => take_in_range(it, out, mint, maxt, &mut last),
                 ChunkIter::Slice(it) => take_in_range(it, out, mint, maxt, &mut last),
             }
@@ -1681,8 +1681,9 @@ impl Drop for ReadAhead {
     }
 }
 
-/// [`take_in_range`] for a head chunk, through its faster [`HeadIter::decode_while`].
-fn take_xor_in_range(
+/// [`take_in_range`] for an XOR or decimal chunk, through its faster
+/// [`HeadIter::decode_while`].
+fn take_encoded_in_range(
     it: HeadIter<'_>,
     out: &mut Vec<(i64, f64)>,
     mint: i64,

@@ -412,7 +412,7 @@ fn zigzag_at(bytes: &[u8], at: &mut usize) -> Option<i64> {
             _ => {
                 let mut c = Cursor::new(bytes.get(*at..)?);
                 let u = c.uvarint()?;
-                *at += bytes.get(*at..)?.len() - c.rest().len();
+                *at = bytes.len() - c.rest().len();
                 u
             }
         }
@@ -520,14 +520,11 @@ impl DecimalChunk {
     pub(crate) fn append(&mut self, t: i64, v: f64) -> bool {
         match self.count {
             0 => {
-                let e = match as_decimal(v, usize::from(self.e)) {
-                    Some(_) => usize::from(self.e),
-                    None => match decimal_exponent(v) {
-                        Some(e) => e,
-                        None => return false,
-                    },
+                let found = match as_decimal(v, usize::from(self.e)) {
+                    Some(m) => Some((usize::from(self.e), m)),
+                    None => decimal_exponent(v).and_then(|e| Some((e, as_decimal(v, e)?))),
                 };
-                let Some(m) = as_decimal(v, e) else {
+                let Some((e, m)) = found else {
                     return false;
                 };
                 self.e = e as u8;
@@ -612,8 +609,8 @@ impl DecimalChunk {
             .find(|m| m.index > 0 && m.t < t)
     }
 
-    /// The chunk's samples, `samples` (`f64`s of `m / 10^e`) at exponent `e` exactly, if
-    /// every value is a decimal of it; `bytes` is the buffer to write into.
+    /// A chunk of `samples` at exponent `e`, when every value is a decimal of it (else
+    /// the buffer back); `bytes` is the buffer to write into.
     pub(crate) fn at_exponent(
         samples: impl IntoIterator<Item = (i64, f64)>,
         e: usize,
@@ -655,6 +652,13 @@ impl DecimalChunk {
 
     pub(crate) fn iter(&self) -> DecimalIter<'_> {
         DecimalIter::new(&self.bytes, self.count)
+    }
+}
+
+impl Default for DecimalChunk {
+    /// An empty chunk without a buffer (nothing allocated).
+    fn default() -> Self {
+        DecimalChunk::with_buffer(Vec::new(), 0)
     }
 }
 

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
-use crate::chunk::XorChunk;
 use crate::decimal::DECIMAL;
 use crate::head_chunks::{HeadChunk, HeadChunks, HeadIter, SegmentFile};
 use crate::labels::Labels;
@@ -66,8 +65,9 @@ impl ClosedChunk {
         }
     }
 
-    pub(crate) fn is_decimal(&self) -> bool {
-        self.count & DECIMAL != 0
+    /// The sample count, with the [`DECIMAL`] bit when the bytes are decimal.
+    pub(crate) fn stored_count(&self) -> u16 {
+        self.count
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -401,25 +401,12 @@ impl SeriesData {
             .closed
             .iter()
             .map(|c| {
-                let mem = || {
-                    let mut buf = Vec::new();
-                    // Chunks on the heap are XOR: a decimal one is written again as XOR.
-                    let (count, bytes) = if c.is_decimal() {
-                        let mut x = XorChunk::new();
-                        for (t, v) in c.read(&mut buf) {
-                            x.append(t, v);
-                        }
-                        let (bytes, count) = x.into_encoded();
-                        (count, bytes.into_vec())
-                    } else {
-                        (c.len() as u16, c.bytes(&mut buf).to_vec())
-                    };
-                    SnapChunk::Mem {
-                        count,
-                        min_t: c.min_t(),
-                        max_t: c.max_t(),
-                        bytes,
-                    }
+                // Bytes as they are, XOR or decimal, with the stored count naming which.
+                let mem = || SnapChunk::Mem {
+                    count: c.stored_count(),
+                    min_t: c.min_t(),
+                    max_t: c.max_t(),
+                    bytes: c.bytes(&mut Vec::new()).to_vec(),
                 };
                 match c {
                     HeadChunk::File {
@@ -1541,5 +1528,63 @@ mod tests {
             merge_newest_wins(&older, &newer),
             vec![(0, 0.5), (1, 1.0), (2, 20.0), (4, 4.0), (5, 50.0)]
         );
+    }
+
+    #[test]
+    fn a_snapshot_keeps_chunks_on_the_heap_in_their_own_encoding() -> Result<(), crate::Error> {
+        // Without chunk files every full chunk stays on the heap: decimal ones as their
+        // varints, the others as XOR.
+        let head = Head::new(HeadChunks::in_memory());
+        type Value = fn(i64) -> f64;
+        let decimal: Value = |k| k as f64 / 4.0;
+        let xor: Value = |k| k as f64 * 0.1;
+        for (name, value) in [("decimal", decimal), ("xor", xor)] {
+            let s = head.get_or_create(&ls(&[("__name__", name)]), None);
+            let mut b = Batch::default();
+            for k in 0..300 {
+                head.append_locked(&mut lock(&s.data), k * 15_000, value(k), &mut b);
+            }
+            head.apply_batch(&b);
+        }
+        let samples = |h: &Head| -> Vec<(String, Vec<(i64, u64)>)> {
+            h.live_series()
+                .iter()
+                .map(|s| {
+                    let d = lock(&s.data);
+                    let bits = d.samples().iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                    (s.labels.to_string(), bits)
+                })
+                .collect()
+        };
+        let stored = |h: &Head| -> Vec<bool> {
+            h.live_series()
+                .iter()
+                .flat_map(|s| {
+                    let d = lock(&s.data);
+                    d.closed
+                        .iter()
+                        .map(|c| matches!(c, HeadChunk::Mem(_)) && c.stored_count() & DECIMAL != 0)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let before = samples(&head);
+        assert_eq!(before.len(), 2);
+        assert!(before.iter().all(|(_, s)| s.len() == 300));
+        let decimal_before = stored(&head);
+        assert!(decimal_before.contains(&true) && decimal_before.contains(&false));
+
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::path::Path::new("tmp"), e))?;
+        let mut w = crate::snapshot::Writer::create(dir.path(), 0)?;
+        head.write_snapshot(&mut w)?;
+        w.finish()?;
+        let Some(mut r) = crate::snapshot::Reader::open(dir.path())? else {
+            panic!("no snapshot written");
+        };
+        let restored = Head::new(HeadChunks::in_memory());
+        assert_eq!(restored.restore(&mut r, &HashMap::new())?, 2);
+        assert_eq!(samples(&restored), before);
+        assert_eq!(stored(&restored), decimal_before);
+        Ok(())
     }
 }

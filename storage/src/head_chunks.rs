@@ -104,11 +104,11 @@ impl HeadChunk {
         }
     }
 
-    /// Whether the chunk is in the decimal encoding (else XOR).
-    pub(crate) fn is_decimal(&self) -> bool {
+    /// The sample count, with the [`DECIMAL`] bit when the chunk is in that encoding.
+    pub(crate) fn stored_count(&self) -> u16 {
         match self {
-            HeadChunk::Mem(c) => c.is_decimal(),
-            HeadChunk::File { count, .. } => count & DECIMAL != 0,
+            HeadChunk::Mem(c) => c.stored_count(),
+            HeadChunk::File { count, .. } => *count,
         }
     }
 

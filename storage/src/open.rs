@@ -181,12 +181,6 @@ impl OpenChunk {
     }
 }
 
-impl Default for DecimalChunk {
-    fn default() -> Self {
-        DecimalChunk::with_buffer(Vec::new(), 0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
