@@ -239,6 +239,8 @@ impl Db {
         }
         let mut writer = WalWriter::create(&wal_dir, next, opts.wal_segment_size)?;
         writer.adopt(&replay);
+        // Selections of the loaded series sort by place from the first query on.
+        head.rank();
         let fsync = opts.wal_fsync;
         Ok(Db {
             inner: Arc::new(DbInner {
@@ -954,6 +956,7 @@ impl Db {
         self.compact_head()?;
         self.compact_blocks()?;
         self.apply_retention()?;
+        self.inner.head.rank();
         Ok(())
     }
 

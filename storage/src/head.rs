@@ -491,6 +491,10 @@ pub(crate) struct MemSeries {
     pub(crate) logged: AtomicBool,
     /// Whether the WAL knows it by a second reference (then it is never collected).
     aliased: AtomicBool,
+    /// The series' place in label order at the head's last ranking ([`Head::rank`]),
+    /// tagged with that ranking's generation: `generation << 32 | place`. Zero, a
+    /// generation no ranking has, until the series is first ranked.
+    order: AtomicU64,
     pub(crate) data: Mutex<SeriesData>,
 }
 
@@ -537,11 +541,11 @@ pub(crate) fn take_selected(
     out
 }
 
-/// Sorts series by their labels; in two halves on two threads, then merged, when
-/// `parallel`.
-fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>, parallel: bool) {
+/// Sorts series by their labels; from [`PARALLEL_SELECT`] series on, in two halves on
+/// two threads, then merged.
+fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>) {
     let by_labels = |a: &Arc<MemSeries>, b: &Arc<MemSeries>| a.labels.cmp(&b.labels);
-    if !parallel {
+    if series.len() < PARALLEL_SELECT {
         series.sort_by(by_labels);
         return;
     }
@@ -683,6 +687,13 @@ pub(crate) struct Head {
     /// out of order and cut into blocks of their own).
     pub(crate) min_valid: AtomicI64,
     pub(crate) counters: HeadCounters,
+    /// The generation of the last complete ranking of the series by labels (see
+    /// [`Head::rank`]); zero before the first.
+    ranked: AtomicU64,
+    /// Series created since the last ranking began.
+    unranked: AtomicU64,
+    /// Held by the ranking under way.
+    ranking: Mutex<()>,
 }
 
 /// Limits on creating series: in total and per metric name.
@@ -719,6 +730,9 @@ impl Head {
             max_t: AtomicI64::new(i64::MIN),
             min_valid: AtomicI64::new(i64::MIN),
             counters: HeadCounters::default(),
+            ranked: AtomicU64::new(0),
+            unranked: AtomicU64::new(0),
+            ranking: Mutex::new(()),
         }
     }
 
@@ -815,6 +829,7 @@ impl Head {
             labels,
             logged: AtomicBool::new(sref.is_some()),
             aliased: AtomicBool::new(false),
+            order: AtomicU64::new(0),
             data: Mutex::new(SeriesData::new()),
         });
         let idx = r.0 as usize;
@@ -834,6 +849,8 @@ impl Head {
             }
         }
         self.num_series.fetch_add(1, Ordering::Relaxed);
+        // After the series is in the table: a ranking that reset the count finds it.
+        self.unranked.fetch_add(1, Ordering::AcqRel);
         Ok(s)
     }
 
@@ -1177,12 +1194,82 @@ impl Head {
     /// [`Head::select`], whose second is [`take_selected`].
     pub(crate) fn matching_sorted(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
         let mut series = self.matching_with_aliases(matchers);
-        // Sorted as pointers: moving the selections themselves costs more than the
-        // comparisons. An alias sorts next to the series it names.
-        let parallel = series.len() >= PARALLEL_SELECT;
-        sort_by_labels(&mut series, parallel);
+        self.sort_selected(&mut series);
+        // An alias sorts next to the series it names.
         series.dedup_by(|a, b| Arc::ptr_eq(a, b));
         series
+    }
+
+    /// Sorts `series` by labels: those the last ranking placed by their place (one
+    /// integer each), the others by their labels, merged in. Sorted as pointers: moving
+    /// the selections themselves costs more than the comparisons.
+    fn sort_selected(&self, series: &mut Vec<Arc<MemSeries>>) {
+        let generation = self.ranked.load(Ordering::Acquire);
+        let mut placed: Vec<(u32, Arc<MemSeries>)> = Vec::with_capacity(series.len());
+        let mut rest = Vec::new();
+        if generation > 0 {
+            for group in series.chunks(8) {
+                group.iter().for_each(MemSeries::prefetch);
+                for s in group {
+                    let order = s.order.load(Ordering::Relaxed);
+                    if order >> 32 == generation {
+                        placed.push((order as u32, Arc::clone(s)));
+                    } else {
+                        rest.push(Arc::clone(s));
+                    }
+                }
+            }
+        } else {
+            rest = std::mem::take(series);
+        }
+        if placed.is_empty() {
+            sort_by_labels(&mut rest);
+            *series = rest;
+            return;
+        }
+        // Places are unique but for aliases, which are one series.
+        placed.sort_unstable_by_key(|p| p.0);
+        series.clear();
+        if rest.is_empty() {
+            series.extend(placed.into_iter().map(|p| p.1));
+            return;
+        }
+        sort_by_labels(&mut rest);
+        let (mut a, mut b) = (
+            placed.into_iter().map(|p| p.1).peekable(),
+            rest.into_iter().peekable(),
+        );
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            let next = if y.labels < x.labels {
+                b.next()
+            } else {
+                a.next()
+            };
+            series.extend(next);
+        }
+        series.extend(a);
+        series.extend(b);
+    }
+
+    /// Places every series in label order, so that a selection sorts them by one integer
+    /// each rather than by their labels; a no-op when no series was created since the
+    /// last ranking. Series created during a ranking wait for the next one.
+    pub(crate) fn rank(&self) {
+        let _one = lock(&self.ranking);
+        let previous = self.ranked.load(Ordering::Acquire);
+        // Reset before the series are listed: one created from here on counts for the
+        // next ranking.
+        if self.unranked.swap(0, Ordering::AcqRel) == 0 && previous > 0 {
+            return;
+        }
+        let mut all = self.live_series();
+        all.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+        let generation = previous + 1;
+        for (place, s) in all.iter().enumerate() {
+            s.order
+                .store(generation << 32 | place as u64, Ordering::Relaxed);
+        }
+        self.ranked.store(generation, Ordering::Release);
     }
 
     /// The series matching `matchers` with a sample in `[mint, maxt]` (their labels are
@@ -1298,6 +1385,50 @@ mod tests {
             vec![None]
         );
         assert!(jobs(&[Matcher::equal("job", "nope")]).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn selections_sort_ranked_and_new_series_together() -> Result<(), crate::Error> {
+        let head = Head::new(HeadChunks::in_memory());
+        let create = |k: u64| {
+            let l = ls(&[("__name__", "m"), ("k", &format!("{k:04}"))]);
+            let s = head.get_or_create(&l, None);
+            let mut b = Batch::default();
+            head.append_locked(&mut lock(&s.data), 1_000, k as f64, &mut b);
+            head.apply_batch(&b);
+            l
+        };
+        let order = |ms: &[Matcher]| -> Vec<Labels> {
+            head.select(ms, 0, 2_000, false)
+                .into_iter()
+                .map(|s| s.0)
+                .collect()
+        };
+        let m = [Matcher::equal("__name__", "m")];
+        // Created out of label order, then ranked.
+        let mut want: Vec<Labels> = (0..300).map(|i| create((i * 37) % 300 * 2)).collect();
+        head.rank();
+        want.sort();
+        assert_eq!(order(&m), want);
+        // New series fall before, between and after the ranked ones; a second reference
+        // to a ranked one and to a new one changes nothing.
+        for k in [1, 3, 301, 599, 1_000, 1_001] {
+            want.push(create(k));
+        }
+        head.get_or_create(&want[5], Some(SeriesRef(10_000)));
+        head.get_or_create(&want[302], Some(SeriesRef(10_001)));
+        want.sort();
+        assert_eq!(order(&m), want);
+        // 0000 to 0009 (even ones and two new ones) and 1000.
+        assert_eq!(order(&[Matcher::regex("k", "000.|1000")?]).len(), 8);
+        // A new ranking places them all; one with nothing new keeps the places.
+        head.rank();
+        let generation = head.ranked.load(Ordering::Acquire);
+        assert_eq!(order(&m), want);
+        head.rank();
+        assert_eq!(head.ranked.load(Ordering::Acquire), generation);
+        assert_eq!(order(&m), want);
         Ok(())
     }
 
