@@ -415,6 +415,17 @@ fn on_cores<T: Sync, R: Send>(
     Ok(out)
 }
 
+/// From this many selected series on, what an evaluation read is dropped on a thread of
+/// its own ([`strata_storage::helpers::drop_later`]) rather than before the answer.
+const DROP_LATER_SERIES: usize = 256;
+
+/// Lets go of a selection's series: large ones on the dropper thread.
+fn let_go<T: Send + 'static>(series: Vec<T>) {
+    if series.len() >= DROP_LATER_SERIES {
+        strata_storage::helpers::drop_later(series);
+    }
+}
+
 /// A cancel flag nobody sets, for queries that cannot be canceled.
 static NEVER: AtomicBool = AtomicBool::new(false);
 
@@ -615,8 +626,46 @@ struct WindowCall {
     spec: functions::WindowSpec,
     input: RangeInput,
     scalars: Vec<Vec<f64>>,
-    /// Metric names that get the "might not be a counter" info if the call has output.
-    non_counters: Vec<String>,
+    /// Metric names that get the "might not be a counter" info if a series of that
+    /// name has output.
+    non_counters: NonCounters,
+}
+
+/// The metric names of a `rate` or `increase` input that do not look like counters, and
+/// which of them a series with output carries: those get an info, as in Prometheus.
+/// (A deferred selection may hold series without samples in range, which have none.)
+#[derive(Default)]
+struct NonCounters {
+    names: Vec<String>,
+    seen: Vec<AtomicBool>,
+}
+
+impl NonCounters {
+    fn of(input: &RangeInput) -> NonCounters {
+        let names = non_counter_names(input);
+        let seen = names.iter().map(|_| AtomicBool::new(false)).collect();
+        NonCounters { names, seen }
+    }
+
+    /// Notes that a series with these labels has output.
+    fn saw(&self, labels: &Labels) {
+        if self.names.is_empty() {
+            return;
+        }
+        let name = labels.metric_name();
+        if let Some(k) = self.names.iter().position(|m| Some(m.as_str()) == name) {
+            self.seen[k].store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The names a series with output carries.
+    fn seen(self) -> Vec<String> {
+        self.names
+            .into_iter()
+            .zip(self.seen)
+            .filter_map(|(n, seen)| seen.into_inner().then_some(n))
+            .collect()
+    }
 }
 
 /// Buffers one thread reuses from series to series while applying a window function.
@@ -833,10 +882,12 @@ impl Evaluator<'_> {
         // without decoding anything, or copying any chunk).
         let single = at.is_some() || self.n == 1;
         let querier = self.ctx.db.querier(lo - offset - lookback + 1, hi - offset);
+        // Every sample in range is read otherwise: each series takes its chunks on the
+        // thread that reads them.
         let selected = if single {
             querier.select_newest(&matchers)?
         } else {
-            querier.select(&matchers)?
+            querier.select_deferred(&matchers)?
         };
         let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
         // Each series of a range query decodes its samples: spread by the work, as
@@ -846,7 +897,7 @@ impl Evaluator<'_> {
         } else {
             PARALLEL_MIN_SERIES_INSTANT
         };
-        on_cores(&selected, min, |part| {
+        let out = on_cores(&selected, min, |part| {
             let mut out = Vec::with_capacity(part.len());
             let mut samples = Vec::new();
             let mut ahead = None;
@@ -889,7 +940,9 @@ impl Evaluator<'_> {
                 }
             }
             Ok(out)
-        })
+        });
+        let_go(selected);
+        out
     }
 
     /// The series behind a range-vector argument: a range selector or a subquery.
@@ -903,11 +956,13 @@ impl Evaluator<'_> {
                 let range = ms.range.as_millis() as i64;
                 let (lo, hi) = self.time_span(at);
                 let matchers = selector_matchers(vs)?;
+                // Each series takes its chunks where its samples are read: on the
+                // threads that share the series out.
                 let selected = self
                     .ctx
                     .db
                     .querier(lo - offset - range + 1, hi - offset)
-                    .select(&matchers)?;
+                    .select_deferred(&matchers)?;
                 let series = selected
                     .into_iter()
                     .map(|mut s| RangeSeries {
@@ -1090,6 +1145,7 @@ impl Evaluator<'_> {
         mut input: RangeInput,
         spec: &functions::WindowSpec,
         scalars: &[Vec<f64>],
+        non_counters: &NonCounters,
     ) -> Result<Vec<StepSeries>, QueryError> {
         let min = if self.parallel_windows(input.series.len()) {
             2
@@ -1105,6 +1161,7 @@ impl Evaluator<'_> {
             let Some(values) = values else {
                 continue;
             };
+            non_counters.saw(&series.labels);
             let mut s = StepSeries::new(std::mem::take(&mut series.labels), values);
             s.drop_name = series.drop_name;
             if !spec.keep_name {
@@ -1112,6 +1169,7 @@ impl Evaluator<'_> {
             }
             out.push(s);
         }
+        let_go(input.series);
         if distinct {
             Ok(out)
         } else {
@@ -1158,14 +1216,11 @@ impl Evaluator<'_> {
                 scalars.push(self.eval_scalar(a, &format!("argument {} of {name}()", j + 1))?);
             }
         }
-        if name == "quantile_over_time" && !input.series.is_empty() {
-            self.ctx.invalid_quantile(&scalars[0], name, 0);
-        }
         // Taken before the windows: their output takes the input's labels.
         let non_counters = if matches!(name, "rate" | "increase") {
-            non_counter_names(&input)
+            NonCounters::of(&input)
         } else {
-            Vec::new()
+            NonCounters::default()
         };
         Ok(WindowCall {
             spec,
@@ -1175,10 +1230,16 @@ impl Evaluator<'_> {
         })
     }
 
-    /// `rate` and `increase` with an output over series whose names do not look like
-    /// counters get an info, as in Prometheus.
-    fn note_non_counters(&self, func: &str, names: Vec<String>) {
-        for metric in names {
+    /// What a window function's call notes once it has output: `rate` and `increase`
+    /// over series whose names do not look like counters get an info, and
+    /// `quantile_over_time` with a quantile outside [0, 1] a warning, as in Prometheus.
+    fn note_output(&self, func: &str, scalars: &[Vec<f64>], non_counters: NonCounters) {
+        if func == "quantile_over_time" {
+            if let Some(q) = scalars.first() {
+                self.ctx.invalid_quantile(q, func, 0);
+            }
+        }
+        for metric in non_counters.seen() {
             self.ctx.annotate(
                 false,
                 format!("metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"),
@@ -1225,9 +1286,9 @@ impl Evaluator<'_> {
         } = self.window_call(c, spec)?;
         if !self.windows_keep_labels_distinct(&input, &spec) {
             // The function's own error about equal label sets comes first.
-            let out = self.apply_windows(input, &spec, &scalars)?;
+            let out = self.apply_windows(input, &spec, &scalars, &non_counters)?;
             if !out.is_empty() {
-                self.note_non_counters(name, non_counters);
+                self.note_output(name, &scalars, non_counters);
             }
             return Ok(Some(aggregate::aggregate(
                 op,
@@ -1299,6 +1360,7 @@ impl Evaluator<'_> {
                     )? {
                         acc.add(&values);
                         first.get_or_insert(m);
+                        non_counters.saw(&series.labels);
                     }
                 }
                 if let Some(first) = first {
@@ -1308,8 +1370,9 @@ impl Evaluator<'_> {
             Ok(out)
         })?;
         if !done.is_empty() {
-            self.note_non_counters(name, non_counters);
+            self.note_output(name, &scalars, non_counters);
         }
+        let_go(input.series);
         done.sort_unstable_by_key(|d| d.0);
         let drop_name = !spec.keep_name && self.ctx.delayed_name_removal;
         let mut out = Vec::with_capacity(done.len());
@@ -1486,9 +1549,9 @@ impl Evaluator<'_> {
         };
         if let Some(spec) = functions::window_function(name) {
             let w = self.window_call(c, spec)?;
-            let out = self.apply_windows(w.input, &w.spec, &w.scalars)?;
+            let out = self.apply_windows(w.input, &w.spec, &w.scalars, &w.non_counters)?;
             if !out.is_empty() {
-                self.note_non_counters(name, w.non_counters);
+                self.note_output(name, &w.scalars, w.non_counters);
             }
             return Ok(Val::Vector(out));
         }

@@ -1289,31 +1289,48 @@ impl Block {
 
     /// The chunks of series `r` overlapping `[mint, maxt]`, its deleted samples left out.
     pub(crate) fn views(&self, r: u32, mint: i64, maxt: i64) -> Vec<ChunkView> {
+        let mut out = Vec::new();
+        self.views_into(r, mint, maxt, &mut out);
+        out
+    }
+
+    /// Appends [`Block::views`] to `out`.
+    pub(crate) fn views_into(&self, r: u32, mint: i64, maxt: i64, out: &mut Vec<ChunkView>) {
         let Some(s) = self.series.get(r as usize) else {
-            return Vec::new();
+            return;
         };
-        let chunks: Vec<ChunkView> = s
-            .chunks
-            .iter()
-            .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-            .map(|&chunk| ChunkView::Mapped {
-                file: Arc::clone(&self.chunks),
-                chunk,
-            })
-            .collect();
+        let from = out.len();
+        out.extend(
+            s.chunks
+                .iter()
+                .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+                .map(|&chunk| ChunkView::Mapped {
+                    file: Arc::clone(&self.chunks),
+                    chunk,
+                }),
+        );
         let Some(deleted) = self.tombstones.get(&r) else {
-            return chunks;
+            return;
         };
-        let kept: Vec<(i64, f64)> = chunks
+        let kept: Vec<(i64, f64)> = out[from..]
             .iter()
             .flat_map(|c| c.iter())
             .filter(|&(t, _)| !deleted.iter().any(|&(a, z)| t >= a && t <= z))
             .collect();
-        if kept.is_empty() {
-            Vec::new()
-        } else {
-            vec![ChunkView::Samples(kept.into())]
+        out.truncate(from);
+        if !kept.is_empty() {
+            out.push(ChunkView::Samples(kept.into()));
         }
+    }
+
+    /// The position of the series with exactly these labels, if the block has it.
+    pub(crate) fn position_of(&self, labels: &Labels) -> Option<u32> {
+        let found = if self.sorted {
+            self.series.binary_search_by(|s| s.labels.cmp(labels)).ok()
+        } else {
+            self.series.iter().position(|s| s.labels == *labels)
+        };
+        found.map(|r| r as u32)
     }
 
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`.

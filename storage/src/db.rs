@@ -2,10 +2,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use crate::block::{
     block_name, write_block, write_block_with, write_tombstones, Block, BlockMeta, ChunkIter,
@@ -1307,52 +1308,62 @@ impl Appender {
 }
 
 /// One series selected by a [`Querier`]: its labels and its samples in the query range.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Series {
     pub labels: Labels,
+    mint: i64,
+    maxt: i64,
+    /// The chunks, taken when the series is selected or, for a deferred selection
+    /// ([`Querier::select_deferred`]), on first use.
+    views: OnceLock<Views>,
+    /// Where a deferred selection takes the chunks from.
+    deferred: Option<Deferred>,
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Series")
+            .field("labels", &self.labels)
+            .field("mint", &self.mint)
+            .field("maxt", &self.maxt)
+            .field("views", &self.views.get())
+            .field("deferred", &self.deferred.is_some())
+            .finish()
+    }
+}
+
+/// The chunks of a [`Series`] in the querier's range.
+#[derive(Debug, Clone, Default)]
+struct Views {
     /// Time-ordered and disjoint, or (when `overlapping`) in order of precedence: at a
     /// timestamp several hold, the last one's sample wins.
     chunks: Vec<ChunkView>,
     overlapping: bool,
-    mint: i64,
-    maxt: i64,
     /// The newest sample in range, when the head knew it without decoding.
     last: Option<(i64, f64)>,
 }
 
-impl Series {
+impl Views {
     /// `chunks`: in time order, or when some overlap, in order of precedence. `last`: the
     /// head's newest sample of the series in range, if known; kept only when no view
     /// reaches past it.
-    fn new(
-        labels: Labels,
-        chunks: Vec<ChunkView>,
-        mint: i64,
-        maxt: i64,
-        last: Option<(i64, f64)>,
-    ) -> Series {
+    fn new(chunks: Vec<ChunkView>, last: Option<(i64, f64)>) -> Views {
         let (overlapping, end) = overlap(chunks.iter());
-        Series {
-            labels,
+        Views {
             chunks,
             overlapping,
-            mint,
-            maxt,
             last: last.filter(|l| l.0 >= end),
         }
     }
 
-    /// [`Series::new`] from the chunks of several sources in time order, `tags` naming
+    /// [`Views::new`] from the chunks of several sources in time order, `tags` naming
     /// each source's rank and where its chunks start: sorted by rank (stably) when
     /// out-of-order data or a rewrite overlaps other data.
     fn from_tagged(
-        labels: Labels,
         mut chunks: Vec<ChunkView>,
         tags: &[(u64, usize)],
-        mint: i64,
-        maxt: i64,
         last: Option<(i64, f64)>,
-    ) -> Series {
+    ) -> Views {
         if overlap(chunks.iter()).0 {
             let mut ranked: Vec<(u64, ChunkView)> = Vec::with_capacity(chunks.len());
             for (i, c) in chunks.drain(..).enumerate() {
@@ -1366,14 +1377,113 @@ impl Series {
             ranked.sort_by_key(|v| v.0);
             chunks.extend(ranked.into_iter().map(|v| v.1));
         }
-        Series::new(labels, chunks, mint, maxt, last)
+        Views::new(chunks, last)
+    }
+}
+
+/// What the series of a deferred selection share: the blocks it read, and each series'
+/// position in them.
+struct DeferredSelection {
+    db: Arc<DbInner>,
+    blocks: Vec<Arc<Block>>,
+    /// Series by series, the position in each of `blocks` ([`ABSENT`] when not there).
+    positions: Vec<u32>,
+    /// [`Head::truncations`](crate::head::Head) before the block list was read.
+    truncations: u64,
+}
+
+/// No position in a block.
+const ABSENT: u32 = u32::MAX;
+
+/// How a series of a deferred selection takes its chunks.
+#[derive(Clone)]
+struct Deferred {
+    selection: Arc<DeferredSelection>,
+    head: Option<Arc<MemSeries>>,
+    /// The series' place in the selection.
+    at: u32,
+}
+
+impl Series {
+    fn new(
+        labels: Labels,
+        chunks: Vec<ChunkView>,
+        mint: i64,
+        maxt: i64,
+        last: Option<(i64, f64)>,
+    ) -> Series {
+        Series::with_views(labels, Views::new(chunks, last), mint, maxt)
+    }
+
+    fn with_views(labels: Labels, views: Views, mint: i64, maxt: i64) -> Series {
+        Series {
+            labels,
+            mint,
+            maxt,
+            views: OnceLock::from(views),
+            deferred: None,
+        }
+    }
+
+    /// The chunks, taken now if the selection was deferred.
+    fn views(&self) -> &Views {
+        self.views.get_or_init(|| self.take_views())
+    }
+
+    /// A deferred series' chunks: its blocks' in block order, then the head's. When a
+    /// block cut truncated the head since the selection read its block list, the blocks
+    /// cut since are looked up too: they hold what the head may have let go.
+    fn take_views(&self) -> Views {
+        let Some(d) = &self.deferred else {
+            return Views::default();
+        };
+        let (mint, maxt) = (self.mint, self.maxt);
+        let sel = &*d.selection;
+        let n = sel.blocks.len();
+        let at = d.at as usize * n;
+        let positions = sel.positions.get(at..at + n).unwrap_or(&[]);
+        let mut chunks = Vec::new();
+        let mut tags: Vec<(u64, usize)> = Vec::with_capacity(n + 2);
+        for (b, &r) in sel.blocks.iter().zip(positions) {
+            if r != ABSENT {
+                tags.push((b.meta.seq, chunks.len()));
+                b.views_into(r, mint, maxt, &mut chunks);
+            }
+        }
+        let mut last = None;
+        if let Some(s) = &d.head {
+            let data = lock(&s.data);
+            last = data.last_sample(mint, maxt);
+            tags.push((HEAD_CHUNKS, chunks.len()));
+            chunks.reserve_exact(data.chunk_count_in(mint, maxt));
+            data.chunks_into(mint, maxt, &mut chunks);
+            let ooo = data.ooo_in(mint, maxt);
+            drop(data);
+            if !ooo.is_empty() {
+                tags.push((HEAD_OUT_OF_ORDER, chunks.len()));
+                chunks.push(ChunkView::Samples(ooo.into()));
+            }
+        }
+        if sel.db.head.truncations.load(Ordering::Acquire) != sel.truncations {
+            for b in sel.db.block_list() {
+                let known = sel.blocks.iter().any(|k| k.meta.seq == b.meta.seq);
+                if known || maxt < b.meta.min_time || mint >= b.meta.max_time {
+                    continue;
+                }
+                if let Some(r) = b.position_of(&self.labels) {
+                    tags.push((b.meta.seq, chunks.len()));
+                    b.views_into(r, mint, maxt, &mut chunks);
+                }
+            }
+        }
+        Views::from_tagged(chunks, &tags, last)
     }
 
     /// The newest sample in the querier's range (stale markers included), without
     /// decoding when the head knows it.
     pub fn last_sample(&self) -> Option<(i64, f64)> {
-        if self.last.is_some() {
-            return self.last;
+        if let Some(last) = self.views().last {
+            return Some(last);
         }
         self.samples().last()
     }
@@ -1381,8 +1491,9 @@ impl Series {
     /// Selected for its newest sample only ([`Querier::select_newest`]): no chunks,
     /// that sample.
     fn newest_only(&self) -> Option<(i64, f64)> {
-        if self.chunks.is_empty() {
-            self.last
+        let v = self.views();
+        if v.chunks.is_empty() {
+            v.last
         } else {
             None
         }
@@ -1390,7 +1501,7 @@ impl Series {
 
     /// The head chunk file ranges this series' samples in range are read from.
     fn head_file_ranges<'s>(&'s self, out: &mut Vec<(&'s SegmentFile, u32, u16)>) {
-        for c in &self.chunks {
+        for c in &self.views().chunks {
             if let ChunkView::HeadFile {
                 file,
                 start,
@@ -1414,13 +1525,14 @@ impl Series {
             out.push(newest);
             return;
         }
-        if self.overlapping {
+        let views = self.views();
+        if views.overlapping {
             out.extend(self.samples());
             return;
         }
         let (mint, maxt) = (self.mint, self.maxt);
         let mut last = i64::MIN;
-        for c in &self.chunks {
+        for c in &views.chunks {
             let (a, z) = c.time_range();
             if z < mint || a > maxt {
                 continue;
@@ -1455,7 +1567,7 @@ impl Series {
     /// ends at samples, so only a view reaching past both ends of the range is decoded.
     fn has_samples(&self) -> bool {
         self.newest_only().is_some()
-            || self.chunks.iter().any(|v| {
+            || self.views().chunks.iter().any(|v| {
                 let (a, z) = v.time_range();
                 crate::block::holds_sample_in(a, z, self.mint, self.maxt, || v.iter())
             })
@@ -1467,9 +1579,10 @@ impl Series {
         if let Some(newest) = self.newest_only() {
             return Samples(SamplesInner::Merged(vec![newest].into_iter()));
         }
-        if !self.overlapping {
+        let views = self.views();
+        if !views.overlapping {
             return Samples(SamplesInner::Plain {
-                chunks: self.chunks.iter(),
+                chunks: views.chunks.iter(),
                 current: None,
                 mint: self.mint,
                 maxt: self.maxt,
@@ -1477,7 +1590,7 @@ impl Series {
             });
         }
         let mut merged: Vec<(i64, f64)> = Vec::new();
-        for c in &self.chunks {
+        for c in &views.chunks {
             let part: Vec<(i64, f64)> = c
                 .iter()
                 .filter(|&(t, _)| t >= self.mint && t <= self.maxt)
@@ -1583,7 +1696,8 @@ fn merge_sources(
             head_at += 1;
         }
         let labels = labels.unwrap_or_else(Labels::empty);
-        out.push(Series::from_tagged(labels, chunks, &tags, mint, maxt, last));
+        let views = Views::from_tagged(chunks, &tags, last);
+        out.push(Series::with_views(labels, views, mint, maxt));
     }
     out
 }
@@ -1781,6 +1895,95 @@ impl Querier {
     /// reaches into the range).
     pub fn select_newest(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
         self.select_with(matchers, true)
+    }
+
+    /// Like [`Querier::select`], but each series takes its chunks only when its samples
+    /// are first read: the series a query spreads over threads are read there, each
+    /// thread taking its own series' chunks. Here only the series are matched and put in
+    /// label order. A series may have no sample in range (it reads as none).
+    pub fn select_deferred(&self, matchers: &[Matcher]) -> Result<Vec<Series>, Error> {
+        let (mint, maxt) = (self.mint, self.maxt);
+        let head = self.db.head.matching_sorted(matchers);
+        // Before the block list: a block cut lists its block before it truncates the
+        // head, so a series that sees this count unchanged after taking its chunks from
+        // the head misses nothing (see `Series::take_views`).
+        let truncations = self.db.head.truncations.load(Ordering::Acquire);
+        let blocks: Vec<Arc<Block>> = self
+            .db
+            .block_list()
+            .into_iter()
+            .filter(|b| maxt >= b.meta.min_time && mint < b.meta.max_time)
+            .collect();
+        let lists: Vec<Vec<u32>> = blocks
+            .iter()
+            .map(|b| {
+                let mut p = b.matching_in(matchers, mint, maxt);
+                if !b.sorted {
+                    p.sort_by(|&x, &y| {
+                        b.series_labels(x as usize)
+                            .cmp(&b.series_labels(y as usize))
+                    });
+                }
+                p
+            })
+            .collect();
+        // The sources' lists merged by labels; a block holds the head's own label sets
+        // (see `open_block`), so most comparisons settle on an address.
+        let n = blocks.len();
+        let mut at = vec![0usize; n];
+        let mut positions =
+            Vec::with_capacity(head.len().max(lists.first().map_or(0, Vec::len)) * n);
+        let mut found: Vec<(Labels, Option<Arc<MemSeries>>)> = Vec::with_capacity(head.len());
+        let mut head = head.into_iter().peekable();
+        loop {
+            let block_labels = |k: usize, at: &[usize]| {
+                lists[k]
+                    .get(at[k])
+                    .and_then(|&r| blocks[k].series_labels(r as usize))
+            };
+            let mut least: Option<&Labels> = head.peek().map(|s| &s.labels);
+            for k in 0..n {
+                if let Some(l) = block_labels(k, &at) {
+                    if least.is_none_or(|m| l < m) {
+                        least = Some(l);
+                    }
+                }
+            }
+            let Some(least) = least.cloned() else {
+                break;
+            };
+            for k in 0..n {
+                if block_labels(k, &at) == Some(&least) {
+                    positions.push(lists[k][at[k]]);
+                    at[k] += 1;
+                } else {
+                    positions.push(ABSENT);
+                }
+            }
+            let in_head = head.next_if(|s| s.labels == least);
+            found.push((least, in_head));
+        }
+        let selection = Arc::new(DeferredSelection {
+            db: Arc::clone(&self.db),
+            blocks,
+            positions,
+            truncations,
+        });
+        Ok(found
+            .into_iter()
+            .enumerate()
+            .map(|(i, (labels, head))| Series {
+                labels,
+                mint,
+                maxt,
+                views: OnceLock::new(),
+                deferred: Some(Deferred {
+                    selection: Arc::clone(&selection),
+                    head,
+                    at: i as u32,
+                }),
+            })
+            .collect())
     }
 
     fn select_with(&self, matchers: &[Matcher], newest_only: bool) -> Result<Vec<Series>, Error> {
@@ -3597,7 +3800,65 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, want, "{n} series");
+            // A deferred selection: the same series with the same samples, taken as they
+            // are read (on two threads, as a query reads them).
+            let deferred = q.select_deferred(&[Matcher::regex("job", ".+")?])?;
+            let (front, back) = deferred.split_at(deferred.len() / 2);
+            let read = |part: &[Series]| -> Vec<(String, Vec<(i64, f64)>)> {
+                part.iter()
+                    .map(|s| (s.labels.to_string(), s.samples().collect()))
+                    .collect()
+            };
+            let (mut read_all, later) = crate::helpers::join(|| read(front), || read(back));
+            read_all.extend(later);
+            let eager: Vec<(String, Vec<(i64, f64)>)> = series
+                .iter()
+                .map(|s| (s.labels.to_string(), s.samples().collect()))
+                .collect();
+            assert_eq!(read_all, eager, "{n} series, deferred");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_deferred_selection_read_after_a_block_cut_misses_nothing() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 10_000,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        let mut app = db.appender();
+        let mut want = std::collections::BTreeMap::new();
+        for i in 0..50 {
+            for t in (0..35_000).step_by(1_000) {
+                let v = (i * 1_000 + t / 1_000) as f64;
+                app.append(&up(&format!("s{i:02}")), t, v)?;
+                want.insert((format!("s{i:02}"), t), v);
+            }
+        }
+        app.commit()?;
+        // Selected while the head holds everything; some series read before the cut,
+        // the rest after it moved their older samples into blocks and out of the head.
+        let q = db.querier(i64::MIN, i64::MAX);
+        let selected = q.select_deferred(&[Matcher::regex("job", "s.*")?])?;
+        assert_eq!(selected.len(), 50);
+        let read = |s: &Series| -> Vec<((String, i64), f64)> {
+            let job = s.labels.get("job").unwrap_or_default().to_owned();
+            s.samples().map(|(t, v)| ((job.clone(), t), v)).collect()
+        };
+        let mut got: std::collections::BTreeMap<(String, i64), f64> =
+            selected[..10].iter().flat_map(read).collect();
+        assert!(!db.compact_head()?.is_empty(), "a block cut");
+        assert!(
+            read_all(&db, "s20").len() == 35 && db.inner.head.chunk_stats().samples < 50 * 35,
+            "the cut truncated the head"
+        );
+        got.extend(selected[10..].iter().flat_map(read));
+        assert_eq!(got, want);
         Ok(())
     }
 

@@ -240,7 +240,7 @@ impl SeriesData {
     }
 
     /// The out-of-order samples in `[mint, maxt]`.
-    fn ooo_in(&self, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
+    pub(crate) fn ooo_in(&self, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
         let ooo = self.ooo();
         let from = ooo.partition_point(|s| s.0 < mint);
         let to = ooo.partition_point(|s| s.0 <= maxt);
@@ -249,12 +249,26 @@ impl SeriesData {
 
     /// The chunks overlapping `[mint, maxt]`; the open chunk is copied.
     fn chunks_in(&self, mint: i64, maxt: i64) -> Vec<ChunkView> {
-        let inside = |c: &&HeadChunk| c.max_t() >= mint && c.min_t() <= maxt;
-        let open =
-            self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt;
         // Sized exactly: a selection holds these for every series until the query ends.
-        let mut out =
-            Vec::with_capacity(self.closed.iter().filter(inside).count() + usize::from(open));
+        let mut out = Vec::with_capacity(self.chunk_count_in(mint, maxt));
+        self.chunks_into(mint, maxt, &mut out);
+        out
+    }
+
+    /// How many chunks [`SeriesData::chunks_into`] appends.
+    pub(crate) fn chunk_count_in(&self, mint: i64, maxt: i64) -> usize {
+        let inside = |c: &&HeadChunk| c.max_t() >= mint && c.min_t() <= maxt;
+        self.closed.iter().filter(inside).count() + usize::from(self.open_in(mint, maxt))
+    }
+
+    fn open_in(&self, mint: i64, maxt: i64) -> bool {
+        self.open.len() > 0 && self.open.max_time() >= mint && self.open.min_time() <= maxt
+    }
+
+    /// Appends the chunks overlapping `[mint, maxt]` to `out`; the open chunk is copied.
+    pub(crate) fn chunks_into(&self, mint: i64, maxt: i64, out: &mut Vec<ChunkView>) {
+        let inside = |c: &&HeadChunk| c.max_t() >= mint && c.min_t() <= maxt;
+        let open = self.open_in(mint, maxt);
         out.extend(self.closed.iter().filter(inside).map(HeadChunk::view));
         if open {
             // From the latest mark before `mint`, when there is one: only the samples
@@ -271,13 +285,12 @@ impl SeriesData {
                 from,
             })));
         }
-        out
     }
 
     /// The series' newest sample when it lies in `[mint, maxt]` and is known without
     /// decoding: the last appended one, while it is still the last sample of the chunks
     /// (no deletion took it) and no out-of-order sample could win over it.
-    fn last_sample(&self, mint: i64, maxt: i64) -> Option<(i64, f64)> {
+    pub(crate) fn last_sample(&self, mint: i64, maxt: i64) -> Option<(i64, f64)> {
         if self.ooo.is_some() {
             return None;
         }
@@ -694,6 +707,8 @@ pub(crate) struct Head {
     unranked: AtomicU64,
     /// Held by the ranking under way.
     ranking: Mutex<()>,
+    /// Truncations begun ([`Head::truncate_written`]), each after its block was listed.
+    pub(crate) truncations: AtomicU64,
 }
 
 /// Limits on creating series: in total and per metric name.
@@ -733,6 +748,7 @@ impl Head {
             ranked: AtomicU64::new(0),
             unranked: AtomicU64::new(0),
             ranking: Mutex::new(()),
+            truncations: AtomicU64::new(0),
         }
     }
 
@@ -1134,6 +1150,9 @@ impl Head {
     /// a block is written); the others keep them for the next cut, which writes them as
     /// an overlapping block.
     pub(crate) fn truncate_written(&self, t: i64, written: &HashMap<usize, CutMark>) {
+        // Counted before any series loses a sample: a deferred selection that sees the
+        // count unchanged after taking a series' chunks took them whole.
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         self.min_valid.fetch_max(t, Ordering::Relaxed);
         let mut min = i64::MAX;
         let mut empty = Vec::new();

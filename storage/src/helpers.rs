@@ -155,6 +155,27 @@ pub fn join<A: Send, B: Send>(
     }
 }
 
+/// Drops `v` on a thread kept for that, off the caller's path: what a query read (the
+/// chunk views of thousands of series: reference counts and small buffers, 0.2-0.3 ms
+/// for a thousand) is let go while its answer is sent rather than before. Dropped here
+/// when that thread cannot be started.
+pub fn drop_later<T: Send + 'static>(v: T) {
+    type Garbage = Box<dyn Send>;
+    static DROPPER: OnceLock<Option<std::sync::mpsc::Sender<Garbage>>> = OnceLock::new();
+    let dropper = DROPPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Garbage>();
+        std::thread::Builder::new()
+            .name("dropper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = dropper {
+        // A send fails only when the thread is gone; the value then comes back here.
+        drop(tx.send(Box::new(v)));
+    }
+}
+
 fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     m.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
@@ -247,6 +268,28 @@ mod tests {
             assert_eq!((x, y), (*v[..500].iter().min().unwrap(), 500));
             assert!(v[..500].is_sorted() && v[500..].is_sorted());
         }
+    }
+
+    #[test]
+    fn what_is_dropped_later_is_dropped_off_the_calling_thread() {
+        struct Noted(Arc<Mutex<Option<std::thread::ThreadId>>>);
+        impl Drop for Noted {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(std::thread::current().id());
+            }
+        }
+        let by = Arc::new(Mutex::new(None));
+        drop_later(Noted(Arc::clone(&by)));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let dropper = loop {
+            if let Some(id) = *by.lock().unwrap_or_else(PoisonError::into_inner) {
+                break id;
+            }
+            assert!(std::time::Instant::now() < until, "not dropped in 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_ne!(dropper, std::thread::current().id());
     }
 
     #[test]
