@@ -1395,6 +1395,9 @@ struct DeferredSelection {
 /// No position in a block.
 const ABSENT: u32 = u32::MAX;
 
+/// How many series ahead a deferred selection's merge loads label sets.
+const LABELS_AHEAD: usize = 8;
+
 /// How a series of a deferred selection takes its chunks.
 #[derive(Clone)]
 struct Deferred {
@@ -1934,14 +1937,19 @@ impl Querier {
         let mut positions =
             Vec::with_capacity(head.len().max(lists.first().map_or(0, Vec::len)) * n);
         let mut found: Vec<(Labels, Option<Arc<MemSeries>>)> = Vec::with_capacity(head.len());
-        let mut head = head.into_iter().peekable();
+        let mut head_at = 0;
         loop {
+            // Label sets lie apart in memory: later ones are loaded while this one is
+            // merged (each is cloned here, and read again to group the series).
+            if let Some(s) = head.get(head_at + LABELS_AHEAD) {
+                s.labels.prefetch();
+            }
             let block_labels = |k: usize, at: &[usize]| {
                 lists[k]
                     .get(at[k])
                     .and_then(|&r| blocks[k].series_labels(r as usize))
             };
-            let mut least: Option<&Labels> = head.peek().map(|s| &s.labels);
+            let mut least: Option<&Labels> = head.get(head_at).map(|s| &s.labels);
             for k in 0..n {
                 if let Some(l) = block_labels(k, &at) {
                     if least.is_none_or(|m| l < m) {
@@ -1960,7 +1968,8 @@ impl Querier {
                     positions.push(ABSENT);
                 }
             }
-            let in_head = head.next_if(|s| s.labels == least);
+            let in_head = head.get(head_at).filter(|s| s.labels == least).cloned();
+            head_at += usize::from(in_head.is_some());
             found.push((least, in_head));
         }
         let selection = Arc::new(DeferredSelection {

@@ -86,6 +86,16 @@ impl Labels {
         Self(None)
     }
 
+    /// Starts loading the set (its reference count and first labels) into the cache.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let Some(set) = &self.0 {
+            let at = Arc::as_ptr(set).cast::<u8>();
+            crate::prefetch(at.wrapping_sub(16));
+            crate::prefetch(at.wrapping_add(48));
+        }
+    }
+
     /// Whether both are handles of one shared set (or both empty): equal for certain,
     /// though equal sets need not be shared.
     #[inline]
