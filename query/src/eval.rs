@@ -685,6 +685,9 @@ struct RangeInput {
     offset: i64,
     /// A fixed evaluation time from `@`.
     at: Option<i64>,
+    /// The one metric name every series has, when a selector's `__name__="..."` says so:
+    /// then nothing needs to look at each series' name.
+    one_name: Option<String>,
 }
 
 /// Evaluates expressions over one grid of steps. Subqueries evaluate their inner
@@ -972,11 +975,16 @@ impl Evaluator<'_> {
                         drop_name: false,
                     })
                     .collect();
+                let one_name = matchers
+                    .iter()
+                    .find(|m| m.name == METRIC_NAME && matches!(m.kind, MatchKind::Equal))
+                    .map(|m| m.value.clone());
                 Ok(RangeInput {
                     series,
                     range,
                     offset,
                     at,
+                    one_name,
                 })
             }
             Expr::Subquery(sq) => {
@@ -1037,6 +1045,7 @@ impl Evaluator<'_> {
                     range,
                     offset,
                     at,
+                    one_name: None,
                 })
             }
             _ => Err(QueryError::BadData(
@@ -1185,6 +1194,10 @@ impl Evaluator<'_> {
         input: &RangeInput,
         spec: &functions::WindowSpec,
     ) -> bool {
+        if input.one_name.is_some() {
+            // A selector's series, all of one name.
+            return true;
+        }
         let stored = input
             .series
             .iter()
@@ -2517,16 +2530,24 @@ fn merge_same_labels(vs: Vec<StepSeries>) -> Result<Vec<StepSeries>, QueryError>
 /// The distinct metric names of `input` that do not look like counters' (for `rate` and
 /// `increase`).
 fn non_counter_names(input: &RangeInput) -> Vec<String> {
+    let looks_like_counter = |metric: &str| {
+        ["_total", "_sum", "_count", "_bucket"]
+            .iter()
+            .any(|suffix| metric.ends_with(suffix))
+    };
+    if let Some(name) = &input.one_name {
+        return if input.series.is_empty() || looks_like_counter(name) || name.is_empty() {
+            Vec::new()
+        } else {
+            vec![name.clone()]
+        };
+    }
     let mut out: Vec<String> = Vec::new();
     for s in &input.series {
         let Some(metric) = s.labels.metric_name() else {
             continue;
         };
-        if !["_total", "_sum", "_count", "_bucket"]
-            .iter()
-            .any(|suffix| metric.ends_with(suffix))
-            && !out.iter().any(|m| m == metric)
-        {
+        if !looks_like_counter(metric) && !out.iter().any(|m| m == metric) {
             out.push(metric.to_string());
         }
     }
