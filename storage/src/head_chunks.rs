@@ -282,8 +282,11 @@ thread_local! {
 }
 
 /// Chunks closer than this in a file are read together, the bytes between them too: a
-/// system call costs about what copying a few KiB does.
-const STAGE_GAP: u64 = 2 << 10;
+/// system call costs about what copying a few KiB does (on this machine's guests a
+/// `pread` of a cached file takes 0.43 µs for 256 bytes, 0.81 µs for 4 KiB and 0.97 µs
+/// for 8 KiB). The series of one metric and host often lie 2-3 KiB apart (other metrics
+/// of the same device in between).
+const STAGE_GAP: u64 = 4 << 10;
 
 /// Bytes one [`stage`] reads ahead at most; the chunks past them are left to the
 /// windows. A stretch holds the chunks between the wanted ones too, and at 75,000
