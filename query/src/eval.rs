@@ -885,12 +885,13 @@ impl Evaluator<'_> {
         // without decoding anything, or copying any chunk).
         let single = at.is_some() || self.n == 1;
         let querier = self.ctx.db.querier(lo - offset - lookback + 1, hi - offset);
-        // Every sample in range is read otherwise: each series takes its chunks on the
-        // thread that reads them.
+        // Taken here, not deferred to the threads that read them: at 100 hosts
+        // `min by (instance) (node_filesystem_avail_bytes)` took 20-25 % longer with a
+        // deferred selection.
         let selected = if single {
             querier.select_newest(&matchers)?
         } else {
-            querier.select_deferred(&matchers)?
+            querier.select(&matchers)?
         };
         let pick = |(t, v): (i64, f64)| if timestamps { t as f64 / 1000.0 } else { v };
         // Each series of a range query decodes its samples: spread by the work, as
