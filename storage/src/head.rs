@@ -568,18 +568,27 @@ fn sort_by_labels(series: &mut Vec<Arc<MemSeries>>) {
     let back = series.split_off(mid);
     let front = std::mem::take(series);
     series.reserve_exact(front.len() + back.len());
-    let (mut a, mut b) = (front.into_iter().peekable(), back.into_iter().peekable());
+    merge_by_labels(series, front, back);
+}
+
+/// Appends the series of two lists sorted by labels to `out`, in label order. Ties take
+/// `a`'s first, as a stable sort of `a` then `b` would.
+fn merge_by_labels(
+    out: &mut Vec<Arc<MemSeries>>,
+    a: impl IntoIterator<Item = Arc<MemSeries>>,
+    b: impl IntoIterator<Item = Arc<MemSeries>>,
+) {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-        // Ties take the front first, as a stable sort of the whole would.
-        let next = if by_labels(y, x).is_lt() {
+        let next = if y.labels < x.labels {
             b.next()
         } else {
             a.next()
         };
-        series.extend(next);
+        out.extend(next);
     }
-    series.extend(a);
-    series.extend(b);
+    out.extend(a);
+    out.extend(b);
 }
 
 /// Appends every sample of `it` to `out`, through the bulk decoder.
@@ -1254,20 +1263,7 @@ impl Head {
             return;
         }
         sort_by_labels(&mut rest);
-        let (mut a, mut b) = (
-            placed.into_iter().map(|p| p.1).peekable(),
-            rest.into_iter().peekable(),
-        );
-        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-            let next = if y.labels < x.labels {
-                b.next()
-            } else {
-                a.next()
-            };
-            series.extend(next);
-        }
-        series.extend(a);
-        series.extend(b);
+        merge_by_labels(series, placed.into_iter().map(|p| p.1), rest);
     }
 
     /// Places every series in label order, so that a selection sorts them by one integer
