@@ -406,35 +406,57 @@ impl Prometheus {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).ok()?;
         }
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().ok()?;
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).ok()?;
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-remote-write-receiver")
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .ok()?;
-        let p = Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if request(addr, "GET", "/-/ready", &[], &[]).is_ok_and(|r| r.status == 200) {
-                return Some(p);
+        // A port found free can be taken by another test's server before Prometheus
+        // binds it: then Prometheus exits, and what answers there is not it. Tried again
+        // on another port.
+        for _ in 0..3 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().ok()?;
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).ok()?;
+            let mut child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--web.enable-remote-write-receiver")
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .ok()?;
+            if prometheus_ready(&mut child, addr) {
+                return Some(Prometheus {
+                    child,
+                    addr,
+                    _dir: dir,
+                });
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir.path().join("data"));
         }
         None
     }
+}
+
+/// Whether `child` answers as a ready Prometheus at `addr` within a minute; false once
+/// it has exited.
+fn prometheus_ready(child: &mut Child, addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let ready = request(addr, "GET", "/-/ready", &[], &[]).is_ok_and(|r| {
+            r.status == 200 && r.body.contains("Prometheus") && r.body.contains("Ready")
+        });
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 impl Drop for Prometheus {
