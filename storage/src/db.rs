@@ -2606,6 +2606,18 @@ mod tests {
         tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
     }
 
+    /// A store whose commits do not sync the WAL, cutting blocks of `block_range_ms`.
+    fn open_cutting(dir: &Path, block_range_ms: i64) -> Result<Db, Error> {
+        Db::open(
+            dir,
+            Options {
+                block_range_ms,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )
+    }
+
     /// A store whose commits do not sync the WAL.
     fn open_without_fsync(dir: &Path) -> Result<Db, Error> {
         Db::open(
@@ -3681,14 +3693,7 @@ mod tests {
     #[test]
     fn backfill_during_cuts_loses_nothing() -> Result<(), Error> {
         let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                block_range_ms: 60_000,
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
+        let db = open_cutting(dir.path(), 60_000)?;
         let samples: Vec<(i64, f64)> = (0..600).map(|i| (i * 1000, i as f64)).collect();
         let mut app = db.appender();
         for &(t, v) in &samples {
@@ -3757,14 +3762,7 @@ mod tests {
         // PARALLEL_MERGE) in two halves split at a label.
         for n in [16i64, 8_000] {
             let dir = tmp();
-            let db = Db::open(
-                dir.path(),
-                Options {
-                    block_range_ms: 10_000,
-                    wal_fsync: false,
-                    ..Options::default()
-                },
-            )?;
+            let db = open_cutting(dir.path(), 10_000)?;
             // Series j{i} has samples in the 10 s ranges k = 0, 1, 2 whose bit is set in
             // i (three blocks once cut) and in range 3 (the head) when i is odd; a rewrite
             // in an imported block wins over the first block.
@@ -3832,14 +3830,7 @@ mod tests {
     #[test]
     fn a_deferred_selection_read_after_a_block_cut_misses_nothing() -> Result<(), Error> {
         let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                block_range_ms: 10_000,
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
+        let db = open_cutting(dir.path(), 10_000)?;
         let mut app = db.appender();
         let mut want = std::collections::BTreeMap::new();
         for i in 0..50 {

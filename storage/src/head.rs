@@ -525,6 +525,9 @@ impl MemSeries {
     }
 }
 
+/// How many series ahead a selection loads a series' memory while it reads their places.
+const SERIES_AHEAD: usize = 8;
+
 /// From this many matching series on, a selection sorts them and copies their chunk
 /// views on two threads.
 const PARALLEL_SELECT: usize = 2_048;
@@ -1236,15 +1239,17 @@ impl Head {
         let mut placed: Vec<(u32, Arc<MemSeries>)> = Vec::with_capacity(series.len());
         let mut rest = Vec::new();
         if generation > 0 {
-            for group in series.chunks(8) {
-                group.iter().for_each(MemSeries::prefetch);
-                for s in group {
-                    let order = s.order.load(Ordering::Relaxed);
-                    if order >> 32 == generation {
-                        placed.push((order as u32, Arc::clone(s)));
-                    } else {
-                        rest.push(Arc::clone(s));
-                    }
+            // Moved, not cloned: no locked instruction waits for the series loaded ahead.
+            let mut all = std::mem::take(series).into_iter();
+            while let Some(s) = all.next() {
+                if let Some(ahead) = all.as_slice().get(SERIES_AHEAD) {
+                    ahead.prefetch();
+                }
+                let order = s.order.load(Ordering::Relaxed);
+                if order >> 32 == generation {
+                    placed.push((order as u32, s));
+                } else {
+                    rest.push(s);
                 }
             }
         } else {
