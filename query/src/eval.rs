@@ -676,6 +676,7 @@ struct WindowScratch {
     buf: Vec<(i64, f64)>,
     /// Where each step's window ends in the samples ([`Evaluator::slide`]).
     ends: Vec<usize>,
+    factors: functions::Factors,
 }
 
 /// The series of a range selector or subquery, with how to cut windows from them.
@@ -1442,6 +1443,7 @@ impl Evaluator<'_> {
             resets,
             buf,
             ends,
+            factors,
         } = scratch;
         args.resize(scalars.len(), 0.0);
         let (samples, dropping) = self.points_with_drops(series, buf)?;
@@ -1461,13 +1463,28 @@ impl Evaluator<'_> {
             // Monomorphic loops for the most common functions; the same arithmetic as
             // through `spec.f`.
             Some((true, true)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate(w, true, true))
+                Ok(functions::extrapolated_rate_with(
+                    w,
+                    true,
+                    true,
+                    Some(factors),
+                ))
             })?,
             Some((true, false)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate(w, true, false))
+                Ok(functions::extrapolated_rate_with(
+                    w,
+                    true,
+                    false,
+                    Some(factors),
+                ))
             })?,
             Some((false, false)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate(w, false, false))
+                Ok(functions::extrapolated_rate_with(
+                    w,
+                    false,
+                    false,
+                    Some(factors),
+                ))
             })?,
             _ => self.slide(input, samples, resets, ends, values, |i, w| {
                 for (a, s) in args.iter_mut().zip(scalars) {
