@@ -71,7 +71,7 @@ pub(crate) fn push_value(out: &mut String, v: f64) {
 fn push_finite(out: &mut String, v: f64) {
     let mut buf = zmij::Buffer::new();
     let s = buf.format_finite(v);
-    if s.contains('e') {
+    if s.bytes().any(|b| b == b'e') {
         let _ = write!(out, "{v}");
     } else {
         out.push_str(s.strip_suffix(".0").unwrap_or(s));
@@ -80,44 +80,51 @@ fn push_finite(out: &mut String, v: f64) {
 
 /// A millisecond timestamp as Unix seconds: `1435781451.781`, `60`.
 pub(crate) fn push_time(out: &mut String, t_ms: i64) {
-    if t_ms < 0 {
-        out.push('-');
-    }
+    // Sign, 20 digits, a point and 3 digits at most; written from the end.
+    let mut buf = [0u8; 25];
+    let mut at = buf.len();
     let abs = t_ms.unsigned_abs();
     let (secs, ms) = (abs / 1000, abs % 1000);
-    push_u64(out, secs);
     if ms != 0 {
         // Milliseconds as a fraction, its trailing zeros dropped.
-        let digits = [
-            b'.',
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-        ];
-        let keep = if ms % 100 == 0 {
-            2
-        } else if ms % 10 == 0 {
-            3
-        } else {
-            4
-        };
-        out.extend(digits[..keep].iter().map(|&b| char::from(b)));
+        let (mut frac, mut digits) = (ms, 3);
+        while frac % 10 == 0 {
+            (frac, digits) = (frac / 10, digits - 1);
+        }
+        for _ in 0..digits {
+            at -= 1;
+            buf[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        at -= 1;
+        buf[at] = b'.';
     }
+    at = digits_before(&mut buf[..at], secs);
+    if t_ms < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    push_ascii(out, &buf[at..]);
 }
 
-/// Appends `n` in decimal, without the formatting machinery.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
+/// Writes `n` in decimal at the end of `buf` (room for 20 digits); returns where it starts.
+fn digits_before(buf: &mut [u8], mut n: u64) -> usize {
     let mut at = buf.len();
     loop {
         at -= 1;
         buf[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return at;
         }
     }
-    out.extend(buf[at..].iter().map(|&b| char::from(b)));
+}
+
+/// Appends bytes known to be ASCII digits, signs and points.
+fn push_ascii(out: &mut String, bytes: &[u8]) {
+    // Only ASCII is ever passed, so this never falls back; checking is a few
+    // instructions for these few bytes.
+    out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
 }
 
 pub(crate) fn push_labels(out: &mut String, labels: &Labels) {
