@@ -126,12 +126,13 @@ pub(crate) fn collect_once(
             tracing::warn!(series = %gone, error = %e, "stale marker refused");
         }
     }
-    if let Err(e) = app.commit() {
-        tracing::error!(error = %e, "storing collected samples failed");
-    }
+    // Metadata first: whoever sees the samples finds their HELP and TYPE too.
     families.dedup_by(|a, b| a.family == b.family);
     metadata.record(&families);
     metadata.record(&own_meta);
+    if let Err(e) = app.commit() {
+        tracing::error!(error = %e, "storing collected samples failed");
+    }
     seen
 }
 

@@ -403,6 +403,10 @@ impl ScrapeManager {
         ] {
             let _ = app.append(&report_labels(t, name), ts, v);
         }
+        // Metadata first: whoever sees the samples finds their HELP and TYPE too.
+        if !metadata.is_empty() {
+            self.metadata.record(&metadata);
+        }
         if let Err(e) = app.commit() {
             tracing::warn!(error = %e, job = %t.job, "cannot store a scrape");
         }
@@ -410,9 +414,6 @@ impl ScrapeManager {
         self.scrapes.fetch_add(1, Ordering::Relaxed);
         self.micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        if !metadata.is_empty() {
-            self.metadata.record(&metadata);
-        }
         if up == 0.0 {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
