@@ -667,15 +667,19 @@ mod tests {
         Some(result * factor)
     }
 
+    /// Pseudo-random numbers below each call's bound (xorshift), from `seed`.
+    fn numbers_below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     #[test]
     fn rate_without_needless_divisions_is_bit_for_bit_prometheus() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = numbers_below(0x2545_f491_4f6c_dd1du64);
         let mut samples = Vec::new();
         for round in 0..200_000 {
             // Scrapes 15 s apart with jitter, or irregular; edges near 1.1 spacings;
@@ -718,13 +722,7 @@ mod tests {
     /// counters near zero, resets, gauges, ranges that change and edges out of the key.
     #[test]
     fn remembered_factors_give_what_computing_them_gives() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = numbers_below(0x9e37_79b9_7f4a_7c15u64);
         let mut factors = Factors::default();
         let (mut windows, mut keys) = (0usize, std::collections::HashSet::new());
         for round in 0..40 {
