@@ -167,9 +167,31 @@ fn top_k(
         }
     }
     for idxs in &members {
+        let columns: Vec<(usize, &[Option<f64>])> =
+            idxs.iter().map(|&s| (s, &input[s].values[..])).collect();
         for i in 0..n {
             let k = k[i] as i64;
             if k < 1 {
+                continue;
+            }
+            let take = k.min(idxs.len() as i64) as usize;
+            if take <= FEW {
+                // The few best kept in rank order as the members go by: most values
+                // are turned away by one comparison with the worst kept.
+                let values = columns
+                    .iter()
+                    .filter_map(|&(s, c)| c.get(i).copied().flatten().map(|v| (v, s)));
+                if top {
+                    few_best::<true>(values, take, &mut cand);
+                } else {
+                    few_best::<false>(values, take, &mut cand);
+                }
+                for &(_, s) in &cand {
+                    keep[s][i] = true;
+                    if n == 1 {
+                        order.push(s);
+                    }
+                }
                 continue;
             }
             cand.clear();
@@ -188,7 +210,7 @@ fn top_k(
                 }
                 .then(a.cmp(&b))
             };
-            let take = k.min(cand.len() as i64) as usize;
+            let take = take.min(cand.len());
             if take < cand.len() {
                 // The best `take` first; a range query needs only which they are.
                 cand.select_nth_unstable_by(take, rank);
@@ -224,6 +246,48 @@ fn top_k(
         }
     }
     Ok(out)
+}
+
+/// Up to this many kept per step and group, `topk` and `bottomk` insert each value into
+/// the kept ones in order; above, they select among all the step's values.
+const FEW: usize = 32;
+
+/// The `take` best of `values` (value, series) into `best`, best first, as a stable sort
+/// of them would order them: NaN last, equal values in the order they come.
+fn few_best<const TOP: bool>(
+    values: impl Iterator<Item = (f64, usize)>,
+    take: usize,
+    best: &mut Vec<(f64, usize)>,
+) {
+    // Whether `v` ranks strictly before `w`.
+    let before = |v: f64, w: f64| {
+        if TOP {
+            v > w || (w.is_nan() && !v.is_nan())
+        } else {
+            v < w || (w.is_nan() && !v.is_nan())
+        }
+    };
+    best.clear();
+    if take == 0 {
+        return;
+    }
+    for (v, s) in values {
+        if best.len() == take {
+            // An equal value came later, so it ranks after the worst kept.
+            match best.last() {
+                Some(&(worst, _)) if before(v, worst) => best.pop(),
+                _ => continue,
+            };
+        }
+        // After every kept value that ranks at least as well.
+        best.push((v, s));
+        let mut at = best.len() - 1;
+        while at > 0 && before(v, best[at - 1].0) {
+            best[at] = best[at - 1];
+            at -= 1;
+        }
+        best[at] = (v, s);
+    }
 }
 
 /// `limitk`: at each step, the first `k` series of each group that have a value.
@@ -550,7 +614,8 @@ mod tests {
             x % m
         };
         for case in 0..300 {
-            let (series, n) = (1 + next(30) as usize, 1 + next(20) as usize);
+            // Up to 80 series, so that k crosses FEW: both ways of choosing are checked.
+            let (series, n) = (1 + next(80) as usize, 1 + next(20) as usize);
             // Few distinct values, so that ties cross the k-th place often.
             let values: Vec<Vec<Option<f64>>> = (0..series)
                 .map(|_| {
