@@ -40,8 +40,46 @@ pub const STACK_SIZE: usize = 64 << 20;
 /// refused before parsing: parsing and evaluation recurse once per level, and a hostile
 /// query must not exhaust a thread's stack.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
+    if let Some(expr) = parsed::recall(query) {
+        return Ok(expr);
+    }
     check_shape(query)?;
-    promql_parser::parser::parse(query).map_err(QueryError::BadData)
+    let expr = promql_parser::parser::parse(query).map_err(QueryError::BadData)?;
+    parsed::remember(query, &expr);
+    Ok(expr)
+}
+
+/// The syntax trees of recently parsed queries. A dashboard asks the same queries again
+/// at every refresh, and parsing one takes tens of microseconds, a copy of its tree
+/// about one.
+mod parsed {
+    use promql_parser::parser::Expr;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, PoisonError};
+
+    /// How many queries are remembered; all are forgotten when one more comes.
+    pub(super) const QUERIES: usize = 256;
+    /// Longer queries are not remembered.
+    const LONGEST: usize = 4_096;
+
+    static TREES: Mutex<Option<HashMap<String, Expr>>> = Mutex::new(None);
+
+    pub(super) fn recall(query: &str) -> Option<Expr> {
+        let trees = TREES.lock().unwrap_or_else(PoisonError::into_inner);
+        trees.as_ref()?.get(query).cloned()
+    }
+
+    pub(super) fn remember(query: &str, expr: &Expr) {
+        if query.len() > LONGEST {
+            return;
+        }
+        let mut trees = TREES.lock().unwrap_or_else(PoisonError::into_inner);
+        let trees = trees.get_or_insert_with(HashMap::new);
+        if trees.len() >= QUERIES {
+            trees.clear();
+        }
+        trees.insert(query.to_owned(), expr.clone());
+    }
 }
 
 /// Counts nesting and operators outside string literals and label matchers.
@@ -120,6 +158,33 @@ pub fn parse_selector(s: &str) -> Result<Vec<strata_storage::Matcher>, QueryErro
 #[cfg(test)]
 mod shape_tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_tree_is_the_one_parsing_gives() {
+        // More queries than are remembered, twice over: each is recalled or parsed again.
+        let queries: Vec<String> = (0..parsed::QUERIES + 10)
+            .map(|i| {
+                format!(
+                    "sum by (instance) (rate(m_{i}{{job=\"j\"}}[{}m]))",
+                    i % 7 + 1
+                )
+            })
+            .collect();
+        for _ in 0..2 {
+            for q in &queries {
+                let remembered = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+                let fresh = promql_parser::parser::parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+                assert_eq!(format!("{remembered:?}"), format!("{fresh:?}"));
+            }
+        }
+        // A query that fails fails every time.
+        for _ in 0..2 {
+            assert!(matches!(
+                parse("sum(rate(m[5m])"),
+                Err(QueryError::BadData(_))
+            ));
+        }
+    }
 
     #[test]
     fn nesting_and_operators_are_counted_outside_literals_and_matchers() {
