@@ -417,7 +417,7 @@ fn on_cores<T: Sync, R: Send>(
 
 /// From this many selected series on, what an evaluation read is dropped on a thread of
 /// its own ([`strata_storage::helpers::drop_later`]) rather than before the answer.
-const DROP_LATER_SERIES: usize = 256;
+const DROP_LATER_SERIES: usize = 32;
 
 /// Lets go of a selection's series: large ones on the dropper thread.
 fn let_go<T: Send + 'static>(series: Vec<T>) {
