@@ -80,23 +80,33 @@ fn push_finite(out: &mut String, v: f64) {
 
 /// A millisecond timestamp as Unix seconds: `1435781451.781`, `60`.
 pub(crate) fn push_time(out: &mut String, t_ms: i64) {
-    // Sign, 20 digits, a point and 3 digits at most; written from the end.
-    let mut buf = [0u8; 25];
+    let mut buf = [0u8; TIME_BYTES];
+    let at = time_before(&mut buf, t_ms);
+    push_ascii(out, &buf[at..]);
+}
+
+/// The most bytes [`time_before`] writes: a sign, 20 digits, a point and 3 digits.
+const TIME_BYTES: usize = 25;
+
+/// Writes a millisecond timestamp as Unix seconds at the end of `buf`; returns where it
+/// starts.
+#[inline]
+fn time_before(buf: &mut [u8; TIME_BYTES], t_ms: i64) -> usize {
     let mut at = buf.len();
     let abs = t_ms.unsigned_abs();
     let (secs, ms) = (abs / 1000, abs % 1000);
     if ms != 0 {
         // Milliseconds as a fraction, its trailing zeros dropped.
-        let (mut frac, mut digits) = (ms, 3);
-        while frac % 10 == 0 {
-            (frac, digits) = (frac / 10, digits - 1);
-        }
-        for _ in 0..digits {
-            at -= 1;
-            buf[at] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        at -= 1;
+        let (frac, digits) = match (ms % 100, ms % 10) {
+            (0, _) => (ms / 100, 1),
+            (_, 0) => (ms / 10, 2),
+            _ => (ms, 3),
+        };
+        let digits_at = at - digits;
+        // With their leading zeros: `.05` for 50 ms.
+        buf[digits_at..at].fill(b'0');
+        digits_before(&mut buf[digits_at..at], frac);
+        at = digits_at - 1;
         buf[at] = b'.';
     }
     at = digits_before(&mut buf[..at], secs);
@@ -104,23 +114,40 @@ pub(crate) fn push_time(out: &mut String, t_ms: i64) {
         at -= 1;
         buf[at] = b'-';
     }
-    push_ascii(out, &buf[at..]);
+    at
 }
 
-/// Writes `n` in decimal at the end of `buf` (room for 20 digits); returns where it starts.
+/// `00` to `99`, for writing numbers two digits at a time.
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `n` in decimal at the end of `buf` (room for its digits); returns where it
+/// starts.
+#[inline]
 fn digits_before(buf: &mut [u8], mut n: u64) -> usize {
     let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return at;
-        }
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    at
 }
 
-/// Appends bytes known to be ASCII digits, signs and points.
+/// Appends bytes known to be ASCII: digits, signs, points, brackets, quotes, commas.
 fn push_ascii(out: &mut String, bytes: &[u8]) {
     // Only ASCII is ever passed, so this never falls back; checking is a few
     // instructions for these few bytes.
@@ -140,12 +167,46 @@ pub(crate) fn push_labels(out: &mut String, labels: &Labels) {
     out.push('}');
 }
 
+/// `[<time>,"<value>"]`, composed on the stack and appended at once: a range query's
+/// answer is mostly these.
 fn push_point(out: &mut String, t: i64, v: f64) {
-    out.push('[');
-    push_time(out, t);
-    out.push(',');
-    push_value(out, v);
-    out.push(']');
+    let mut digits = zmij::Buffer::new();
+    let value = if v.is_finite() {
+        digits.format_finite(v)
+    } else {
+        ""
+    };
+    // Very large and very small magnitudes, and the non-finite, the long way.
+    if value.is_empty() || value.bytes().any(|b| b == b'e') {
+        out.push('[');
+        push_time(out, t);
+        out.push(',');
+        push_value(out, v);
+        out.push(']');
+        return;
+    }
+    let value = value.strip_suffix(".0").unwrap_or(value).as_bytes();
+    // `[`, the time, `,"`, the digits, `"]`.
+    let mut buf = [0u8; 2 + TIME_BYTES + 64];
+    let mut time = [0u8; TIME_BYTES];
+    let from = time_before(&mut time, t);
+    let time = &time[from..];
+    let len = 1 + time.len() + 2 + value.len() + 2;
+    if len > buf.len() {
+        out.push('[');
+        push_ascii(out, time);
+        out.push_str(",\"");
+        push_ascii(out, value);
+        out.push_str("\"]");
+        return;
+    }
+    buf[0] = b'[';
+    let mut at = 1;
+    for part in [time, b",\"", value, b"\"]"] {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    push_ascii(out, &buf[..at]);
 }
 
 /// `{"status":"success","data":<data>}` where `data` writes itself into the buffer.
@@ -203,13 +264,18 @@ pub(crate) fn push_query_value(out: &mut String, v: &QueryValue) {
             out.push(']');
         }
         QueryValue::Matrix(series) => {
+            let points: usize = series.iter().map(|s| s.1.len()).sum();
+            out.reserve(points * POINT_BYTES + series.len() * 128);
             out.push('[');
-            push_matrix(out, series);
+            push_matrix(out, series, points);
             out.push(']');
         }
     }
     out.push('}');
 }
+
+/// About how long a point of a matrix is written: `[1435781451.781,"0.123456789"]`.
+const POINT_BYTES: usize = 36;
 
 /// From this many points on, a matrix is written on two threads, in [`JSON_PARTS`] parts
 /// taken in turn: a float's shortest decimal takes about a tenth of a microsecond.
@@ -220,8 +286,7 @@ const JSON_PARTS: usize = 8;
 type MatrixSeries = (Labels, Vec<(i64, f64)>);
 
 /// The series of a matrix, comma-separated.
-fn push_matrix(out: &mut String, series: &[MatrixSeries]) {
-    let points: usize = series.iter().map(|s| s.1.len()).sum();
+fn push_matrix(out: &mut String, series: &[MatrixSeries], points: usize) {
     if points < PARALLEL_JSON_POINTS || series.len() < 2 {
         push_matrix_series(out, series);
         return;
@@ -241,12 +306,12 @@ fn push_matrix(out: &mut String, series: &[MatrixSeries]) {
     if start < series.len() {
         parts.push(&series[start..]);
     }
-    let room = out.capacity() / parts.len();
     let written = strata_storage::helpers::in_parts(
         1,
         &parts,
         |part| {
-            let mut b = String::with_capacity(room);
+            let points: usize = part.iter().map(|s| s.1.len()).sum();
+            let mut b = String::with_capacity(points * POINT_BYTES + part.len() * 128);
             push_matrix_series(&mut b, part);
             b
         },
@@ -385,11 +450,54 @@ mod tests {
             let mut serial = String::new();
             push_matrix_series(&mut serial, &m);
             let mut both = String::new();
-            push_matrix(&mut both, &m);
+            let points = sizes.iter().sum();
+            push_matrix(&mut both, &m, points);
             assert_eq!(both, serial, "{sizes:?}");
             let parsed: serde_json::Value =
                 serde_json::from_str(&format!("[{both}]")).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(parsed.as_array().map(Vec::len), Some(sizes.len()));
+        }
+    }
+
+    #[test]
+    fn a_point_is_its_time_and_value() {
+        let times = [
+            0,
+            60_000,
+            1_435_781_451_781,
+            1_500,
+            -1_500,
+            7,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.1,
+            137_780.385_656_592_58,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e21,
+            -2.5e-7,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            123_456_789_012_345_680.0,
+        ];
+        for t in times {
+            for v in values {
+                let mut got = String::new();
+                push_point(&mut got, t, v);
+                let mut want = String::from("[");
+                push_time(&mut want, t);
+                want.push(',');
+                push_value(&mut want, v);
+                want.push(']');
+                assert_eq!(got, want, "{t} {v}");
+            }
         }
     }
 
