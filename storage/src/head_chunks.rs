@@ -269,7 +269,10 @@ struct Staged {
     /// File id, first and end offset, and where its bytes start in `bytes`, of each
     /// stretch read; sorted by file id and offset.
     spans: Vec<(u64, u64, u64, usize)>,
+    /// The bytes read, in `bytes[..used]`. What lies beyond is left from earlier reads,
+    /// kept so that the next read need not zero its room first.
     bytes: Vec<u8>,
+    used: usize,
 }
 
 thread_local! {
@@ -277,6 +280,7 @@ thread_local! {
         std::cell::RefCell::new(Staged {
             spans: Vec::new(),
             bytes: Vec::new(),
+            used: 0,
         })
     };
 }
@@ -357,13 +361,20 @@ pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
     }
     STAGED.with_borrow_mut(|st| {
         st.spans.clear();
-        st.bytes.clear();
+        st.used = 0;
         for (file, from, to) in stretches {
-            let at = st.bytes.len();
-            st.bytes.resize(at + (to - from) as usize, 0);
-            match file.file.read_exact_at(&mut st.bytes[at..], from) {
-                Ok(()) => st.spans.push((file.id, from, to, at)),
-                Err(_) => st.bytes.truncate(at),
+            let at = st.used;
+            let end = at + (to - from) as usize;
+            if st.bytes.len() < end {
+                st.bytes.resize(end, 0);
+            }
+            if file
+                .file
+                .read_exact_at(&mut st.bytes[at..end], from)
+                .is_ok()
+            {
+                st.spans.push((file.id, from, to, at));
+                st.used = end;
             }
         }
     });
@@ -373,14 +384,14 @@ pub(crate) fn stage(wanted: &mut [(&SegmentFile, u32, u16)]) -> bool {
 /// How many bytes this thread holds read ahead.
 #[cfg(test)]
 pub(crate) fn staged_len() -> usize {
-    STAGED.with_borrow(|st| st.bytes.len())
+    STAGED.with_borrow(|st| st.used)
 }
 
 /// Ends this thread's [`stage`]: reads go through the windows again.
 pub(crate) fn unstage() {
     STAGED.with_borrow_mut(|st| {
         st.spans.clear();
-        st.bytes.clear();
+        st.used = 0;
     });
 }
 
