@@ -86,10 +86,19 @@ pub(crate) fn group<'a>(
     // Groups by the hash of their labels, which are built only for a new group; groups
     // whose hashes collide are told apart by their labels.
     let mut index: HashMap<u64, Vec<usize>, IntHash> = HashMap::default();
+    // Groups also by where their labels' strings lie: a store hands out one copy of each
+    // name and value, so most series find their group without reading text. Strings in
+    // two places still meet through `index`.
+    let mut by_address: HashMap<Addresses, usize, IntHash> = HashMap::default();
     let mut labels: Vec<Labels> = Vec::new();
     let mut members: Vec<Vec<usize>> = Vec::new();
     for (i, series_labels) in input.enumerate() {
         let key = grouped(series_labels, modifier);
+        let addresses = addresses(key.clone());
+        if let Some(&g) = addresses.as_ref().and_then(|a| by_address.get(a)) {
+            members[g].push(i);
+            continue;
+        }
         let same = index.entry(hash_labels(key.clone())).or_default();
         let g = match same.iter().find(|&&g| labels[g].iter().eq(key.clone())) {
             Some(&g) => g,
@@ -101,8 +110,38 @@ pub(crate) fn group<'a>(
             }
         };
         members[g].push(i);
+        if let Some(a) = addresses {
+            by_address.insert(a, g);
+        }
     }
     (labels, members)
+}
+
+/// The addresses of up to [`ADDRESSED`] labels' names and values, in order.
+#[derive(PartialEq, Eq)]
+struct Addresses([usize; 2 * ADDRESSED]);
+const ADDRESSED: usize = 4;
+
+impl std::hash::Hash for Addresses {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // A word at a time: the integer hasher takes bytes one by one.
+        for &a in &self.0 {
+            state.write_usize(a);
+        }
+    }
+}
+
+/// `None` for more than [`ADDRESSED`] labels.
+fn addresses<'a>(labels: impl Iterator<Item = &'a Label>) -> Option<Addresses> {
+    let mut a = [0; 2 * ADDRESSED];
+    for (i, l) in labels.enumerate() {
+        if i == ADDRESSED {
+            return None;
+        }
+        a[2 * i] = l.name.as_ptr() as usize;
+        a[2 * i + 1] = l.value.as_ptr() as usize;
+    }
+    Some(Addresses(a))
 }
 
 fn scalar_param(param: Param, op: &str) -> Result<Vec<f64>, QueryError> {
@@ -602,6 +641,46 @@ mod tests {
             }
         }
         (keep, first)
+    }
+
+    #[test]
+    fn groups_are_found_by_text_whether_or_not_strings_are_shared() {
+        use std::sync::Arc;
+        let promql_parser::parser::Expr::Aggregate(agg) =
+            crate::parse("sum by (instance, job) (x)").unwrap_or_else(|e| panic!("{e}"))
+        else {
+            panic!("not an aggregation")
+        };
+        let text = |s: &str| -> Arc<str> { Arc::from(s) };
+        let shared = text("a");
+        let label = |name: Arc<str>, value: &Arc<str>| Label {
+            name,
+            value: Arc::clone(value),
+        };
+        let inputs = [
+            // One string in both labels' values: a different group for each name.
+            Labels::from_vec(vec![label(text("instance"), &shared)]),
+            Labels::from_vec(vec![label(text("job"), &shared)]),
+            // The same text in other allocations, and the shared one again.
+            Labels::from_pairs([("instance", "a"), ("zone", "1")]),
+            Labels::from_vec(vec![label(text("instance"), &shared)]),
+            Labels::from_pairs([("job", "a")]),
+            Labels::from_pairs([("instance", "b")]),
+            // Both labels kept.
+            Labels::from_pairs([("instance", "a"), ("job", "a")]),
+        ];
+        let (groups, members) = group(inputs.iter(), agg.modifier.as_ref());
+        let shown: Vec<String> = groups.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                r#"{instance="a"}"#,
+                r#"{job="a"}"#,
+                r#"{instance="b"}"#,
+                r#"{instance="a", job="a"}"#
+            ]
+        );
+        assert_eq!(members, [vec![0, 2, 3], vec![1, 4], vec![5], vec![6]]);
     }
 
     #[test]
