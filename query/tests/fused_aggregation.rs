@@ -178,12 +178,12 @@ fn range_steps_equal_instant_queries_fixed_with_at() {
             let t = k as i64 * 15_000 + (x % 5) as i64;
             // A third of the series go away for a scrape now and then, some for a
             // while; the others have no stale marker.
-            if (i % 3 == 0 && x % 29 == 0) || (i % 9 == 0 && (100..140).contains(&k)) {
+            if (i % 3 == 0 && x.is_multiple_of(29)) || (i % 9 == 0 && (100..140).contains(&k)) {
                 app.append(&l, t, strata_storage::stale_nan()).unwrap();
                 continue;
             }
             v += (x % 1000) as f64 / 8.0;
-            if x % 31 == 0 {
+            if x.is_multiple_of(31) {
                 v /= 3.0;
             }
             app.append(&l, t, v).unwrap();
