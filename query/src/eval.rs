@@ -677,6 +677,22 @@ struct WindowScratch {
     /// Where each step's window ends in the samples ([`Evaluator::slide`]).
     ends: Vec<usize>,
     factors: functions::Factors,
+    template: Template,
+}
+
+/// Where each step's window lay in the samples of a series whose windows were walked,
+/// and the factor of its edges ([`functions::edge_factor`]). Series scraped together
+/// carry the same timestamps, so the windows of the next ones are found here instead of
+/// walked and measured again.
+#[derive(Default)]
+struct Template {
+    /// The timestamps of that series.
+    times: Vec<i64>,
+    /// Per step: where the window starts and ends in the samples, and its edge factor;
+    /// empty when there is no template.
+    steps: Vec<(u32, u32, f64)>,
+    /// Series walked since the template last served one.
+    unused: u32,
 }
 
 /// The series of a range selector or subquery, with how to cut windows from them.
@@ -1444,6 +1460,7 @@ impl Evaluator<'_> {
             buf,
             ends,
             factors,
+            template,
         } = scratch;
         args.resize(scalars.len(), 0.0);
         let (samples, dropping) = self.points_with_drops(series, buf)?;
@@ -1459,34 +1476,21 @@ impl Evaluator<'_> {
             }
         }
         let resets = &resets[..];
+        let windows = (samples, resets);
+        let kept = (&mut *ends, &mut *factors, &mut *template);
         let queryable = match spec.extrapolated {
             // Monomorphic loops for the most common functions; the same arithmetic as
             // through `spec.f`.
-            Some((true, true)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate_with(
-                    w,
-                    true,
-                    true,
-                    Some(factors),
-                ))
-            })?,
-            Some((true, false)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate_with(
-                    w,
-                    true,
-                    false,
-                    Some(factors),
-                ))
-            })?,
-            Some((false, false)) => self.slide(input, samples, resets, ends, values, |_, w| {
-                Ok(functions::extrapolated_rate_with(
-                    w,
-                    false,
-                    false,
-                    Some(factors),
-                ))
-            })?,
-            _ => self.slide(input, samples, resets, ends, values, |i, w| {
+            Some((true, true)) => {
+                self.extrapolated_windows::<true, true>(input, windows, kept, values)?
+            }
+            Some((true, false)) => {
+                self.extrapolated_windows::<true, false>(input, windows, kept, values)?
+            }
+            Some((false, false)) => {
+                self.extrapolated_windows::<false, false>(input, windows, kept, values)?
+            }
+            _ => self.slide(input, samples, resets, ends, values, |i, _, w| {
                 for (a, s) in args.iter_mut().zip(scalars) {
                     *a = s[i];
                 }
@@ -1497,9 +1501,10 @@ impl Evaluator<'_> {
         Ok(values.iter().any(Option::is_some))
     }
 
-    /// `f` of the window at each step of `samples` into `values`; returns how many
-    /// samples the windows held in all. `resets[j]` counts the drops in `samples[..=j]`;
-    /// empty when there are none. `ends` is scratch space.
+    /// `f(step, where the window starts in samples, window)` at each step of `samples`
+    /// into `values`; returns how many samples the windows held in all. `resets[j]`
+    /// counts the drops in `samples[..=j]`; empty when there are none. `ends` is scratch
+    /// space.
     #[inline(always)]
     fn slide(
         &self,
@@ -1508,7 +1513,7 @@ impl Evaluator<'_> {
         resets: &[u32],
         ends: &mut Vec<usize>,
         values: &mut [Option<f64>],
-        mut f: impl FnMut(usize, &Window<'_>) -> Result<Option<f64>, QueryError>,
+        mut f: impl FnMut(usize, usize, &Window<'_>) -> Result<Option<f64>, QueryError>,
     ) -> Result<u64, QueryError> {
         let mut queryable = 0u64;
         let (mut lo, mut hi) = (0, 0);
@@ -1546,7 +1551,77 @@ impl Evaluator<'_> {
                 eval_time: self.ts(i),
                 may_have_resets: hi > lo + 1 && !resets.is_empty() && resets[hi - 1] != resets[lo],
             };
-            *slot = f(i, &w)?;
+            *slot = f(i, lo, &w)?;
+        }
+        Ok(queryable)
+    }
+
+    /// `rate`, `increase` or `delta` at every step of `samples` into `values`, as
+    /// [`Evaluator::slide`] with [`functions::extrapolated_rate_with`] gives them: the
+    /// windows found in the template when the samples lie at its times, else walked (and
+    /// remembered, unless templates have gone unused for a while, as when consecutive
+    /// series come from different targets: then only now and then). Returns how many
+    /// samples the windows held in all.
+    fn extrapolated_windows<const COUNTER: bool, const RATE: bool>(
+        &self,
+        input: &RangeInput,
+        (samples, resets): (&[(i64, f64)], &[u32]),
+        (ends, factors, template): (&mut Vec<usize>, &mut functions::Factors, &mut Template),
+        values: &mut [Option<f64>],
+    ) -> Result<u64, QueryError> {
+        let (is_counter, is_rate) = (COUNTER, RATE);
+        let fits = input.at.is_none()
+            && template.steps.len() == values.len()
+            && template.times.len() == samples.len()
+            && samples.iter().zip(&template.times).all(|(s, &t)| s.0 == t);
+        if fits {
+            template.unused = 0;
+            let mut queryable = 0u64;
+            for (i, (slot, &(lo, hi, factor))) in values.iter_mut().zip(&template.steps).enumerate()
+            {
+                let (lo, hi) = (lo as usize, hi as usize);
+                let (range_start, range_end) = self.window_bounds(input, i);
+                queryable += (hi - lo) as u64;
+                let w = Window {
+                    samples: &samples[lo..hi],
+                    range_start,
+                    range_end,
+                    eval_time: self.ts(i),
+                    may_have_resets: hi > lo + 1
+                        && !resets.is_empty()
+                        && resets[hi - 1] != resets[lo],
+                };
+                *slot = functions::extrapolated_rate_by(&w, is_counter, is_rate, factor);
+            }
+            return Ok(queryable);
+        }
+        let record = input.at.is_none() && (template.unused < 2 || template.unused % 16 == 0);
+        template.unused = template.unused.saturating_add(1);
+        if !record {
+            return self.slide(input, samples, resets, ends, values, |_, _, w| {
+                Ok(functions::extrapolated_rate_with(
+                    w,
+                    is_counter,
+                    is_rate,
+                    Some(factors),
+                ))
+            });
+        }
+        template.times.clear();
+        template.times.extend(samples.iter().map(|s| s.0));
+        template.steps.clear();
+        let steps = &mut template.steps;
+        let queryable = self.slide(input, samples, resets, ends, values, |_, lo, w| {
+            let factor = functions::edge_factor(w, is_rate, factors);
+            let hi = lo + w.samples.len();
+            steps.push((lo as u32, hi as u32, factor));
+            Ok(functions::extrapolated_rate_by(
+                w, is_counter, is_rate, factor,
+            ))
+        })?;
+        // Indexes past u32 are not remembered.
+        if samples.len() > u32::MAX as usize {
+            template.steps.clear();
         }
         Ok(queryable)
     }

@@ -223,6 +223,51 @@ pub(crate) fn extrapolated_rate_with(
     is_rate: bool,
     factors: Option<&mut Factors>,
 ) -> Option<f64> {
+    let c = change(w, is_counter)?;
+    let factor = match factors {
+        Some(f) if !c.near_zero => f.get(c.edges, c.range, is_rate),
+        _ => extrapolation(
+            c.edges,
+            c.range,
+            c.near_zero.then(|| c.first / c.result),
+            is_rate,
+        ),
+    };
+    Some(c.result * factor)
+}
+
+/// [`extrapolated_rate`] of a window whose edges' factor (what [`extrapolation`] gives
+/// without the time to zero) is known, unless the time to zero may cut the
+/// extrapolation short.
+#[inline(always)]
+pub(crate) fn extrapolated_rate_by(
+    w: &Window<'_>,
+    is_counter: bool,
+    is_rate: bool,
+    edge_factor: f64,
+) -> Option<f64> {
+    let c = change(w, is_counter)?;
+    let factor = if c.near_zero {
+        extrapolation(c.edges, c.range, Some(c.first / c.result), is_rate)
+    } else {
+        edge_factor
+    };
+    Some(c.result * factor)
+}
+
+/// What extrapolation starts from: the change over a window of two samples or more
+/// (counter resets added back), its first value, its edges and its range.
+struct Change {
+    result: f64,
+    first: f64,
+    /// Whether the time to zero may cut the extrapolation short.
+    near_zero: bool,
+    edges: Edges,
+    range: i64,
+}
+
+#[inline(always)]
+fn change(w: &Window<'_>, is_counter: bool) -> Option<Change> {
     let s = w.samples;
     if s.len() < 2 {
         return None;
@@ -244,18 +289,37 @@ pub(crate) fn extrapolated_rate_with(
     // sampled intervals before the first sample, beyond where extrapolation stops anyway
     // (below 1.1 average spacings, or half of one).
     let near_zero = is_counter && result > 0.0 && first_v >= 0.0 && first_v < result * 2.0;
+    Some(Change {
+        result,
+        first: first_v,
+        near_zero,
+        edges: Edges {
+            to_start: first_t - w.range_start,
+            to_end: w.range_end - last_t,
+            sampled: last_t - first_t,
+            count: s.len(),
+        },
+        range: w.range_end - w.range_start,
+    })
+}
+
+/// The factor of a window's edges ([`Edges`]), without the time to zero: what
+/// [`extrapolated_rate_by`] multiplies by for windows of samples at the same times,
+/// whatever their values (`NaN` for fewer than two samples).
+#[inline(always)]
+pub(crate) fn edge_factor(w: &Window<'_>, is_rate: bool, factors: &mut Factors) -> f64 {
+    let s = w.samples;
+    if s.len() < 2 {
+        return f64::NAN;
+    }
+    let (first_t, last_t) = (s[0].0, s[s.len() - 1].0);
     let edges = Edges {
         to_start: first_t - w.range_start,
         to_end: w.range_end - last_t,
         sampled: last_t - first_t,
         count: s.len(),
     };
-    let range = w.range_end - w.range_start;
-    let factor = match factors {
-        Some(f) if !near_zero => f.get(edges, range, is_rate),
-        _ => extrapolation(edges, range, near_zero.then(|| first_v / result), is_rate),
-    };
-    Some(result * factor)
+    factors.get(edges, w.range_end - w.range_start, is_rate)
 }
 
 /// Where a window's first and last samples lie, in milliseconds, and how many it holds:
@@ -328,7 +392,7 @@ impl Default for Factors {
 
 impl Factors {
     #[inline(always)]
-    fn get(&mut self, e: Edges, range: i64, is_rate: bool) -> f64 {
+    pub(crate) fn get(&mut self, e: Edges, range: i64, is_rate: bool) -> f64 {
         // Both distances below 2^24 ms (4.6 h) and fewer than 2^15 samples: one key,
         // never the empty slot's.
         // `sampled` follows from the others and the range.

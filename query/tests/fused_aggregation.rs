@@ -158,10 +158,12 @@ fn range_query_steps_equal_instant_queries() {
     assert!(compared > 300, "{compared}");
 }
 
-/// Over series with stale markers and drops, each step of a range query is the instant
-/// query fixed with `@` at that step's time, bit for bit: windows found by walking the
-/// samples step after step (what a range query does) and by searching them (what `@`
-/// does) hold the same samples, cleaned the same way.
+/// Over series with stale markers, drops and counters near zero, each step of a range
+/// query is the instant query fixed with `@` at that step's time, bit for bit: windows
+/// found by walking the samples step after step, or taken from the series before when
+/// the samples lie at the same times (what a range query does), and by searching them
+/// (what `@` does) hold the same samples, cleaned the same way. Series come in targets
+/// of five that share their scrape times.
 #[test]
 fn range_steps_equal_instant_queries_fixed_with_at() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,22 +171,36 @@ fn range_steps_equal_instant_queries_fixed_with_at() {
     let mut app = db.appender();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in 0..60u64 {
-        let l = Labels::from_pairs([("__name__", "m".to_string()), ("h", i.to_string())]);
+        let target = i / 5;
+        let l = Labels::from_pairs([
+            ("__name__", "m".to_string()),
+            ("h", i.to_string()),
+            ("t", target.to_string()),
+        ]);
         let mut v = 0.0;
         for k in 0..240u64 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let t = k as i64 * 15_000 + (x % 5) as i64;
+            // A few ms of jitter, the same for a target's series.
+            let t = k as i64 * 15_000 + ((target * 7_919 + k * 104_729) % 5) as i64;
             // A third of the series go away for a scrape now and then, some for a
             // while; the others have no stale marker.
             if (i % 3 == 0 && x.is_multiple_of(29)) || (i % 9 == 0 && (100..140).contains(&k)) {
                 app.append(&l, t, strata_storage::stale_nan()).unwrap();
                 continue;
             }
-            v += (x % 1000) as f64 / 8.0;
+            // Some counters creep up from zero for a while: the time to zero counts.
+            v += if i % 4 == 1 && k < 40 {
+                (x % 3) as f64 / 100.0
+            } else {
+                (x % 1000) as f64 / 8.0
+            };
             if x.is_multiple_of(31) {
                 v /= 3.0;
+            }
+            if x.is_multiple_of(53) {
+                v = 0.0;
             }
             app.append(&l, t, v).unwrap();
         }
@@ -201,6 +217,8 @@ fn range_steps_equal_instant_queries_fixed_with_at() {
         "irate(m[1m])",
         "count_over_time(m[3m])",
         "sum_over_time(m[5m])",
+        "sum by (t) (rate(m[5m]))",
+        "max by (t) (increase(m[3m]))",
     ] {
         let (start, end, step) = (300_000, HOUR, 60_000);
         let QueryValue::Matrix(m) = engine.range_query(&db, f, start, end, step).unwrap().value
