@@ -671,7 +671,6 @@ impl NonCounters {
 }
 
 /// Buffers one thread reuses from series to series while applying a window function.
-#[derive(Default)]
 struct WindowScratch {
     args: Vec<f64>,
     resets: Vec<u32>,
@@ -679,7 +678,27 @@ struct WindowScratch {
     /// Where each step's window ends in the samples ([`Evaluator::slide`]).
     ends: Vec<usize>,
     factors: functions::Factors,
+    /// The thread's own, given back when done.
     templates: Templates,
+}
+
+impl Default for WindowScratch {
+    fn default() -> Self {
+        WindowScratch {
+            args: Vec::new(),
+            resets: Vec::new(),
+            buf: Vec::new(),
+            ends: Vec::new(),
+            factors: functions::Factors::default(),
+            templates: Templates::of_thread(),
+        }
+    }
+}
+
+impl Drop for WindowScratch {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.templates).give_back();
+    }
 }
 
 /// Where each step's window lay in the samples of series whose windows were walked, and
@@ -688,15 +707,25 @@ struct WindowScratch {
 /// its windows here instead of walking its samples and measuring its edges again,
 /// whether it comes right after (a host's CPU modes) or after one series of every
 /// other target (a histogram's buckets grouped across hosts).
+///
+/// Their buffers stay with the thread from one window function to the next
+/// ([`Templates::of_thread`]): fresh ones would be written into cold memory.
 #[derive(Default)]
 struct Templates {
     /// By sample count, first and last timestamp: where in `list`.
     index: HashMap<(usize, i64, i64), usize, IntHash>,
+    /// The first `used` are this window function's; the rest are buffers to reuse.
     list: Vec<Template>,
-    /// Bytes the templates hold.
+    used: usize,
+    /// Bytes the templates in use hold.
     bytes: usize,
 }
 
+thread_local! {
+    static KEPT_TEMPLATES: std::cell::Cell<Option<Templates>> = const { std::cell::Cell::new(None) };
+}
+
+#[derive(Default)]
 struct Template {
     times: Vec<i64>,
     /// Per step: where the window starts and ends in the samples, and its edge factor.
@@ -708,11 +737,38 @@ struct Template {
 /// 15 s fit, as do 100 hosts' over 2 hours.
 const TEMPLATE_BYTES: usize = 640 << 10;
 
+/// Templates one thread's windows keep at most.
+const TEMPLATES: usize = 256;
+
 impl Templates {
+    /// This thread's templates, none in use, with the buffers the last window function
+    /// on the thread left.
+    fn of_thread() -> Templates {
+        let mut t = KEPT_TEMPLATES.take().unwrap_or_default();
+        t.index.clear();
+        (t.used, t.bytes) = (0, 0);
+        t
+    }
+
+    /// Keeps the buffers for the thread's next window function, unless they have grown
+    /// past twice the bytes one may use.
+    fn give_back(self) {
+        let held: usize = self
+            .list
+            .iter()
+            .map(|t| t.times.capacity() * 8 + t.steps.capacity() * 16)
+            .sum();
+        if held <= 2 * TEMPLATE_BYTES {
+            KEPT_TEMPLATES.set(Some(self));
+        }
+    }
+
     /// The template for samples at these times, if one was kept.
     fn find(&self, samples: &[(i64, f64)], steps: usize) -> Option<&Template> {
         let (first, last) = (samples.first()?.0, samples.last()?.0);
-        let t = &self.list[*self.index.get(&(samples.len(), first, last))?];
+        let t = self
+            .list
+            .get(*self.index.get(&(samples.len(), first, last))?)?;
         (t.steps.len() == steps && samples.iter().zip(&t.times).all(|(s, &t)| s.0 == t))
             .then_some(t)
     }
@@ -721,7 +777,10 @@ impl Templates {
     fn room(&mut self, samples: &[(i64, f64)], steps: usize) -> Option<&mut Template> {
         let (first, last) = (samples.first()?.0, samples.last()?.0);
         let bytes = samples.len() * 8 + steps * 16;
-        if self.bytes + bytes > TEMPLATE_BYTES || samples.len() > u32::MAX as usize {
+        if self.bytes + bytes > TEMPLATE_BYTES
+            || self.used == TEMPLATES
+            || samples.len() > u32::MAX as usize
+        {
             return None;
         }
         let key = (samples.len(), first, last);
@@ -730,12 +789,16 @@ impl Templates {
             return None;
         }
         self.bytes += bytes;
-        self.index.insert(key, self.list.len());
-        self.list.push(Template {
-            times: samples.iter().map(|s| s.0).collect(),
-            steps: Vec::with_capacity(steps),
-        });
-        self.list.last_mut()
+        self.index.insert(key, self.used);
+        if self.used == self.list.len() {
+            self.list.push(Template::default());
+        }
+        let t = self.list.get_mut(self.used)?;
+        self.used += 1;
+        t.times.clear();
+        t.times.extend(samples.iter().map(|s| s.0));
+        t.steps.clear();
+        Some(t)
     }
 }
 
