@@ -1651,16 +1651,29 @@ impl Evaluator<'_> {
                 }
             }
             queryable += (hi - lo) as u64;
-            let w = Window {
-                samples: &samples[lo..hi],
-                range_start,
-                range_end,
-                eval_time: self.ts(i),
-                may_have_resets: hi > lo + 1 && !resets.is_empty() && resets[hi - 1] != resets[lo],
-            };
+            let w = self.window(samples, resets, i, (lo, hi), (range_start, range_end));
             *slot = f(i, lo, &w)?;
         }
         Ok(queryable)
+    }
+
+    /// The window of step `i` over `samples[lo..hi]`, between the step's bounds.
+    #[inline(always)]
+    fn window<'s>(
+        &self,
+        samples: &'s [(i64, f64)],
+        resets: &[u32],
+        i: usize,
+        (lo, hi): (usize, usize),
+        (range_start, range_end): (i64, i64),
+    ) -> Window<'s> {
+        Window {
+            samples: &samples[lo..hi],
+            range_start,
+            range_end,
+            eval_time: self.ts(i),
+            may_have_resets: hi > lo + 1 && !resets.is_empty() && resets[hi - 1] != resets[lo],
+        }
     }
 
     /// `rate`, `increase` or `delta` at every step of `samples` into `values`, as
@@ -1677,37 +1690,28 @@ impl Evaluator<'_> {
     ) -> Result<u64, QueryError> {
         let (is_counter, is_rate) = (COUNTER, RATE);
         // With `@` every step has the same window: nothing to keep.
-        if input.at.is_some() {
-            return self.slide(input, samples, resets, ends, values, |_, _, w| {
-                Ok(functions::extrapolated_rate_with(
-                    w,
-                    is_counter,
-                    is_rate,
-                    Some(factors),
-                ))
-            });
-        }
-        if let Some(template) = templates.find(samples, values.len()) {
+        let found = input
+            .at
+            .is_none()
+            .then(|| templates.find(samples, values.len()))
+            .flatten();
+        if let Some(template) = found {
             let mut queryable = 0u64;
             for (i, (slot, &(lo, hi, factor))) in values.iter_mut().zip(&template.steps).enumerate()
             {
                 let (lo, hi) = (lo as usize, hi as usize);
-                let (range_start, range_end) = self.window_bounds(input, i);
                 queryable += (hi - lo) as u64;
-                let w = Window {
-                    samples: &samples[lo..hi],
-                    range_start,
-                    range_end,
-                    eval_time: self.ts(i),
-                    may_have_resets: hi > lo + 1
-                        && !resets.is_empty()
-                        && resets[hi - 1] != resets[lo],
-                };
+                let bounds = self.window_bounds(input, i);
+                let w = self.window(samples, resets, i, (lo, hi), bounds);
                 *slot = functions::extrapolated_rate_by(&w, is_counter, is_rate, factor);
             }
             return Ok(queryable);
         }
-        let Some(template) = templates.room(samples, values.len()) else {
+        let room = input
+            .at
+            .is_none()
+            .then(|| templates.room(samples, values.len()));
+        let Some(template) = room.flatten() else {
             return self.slide(input, samples, resets, ends, values, |_, _, w| {
                 Ok(functions::extrapolated_rate_with(
                     w,
