@@ -763,19 +763,21 @@ impl Templates {
         }
     }
 
+    /// What templates are found by: sample count, first and last timestamp.
+    fn key(samples: &[(i64, f64)]) -> Option<(usize, i64, i64)> {
+        Some((samples.len(), samples.first()?.0, samples.last()?.0))
+    }
+
     /// The template for samples at these times, if one was kept.
     fn find(&self, samples: &[(i64, f64)], steps: usize) -> Option<&Template> {
-        let (first, last) = (samples.first()?.0, samples.last()?.0);
-        let t = self
-            .list
-            .get(*self.index.get(&(samples.len(), first, last))?)?;
+        let t = self.list.get(*self.index.get(&Self::key(samples)?)?)?;
         (t.steps.len() == steps && samples.iter().zip(&t.times).all(|(s, &t)| s.0 == t))
             .then_some(t)
     }
 
     /// Room for a template of these samples, whose times none has: a new one to fill.
     fn room(&mut self, samples: &[(i64, f64)], steps: usize) -> Option<&mut Template> {
-        let (first, last) = (samples.first()?.0, samples.last()?.0);
+        let key = Self::key(samples)?;
         let bytes = samples.len() * 8 + steps * 16;
         if self.bytes + bytes > TEMPLATE_BYTES
             || self.used == TEMPLATES
@@ -783,7 +785,6 @@ impl Templates {
         {
             return None;
         }
-        let key = (samples.len(), first, last);
         if self.index.contains_key(&key) {
             // Other times between the same ends: the first kept stays.
             return None;
@@ -1690,12 +1691,11 @@ impl Evaluator<'_> {
     ) -> Result<u64, QueryError> {
         let (is_counter, is_rate) = (COUNTER, RATE);
         // With `@` every step has the same window: nothing to keep.
-        let found = input
-            .at
-            .is_none()
+        let kept = input.at.is_none();
+        if let Some(template) = kept
             .then(|| templates.find(samples, values.len()))
-            .flatten();
-        if let Some(template) = found {
+            .flatten()
+        {
             let mut queryable = 0u64;
             for (i, (slot, &(lo, hi, factor))) in values.iter_mut().zip(&template.steps).enumerate()
             {
@@ -1707,11 +1707,10 @@ impl Evaluator<'_> {
             }
             return Ok(queryable);
         }
-        let room = input
-            .at
-            .is_none()
-            .then(|| templates.room(samples, values.len()));
-        let Some(template) = room.flatten() else {
+        let Some(template) = kept
+            .then(|| templates.room(samples, values.len()))
+            .flatten()
+        else {
             return self.slide(input, samples, resets, ends, values, |_, _, w| {
                 Ok(functions::extrapolated_rate_with(
                     w,

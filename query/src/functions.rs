@@ -272,8 +272,7 @@ fn change(w: &Window<'_>, is_counter: bool) -> Option<Change> {
     if s.len() < 2 {
         return None;
     }
-    let (first_t, first_v) = s[0];
-    let (last_t, last_v) = s[s.len() - 1];
+    let (first_v, last_v) = (s[0].1, s[s.len() - 1].1);
     let mut result = last_v - first_v;
     if is_counter && w.may_have_resets {
         let mut prev = first_v;
@@ -293,14 +292,21 @@ fn change(w: &Window<'_>, is_counter: bool) -> Option<Change> {
         result,
         first: first_v,
         near_zero,
-        edges: Edges {
-            to_start: first_t - w.range_start,
-            to_end: w.range_end - last_t,
-            sampled: last_t - first_t,
-            count: s.len(),
-        },
+        edges: edges(s, w),
         range: w.range_end - w.range_start,
     })
+}
+
+/// The edges of `w`, whose samples `s` are two or more.
+#[inline(always)]
+fn edges(s: &[(i64, f64)], w: &Window<'_>) -> Edges {
+    let (first_t, last_t) = (s[0].0, s[s.len() - 1].0);
+    Edges {
+        to_start: first_t - w.range_start,
+        to_end: w.range_end - last_t,
+        sampled: last_t - first_t,
+        count: s.len(),
+    }
 }
 
 /// The factor of a window's edges ([`Edges`]), without the time to zero: what
@@ -312,14 +318,7 @@ pub(crate) fn edge_factor(w: &Window<'_>, is_rate: bool, factors: &mut Factors) 
     if s.len() < 2 {
         return f64::NAN;
     }
-    let (first_t, last_t) = (s[0].0, s[s.len() - 1].0);
-    let edges = Edges {
-        to_start: first_t - w.range_start,
-        to_end: w.range_end - last_t,
-        sampled: last_t - first_t,
-        count: s.len(),
-    };
-    factors.get(edges, w.range_end - w.range_start, is_rate)
+    factors.get(edges(s, w), w.range_end - w.range_start, is_rate)
 }
 
 /// Where a window's first and last samples lie, in milliseconds, and how many it holds:

@@ -108,6 +108,29 @@ fn series_that_collide_once_named_apart_are_still_an_error() {
     );
 }
 
+/// An instant vector's series and values' bits, sorted.
+fn vector_bits(v: &[(Labels, i64, f64)]) -> Vec<(String, u64)> {
+    let mut bits: Vec<(String, u64)> = v
+        .iter()
+        .map(|(l, _, x)| (l.to_string(), x.to_bits()))
+        .collect();
+    bits.sort();
+    bits
+}
+
+/// A matrix's series and the bits of their values at `t`, sorted.
+fn step_bits(m: &[(Labels, Vec<(i64, f64)>)], t: i64) -> Vec<(String, u64)> {
+    let mut bits: Vec<(String, u64)> = m
+        .iter()
+        .filter_map(|(l, points)| {
+            let &(_, x) = points.iter().find(|p| p.0 == t)?;
+            Some((l.to_string(), x.to_bits()))
+        })
+        .collect();
+    bits.sort();
+    bits
+}
+
 /// Each step of a range query is the instant query at that step's time, bit for bit:
 /// ranges of whole steps take a window's start from the window that many steps before,
 /// and samples lie exactly on window edges here.
@@ -135,19 +158,7 @@ fn range_query_steps_equal_instant_queries() {
                 let QueryValue::Vector(v) = engine.instant_query(&db, f, t).unwrap().value else {
                     panic!("{f} at {t}: not a vector");
                 };
-                let mut want: Vec<(String, u64)> = v
-                    .iter()
-                    .map(|(l, _, x)| (l.to_string(), x.to_bits()))
-                    .collect();
-                let mut got: Vec<(String, u64)> = m
-                    .iter()
-                    .filter_map(|(l, points)| {
-                        let p = points.iter().find(|p| p.0 == t)?;
-                        Some((l.to_string(), p.1.to_bits()))
-                    })
-                    .collect();
-                want.sort();
-                got.sort();
+                let (want, got) = (vector_bits(&v), step_bits(&m, t));
                 assert!(!want.is_empty(), "{f} at {t}: empty");
                 assert_eq!(got, want, "{f} at {t}, step {step}");
                 compared += 1;
@@ -237,19 +248,7 @@ fn range_steps_equal_instant_queries_fixed_with_at() {
             let QueryValue::Vector(v) = engine.instant_query(&db, &fixed, t).unwrap().value else {
                 panic!("{fixed}: not a vector");
             };
-            let mut want: Vec<(String, u64)> = v
-                .iter()
-                .map(|(l, _, x)| (l.to_string(), x.to_bits()))
-                .collect();
-            want.sort();
-            let mut got: Vec<(String, u64)> = m
-                .iter()
-                .filter_map(|(l, points)| {
-                    let &(_, x) = points.iter().find(|p| p.0 == t)?;
-                    Some((l.to_string(), x.to_bits()))
-                })
-                .collect();
-            got.sort();
+            let (want, got) = (vector_bits(&v), step_bits(&m, t));
             assert_eq!(got, want, "{f} at {t}");
             assert!(!want.is_empty(), "{f} at {t}: nothing compared");
             if f.starts_with("resets") {

@@ -70,12 +70,22 @@ pub(crate) fn push_value(out: &mut String, v: f64) {
 /// number.
 fn push_finite(out: &mut String, v: f64) {
     let mut buf = zmij::Buffer::new();
-    let s = buf.format_finite(v);
-    if s.bytes().any(|b| b == b'e') {
-        let _ = write!(out, "{v}");
-    } else {
-        out.push_str(s.strip_suffix(".0").unwrap_or(s));
+    match plain_digits(&mut buf, v) {
+        Some(s) => out.push_str(s),
+        None => {
+            let _ = write!(out, "{v}");
+        }
     }
+}
+
+/// `v`'s digits as [`push_finite`] writes them, through `zmij`; `None` where `zmij`
+/// would write an exponent, and for the non-finite.
+fn plain_digits(buf: &mut zmij::Buffer, v: f64) -> Option<&str> {
+    if !v.is_finite() {
+        return None;
+    }
+    let s = buf.format_finite(v);
+    (!s.bytes().any(|b| b == b'e')).then(|| s.strip_suffix(".0").unwrap_or(s))
 }
 
 /// A millisecond timestamp as Unix seconds: `1435781451.781`, `60`.
@@ -171,21 +181,15 @@ pub(crate) fn push_labels(out: &mut String, labels: &Labels) {
 /// answer is mostly these.
 fn push_point(out: &mut String, t: i64, v: f64) {
     let mut digits = zmij::Buffer::new();
-    let value = if v.is_finite() {
-        digits.format_finite(v)
-    } else {
-        ""
-    };
     // Very large and very small magnitudes, and the non-finite, the long way.
-    if value.is_empty() || value.bytes().any(|b| b == b'e') {
+    let Some(value) = plain_digits(&mut digits, v).map(str::as_bytes) else {
         out.push('[');
         push_time(out, t);
         out.push(',');
         push_value(out, v);
         out.push(']');
         return;
-    }
-    let value = value.strip_suffix(".0").unwrap_or(value).as_bytes();
+    };
     // `[`, the time, `,"`, the digits, `"]`.
     let mut buf = [0u8; 2 + TIME_BYTES + 64];
     let mut time = [0u8; TIME_BYTES];
