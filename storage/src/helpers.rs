@@ -4,6 +4,11 @@
 //! 190–280 µs later on this 2-vCPU machine; a parked helper costs a wake-up (under 10 µs)
 //! and runs 130–180 µs later. A helper's turn that has not started when the caller is done
 //! with the work is withdrawn, so the caller never waits for a core to wake for nothing.
+//!
+//! Helpers are kept off the CPU their caller runs on ([`keep_off`]). Left to itself, the
+//! scheduler of a small virtual machine may queue a woken helper behind its caller on
+//! the caller's CPU while the other one idles: the two halves of a query then run one
+//! after the other, 2–3 ms late (seen with `perf sched timehist` on a 2-vCPU guest).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +44,10 @@ struct Queue {
     turns: VecDeque<Turn>,
     /// Helper threads started so far.
     threads: usize,
+    /// Their thread ids, for [`keep_off`].
+    tids: Vec<libc::pid_t>,
+    /// The CPU the helpers are kept off now.
+    kept_off: Option<usize>,
 }
 
 fn pool() -> &'static Pool {
@@ -72,6 +81,13 @@ pub fn together(helpers: usize, work: &(dyn Fn() + Sync)) -> bool {
                 work: erased,
                 call: Arc::clone(&call),
             });
+        }
+        // A helper sharing out work of its own leaves the placement as it is.
+        if let Some(cpu) = current_cpu().filter(|_| !IS_HELPER.get()) {
+            if q.kept_off != Some(cpu) {
+                keep_off(&q.tids, cpu);
+                q.kept_off = Some(cpu);
+            }
         }
         // Helpers are started as the work asks for them and stay parked between calls.
         while q.threads < helpers {
@@ -184,9 +200,93 @@ fn put<T>(m: &Mutex<Option<T>>, v: T) {
     *m.lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
 }
 
+thread_local! {
+    /// Whether this thread is a helper.
+    static IS_HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The CPUs the process's main thread may run on, unless they cannot be read.
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: `getpid` takes no arguments. An all-zero `cpu_set_t` is an empty set; the
+    // kernel writes at most its size into it.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let main = libc::getpid();
+        (libc::sched_getaffinity(main, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// The CPUs this process may run on (its main thread's, when first asked): two or more,
+/// or none when the helpers cannot be placed (one CPU, or the set is unknown).
+fn cpus() -> &'static [usize] {
+    static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        let Some(set) = affinity() else {
+            return Vec::new();
+        };
+        // SAFETY: `CPU_ISSET` reads the set in bounds for every CPU below `CPU_SETSIZE`.
+        #[allow(unsafe_code)]
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect();
+        if cpus.len() >= 2 {
+            cpus
+        } else {
+            Vec::new()
+        }
+    })
+}
+
+/// The CPU the calling thread runs on, when helpers can be placed.
+fn current_cpu() -> Option<usize> {
+    if cpus().is_empty() {
+        return None;
+    }
+    // SAFETY: no arguments; returns the CPU number or -1.
+    #[allow(unsafe_code)]
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// Lets the threads `tids` run on any of the process's CPUs but `cpu`.
+fn keep_off(tids: &[libc::pid_t], cpu: usize) {
+    for &tid in tids {
+        set_cpus(tid, |c| c != cpu);
+    }
+}
+
+/// Lets thread `tid` run on the process's CPUs that `keep` keeps. A failure (a sandbox
+/// that forbids it) leaves it where it may run.
+fn set_cpus(tid: libc::pid_t, keep: impl Fn(usize) -> bool) {
+    // SAFETY: an all-zero `cpu_set_t` is an empty set; `CPU_SET` writes within it for
+    // CPUs below `CPU_SETSIZE`, which every CPU `cpus` found is; the kernel only reads
+    // the set, of the size given.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus().iter().filter(|&&c| keep(c)) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// A helper thread: takes turns as they come, parked in between.
 fn help() {
     let pool = pool();
+    {
+        // SAFETY: no arguments; returns the calling thread's id.
+        #[allow(unsafe_code)]
+        let tid = unsafe { libc::gettid() };
+        IS_HELPER.set(true);
+        let mut q = pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.tids.push(tid);
+        if let Some(cpu) = q.kept_off {
+            keep_off(&[tid], cpu);
+        }
+    }
     loop {
         let turn = {
             let mut q = pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
