@@ -5,10 +5,11 @@
 //! and runs 130–180 µs later. A helper's turn that has not started when the caller is done
 //! with the work is withdrawn, so the caller never waits for a core to wake for nothing.
 //!
-//! Helpers are kept off the CPU their caller runs on ([`keep_off`]). Left to itself, the
-//! scheduler of a small virtual machine may queue a woken helper behind its caller on
-//! the caller's CPU while the other one idles: the two halves of a query then run one
-//! after the other, 2–3 ms late (seen with `perf sched timehist` on a 2-vCPU guest).
+//! Helpers are kept off the CPU their caller runs on ([`keep_off`]), and a caller waits
+//! for its helpers awake. Left to itself, the scheduler of a small virtual machine may
+//! queue a woken helper behind its caller on the caller's CPU while the other one idles,
+//! and wake a caller that slept onto its helper's CPU: the two halves of a query then run
+//! one after the other, 2–3 ms late (seen with `perf sched timehist` on a 2-vCPU guest).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +32,6 @@ unsafe impl Send for Turn {}
 struct Call {
     /// Turns started and not yet ended, and whether one of them panicked.
     running: Mutex<(usize, bool)>,
-    ended: Condvar,
 }
 
 struct Pool {
@@ -109,14 +109,21 @@ pub fn together(helpers: usize, work: &(dyn Fn() + Sync)) -> bool {
         let mut q = pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.turns.retain(|t| !Arc::ptr_eq(&t.call, &call));
         drop(q);
-        let mut running = call.running.lock().unwrap_or_else(PoisonError::into_inner);
-        while running.0 > 0 {
-            running = call
-                .ended
-                .wait(running)
-                .unwrap_or_else(PoisonError::into_inner);
+        // Waits awake, giving way to any thread ready on this CPU: woken from a sleep by
+        // the helper, the caller would be placed on the helper's CPU and share it with
+        // that helper in the next piece of work.
+        loop {
+            let running = call.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if running.0 == 0 {
+                panicked |= running.1;
+                break;
+            }
+            drop(running);
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            std::thread::yield_now();
         }
-        panicked |= running.1;
     }
     panicked
 }
@@ -315,7 +322,6 @@ fn help() {
             .unwrap_or_else(PoisonError::into_inner);
         running.0 -= 1;
         running.1 |= panicked;
-        turn.call.ended.notify_all();
     }
 }
 
