@@ -251,3 +251,60 @@ fn the_out_of_order_window_refuses_older_samples() {
     assert!(r.body.contains("out-of-order window"), "{}", r.body);
     assert_eq!(count_and_sum(&strata, "w", 100), (2, 195.0));
 }
+
+/// The nice value of thread `name` of process `pid`, once it runs.
+fn thread_nice(pid: u32, name: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+            // After the parenthesized name: state is field 3 of stat(5), nice field 19.
+            let after = stat.rsplit_once(')').unwrap().1;
+            return after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no thread {name} in 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether this test may raise a thread's priority to nice -10, as the server tries to.
+fn may_raise_priority() -> bool {
+    std::thread::spawn(|| {
+        // SAFETY: `gettid` takes no arguments; `setpriority` changes only this thread,
+        // which ends right after.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) == 0
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_wal_sync_thread_runs_at_a_raised_priority_where_it_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let strata = Strata::start(dir.path(), &[]);
+    // Acknowledged, so the sync thread has run.
+    assert_eq!(write_seq(&strata, "nice", 1), 204);
+    let nice = thread_nice(strata.pid(), "wal-sync");
+    if may_raise_priority() {
+        assert_eq!(nice, -10, "the sync thread kept its priority");
+    } else {
+        assert_eq!(
+            nice, 0,
+            "the sync thread's priority changed without permission"
+        );
+    }
+    // The workers keep theirs.
+    assert_eq!(thread_nice(strata.pid(), "tokio-rt-worker"), 0);
+    assert_eq!(count_and_sum(&strata, "nice", 1), (1, 1.0));
+}
