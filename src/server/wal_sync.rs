@@ -105,8 +105,8 @@ impl Drop for WalSync {
 const SYNC_NICE: libc::c_int = -10;
 
 /// Raises the calling thread's priority to [`SYNC_NICE`] where the process may (root, or
-/// `CAP_SYS_NICE`); elsewhere it stays as it is. Whether it was raised.
-fn raise_priority() -> bool {
+/// `CAP_SYS_NICE`); elsewhere it stays as it is.
+fn raise_priority() {
     // SAFETY: `gettid` takes no arguments; `setpriority` changes only this thread's nice
     // value (Linux keeps one per thread) and reports failure through its result.
     #[allow(unsafe_code)]
@@ -120,7 +120,6 @@ fn raise_priority() -> bool {
             "the WAL sync thread keeps the default priority (no permission to raise it)"
         );
     }
-    raised
 }
 
 fn sync_loop(db: &Db, shared: &Shared) {
