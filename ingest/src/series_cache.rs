@@ -119,8 +119,8 @@ impl Table {
 
 /// Encoded labels → head series, shared by all writers of one database.
 pub struct SeriesCache {
-    /// Each base to the powers 0 to 5.
-    powers: [[u64; 6]; 2],
+    /// Each base to the powers 0 to 8.
+    powers: [[u64; 9]; 2],
     table: RwLock<Table>,
     max_entries: usize,
 }
@@ -141,8 +141,8 @@ impl SeriesCache {
             2 + h.finish() % (P - 2)
         };
         let powers = |r: u64| {
-            let mut p = [1u64; 6];
-            for i in 1..6 {
+            let mut p = [1u64; 9];
+            for i in 1..9 {
                 p[i] = mul_mod(p[i - 1], r);
             }
             p
@@ -165,9 +165,38 @@ impl SeriesCache {
         let wide = |a: u64, b: u64| u128::from(a) * u128::from(b);
         let [a, b] = &self.powers;
         let (mut h1, mut h2) = (0u64, 0u64);
-        // Four words a step: h·r⁴ + x₁·r³ + x₂·r² + x₃·r + x₄ is four steps of h·r + x,
-        // with independent multiplications summed before one reduction.
-        let mut blocks = bytes.chunks_exact(28);
+        // Eight words a step: h·r⁸ + x₁·r⁷ + … + x₇·r + x₈ is eight steps of h·r + x,
+        // with independent multiplications summed before one reduction (the sum stays
+        // below 2^123); then four words a step once fewer than eight are left.
+        let mut wide_blocks = bytes.chunks_exact(56);
+        for c in &mut wide_blocks {
+            let x = [
+                at(c, 0) & LOW56,
+                at(c, 7) & LOW56,
+                at(c, 14) & LOW56,
+                at(c, 21) & LOW56,
+                at(c, 28) & LOW56,
+                at(c, 35) & LOW56,
+                at(c, 42) & LOW56,
+                at(c, 48) >> 8,
+            ];
+            let step = |h: u64, p: &[u64; 9]| {
+                reduce(
+                    wide(h, p[8])
+                        + wide(x[0], p[7])
+                        + wide(x[1], p[6])
+                        + wide(x[2], p[5])
+                        + wide(x[3], p[4])
+                        + wide(x[4], p[3])
+                        + wide(x[5], p[2])
+                        + wide(x[6], p[1])
+                        + u128::from(x[7]),
+                )
+            };
+            h1 = step(h1, a);
+            h2 = step(h2, b);
+        }
+        let mut blocks = wide_blocks.remainder().chunks_exact(28);
         for c in &mut blocks {
             let x = [
                 at(c, 0) & LOW56,
@@ -175,7 +204,7 @@ impl SeriesCache {
                 at(c, 14) & LOW56,
                 at(c, 20) >> 8,
             ];
-            let step = |h: u64, p: &[u64; 6]| {
+            let step = |h: u64, p: &[u64; 9]| {
                 reduce(
                     wide(h, p[4])
                         + wide(x[0], p[3])
@@ -204,7 +233,7 @@ impl SeriesCache {
             .fold(0, |v, &b| (v << 8) | u64::from(b));
         tail[whole + 1] = bytes.len() as u64 & P;
         let k = whole + 2;
-        let last = |h: u64, p: &[u64; 6]| {
+        let last = |h: u64, p: &[u64; 9]| {
             let mut sum = wide(h, p[k]);
             for (j, &t) in tail[..k].iter().enumerate() {
                 sum += wide(t, p[k - 1 - j]);
