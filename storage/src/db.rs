@@ -1170,10 +1170,16 @@ impl Appender {
 
     fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
         let s = &self.series[idx];
-        let stored = {
-            let data = lock(&s.data);
-            self.tails[idx] = data.tail();
-            data.check(t, v)
+        let stored = match s.takes_without_lock(t) {
+            Some(tail) => {
+                self.tails[idx] = tail;
+                AppendOutcome::Appended
+            }
+            None => {
+                let data = lock(&s.data);
+                self.tails[idx] = data.tail();
+                data.check(t, v)
+            }
         };
         let pending = self.pending[idx];
         let outcome = match stored {
@@ -1288,12 +1294,14 @@ impl Appender {
                 }
             }
             let idx = self.samples[i].0;
-            let mut data = lock(&self.series[idx as usize].data);
+            let s = &self.series[idx as usize];
+            let mut data = lock(&s.data);
             while i < self.samples.len() && self.samples[i].0 == idx {
                 let (_, t, v) = self.samples[i];
                 db.head.append_locked(&mut data, t, v, &mut batch);
                 i += 1;
             }
+            s.publish(&data);
         }
         db.head.apply_batch(&batch);
         let unsynced = Unsynced(if db.wal.fsync { seq } else { 0 });
@@ -3091,6 +3099,55 @@ mod tests {
             read_all(&db, "a"),
             vec![(1000, 1.0), (1500, 1.75), (2000, 5.0)]
         );
+        Ok(())
+    }
+
+    /// A sample newer than a series' last commit is taken without the series' lock;
+    /// anything else, and every sample of a series loaded at start until its first
+    /// commit, goes through it: resends stay duplicates and old samples stay refused
+    /// before and after a restart.
+    #[test]
+    fn only_samples_newer_than_the_last_commit_skip_the_series_lock() -> Result<(), Error> {
+        let dir = tmp();
+        let opts = Options {
+            ooo_window_ms: Some(500),
+            ..Options::default()
+        };
+        let series = |db: &Db| {
+            let live = db.inner.head.live_series();
+            assert_eq!(live.len(), 1);
+            Arc::clone(&live[0])
+        };
+        for restarted in [false, true] {
+            let db = Db::open(dir.path(), opts.clone())?;
+            if !restarted {
+                let mut app = db.appender();
+                app.append(&up("a"), 2000, 2.0)?;
+                app.commit()?;
+                let s = series(&db);
+                assert!(s.takes_without_lock(2001).is_some());
+                assert!(s.takes_without_lock(2000).is_none());
+            } else {
+                // Loaded from the WAL: nothing committed yet, so everything locks.
+                assert!(series(&db).takes_without_lock(1 << 40).is_none());
+            }
+            let mut app = db.appender();
+            app.append(&up("a"), 2000, 2.0)?;
+            assert!(matches!(
+                app.append(&up("a"), 1000, 1.0),
+                Err(Error::OutOfBounds { oldest: 1500, .. })
+            ));
+            assert_eq!(app.commit()?.samples, 0, "a resend is a duplicate");
+            assert_eq!(read_all(&db, "a"), vec![(2000, 2.0)]);
+        }
+        let db = Db::open(dir.path(), opts)?;
+        let mut app = db.appender();
+        app.append(&up("a"), 3000, 3.0)?;
+        app.commit()?;
+        let s = series(&db);
+        assert!(s.takes_without_lock(3001).is_some());
+        assert!(s.takes_without_lock(3000).is_none());
+        assert_eq!(read_all(&db, "a"), vec![(2000, 2.0), (3000, 3.0)]);
         Ok(())
     }
 

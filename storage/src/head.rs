@@ -508,10 +508,37 @@ pub(crate) struct MemSeries {
     /// tagged with that ranking's generation: `generation << 32 | place`. Zero, a
     /// generation no ranking has, until the series is first ranked.
     order: AtomicU64,
+    /// The newest in-order timestamp an appender stored, and where the open chunk's next
+    /// append writes (for a prefetch), both as of that commit: an appender takes a sample
+    /// newer than `newest` without the lock (see [`MemSeries::takes_without_lock`]).
+    /// Only commits set them, under the lock and after their appends, and nothing
+    /// else lowers the newest timestamp, so `newest` is never above the series'. At
+    /// `i64::MIN` (no commit yet: a new series, or one loaded at start) appenders lock.
+    newest: std::sync::atomic::AtomicI64,
+    tail: std::sync::atomic::AtomicUsize,
     pub(crate) data: Mutex<SeriesData>,
 }
 
 impl MemSeries {
+    /// Whether a sample at `t` is newer than every sample the series holds, known
+    /// without its lock; then also where the open chunk's next append writes, for a
+    /// prefetch (any address will do). `None` when only the lock can tell.
+    #[inline]
+    pub(crate) fn takes_without_lock(&self, t: i64) -> Option<usize> {
+        let newest = self.newest.load(Ordering::Acquire);
+        (newest != i64::MIN && t > newest).then(|| self.tail.load(Ordering::Relaxed))
+    }
+
+    /// Publishes what [`MemSeries::takes_without_lock`] reads: called by a commit with
+    /// `data` (this series' data) locked, after its appends.
+    #[inline]
+    pub(crate) fn publish(&self, data: &SeriesData) {
+        self.tail.store(data.tail(), Ordering::Relaxed);
+        if data.last_t != i64::MIN {
+            self.newest.store(data.last_t, Ordering::Release);
+        }
+    }
+
     /// Starts loading the series' memory (its reference counts included) into the cache.
     /// On this machine's CPUs a locked instruction waits for the prefetches before it, so
     /// loops prefetch a group of series and then work on them, which overlaps the
@@ -858,6 +885,8 @@ impl Head {
             logged: AtomicBool::new(sref.is_some()),
             aliased: AtomicBool::new(false),
             order: AtomicU64::new(0),
+            newest: std::sync::atomic::AtomicI64::new(i64::MIN),
+            tail: std::sync::atomic::AtomicUsize::new(0),
             data: Mutex::new(SeriesData::new()),
         });
         let idx = r.0 as usize;
