@@ -12,7 +12,9 @@ Each pair starts both builds afresh on their own copies of the store (127.0.0.1,
 ports), then asks every query `--rounds` times of each, alternating which goes first.
 Every other pair swaps the order in which they start. Printed per query: each pair's
 ratio of medians, new / old, and their geometric mean.
-Without --query, the range queries of `vs_peers` are used, over the last `--hours`.
+Without --query, the range queries of `vs_peers` are used, over the last `--hours`. A
+query that starts with `/` is a path asked as it is (`/api/v1/series?match[]=...`), with
+the same `start` and `end`.
 """
 
 import argparse
@@ -93,9 +95,11 @@ def main():
     a = p.parse_args()
     queries = dict(q.split("=", 1) for q in a.query) or DEFAULT_QUERIES
     begin = a.end - a.hours * 3600 + 600
+    # A query given as a path (the series or labels API) is asked over the same range.
     paths = {
-        name: "/api/v1/query_range?query=" + urllib.parse.quote(q, safe="")
-        + f"&start={begin}&end={a.end}&step=60"
+        name: (q if q.startswith("/") else "/api/v1/query_range?query="
+               + urllib.parse.quote(q, safe="") + "&step=60")
+        + f"&start={begin}&end={a.end}"
         for name, q in queries.items()
     }
     ratios = {name: [] for name in paths}
