@@ -2263,7 +2263,7 @@ fn write_head_block(
     let (labels, starts) = group_by_labels(&refs);
     let mut marks = HashMap::with_capacity(if with_marks { live.len() } else { 0 });
     // Every chunk of the range is read, in label order: through maps of the files.
-    let _maps = head.chunks.map_for_cut();
+    let maps = head.chunks.map_for_cut();
     // Samples read from partners since they last gave their pages back.
     let mut read = 0usize;
     let dir = write_block_with(
@@ -2303,6 +2303,12 @@ fn write_head_block(
         },
         new,
     )?;
+    if maps.releases() > 0 {
+        tracing::debug!(
+            times = maps.releases(),
+            "a cut gave back its mapped head chunk pages"
+        );
+    }
     Ok((dir, marks))
 }
 

@@ -6,7 +6,7 @@
 //!  OpenChunk full ──decimal or XOR──queue (64 KiB)──pwrite──> chunks_head/00000003 (pre-sized, sparse)
 //!                  series keeps HeadChunk::File { file, start, len, count, min_t, span }
 //!  query     <──pread── 8 KiB windows kept per thread (neighbouring chunks)
-//!  block cut <──map───── the files, pages given back every 16 MiB touched
+//!  block cut <──map───── the files, pages given back every 8 MiB touched
 //! ```
 //!
 //! Reads do not go through a memory map: a series' chunks lie far apart in the files, and
@@ -293,14 +293,22 @@ thread_local! {
 /// mapping all of it.
 const MAP_STRETCH: u64 = 64 << 10;
 
-/// Bytes of mapped head chunk files a cut may hold in its RSS before giving them back:
-/// at 20 exporters' 15,000 series a block range's chunks take about 10 MiB, read once
-/// with no page given back; at more series the pages go back and fault in again.
-pub(crate) const MAP_BUDGET: usize = 16 << 20;
+/// Bytes of mapped head chunk files a cut may hold in its RSS before giving them back.
+/// A range of 20 exporters' 15,000 series spans about 15 MiB of the files: its cut gives
+/// the pages back about nine times, and as each fault maps a whole stretch, reading them
+/// in again takes about a thousand faults, a few milliseconds.
+pub(crate) const MAP_BUDGET: usize = 8 << 20;
 
 /// While alive, this thread reads head chunks through maps of their files; made by
 /// [`HeadChunks::map_for_cut`].
 pub(crate) struct CutMaps(());
+
+impl CutMaps {
+    /// How many times the maps' pages have gone back so far.
+    pub(crate) fn releases(&self) -> usize {
+        MAPPED.with_borrow(|m| m.releases)
+    }
+}
 
 impl Drop for CutMaps {
     fn drop(&mut self) {
