@@ -31,7 +31,10 @@
 //! to strata's command line, such as `--wal-fsync false`; INGEST_ORDER=a,b,c sends the
 //! workload to the systems in that order (by default strata, Prometheus, then
 //! VictoriaMetrics), to see whether going first or last moves a figure; a table made with
-//! any of these says so in its command).
+//! any of these says so in its command). Ingest is run INGEST_ROUNDS times (3 unless
+//! set), each system afresh on an empty store, the rounds alternating the order; the
+//! ingest rate and receiver CPU reported are the medians, and the last round's stores
+//! are the ones counted, persisted and queried.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -749,6 +752,46 @@ fn main() {
         let rank = |name: &str| names.split(',').position(|n| n.trim() == name);
         order.sort_by_key(|&i| rank(peers[i].name).unwrap_or(usize::MAX));
     }
+    // Rounds of ingest before the one kept for counting, persisting and queries, each
+    // system afresh on an empty store: the machine's speed drifts over minutes by more
+    // than the figures' margins, so ingest rate and receiver CPU are the medians over all
+    // rounds. Rounds alternate the order, so that no system always goes first.
+    let rounds = env("INGEST_ROUNDS", 3).max(1) as usize;
+    let mut trials: Vec<Vec<(f64, f64)>> = vec![Vec::new(); peers.len()];
+    for round in 1..rounds {
+        let mut turn = order.clone();
+        if round % 2 == 1 {
+            turn.reverse();
+        }
+        for at in turn {
+            let name = peers[at].name;
+            let scratch = tempfile::tempdir().unwrap();
+            let strata_guard;
+            let peer_guard;
+            let (addr, pid) = match name {
+                "strata" => {
+                    strata_guard = Strata::start(&scratch.path().join("strata-data"), &args);
+                    (strata_guard.addr, strata_guard.pid())
+                }
+                "prometheus" => {
+                    peer_guard = start_prometheus(scratch.path());
+                    (peer_guard.addr, peer_guard.pid)
+                }
+                _ => {
+                    peer_guard = start_vm(scratch.path());
+                    (peer_guard.addr, peer_guard.pid)
+                }
+            };
+            let cpu0 = cpu_seconds(pid);
+            let took = push(addr, &conns);
+            let cpu = cpu_seconds(pid) - cpu0;
+            trials[at].push((samples as f64 / took.as_secs_f64(), cpu));
+            println!(
+                "{name}: round {round} of {rounds}: ingested in {:.1} s, receiver CPU {cpu:.1} s",
+                took.as_secs_f64()
+            );
+        }
+    }
     let mut rows: Vec<Option<Row>> = (0..peers.len()).map(|_| None).collect();
     for &at in &order {
         let p = &mut peers[at];
@@ -782,15 +825,27 @@ fn main() {
         let bytes = persisted_bytes(p, &month);
         let hwm_persist = mib(proc_status_kib(p.pid, "VmHWM"));
         println!("{}: peak RSS {hwm_ingest:.0} MiB after ingest, {hwm_count:.0} after counting, {hwm_persist:.0} after persisting", p.name);
+        trials[at].push((samples as f64 / took.as_secs_f64(), cpu));
+        let middle = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
         rows[at] = Some(Row {
-            ingest: samples as f64 / took.as_secs_f64(),
-            cpu,
+            ingest: middle(trials[at].iter().map(|t| t.0).collect()),
+            cpu: middle(trials[at].iter().map(|t| t.1).collect()),
             rss: 0.0,
             bytes_per_sample: bytes as f64 / samples as f64,
             arrived: counted as usize == samples,
             gen_cpu,
         });
         println!("{}: ingested in {:.1} s, receiver CPU {cpu:.1} s, {counted} samples counted, {bytes} bytes persisted", p.name, took.as_secs_f64());
+        if rounds > 1 {
+            let r = rows[at].as_ref().map_or((0.0, 0.0), |r| (r.ingest, r.cpu));
+            println!(
+                "{}: median of {rounds} rounds: {:.0} samples/s, receiver CPU {:.1} s",
+                p.name, r.0, r.1
+            );
+        }
     }
 
     let mut rows: Vec<Row> = rows.into_iter().flatten().collect();
@@ -980,7 +1035,12 @@ fn main() {
     );
     // Tuning switches, when set, are part of the command that made the table.
     let mut tuning = String::new();
-    for k in ["CONNECTIONS", "STRATA_FLAGS", "INGEST_ORDER"] {
+    for k in [
+        "CONNECTIONS",
+        "STRATA_FLAGS",
+        "INGEST_ORDER",
+        "INGEST_ROUNDS",
+    ] {
         if let Ok(v) = std::env::var(k) {
             let _ = write!(tuning, "{k}={v:?} ");
         }
@@ -1005,15 +1065,26 @@ fn main() {
                 f(&r[0]) / f(&r[2])
             );
         };
-    line(&mut t, "ingest, samples/s", &|x| x.ingest, &|v| {
-        format!("{v:.0}")
-    });
-    line(&mut t, "receiver CPU, s", &|x| x.cpu, &|v| {
-        format!("{v:.1}")
-    });
+    let of_rounds = if rounds > 1 {
+        format!(", median of {rounds} rounds")
+    } else {
+        String::new()
+    };
     line(
         &mut t,
-        "samples per receiver CPU-second",
+        &format!("ingest, samples/s{of_rounds}"),
+        &|x| x.ingest,
+        &|v| format!("{v:.0}"),
+    );
+    line(
+        &mut t,
+        &format!("receiver CPU, s{of_rounds}"),
+        &|x| x.cpu,
+        &|v| format!("{v:.1}"),
+    );
+    line(
+        &mut t,
+        "samples per receiver CPU-second (from the median CPU)",
         &|x| samples as f64 / x.cpu.max(1e-3),
         &|v| format!("{v:.0}"),
     );
