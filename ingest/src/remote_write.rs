@@ -97,9 +97,13 @@ impl Limits {
         limit > 0 && n > limit
     }
 
-    /// The label limits, for one series.
-    fn check_series(&self, s: &SeriesView<'_>) -> Result<(), IngestError> {
-        let n = s.label_bytes().count();
+    /// The label limits, for one series and its `labels`.
+    fn check_series(
+        &self,
+        s: &SeriesView<'_>,
+        labels: &[(&[u8], &[u8])],
+    ) -> Result<(), IngestError> {
+        let n = labels.len();
         if Self::over(self.max_labels_per_series, n) {
             return Err(IngestError::Limit {
                 reason: "labels",
@@ -110,7 +114,7 @@ impl Limits {
                 ),
             });
         }
-        for (name, value) in s.label_bytes() {
+        for &(name, value) in labels {
             if Self::over(self.max_label_name_length, name.len()) {
                 return Err(IngestError::Limit {
                     reason: "label_name_length",
@@ -214,12 +218,16 @@ pub struct DecodedWriteRequest {
 
 #[derive(Debug, Clone, Copy)]
 struct SeriesSpan {
+    /// The bytes of the label fields that come before every other field of the series
+    /// (as encoders write all of them): read only when the labels are asked for
+    /// ([`SeriesView::label_bytes`]), as a series the cache knows needs none of them.
+    leading: (u32, u32),
+    /// Labels after other fields (rare; and every label of remote write 2.0, whose
+    /// labels refer to a per-request symbol table), read as the request is parsed.
     labels: (u32, u32),
     samples: (u32, u32),
     has_histograms: bool,
-    /// The label fields' bytes, when they come before every other field of the series
-    /// (as encoders write them): what [`SeriesCache`] keys on. Remote write 2.0 labels
-    /// refer to a per-request symbol table, so they have none.
+    /// `leading`, when it holds every label: what [`SeriesCache`] keys on.
     encoded_labels: Option<(u32, u32)>,
 }
 
@@ -229,6 +237,9 @@ struct LabelSpan {
     name: (u32, u32),
     value: (u32, u32),
 }
+
+/// A label's name and value as sent (UTF-8 not yet checked).
+pub type LabelBytes<'a> = (&'a [u8], &'a [u8]);
 
 /// One series of a decoded request.
 #[derive(Debug, Clone, Copy)]
@@ -240,26 +251,41 @@ pub struct SeriesView<'a> {
 impl<'a> SeriesView<'a> {
     /// The metric name (or the first label) for messages, at most 200 characters.
     pub fn display_name(&self) -> String {
-        let name = self
-            .label_bytes()
+        let labels = self.label_bytes().unwrap_or_default();
+        let name = labels
+            .iter()
             .find(|(n, _)| *n == b"__name__")
-            .or_else(|| self.label_bytes().next())
+            .or_else(|| labels.first())
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
         name.chars().take(200).collect()
     }
 
-    /// The labels as sent: raw bytes (UTF-8 not yet checked), in the sender's order.
-    pub fn label_bytes(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    /// The labels as sent: raw bytes (UTF-8 not yet checked), in the sender's order. The
+    /// label messages before the series' other fields are read here, so a malformed one
+    /// is reported here rather than by [`DecodedWriteRequest::parse`].
+    pub fn label_bytes(&self) -> Result<Vec<LabelBytes<'a>>, IngestError> {
         let raw = &self.req.raw;
-        self.req.labels[self.span.labels.0 as usize..self.span.labels.1 as usize]
-            .iter()
-            .map(move |l| {
-                (
-                    &raw[l.name.0 as usize..l.name.1 as usize],
-                    &raw[l.value.0 as usize..l.value.1 as usize],
-                )
-            })
+        let bytes = |r: (u32, u32)| raw.get(r.0 as usize..r.1 as usize).unwrap_or(&[]);
+        let mut out = Vec::new();
+        let (start, end) = self.span.leading;
+        let mut run = Pb {
+            buf: raw,
+            pos: start as usize,
+            end: end as usize,
+        };
+        while !run.done() {
+            let (_, wire) = run.tag()?;
+            run.expect_wire(wire, WIRE_LEN, "label")?;
+            let l = run.message()?.label()?;
+            out.push((bytes(l.name), bytes(l.value)));
+        }
+        out.extend(
+            self.req.labels[self.span.labels.0 as usize..self.span.labels.1 as usize]
+                .iter()
+                .map(|l| (bytes(l.name), bytes(l.value))),
+        );
+        Ok(out)
     }
 
     /// `(timestamp_ms, value)` samples as sent.
@@ -426,6 +452,34 @@ impl<'a> Pb<'a> {
         })
     }
 
+    /// A `Label` message: name (1) and value (2), other fields skipped.
+    fn label(mut self) -> Result<LabelSpan, PbError> {
+        if let Some(label) = self.short_label() {
+            return Ok(label);
+        }
+        let mut label = LabelSpan::default();
+        while !self.done() {
+            let (f, w) = self.tag()?;
+            match f {
+                1 | 2 => {
+                    self.expect_wire(w, WIRE_LEN, "label string")?;
+                    let (a, b) = self.len_delimited()?;
+                    let r = match (u32::try_from(a), u32::try_from(b)) {
+                        (Ok(a), Ok(b)) => (a, b),
+                        _ => return Err(self.err("message over 4 GiB")),
+                    };
+                    if f == 1 {
+                        label.name = r;
+                    } else {
+                        label.value = r;
+                    }
+                }
+                _ => self.skip(w)?,
+            }
+        }
+        Ok(label)
+    }
+
     /// A `Sample` message (the same in 1.0 and 2.0): value (1, double) and timestamp
     /// (2, int64).
     fn sample(mut self) -> Result<(i64, f64), PbError> {
@@ -541,46 +595,21 @@ impl DecodedWriteRequest {
             let first_sample = req.samples.len();
             let mut has_histograms = false;
             let labels_start = ts.pos;
-            let mut labels_end = Some(ts.pos);
+            let mut leading_end = ts.pos;
             let mut other_fields = false;
             while !ts.done() {
                 let (field, wire) = ts.tag()?;
-                if field != 1 {
-                    other_fields = true;
-                } else if other_fields {
-                    labels_end = None;
-                }
                 match field {
+                    1 if !other_fields => {
+                        // Only framed here; read when the labels are asked for.
+                        ts.expect_wire(wire, WIRE_LEN, "label")?;
+                        ts.len_delimited()?;
+                        leading_end = ts.pos;
+                        continue;
+                    }
                     1 => {
                         ts.expect_wire(wire, WIRE_LEN, "label")?;
-                        let mut l = ts.message()?;
-                        if let Some(label) = l.short_label() {
-                            req.labels.push(label);
-                            if !other_fields {
-                                labels_end = Some(ts.pos);
-                            }
-                            continue;
-                        }
-                        let mut label = LabelSpan::default();
-                        while !l.done() {
-                            let (f, w) = l.tag()?;
-                            match f {
-                                1 | 2 => {
-                                    l.expect_wire(w, WIRE_LEN, "label string")?;
-                                    let r = span(l.len_delimited()?)?;
-                                    if f == 1 {
-                                        label.name = r;
-                                    } else {
-                                        label.value = r;
-                                    }
-                                }
-                                _ => l.skip(w)?,
-                            }
-                        }
-                        req.labels.push(label);
-                        if !other_fields {
-                            labels_end = Some(ts.pos);
-                        }
+                        req.labels.push(ts.message()?.label()?);
                     }
                     2 => {
                         ts.expect_wire(wire, WIRE_LEN, "sample")?;
@@ -592,12 +621,15 @@ impl DecodedWriteRequest {
                     }
                     _ => ts.skip(wire)?,
                 }
+                other_fields = true;
             }
+            let leading = span((labels_start, leading_end))?;
             req.series.push(SeriesSpan {
+                leading,
                 labels: span((first_label, req.labels.len()))?,
                 samples: span((first_sample, req.samples.len()))?,
                 has_histograms,
-                encoded_labels: labels_end.map(|e| span((labels_start, e))).transpose()?,
+                encoded_labels: (req.labels.len() == first_label).then_some(leading),
             });
         }
         req.raw = raw;
@@ -743,6 +775,7 @@ impl DecodedWriteRequest {
                 }
             }
             req.series.push(SeriesSpan {
+                leading: (0, 0),
                 labels: span((first_label, req.labels.len()))?,
                 samples: s.samples,
                 has_histograms: s.has_histograms,
@@ -894,9 +927,10 @@ fn check_labels<'a>(
     scratch: &mut Vec<(&'a str, &'a str)>,
     pairs: &mut Vec<(&'a str, &'a str)>,
 ) -> Result<(usize, usize), IngestError> {
-    limits.check_series(s)?;
+    let labels = s.label_bytes()?;
+    limits.check_series(s, &labels)?;
     scratch.clear();
-    for (n, v) in s.label_bytes() {
+    for (n, v) in labels {
         let (Ok(n), Ok(v)) = (std::str::from_utf8(n), std::str::from_utf8(v)) else {
             return Err(IngestError::InvalidSeries(format!(
                 "series {}: a label is not valid UTF-8",
@@ -1046,7 +1080,7 @@ mod tests {
         );
         let d = DecodedWriteRequest::parse_v2(raw).unwrap();
         let s: Vec<SeriesView<'_>> = d.series().collect();
-        let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().collect();
+        let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().unwrap();
         assert_eq!(
             labels,
             vec![(&b"__name__"[..], &b"up"[..]), (&b"job"[..], &b"a"[..])]
@@ -1191,6 +1225,48 @@ mod tests {
         assert_eq!(stored(&db, "up", "z"), vec![(5, 1.0)]);
     }
 
+    /// The labels before a series' samples are only framed when the request is parsed
+    /// and read when the series is stored: a label message damaged inside is refused
+    /// then, with the whole request, and nothing is stored; so is one whose bytes the
+    /// cache knew before the damage, as those are other bytes.
+    #[test]
+    fn damaged_leading_labels_are_refused_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = strata_storage::Db::open(dir.path(), strata_storage::Options::default()).unwrap();
+        let cache = SeriesCache::default();
+        let good = |host: &str| series(&[("__name__", "up"), ("host", host)], &[(5, 1.0)]);
+        write(
+            &db,
+            &cache,
+            &WriteRequest {
+                timeseries: vec![good("a")],
+                metadata: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(cache.len(), 1);
+        for host in ["a", "b"] {
+            let mut bytes = WriteRequest {
+                timeseries: vec![good("b"), good(host)],
+                metadata: vec![],
+            }
+            .encode_to_vec();
+            // The second series' first label: 0x0a, its length, then the name field
+            // (0x0a, 8, "__name__"); its length becomes 0x7f, past the label's end.
+            let second = bytes.len() - good(host).encoded_len();
+            let at = second;
+            assert_eq!(&bytes[at..at + 4], &[0x0a, 14, 0x0a, 8]);
+            bytes[at + 3] = 0x7f;
+            let d = DecodedWriteRequest::parse(bytes).unwrap();
+            let mut app = db.appender();
+            let err = write_to_store(&d, &mut app, &cache, &Limits::default()).unwrap_err();
+            assert!(matches!(err, IngestError::Protobuf(_)), "{err}");
+            drop(app);
+            assert_eq!(stored(&db, "up", "b"), vec![], "{host}");
+        }
+        assert_eq!(stored(&db, "up", "a"), vec![(5, 1.0)]);
+    }
+
     #[test]
     fn decode_agrees_with_prost() {
         let req = WriteRequest {
@@ -1220,7 +1296,7 @@ mod tests {
             }]
         );
         let s: Vec<SeriesView<'_>> = d.series().collect();
-        let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().collect();
+        let labels: Vec<(&[u8], &[u8])> = s[0].label_bytes().unwrap();
         assert_eq!(
             labels,
             vec![(&b"__name__"[..], &b"up"[..]), (&b"job"[..], &b"a"[..])]
@@ -1253,7 +1329,7 @@ mod tests {
         }
         let d = DecodedWriteRequest::parse(raw).unwrap();
         let s: Vec<SeriesView<'_>> = d.series().collect();
-        let got: Vec<Vec<(&[u8], &[u8])>> = s.iter().map(|s| s.label_bytes().collect()).collect();
+        let got: Vec<Vec<(&[u8], &[u8])>> = s.iter().map(|s| s.label_bytes().unwrap()).collect();
         assert_eq!(
             got,
             vec![

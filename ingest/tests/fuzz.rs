@@ -135,6 +135,8 @@ proptest! {
             .map(|s| {
                 (
                     s.label_bytes()
+                        .unwrap()
+                        .into_iter()
                         .map(|(k, v)| {
                             (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
                         })
@@ -158,7 +160,9 @@ proptest! {
             match write_to_store(&d, &mut app, &SeriesCache::default(), &Limits::default()) {
                 Ok(_) => {
                     for s in d.series() {
-                        for (k, v) in s.label_bytes() {
+                        let labels = s.label_bytes();
+                        prop_assert!(labels.is_ok(), "{:?}", labels.err());
+                        for (k, v) in labels.unwrap_or_default() {
                             prop_assert!(std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok());
                         }
                     }

@@ -23,6 +23,8 @@ fn decoded(d: &DecodedWriteRequest) -> Content {
         .map(|s| {
             let labels = s
                 .label_bytes()
+                .unwrap()
+                .into_iter()
                 .map(|(k, v)| {
                     (
                         String::from_utf8_lossy(k).into_owned(),
