@@ -156,65 +156,21 @@ impl SeriesCache {
 
     /// The digest of `bytes`.
     pub fn key(&self, bytes: &[u8]) -> Key {
-        const LOW56: u64 = (1 << 56) - 1;
-        let at = |c: &[u8], i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&c[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
         let wide = |a: u64, b: u64| u128::from(a) * u128::from(b);
         let [a, b] = &self.powers;
         let (mut h1, mut h2) = (0u64, 0u64);
-        // Eight words a step: h·r⁸ + x₁·r⁷ + … + x₇·r + x₈ is eight steps of h·r + x,
-        // with independent multiplications summed before one reduction (the sum stays
-        // below 2^123); then four words a step once fewer than eight are left.
-        let mut wide_blocks = bytes.chunks_exact(56);
+        // Eight words a step, then four words a step once fewer than eight are left.
+        let mut wide_blocks = bytes.chunks_exact(7 * 8);
         for c in &mut wide_blocks {
-            let x = [
-                at(c, 0) & LOW56,
-                at(c, 7) & LOW56,
-                at(c, 14) & LOW56,
-                at(c, 21) & LOW56,
-                at(c, 28) & LOW56,
-                at(c, 35) & LOW56,
-                at(c, 42) & LOW56,
-                at(c, 48) >> 8,
-            ];
-            let step = |h: u64, p: &[u64; 9]| {
-                reduce(
-                    wide(h, p[8])
-                        + wide(x[0], p[7])
-                        + wide(x[1], p[6])
-                        + wide(x[2], p[5])
-                        + wide(x[3], p[4])
-                        + wide(x[4], p[3])
-                        + wide(x[5], p[2])
-                        + wide(x[6], p[1])
-                        + u128::from(x[7]),
-                )
-            };
-            h1 = step(h1, a);
-            h2 = step(h2, b);
+            let x = words::<8>(c);
+            h1 = step(h1, &x, a);
+            h2 = step(h2, &x, b);
         }
-        let mut blocks = wide_blocks.remainder().chunks_exact(28);
+        let mut blocks = wide_blocks.remainder().chunks_exact(7 * 4);
         for c in &mut blocks {
-            let x = [
-                at(c, 0) & LOW56,
-                at(c, 7) & LOW56,
-                at(c, 14) & LOW56,
-                at(c, 20) >> 8,
-            ];
-            let step = |h: u64, p: &[u64; 9]| {
-                reduce(
-                    wide(h, p[4])
-                        + wide(x[0], p[3])
-                        + wide(x[1], p[2])
-                        + wide(x[2], p[1])
-                        + u128::from(x[3]),
-                )
-            };
-            h1 = step(h1, a);
-            h2 = step(h2, b);
+            let x = words::<4>(c);
+            h1 = step(h1, &x, a);
+            h2 = step(h2, &x, b);
         }
         // What is left in one more step: its whole words, the last word zero-padded
         // (possibly all padding), and the length, as one more word, which tells the
@@ -298,6 +254,37 @@ fn mul_mod(a: u64, b: u64) -> u64 {
     } else {
         s
     }
+}
+
+/// The `N` 7-byte words of `c` (`7 * N` bytes), little-endian.
+#[inline(always)]
+fn words<const N: usize>(c: &[u8]) -> [u64; N] {
+    const LOW56: u64 = (1 << 56) - 1;
+    let at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&c[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    // The last word is read from one byte earlier, so as not to run past the block.
+    std::array::from_fn(|i| {
+        if i + 1 < N {
+            at(7 * i) & LOW56
+        } else {
+            at(7 * i - 1) >> 8
+        }
+    })
+}
+
+/// `N` steps of `h·r + x` at once: `h·r^N + x₁·r^(N-1) + … + x_N`, the multiplications
+/// independent of each other and summed before one reduction (below 2^123 for `N ≤ 8`,
+/// as `h, r^i < 2^61` and `x < 2^56`). `p` holds `r` to the powers 0 to 8.
+#[inline(always)]
+fn step<const N: usize>(h: u64, x: &[u64; N], p: &[u64; 9]) -> u64 {
+    let mut sum = u128::from(h) * u128::from(p[N]);
+    for (i, &w) in x.iter().enumerate() {
+        sum += u128::from(w) * u128::from(p[N - 1 - i]);
+    }
+    reduce(sum)
 }
 
 /// `s mod P` for `s < 2^125`.
