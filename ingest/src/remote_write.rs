@@ -101,7 +101,7 @@ impl Limits {
     fn check_series(
         &self,
         s: &SeriesView<'_>,
-        labels: &[(&[u8], &[u8])],
+        labels: &[LabelBytes<'_>],
     ) -> Result<(), IngestError> {
         let n = labels.len();
         if Self::over(self.max_labels_per_series, n) {
@@ -1253,8 +1253,7 @@ mod tests {
             .encode_to_vec();
             // The second series' first label: 0x0a, its length, then the name field
             // (0x0a, 8, "__name__"); its length becomes 0x7f, past the label's end.
-            let second = bytes.len() - good(host).encoded_len();
-            let at = second;
+            let at = bytes.len() - good(host).encoded_len();
             assert_eq!(&bytes[at..at + 4], &[0x0a, 14, 0x0a, 8]);
             bytes[at + 3] = 0x7f;
             let d = DecodedWriteRequest::parse(bytes).unwrap();

@@ -1391,9 +1391,10 @@ impl Block {
 /// pages back.
 pub(crate) const RELEASE_EVERY: usize = 4 << 20;
 
-/// Drops the pages of a block's chunk map from this process (they stay in the page cache):
-/// a read-only map of a file nobody writes reads the same bytes back on the next access.
-fn release_pages(map: &Mmap) {
+/// Drops the pages of a read-only file map from this process (they stay in the page
+/// cache): a block's chunks, or a cut's head chunk files. Nobody writes the mapped bytes,
+/// so the next access reads the same bytes back.
+pub(crate) fn release_pages(map: &Mmap) {
     // SAFETY: see above; the map is shared and read-only, so DONTNEED loses nothing.
     #[allow(unsafe_code)]
     let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };

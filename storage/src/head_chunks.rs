@@ -450,14 +450,6 @@ pub(crate) fn unstage() {
     });
 }
 
-/// Drops a map's pages from this process; they stay in the page cache.
-fn release_map(map: &memmap2::Mmap) {
-    // SAFETY: the map is shared and read-only, so DONTNEED loses nothing: the next access
-    // reads the same bytes back.
-    #[allow(unsafe_code)]
-    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-}
-
 impl std::fmt::Debug for SegmentFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegmentFile")
@@ -581,7 +573,7 @@ impl SegmentFile {
             if seen[word] & bit == 0 {
                 if m.touched >= m.budget {
                     for (_, map, seen) in &mut m.maps {
-                        release_map(map);
+                        crate::block::release_pages(map);
                         seen.iter_mut().for_each(|w| *w = 0);
                     }
                     m.touched = 0;
