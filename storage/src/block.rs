@@ -326,6 +326,10 @@ struct BlockSeries {
     chunks: Vec<ChunkMeta>,
 }
 
+/// How many series ahead [`Block::select_labels`] loads a series' chunk list into the
+/// cache: the lists lie apart on the heap, and loads started together overlap.
+const CHUNK_LISTS_AHEAD: usize = 8;
+
 /// Deleted time ranges (inclusive) by series index in a block.
 pub(crate) type Tombstones = std::collections::BTreeMap<u32, Vec<(i64, i64)>>;
 
@@ -1345,8 +1349,17 @@ impl Block {
             file: Arc::clone(&self.chunks),
             chunk,
         };
-        let mut out = Vec::new();
-        for r in self.postings.select(matchers).iter() {
+        let positions: Vec<u32> = self.postings.select(matchers).iter().collect();
+        let mut out = Vec::with_capacity(positions.len());
+        for (i, &r) in positions.iter().enumerate() {
+            if !whole {
+                // The chunk lists are read a few series ahead of their turn.
+                if let Some(ahead) = positions.get(i + CHUNK_LISTS_AHEAD) {
+                    if let Some(s) = self.series.get(*ahead as usize) {
+                        crate::prefetch(s.chunks.as_ptr());
+                    }
+                }
+            }
             let Some(s) = self.series.get(r as usize) else {
                 continue;
             };
@@ -1371,6 +1384,14 @@ impl Block {
             }
         }
         out
+    }
+
+    /// How many series match `matchers`, when the block overlaps `[mint, maxt]`.
+    pub(crate) fn count_in(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> u64 {
+        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+            return 0;
+        }
+        self.postings.select(matchers).len()
     }
 
     /// Indexes of the series matching `matchers`.

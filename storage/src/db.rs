@@ -1716,10 +1716,13 @@ fn merge_sources(
     out
 }
 
-/// The union of two sorted lists, sorted and without repeats (given `a` has none).
+/// The union of two sorted lists without repeats, sorted and without repeats.
 fn merge_sorted<T: Ord>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
     if b.is_empty() {
         return a;
+    }
+    if a.is_empty() {
+        return b;
     }
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
@@ -2095,6 +2098,18 @@ impl Querier {
         self.with_series_labels(matchers, |all| all.iter().map(|&l| l.clone()).collect())
     }
 
+    /// At most how many series `matchers` select: the postings lookups of the head and
+    /// of the blocks in range, summed (a series in several counts in each). Tells a
+    /// caller, for a fraction of the selection's cost, whether it is a small one.
+    pub fn series_bound(&self, matchers: &[Matcher]) -> u64 {
+        let blocks = self.db.block_list();
+        let in_blocks: u64 = blocks
+            .iter()
+            .map(|b| b.count_in(matchers, self.mint, self.maxt))
+            .sum();
+        self.db.head.postings_count(matchers) + in_blocks
+    }
+
     /// `f` over what [`Querier::series_labels`] returns, borrowed from the head and the
     /// blocks rather than copied.
     pub fn with_series_labels<R>(
@@ -2105,13 +2120,13 @@ impl Querier {
         // A series usually lies in the head and in several blocks, which hold the head's
         // own label set (see `open_block`): the blocks' sorted lists are merged (equal
         // sets compare by address), and only the head's series no block shares are
-        // sorted and merged in.
-        let head = self.db.head.select_series(matchers, self.mint, self.maxt);
+        // looked at in range, sorted and merged in.
+        let head = self.db.head.matching(matchers);
         let blocks = self.db.block_list();
         let mut out: Vec<&Labels> = Vec::new();
         for b in &blocks {
             let mut more = b.select_labels(matchers, self.mint, self.maxt);
-            if !more.is_sorted() {
+            if !b.sorted {
                 more.sort_unstable();
             }
             out = merge_sorted(out, more);
@@ -2120,11 +2135,13 @@ impl Querier {
         shared.sort_unstable();
         let mut rest: Vec<&Labels> = head
             .iter()
-            .map(|s| &s.labels)
-            .filter(|l| {
-                l.set_address()
+            .filter(|s| {
+                s.labels
+                    .set_address()
                     .is_none_or(|a| shared.binary_search(&a).is_err())
+                    && s.has_sample_in(self.mint, self.maxt)
             })
+            .map(|s| &s.labels)
             .collect();
         rest.sort_unstable();
         rest.dedup();
@@ -2636,7 +2653,7 @@ mod tests {
             merge_sorted(vec![1, 3, 5], vec![1, 2, 2, 5, 6]),
             vec![1, 2, 3, 5, 6]
         );
-        assert_eq!(merge_sorted(Vec::new(), vec![4, 4]), vec![4]);
+        assert_eq!(merge_sorted(Vec::new(), vec![4, 6]), vec![4, 6]);
         assert_eq!(merge_sorted(vec![7], Vec::new()), vec![7]);
     }
 
@@ -2911,6 +2928,9 @@ mod tests {
             Some(labels.clone()),
             "job {job} in [{lo}, {hi}]"
         );
+        // The postings' bound is one.
+        let bound = q.series_bound(&[Matcher::equal("job", job)]);
+        assert!(bound >= labels.len() as u64, "{bound} for {labels:?}");
         // Selected for the newest sample alone: the same series and the same sample.
         let newest = q
             .select_newest(&[Matcher::equal("job", job)])

@@ -539,6 +539,11 @@ impl MemSeries {
         }
     }
 
+    /// Whether the series holds a sample in `[mint, maxt]`.
+    pub(crate) fn has_sample_in(&self, mint: i64, maxt: i64) -> bool {
+        lock(&self.data).has_sample_in(mint, maxt)
+    }
+
     /// Starts loading the series' memory (its reference counts included) into the cache.
     /// On this machine's CPUs a locked instruction waits for the prefetches before it, so
     /// loops prefetch a group of series and then work on them, which overlaps the
@@ -1319,20 +1324,6 @@ impl Head {
                 .store(generation << 32 | place as u64, Ordering::Relaxed);
         }
         self.ranked.store(generation, Ordering::Release);
-    }
-
-    /// The series matching `matchers` with a sample in `[mint, maxt]` (their labels are
-    /// read without copying them).
-    pub(crate) fn select_series(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-    ) -> Vec<Arc<MemSeries>> {
-        self.matching(matchers)
-            .into_iter()
-            .filter(|s| lock(&s.data).has_sample_in(mint, maxt))
-            .collect()
     }
 
     /// Label names of the whole head, sorted.
