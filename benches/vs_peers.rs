@@ -706,6 +706,16 @@ fn main() {
         .collect();
     families.sort();
     families.dedup();
+    // Series per family on one host.
+    let family_series: Vec<usize> = families
+        .iter()
+        .map(|f| {
+            host_series(0)
+                .iter()
+                .filter(|s| s.labels.iter().any(|(k, v)| k == "__name__" && v == f))
+                .count()
+        })
+        .collect();
     println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s, {} requests over {} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>(), conns.len());
 
     let dir = tempfile::tempdir().unwrap();
@@ -807,19 +817,39 @@ fn main() {
         }
         // Counted family by family: a function over several families at once would give
         // series with equal label sets.
-        let mut counted = 0.0;
-        for family in &families {
-            let count_path = format!(
-                "/api/v1/query?query={}&time={}",
-                enc(&format!("sum(count_over_time({family}[{}h]))", hours + 1)),
-                end_ms as f64 / 1e3
-            );
-            counted += run(p.addr, &count_path)
-                .0
-                .values()
-                .next()
-                .and_then(|v| v[0].1.parse::<f64>().ok())
-                .unwrap_or(0.0);
+        let count = |addr: SocketAddr| -> Vec<f64> {
+            families
+                .iter()
+                .map(|family| {
+                    let count_path = format!(
+                        "/api/v1/query?query={}&time={}",
+                        enc(&format!("sum(count_over_time({family}[{}h]))", hours + 1)),
+                        end_ms as f64 / 1e3
+                    );
+                    run(addr, &count_path)
+                        .0
+                        .values()
+                        .next()
+                        .and_then(|v| v[0].1.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                })
+                .collect()
+        };
+        let by_family = count(p.addr);
+        let counted: f64 = by_family.iter().sum();
+        if counted as usize != samples {
+            // Which families fall short, and whether a second count, once whatever ran
+            // beside the first (a block cut) is done, finds the samples.
+            let per_series = samples / series;
+            for (family, (&got, &n)) in families.iter().zip(by_family.iter().zip(&family_series)) {
+                let want = (n * hosts * per_series) as f64;
+                if got != want {
+                    println!("{}: {family}: {got} samples counted, {want} sent", p.name);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(5));
+            let again: f64 = count(p.addr).iter().sum();
+            println!("{}: counted again after 5 s: {again} samples", p.name);
         }
         let hwm_count = mib(proc_status_kib(p.pid, "VmHWM"));
         let bytes = persisted_bytes(p, &month);
