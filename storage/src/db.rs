@@ -2916,6 +2916,84 @@ mod tests {
         Ok(())
     }
 
+    /// Queries that run while blocks are cut see every sample committed before they
+    /// started: counted through a deferred selection, read ahead as the engine reads,
+    /// and through a plain one, while a writer commits and the head is cut beside them.
+    #[test]
+    fn queries_during_block_cuts_see_every_committed_sample() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 60_000,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        let committed = AtomicU64::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let all = || Matcher::regex("job", ".+").unwrap_or_else(|e| panic!("{e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        std::thread::scope(|sc| -> Result<(), Error> {
+            sc.spawn(|| {
+                while !done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+                    let _ = db.compact_head();
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            });
+            let writer = sc.spawn(|| -> Result<(), Error> {
+                let labels: Vec<Labels> = (0..400).map(|i| up(&format!("s{i:03}"))).collect();
+                for round in 0..3_000i64 {
+                    let mut app = db.appender();
+                    for (i, l) in labels.iter().enumerate() {
+                        app.append(l, round * 1_000 + i as i64, (round * 3) as f64)?;
+                    }
+                    app.commit()?;
+                    committed.fetch_add(labels.len() as u64, Ordering::Release);
+                }
+                Ok(())
+            });
+            let mut queries = 0;
+            while !writer.is_finished() && std::time::Instant::now() < deadline {
+                let before = committed.load(Ordering::Acquire);
+                let q = db.querier(i64::MIN, i64::MAX);
+                let deferred = q.select_deferred(&[all()])?;
+                let mut n = 0;
+                for part in deferred.chunks(64) {
+                    let _ahead = read_ahead(part);
+                    let mut buf = Vec::new();
+                    for s in part {
+                        buf.clear();
+                        s.samples_into(&mut buf);
+                        n += buf.len() as u64;
+                    }
+                }
+                assert!(
+                    n >= before,
+                    "a deferred selection counted {n} of {before} samples"
+                );
+                let plain: u64 = q
+                    .select(&[all()])?
+                    .iter()
+                    .map(|s| s.samples().count() as u64)
+                    .sum();
+                assert!(
+                    plain >= before,
+                    "a selection counted {plain} of {before} samples"
+                );
+                queries += 1;
+            }
+            done.store(true, Ordering::Release);
+            writer
+                .join()
+                .unwrap_or_else(|_| panic!("the writer panicked"))?;
+            assert!(queries > 5, "{queries} queries");
+            Ok(())
+        })?;
+        assert!(!db.blocks().is_empty());
+        Ok(())
+    }
+
     /// `last_sample` (the head's shortcut) against decoding everything, over `[lo, hi]`.
     fn check_last(db: &Db, job: &str, lo: i64, hi: i64) -> Option<(i64, f64)> {
         let q = db.querier(lo, hi);
