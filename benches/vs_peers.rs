@@ -34,7 +34,9 @@
 //! any of these says so in its command). Ingest is run INGEST_ROUNDS times (3 unless
 //! set), each system afresh on an empty store, the rounds alternating the order; the
 //! ingest rate and receiver CPU reported are the medians, and the last round's stores
-//! are the ones counted, persisted and queried.
+//! are the ones counted, persisted and queried. Each ingest starts once the machine is
+//! quiet (`sync`, then under a tenth of a core busy for half a second, at most 30 s of
+//! waiting), so that no system pays for the writeback or the merges of the one before.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -558,6 +560,36 @@ fn same_values(
         })
 }
 
+/// Waits, before an ingest, until the machine is quiet: what the previous one left
+/// written but not yet on disk is flushed (`sync`), and the whole machine's CPU use (a
+/// system's background merges, the kernel's writeback of a store just deleted) stays
+/// under a tenth of a core for half a second, or 30 s pass. Otherwise a system's ingest
+/// pays for whatever ran before it.
+fn quiet_machine() {
+    let _ = Command::new("sync").status();
+    let busy_jiffies = || -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu = stat.lines().next()?;
+        let f: Vec<u64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(a) = busy_jiffies() else { return };
+        std::thread::sleep(Duration::from_millis(500));
+        let Some(b) = busy_jiffies() else { return };
+        // 100 jiffies a second: under 5 in half a second is under a tenth of a core.
+        if b.saturating_sub(a) < 5 {
+            return;
+        }
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -792,6 +824,7 @@ fn main() {
                     (peer_guard.addr, peer_guard.pid)
                 }
             };
+            quiet_machine();
             let cpu0 = cpu_seconds(pid);
             let took = push(addr, &conns);
             let cpu = cpu_seconds(pid) - cpu0;
@@ -805,6 +838,7 @@ fn main() {
     let mut rows: Vec<Option<Row>> = (0..peers.len()).map(|_| None).collect();
     for &at in &order {
         let p = &mut peers[at];
+        quiet_machine();
         let cpu0 = cpu_seconds(p.pid);
         let gen0 = cpu_seconds(std::process::id());
         let took = push(p.addr, &conns);
