@@ -717,10 +717,17 @@ fn main() {
     };
     let hosts = env("HOSTS", 20) as usize;
     let hours = env("HOURS", 6);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    // WORKLOAD_NOW_MS: the workload as a run at that time (Unix milliseconds) sent it, to
+    // repeat a run's data exactly (where the data starts against the block ranges).
+    let now = std::env::var("WORKLOAD_NOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        });
     let steps = hours * 3_600_000 / STEP_MS;
     let start = (now - (steps + 4) * STEP_MS) / STEP_MS * STEP_MS;
     let encode_cpu = cpu_seconds(std::process::id());
@@ -748,7 +755,7 @@ fn main() {
                 .count()
         })
         .collect();
-    println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s, {} requests over {} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>(), conns.len());
+    println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s from {start} ms (WORKLOAD_NOW_MS={now} repeats it), {} requests over {} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>(), conns.len());
 
     let dir = tempfile::tempdir().unwrap();
     let strata_dir = dir.path().join("strata-data");
@@ -884,6 +891,16 @@ fn main() {
             std::thread::sleep(Duration::from_secs(5));
             let again: f64 = count(p.addr).iter().sum();
             println!("{}: counted again after 5 s: {again} samples", p.name);
+            // And what strata logged above its info lines (a chunk it could not read).
+            if let Ok(log) = std::fs::read_to_string(p.data.join("strata-test.log")) {
+                for line in log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(20)
+                {
+                    println!("{}: log: {line}", p.name);
+                }
+            }
         }
         let hwm_count = mib(proc_status_kib(p.pid, "VmHWM"));
         let bytes = persisted_bytes(p, &month);
