@@ -1478,13 +1478,18 @@ impl Series {
                 chunks.push(ChunkView::Samples(ooo.into()));
             }
         }
-        if sel.db.head.truncations.load(Ordering::Acquire) != sel.truncations {
+        // Looked up by the head series' labels: the caller may have taken the series'
+        // own out of it (the query engine does). A series the head did not hold when
+        // selected has no samples in a block cut since.
+        let head_labels = d.head.as_ref().map(|s| &s.labels);
+        let truncated = sel.db.head.truncations.load(Ordering::Acquire) != sel.truncations;
+        if let Some(labels) = head_labels.filter(|_| truncated) {
             for b in sel.db.block_list() {
                 let known = sel.blocks.iter().any(|k| k.meta.seq == b.meta.seq);
                 if known || maxt < b.meta.min_time || mint >= b.meta.max_time {
                     continue;
                 }
-                if let Some(r) = b.position_of(&self.labels) {
+                if let Some(r) = b.position_of(labels) {
                     tags.push((b.meta.seq, chunks.len()));
                     b.views_into(r, mint, maxt, &mut chunks);
                 }
@@ -2913,6 +2918,45 @@ mod tests {
         drop(db);
         let db = Db::open(dir.path(), opts())?;
         same(everything(&db));
+        Ok(())
+    }
+
+    /// A deferred series whose labels its caller took out (as the query engine does),
+    /// read after a block cut truncated the head under it, still finds what the cut
+    /// moved into the new block.
+    #[test]
+    fn a_deferred_series_without_its_labels_finds_a_block_cut_since() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_range_ms: 60_000,
+                wal_fsync: false,
+                ..Options::default()
+            },
+        )?;
+        let mut app = db.appender();
+        for t in 0..200i64 {
+            for job in ["a", "b"] {
+                app.append(&up(job), t * 1_000, t as f64)?;
+            }
+        }
+        app.commit()?;
+        let q = db.querier(i64::MIN, i64::MAX);
+        let mut selected = q.select_deferred(&[Matcher::equal("__name__", "up")])?;
+        for s in &mut selected {
+            s.labels = Labels::empty();
+        }
+        assert!(!db.compact_head()?.is_empty(), "no block was cut");
+        for s in &selected {
+            let mut got = Vec::new();
+            s.samples_into(&mut got);
+            assert_eq!(got.len(), 200, "{} samples", got.len());
+            assert!(got
+                .iter()
+                .enumerate()
+                .all(|(i, &(t, _))| t == i as i64 * 1_000));
+        }
         Ok(())
     }
 
