@@ -2921,20 +2921,25 @@ mod tests {
         Ok(())
     }
 
-    /// A deferred series whose labels its caller took out (as the query engine does),
-    /// read after a block cut truncated the head under it, still finds what the cut
-    /// moved into the new block.
-    #[test]
-    fn a_deferred_series_without_its_labels_finds_a_block_cut_since() -> Result<(), Error> {
-        let dir = tmp();
-        let db = Db::open(
+    /// A store cutting one-minute blocks, its WAL unsynced.
+    fn minute_blocks(dir: &tempfile::TempDir) -> Result<Db, Error> {
+        Db::open(
             dir.path(),
             Options {
                 block_range_ms: 60_000,
                 wal_fsync: false,
                 ..Options::default()
             },
-        )?;
+        )
+    }
+
+    /// A deferred series whose labels its caller took out (as the query engine does),
+    /// read after a block cut truncated the head under it, still finds what the cut
+    /// moved into the new block.
+    #[test]
+    fn a_deferred_series_without_its_labels_finds_a_block_cut_since() -> Result<(), Error> {
+        let dir = tmp();
+        let db = minute_blocks(&dir)?;
         let mut app = db.appender();
         for t in 0..200i64 {
             for job in ["a", "b"] {
@@ -2966,14 +2971,7 @@ mod tests {
     #[test]
     fn queries_during_block_cuts_see_every_committed_sample() -> Result<(), Error> {
         let dir = tmp();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                block_range_ms: 60_000,
-                wal_fsync: false,
-                ..Options::default()
-            },
-        )?;
+        let db = minute_blocks(&dir)?;
         let committed = AtomicU64::new(0);
         let done = std::sync::atomic::AtomicBool::new(false);
         let all = || Matcher::regex("job", ".+").unwrap_or_else(|e| panic!("{e}"));
