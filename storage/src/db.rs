@@ -2125,8 +2125,9 @@ impl Querier {
         // A series usually lies in the head and in several blocks, which hold the head's
         // own label set (see `open_block`): the blocks' sorted lists are merged (equal
         // sets compare by address), and only the head's series no block shares are
-        // looked at in range, sorted and merged in.
-        let head = self.db.head.matching(matchers);
+        // looked at in range and merged in.
+        // In label order from the head's ranking: one integer a series to sort by.
+        let head = self.db.head.matching_sorted(matchers);
         let blocks = self.db.block_list();
         let mut out: Vec<&Labels> = Vec::new();
         for b in &blocks {
@@ -2138,7 +2139,7 @@ impl Querier {
         }
         let mut shared: Vec<usize> = out.iter().filter_map(|l| l.set_address()).collect();
         shared.sort_unstable();
-        let mut rest: Vec<&Labels> = head
+        let rest: Vec<&Labels> = head
             .iter()
             .filter(|s| {
                 s.labels
@@ -2148,8 +2149,7 @@ impl Querier {
             })
             .map(|s| &s.labels)
             .collect();
-        rest.sort_unstable();
-        rest.dedup();
+        debug_assert!(rest.windows(2).all(|w| w[0] < w[1]));
         Ok(f(&merge_sorted(out, rest)))
     }
 
