@@ -1250,11 +1250,17 @@ impl Block {
         self.select_positions(&self.matching_in(matchers, mint, maxt), mint, maxt)
     }
 
+    /// Whether the block holds time in `[mint, maxt]` (its own range is `[min_time,
+    /// max_time)`).
+    pub(crate) fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        maxt >= self.meta.min_time && mint < self.meta.max_time
+    }
+
     /// The positions of the series matching `matchers`, ascending (in label order when
     /// [`Block::sorted`]); none when the block lies outside `[mint, maxt]`. With
     /// [`Block::select_positions`], a block's part of a selection.
     pub(crate) fn matching_in(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<u32> {
-        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+        if !self.overlaps(mint, maxt) {
             return Vec::new();
         }
         self.matching(matchers)
@@ -1339,7 +1345,7 @@ impl Block {
 
     /// The labels of the series matching `matchers` with a sample in `[mint, maxt]`.
     pub(crate) fn select_labels(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<&Labels> {
-        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+        if !self.overlaps(mint, maxt) {
             return Vec::new();
         }
         let inside = |t: i64| t >= mint && t <= maxt;
@@ -1388,7 +1394,7 @@ impl Block {
 
     /// How many series match `matchers`, when the block overlaps `[mint, maxt]`.
     pub(crate) fn count_in(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> u64 {
-        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+        if !self.overlaps(mint, maxt) {
             return 0;
         }
         self.postings.select(matchers).len()

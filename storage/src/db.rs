@@ -1486,7 +1486,7 @@ impl Series {
         if let Some(labels) = head_labels.filter(|_| truncated) {
             for b in sel.db.block_list() {
                 let known = sel.blocks.iter().any(|k| k.meta.seq == b.meta.seq);
-                if known || maxt < b.meta.min_time || mint >= b.meta.max_time {
+                if known || !b.overlaps(mint, maxt) {
                     continue;
                 }
                 if let Some(r) = b.position_of(labels) {
@@ -1934,7 +1934,7 @@ impl Querier {
             .db
             .block_list()
             .into_iter()
-            .filter(|b| maxt >= b.meta.min_time && mint < b.meta.max_time)
+            .filter(|b| b.overlaps(mint, maxt))
             .collect();
         let lists: Vec<Vec<u32>> = blocks
             .iter()
@@ -2030,7 +2030,7 @@ impl Querier {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|b| self.maxt >= b.meta.min_time && self.mint < b.meta.max_time)
+            .filter(|b| b.overlaps(self.mint, self.maxt))
             .cloned()
             .collect();
         if blocks.is_empty() {
@@ -2125,8 +2125,8 @@ impl Querier {
         // A series usually lies in the head and in several blocks, which hold the head's
         // own label set (see `open_block`): the blocks' sorted lists are merged (equal
         // sets compare by address), and only the head's series no block shares are
-        // looked at in range and merged in.
-        // In label order from the head's ranking: one integer a series to sort by.
+        // looked at in range and merged in, taken in label order from the head's ranking
+        // (one integer a series to sort by).
         let head = self.db.head.matching_sorted(matchers);
         let blocks = self.db.block_list();
         let mut out: Vec<&Labels> = Vec::new();
