@@ -154,7 +154,9 @@ fn a_torn_wal_tail_is_cut_not_fatal() {
         assert_eq!(write_seq(&strata, "w", i), 204);
     }
     strata.kill9();
-    // Half a record at the end of the newest segment, as a crash mid-write leaves it.
+    // Half a record after the last one in the newest segment, as a crash mid-write
+    // leaves it: in the zeros the segment runs ahead with (the last record ends in the
+    // value 9's last byte, which is not zero).
     let wal = dir.path().join("wal");
     let mut segs: Vec<_> = std::fs::read_dir(&wal)
         .unwrap()
@@ -163,7 +165,9 @@ fn a_torn_wal_tail_is_cut_not_fatal() {
     segs.sort();
     let last = segs.last().unwrap();
     let mut bytes = std::fs::read(last).unwrap();
-    bytes.extend_from_slice(&[2, 200, 0, 0, 0, 1, 2, 3, 4, 5]);
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(bytes.len() > end + 10, "zeros follow the records");
+    bytes[end..end + 10].copy_from_slice(&[5, 200, 0, 0, 0, 1, 2, 3, 4, 5]);
     std::fs::write(last, &bytes).unwrap();
 
     let strata = Strata::start(dir.path(), &[]);

@@ -14,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,6 +44,13 @@ const COMPRESS_MIN: usize = 4096;
 const CHECKPOINT_RECORD: usize = 65_536;
 /// No record may claim to be larger than this; a larger length is corruption.
 const MAX_RECORD: usize = 256 << 20;
+/// The segment being written is extended with zeros this far at a time, ahead of its
+/// records. A write inside the zeroed part leaves the file's size alone, so the
+/// fdatasync that follows it writes the data only, not the inode as well: one disk write
+/// where a growing file takes two.
+const ZEROED_STEP: u64 = 1 << 20;
+/// What a record's `kind` byte is in the zeros after the last record: no record has it.
+const KIND_NONE: u8 = 0;
 
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
@@ -136,9 +144,9 @@ pub(crate) fn replay(
     let checkpoint = checkpoint_path(dir, start.index);
     if from_segment <= start.index && checkpoint.exists() {
         let mut file = File::open(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?;
-        let (good_len, problem) = replay_segment(&mut file, &mut window, &mut apply, &mut report)
+        let (good_len, end) = replay_segment(&mut file, &mut window, &mut apply, &mut report)
             .map_err(|e| Error::io(&checkpoint, e))?;
-        if let Some(problem) = problem {
+        if let SegmentEnd::Damaged(problem) = end {
             // Written whole and synced before the start file named it: damage here is
             // the disk's. The series it lost take their samples with them.
             report.corruption = Some(format!(
@@ -170,12 +178,18 @@ pub(crate) fn replay(
             }
             apply(rec);
         };
-        let (good_len, problem) =
+        let (good_len, end) =
             replay_segment(&mut file, &mut window, &mut apply_above_floor, &mut report)
                 .map_err(|e| Error::io(&path, e))?;
         report.skipped_samples += skipped;
         report.segment_max_t.push((index, max_t));
-        if let Some(problem) = problem {
+        if end == SegmentEnd::Zeros {
+            // A segment the writer left with zeros ahead of its records (a crash, or a
+            // stop without a head snapshot): cut to its records, as a closed segment is,
+            // so that readers find its end where its file ends.
+            truncate(&path, good_len)?;
+        }
+        if let SegmentEnd::Damaged(problem) = end {
             report.corruption = Some(format!("{}: offset {good_len}: {problem}", path.display()));
             report.dropped_bytes += size.saturating_sub(good_len);
             truncate(&path, good_len)?;
@@ -305,22 +319,36 @@ impl Window {
     }
 }
 
-/// Replays one segment read from `r`; returns how many bytes of it were good and, when
-/// it ends in a damaged or torn record, why.
+/// How a segment's records end.
+#[derive(Debug, PartialEq)]
+enum SegmentEnd {
+    /// At the end of the file.
+    Clean,
+    /// Where the zeros a writer put ahead of its records begin: nothing follows.
+    Zeros,
+    /// At a damaged or torn record, for this reason.
+    Damaged(String),
+}
+
+/// Replays one segment read from `r`; returns how many bytes of it were good and how its
+/// records end.
 fn replay_segment(
     r: &mut impl Read,
     window: &mut Window,
     apply: &mut impl FnMut(Record),
     report: &mut ReplayReport,
-) -> io::Result<(u64, Option<String>)> {
+) -> io::Result<(u64, SegmentEnd)> {
     window.buf.clear();
     window.start = 0;
     window.fill(r, MAGIC.len())?;
     if window.unread().len() < MAGIC.len() {
-        return Ok((0, Some("segment header is torn".into())));
+        return Ok((0, SegmentEnd::Damaged("segment header is torn".into())));
     }
     if &window.unread()[..MAGIC.len()] != MAGIC {
-        return Ok((0, Some("segment header magic does not match".into())));
+        return Ok((
+            0,
+            SegmentEnd::Damaged("segment header magic does not match".into()),
+        ));
     }
     window.start += MAGIC.len();
     let mut off = MAGIC.len() as u64;
@@ -329,7 +357,19 @@ fn replay_segment(
         window.fill(r, HEADER_LEN)?;
         let head = window.unread();
         if head.is_empty() {
-            return Ok((off, None));
+            return Ok((off, SegmentEnd::Clean));
+        }
+        if head[0] == KIND_NONE {
+            // The zeroed space after the last record, if zeros are all there is: a write
+            // torn by a crash can leave a record's later pages on disk without its first.
+            return Ok(if rest_is_zero(r, window)? {
+                (off, SegmentEnd::Zeros)
+            } else {
+                (
+                    off,
+                    SegmentEnd::Damaged("bytes after the end of the records".into()),
+                )
+            });
         }
         if head.len() >= HEADER_LEN {
             let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -351,7 +391,21 @@ fn replay_segment(
                 window.start += used;
                 off += used as u64;
             }
-            Err(why) => return Ok((off, Some(why))),
+            Err(why) => return Ok((off, SegmentEnd::Damaged(why))),
+        }
+    }
+}
+
+/// Whether every byte left in `window` and `r` is zero.
+fn rest_is_zero(r: &mut impl Read, window: &mut Window) -> io::Result<bool> {
+    loop {
+        if window.unread().iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        window.start = window.buf.len();
+        window.fill(r, 1)?;
+        if window.unread().is_empty() {
+            return Ok(true);
         }
     }
 }
@@ -520,7 +574,10 @@ pub(crate) struct WalWriter {
     dir: PathBuf,
     index: u64,
     file: Arc<File>,
+    /// Where the next record goes: the end of the records written.
     size: u64,
+    /// The file's length: zeros from `size` on.
+    zeroed: u64,
     segment_max: u64,
     /// Number of successful writes so far.
     seq: u64,
@@ -543,6 +600,7 @@ impl WalWriter {
             index,
             file: Arc::new(file),
             size,
+            zeroed: size,
             segment_max,
             seq: 0,
             poisoned: None,
@@ -627,15 +685,29 @@ impl WalWriter {
             self.rotate()?;
         }
         let path = segment_path(&self.dir, self.index);
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
+        let end = self.size + self.buf.len() as u64;
+        let written = if end > self.zeroed {
+            let to = end.next_multiple_of(ZEROED_STEP);
+            let zeros = vec![0; (to - self.zeroed) as usize];
+            self.file.write_all_at(&zeros, self.zeroed).map(|()| to)
+        } else {
+            Ok(self.zeroed)
+        }
+        .and_then(|zeroed| {
+            self.zeroed = zeroed;
+            self.file.write_all_at(&self.buf, self.size)
+        });
+        if let Err(e) = written {
             // Cut off whatever part of the record reached the file, so that later records
             // are not hidden behind a torn one at replay.
-            if let Err(e2) = self.file.set_len(self.size) {
+            let undone = self.file.set_len(self.size);
+            self.zeroed = self.size;
+            if let Err(e2) = undone {
                 self.poisoned = Some(format!("{}: {e}; undoing it failed: {e2}", path.display()));
             }
             return Err(Error::io(&path, e));
         }
-        self.size += self.buf.len() as u64;
+        self.size = end;
         self.seq += 1;
         Ok(())
     }
@@ -667,11 +739,18 @@ impl WalWriter {
 
     fn rotate(&mut self) -> Result<(), Error> {
         let path = segment_path(&self.dir, self.index);
-        self.file.sync_all().map_err(|e| Error::io(&path, e))?;
+        // Cut to its records before the next segment exists: a reader takes a segment's
+        // length as final once a later one exists.
+        self.file
+            .set_len(self.size)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
+        self.zeroed = self.size;
         let (file, size) = new_segment(&self.dir, self.index + 1)?;
         self.index += 1;
         self.file = Arc::new(file);
         self.size = size;
+        self.zeroed = size;
         self.max_t.push((self.index, i64::MIN));
         Ok(())
     }
@@ -806,13 +885,20 @@ impl WalWriter {
         self.file.sync_all().map_err(|e| Error::io(&path, e))
     }
 
-    /// Bytes in all segments of the WAL directory.
+    /// Bytes in all segments of the WAL directory: of the current one, its records
+    /// without the zeros ahead of them.
     pub(crate) fn disk_size(&self) -> u64 {
         list_segments(&self.dir)
             .unwrap_or_default()
             .iter()
-            .filter_map(|&i| fs::metadata(segment_path(&self.dir, i)).ok())
-            .map(|m| m.len())
+            .filter_map(|&i| {
+                if i == self.index {
+                    return Some(self.size);
+                }
+                fs::metadata(segment_path(&self.dir, i))
+                    .ok()
+                    .map(|m| m.len())
+            })
             .sum()
     }
 }
@@ -916,8 +1002,14 @@ impl WalReader {
                 .map_err(|e| Error::io(&path, e))?;
             let mut off = 0;
             let mut problem = None;
+            let mut zeros = false;
             while off < self.buf.len() {
                 let rest = &self.buf[off..];
+                if rest[0] == KIND_NONE {
+                    // The zeros ahead of the records: the next one is not written yet.
+                    zeros = true;
+                    break;
+                }
                 if rest.len() < HEADER_LEN {
                     break;
                 }
@@ -945,7 +1037,14 @@ impl WalReader {
             }
             self.pos.offset += off as u64;
             bytes += off;
-            if problem.is_some() {
+            if zeros {
+                // A segment is cut to its records before the next one is made, so zeros
+                // are the newest segment's, unless its writer stopped without cutting
+                // them (a restart's replay cuts them): either way its records end here.
+                if later.is_none() || !self.next_segment()? {
+                    return Ok(records);
+                }
+            } else if problem.is_some() {
                 // Damaged: what follows in this segment cannot be trusted. At the end of
                 // the log, wait for the repair a restart makes.
                 if later.is_none() {
@@ -1014,9 +1113,10 @@ fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8], compress: bool) {
 
 fn new_segment(dir: &Path, index: u64) -> Result<(File, u64), Error> {
     let path = segment_path(dir, index);
+    // Written at offsets, not appended: the file runs ahead of the records with zeros.
     let mut file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     file.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
@@ -1173,9 +1273,9 @@ mod tests {
         let mut w = WalWriter::create(dir, 0, 1 << 20)?;
         w.write(&[], &[(SeriesRef(1), 1, 1.0)])?;
         w.write(&[], &[(SeriesRef(1), 2, 2.0)])?;
+        let full = w.size();
         drop(w);
         let seg0 = segment_path(dir, 0);
-        let full = fs::metadata(&seg0).map_err(|e| Error::io(&seg0, e))?.len();
         let f = OpenOptions::new()
             .write(true)
             .open(&seg0)
@@ -1201,10 +1301,10 @@ mod tests {
         let mut w = WalWriter::create(dir, 0, 1 << 20)?;
         w.write(&[], &[(SeriesRef(1), 1, 1.0)])?;
         w.write(&[], &[(SeriesRef(1), 2, 2.0)])?;
+        let last = w.size() as usize - 1;
         drop(w);
         let seg0 = segment_path(dir, 0);
         let mut bytes = fs::read(&seg0).map_err(|e| Error::io(&seg0, e))?;
-        let last = bytes.len() - 1;
         bytes[last] ^= 0x10;
         fs::write(&seg0, &bytes).map_err(|e| Error::io(&seg0, e))?;
         let (recs, report, _) = collect(dir);
@@ -1214,6 +1314,137 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .contains("checksum"));
+        Ok(())
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn the_segment_runs_ahead_with_zeros_and_replays_to_its_records() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path();
+        let seg0 = segment_path(dir, 0);
+        let mut w = WalWriter::create(dir, 0, 64 << 20)?;
+        w.write(&[], &[(SeriesRef(1), 1, 1.0)])?;
+        let zeroed = file_len(&seg0);
+        assert_eq!(zeroed, ZEROED_STEP, "the first write zeroes a step ahead");
+        // Writes inside the zeroed space leave the file's length alone (no inode to sync)
+        // until a record crosses its end.
+        let mut t = 2;
+        while w.size() + 100 < zeroed {
+            w.write(&[], &[(SeriesRef(1), t, t as f64)])?;
+            assert_eq!(file_len(&seg0), zeroed);
+            t += 1;
+        }
+        let many: Vec<_> = (0..1000).map(|i| (SeriesRef(2), i, 0.5)).collect();
+        w.write(&[], &many)?;
+        assert_eq!(file_len(&seg0), 2 * ZEROED_STEP);
+        let records = w.size();
+        drop(w);
+
+        // A writer that stopped without cutting its zeros (a crash): replay ends at the
+        // last record without calling it damage, and cuts the file there.
+        let (recs, report, next) = collect(dir);
+        assert!(report.corruption.is_none(), "{:?}", report.corruption);
+        assert_eq!(report.dropped_bytes, 0);
+        assert_eq!(recs.len() as i64, t);
+        assert_eq!(recs.last(), Some(&Record::Samples(many)));
+        assert_eq!(next, 1);
+        assert_eq!(file_len(&seg0), records);
+        Ok(())
+    }
+
+    #[test]
+    fn bytes_after_the_zeros_begin_are_damage() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path();
+        let seg0 = segment_path(dir, 0);
+        let mut w = WalWriter::create(dir, 0, 64 << 20)?;
+        w.write(&[], &[(SeriesRef(1), 1, 1.0)])?;
+        w.write(&[], &[(SeriesRef(1), 2, 2.0)])?;
+        let records = w.size();
+        drop(w);
+        // A record torn by a crash whose first page never reached the disk: zeros where
+        // it starts, some of its bytes further on.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&seg0)
+            .map_err(|e| Error::io(&seg0, e))?;
+        f.write_all_at(&[7, 7, 7], records + 5000)
+            .map_err(|e| Error::io(&seg0, e))?;
+        let (recs, report, _) = collect(dir);
+        assert_eq!(recs.len(), 2);
+        let why = report.corruption.unwrap_or_default();
+        assert!(why.contains("after the end of the records"), "{why}");
+        assert_eq!(report.dropped_bytes, ZEROED_STEP - records);
+        assert_eq!(file_len(&seg0), records);
+        Ok(())
+    }
+
+    #[test]
+    fn a_closed_segment_is_cut_to_its_records() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path();
+        let mut w = WalWriter::create(dir, 0, 4096)?;
+        let mut closed = 0;
+        for i in 0..40 {
+            let (index, records) = (w.index(), w.size());
+            let batch: Vec<_> = (0..50)
+                .map(|j| (SeriesRef(j), i64::from(i), 0.25))
+                .collect();
+            w.write(&[], &batch)?;
+            if w.index() != index {
+                assert_eq!(file_len(&segment_path(dir, index)), records);
+                closed += 1;
+            }
+        }
+        assert!(closed >= 2, "rotated {closed} times");
+        assert_eq!(file_len(&segment_path(dir, w.index())), ZEROED_STEP);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reader_waits_at_the_zeros_and_goes_on_past_them() -> Result<(), Error> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let dir = tmp.path();
+        let mut w = WalWriter::create(dir, 0, 8192)?;
+        let mut r = WalReader::new(dir, WalPosition::default());
+        let mut seen: Vec<i64> = Vec::new();
+        let mut read = |r: &mut WalReader| -> Result<usize, Error> {
+            r.read(1 << 20, |rec, _| {
+                if let Record::Samples(s) = rec {
+                    seen.extend(s.iter().map(|x| x.1));
+                }
+            })
+        };
+        for t in 0..3 {
+            w.write(&[], &[(SeriesRef(1), t, 1.0)])?;
+        }
+        assert_eq!(read(&mut r)?, 3);
+        assert_eq!(read(&mut r)?, 0, "nothing past the records");
+        assert_eq!(r.skipped_bytes(), 0);
+        // Into the next segments: each is cut to its records once the next exists.
+        let mut t = 3;
+        while w.index() < 2 {
+            let batch: Vec<_> = (0..40).map(|j| (SeriesRef(j), t, 0.5)).collect();
+            w.write(&[], &batch)?;
+            t += 1;
+        }
+        assert!(read(&mut r)? > 0);
+        assert_eq!(read(&mut r)?, 0);
+        assert_eq!(r.skipped_bytes(), 0);
+        assert_eq!(
+            r.position(),
+            WalPosition {
+                segment: 2,
+                offset: w.size()
+            }
+        );
+        let mut times = seen;
+        times.dedup();
+        assert_eq!(times, (0..t).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -1252,9 +1483,11 @@ mod tests {
         w.write(&[], &small)?;
         w.write(&[], &big)?;
         w.write(&[], &small)?;
+        let end = w.size() as usize;
         drop(w);
         let seg0 = segment_path(dir, 0);
-        let bytes = fs::read(&seg0).map_err(|e| Error::io(&seg0, e))?;
+        let mut bytes = fs::read(&seg0).map_err(|e| Error::io(&seg0, e))?;
+        bytes.truncate(end);
         assert!(bytes.len() > WINDOW + 1000, "the big record fits a window");
         for cut in [bytes.len(), bytes.len() - 3, WINDOW + 5] {
             let mut recs = Vec::new();
@@ -1267,7 +1500,11 @@ mod tests {
             )
             .map_err(|e| Error::io(&seg0, e))?;
             let whole = cut == bytes.len();
-            assert_eq!(problem.is_none(), whole, "cut at {cut}: {problem:?}");
+            assert_eq!(
+                problem == SegmentEnd::Clean,
+                whole,
+                "cut at {cut}: {problem:?}"
+            );
             assert_eq!(
                 recs.len(),
                 if cut > WINDOW + 5 { 2 } else { 1 } + usize::from(whole)
