@@ -808,12 +808,12 @@ pub struct WriteStats {
     pub samples: usize,
 }
 
-/// Where a series of a request goes.
+/// Where a series of a request goes (its cache key, if any, is kept beside).
 enum Target {
     /// A series seen before, by its encoded labels.
-    Cached(SeriesRef, Key),
-    /// Labels checked now: a range of the validated pairs, and the cache key if any.
-    Checked(usize, usize, Option<Key>),
+    Cached(SeriesRef),
+    /// Labels checked now: a range of the validated pairs.
+    Checked(usize, usize),
 }
 
 /// Validates every series of `req` (against `limits` too), then appends all samples to
@@ -831,10 +831,11 @@ pub fn write_to_store(
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     let mut targets: Vec<Target> = Vec::with_capacity(req.series.len());
     let mut scratch: Vec<(&str, &str)> = Vec::new();
+    let keys: Vec<Option<Key>>;
     {
         let known = cache.reader();
         // Keys first, each one's slot prefetched: the lookups then overlap their misses.
-        let keys: Vec<Option<Key>> = req
+        keys = req
             .series()
             .map(|s| {
                 let k = s
@@ -847,15 +848,15 @@ pub fn write_to_store(
                 k
             })
             .collect();
-        for (s, key) in req.series().zip(keys) {
-            if let Some((k, r)) = key.and_then(|k| Some((k, known.get(k)?))) {
+        for (s, key) in req.series().zip(&keys) {
+            if let Some(r) = key.and_then(|k| known.get(k)) {
                 if !s.has_histograms() {
-                    targets.push(Target::Cached(r, k));
+                    targets.push(Target::Cached(r));
                     continue;
                 }
             }
             let (a, b) = check_labels(&s, limits, &mut scratch, &mut pairs)?;
-            targets.push(Target::Checked(a, b, key));
+            targets.push(Target::Checked(a, b));
         }
     }
     let mut stats = WriteStats::default();
@@ -867,11 +868,11 @@ pub fn write_to_store(
     let mut run_pos: Vec<usize> = Vec::new();
     let mut i = 0;
     while i < targets.len() {
-        if let Target::Checked(a, b, k) = targets[i] {
+        if let Target::Checked(a, b) = targets[i] {
             let s = &views[i];
             if let Some((&(t, v), rest)) = s.samples().split_first() {
                 let r = app.append_pairs(&pairs[a..b], t, v)?;
-                if let Some(k) = k {
+                if let Some(k) = keys[i] {
                     learned.push((k, r));
                 }
                 for &(t, v) in rest {
@@ -885,7 +886,7 @@ pub fn write_to_store(
         }
         run.clear();
         run_pos.clear();
-        while let Some(&Target::Cached(r, _)) = targets.get(i) {
+        while let Some(&Target::Cached(r)) = targets.get(i) {
             let samples = views[i].samples();
             if !samples.is_empty() {
                 run.push((r, samples));
@@ -906,8 +907,8 @@ pub fn write_to_store(
             for &(t, v) in &samples[1..] {
                 app.append_ref(r, t, v)?;
             }
-            if let Target::Cached(_, key) = targets[at] {
-                learned.push((key, r));
+            if let Some(k) = keys[at] {
+                learned.push((k, r));
             }
             from += k + 1;
         }
