@@ -90,7 +90,10 @@ impl Table {
 
     fn prefetch(&self, k: Key) {
         if !self.slots.is_empty() {
-            strata_storage::prefetch(&self.slots[self.home(k)]);
+            // A slot may straddle two cache lines: both its ends.
+            let slot: *const Slot = &self.slots[self.home(k)];
+            strata_storage::prefetch(slot);
+            strata_storage::prefetch(slot.cast::<u8>().wrapping_add(size_of::<Slot>() - 1));
         }
     }
 

@@ -686,17 +686,9 @@ impl WalWriter {
         }
         let path = segment_path(&self.dir, self.index);
         let end = self.size + self.buf.len() as u64;
-        let written = if end > self.zeroed {
-            let to = end.next_multiple_of(ZEROED_STEP);
-            let zeros = vec![0; (to - self.zeroed) as usize];
-            self.file.write_all_at(&zeros, self.zeroed).map(|()| to)
-        } else {
-            Ok(self.zeroed)
-        }
-        .and_then(|zeroed| {
-            self.zeroed = zeroed;
-            self.file.write_all_at(&self.buf, self.size)
-        });
+        let written = self
+            .zero_through(end)
+            .and_then(|()| self.file.write_all_at(&self.buf, self.size));
         if let Err(e) = written {
             // Cut off whatever part of the record reached the file, so that later records
             // are not hidden behind a torn one at replay.
@@ -709,6 +701,22 @@ impl WalWriter {
         }
         self.size = end;
         self.seq += 1;
+        Ok(())
+    }
+
+    /// Extends the segment with zeros, if need be, so that it reaches at least `end`.
+    fn zero_through(&mut self, end: u64) -> io::Result<()> {
+        /// Zeros to write from: static, so that no fresh memory is faulted in each time.
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        if end <= self.zeroed {
+            return Ok(());
+        }
+        let to = end.next_multiple_of(ZEROED_STEP);
+        while self.zeroed < to {
+            let n = (to - self.zeroed).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], self.zeroed)?;
+            self.zeroed += n;
+        }
         Ok(())
     }
 
