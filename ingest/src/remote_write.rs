@@ -480,9 +480,38 @@ impl<'a> Pb<'a> {
         Ok(label)
     }
 
+    /// A `Sample` message as encoders write it: value (field 1), then timestamp (field
+    /// 2), nothing else. `None` (and nothing read) for any other form, which the general
+    /// loop then reads.
+    #[inline]
+    fn short_sample(&self) -> Option<(i64, f64)> {
+        let b = self.buf.get(self.pos..self.end)?;
+        let (&[0x09], rest) = b.split_first_chunk::<1>()? else {
+            return None;
+        };
+        let (value, rest) = rest.split_first_chunk::<8>()?;
+        let (&[0x10], time) = rest.split_first_chunk::<1>()? else {
+            return None;
+        };
+        // A varint that ends exactly where the message does: every byte but its last
+        // has the high bit set.
+        let (&last, init) = time.split_last()?;
+        if init.len() >= 10 || last >= 0x80 || init.iter().any(|&x| x < 0x80) {
+            return None;
+        }
+        let t = time
+            .iter()
+            .enumerate()
+            .fold(0u64, |t, (i, &x)| t | (u64::from(x & 0x7f) << (7 * i)));
+        Some((t as i64, f64::from_bits(u64::from_le_bytes(*value))))
+    }
+
     /// A `Sample` message (the same in 1.0 and 2.0): value (1, double) and timestamp
     /// (2, int64).
     fn sample(mut self) -> Result<(i64, f64), PbError> {
+        if let Some(sample) = self.short_sample() {
+            return Ok(sample);
+        }
         let (mut value, mut timestamp) = (0.0f64, 0i64);
         while !self.done() {
             let (f, w) = self.tag()?;
@@ -1305,6 +1334,66 @@ mod tests {
         assert_eq!(s[0].samples()[1].0, -5);
         assert!(s[0].samples()[1].1.is_nan());
         assert!(s[1].samples().is_empty());
+    }
+
+    #[test]
+    fn samples_in_every_encoding_read_alike() {
+        let read = |bytes: &[u8]| {
+            Pb {
+                buf: bytes,
+                pos: 0,
+                end: bytes.len(),
+            }
+            .sample()
+            .map_err(|e| e.0)
+        };
+        let times = [
+            0,
+            1,
+            127,
+            128,
+            1_796_632_942_500,
+            i64::MAX,
+            -1,
+            -5,
+            i64::MIN,
+        ];
+        let values = [0.0, -0.0, 1.5, f64::INFINITY, f64::from_bits(1), 1e300];
+        for &timestamp in &times {
+            for &value in &values {
+                let bytes = Sample { value, timestamp }.encode_to_vec();
+                let back = Sample::decode(&bytes[..]).unwrap();
+                let got = read(&bytes).unwrap();
+                assert_eq!(got.0, back.timestamp, "{bytes:?}");
+                assert_eq!(got.1.to_bits(), back.value.to_bits(), "{bytes:?}");
+                assert_eq!(got.0, timestamp);
+            }
+        }
+        // Other orders and forms, which only the general loop takes.
+        let mut swapped = vec![0x10, 0x05, 0x09];
+        swapped.extend_from_slice(&2.5f64.to_le_bytes());
+        assert_eq!(read(&swapped).unwrap(), (5, 2.5));
+        let mut padded = vec![0x09];
+        padded.extend_from_slice(&2.5f64.to_le_bytes());
+        padded.extend_from_slice(&[0x10, 0x85, 0x80, 0x00]);
+        assert_eq!(
+            read(&padded).unwrap(),
+            (5, 2.5),
+            "a varint with padding bytes"
+        );
+        let mut extra = padded.clone();
+        extra.extend_from_slice(&[0x18, 0x01]);
+        assert_eq!(read(&extra).unwrap(), (5, 2.5), "an unknown field after");
+        // Varints that run past the message or past ten bytes are refused.
+        let mut open = padded.clone();
+        open.extend_from_slice(&[0x10, 0x85]);
+        assert!(read(&open).is_err());
+        let mut long = vec![0x09];
+        long.extend_from_slice(&2.5f64.to_le_bytes());
+        long.push(0x10);
+        long.extend_from_slice(&[0xff; 10]);
+        long.push(0x01);
+        assert!(read(&long).is_err());
     }
 
     #[test]
