@@ -993,6 +993,9 @@ impl Db {
 
 /// Series whose memory an appender prefetches at once (see [`MemSeries::prefetch`]).
 const GROUP: usize = 8;
+/// How many series ahead [`Appender::append_refs`] loads what it reads of a series.
+/// Nothing there waits for the loads in flight (no locked instruction), so they overlap.
+const APPEND_AHEAD: usize = 16;
 
 /// An appender's entries by series reference: an open-addressing table (linear probing,
 /// at most half full) of `(reference, index + 1)`, `0` marking a free slot. Eight bytes a
@@ -1058,6 +1061,62 @@ impl RefIndex {
             self.slots[i] = (k, v);
         }
     }
+}
+
+/// An appender's [`Appender::push`], on its parts: checks the sample at `t` against the
+/// series `s` (the appender's entry `idx`) and what the appender holds for it, and
+/// takes it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn push_sample(
+    db: &DbInner,
+    pending: &mut [i64],
+    tails: &mut [usize],
+    samples: &mut Vec<(u32, i64, f64)>,
+    s: &MemSeries,
+    idx: usize,
+    t: i64,
+    v: f64,
+) -> Result<(), Error> {
+    let stored = match s.takes_without_lock(t) {
+        Some(tail) => {
+            tails[idx] = tail;
+            AppendOutcome::Appended
+        }
+        None => {
+            let data = lock(&s.data);
+            tails[idx] = data.tail();
+            data.check(t, v)
+        }
+    };
+    let waiting = pending[idx];
+    let outcome = match stored {
+        _ if waiting == i64::MIN => stored,
+        AppendOutcome::Appended if t > waiting => AppendOutcome::Appended,
+        _ => AppendOutcome::OutOfOrder,
+    };
+    if outcome == AppendOutcome::Duplicate {
+        return Ok(());
+    }
+    if let Some(window) = db.opts.ooo_window_ms {
+        let head = &db.head;
+        let persisted = t < head.min_valid.load(Ordering::Relaxed);
+        if persisted || outcome == AppendOutcome::OutOfOrder {
+            let oldest = head
+                .time_range()
+                .map_or(i64::MIN, |r| r.1.saturating_sub(window));
+            if t < oldest {
+                return Err(Error::OutOfBounds {
+                    labels: s.labels.to_string(),
+                    t,
+                    oldest,
+                });
+            }
+        }
+    }
+    pending[idx] = waiting.max(t);
+    samples.push((idx as u32, t, v));
+    Ok(())
 }
 
 /// Collects samples and writes them to the store atomically on [`Appender::commit`].
@@ -1198,83 +1257,82 @@ impl Appender {
     ) -> Result<Option<usize>, Error> {
         let db = Arc::clone(&self.db);
         db.head.with_table(|table| {
-            for (g, group) in items.chunks(GROUP).enumerate() {
-                for &(r, _) in group {
-                    if let Some(Some(s)) = table.get(r.0 as usize) {
-                        s.prefetch();
+            // The series new to this appender, taken into it (their reference counts
+            // raised) after the loop: a locked instruction waits for the cache misses
+            // in flight, so the loop has none, and its loads of the next series overlap.
+            let mut taken: Vec<&Arc<MemSeries>> = Vec::new();
+            let outcome = (|| {
+                // Each series' first line is loaded APPEND_AHEAD series before its turn.
+                let ahead = |i: usize| {
+                    if let Some(Some(s)) = items.get(i).and_then(|x| table.get(x.0 .0 as usize)) {
+                        s.prefetch_for_append();
                     }
-                }
-                for (j, &(r, samples)) in group.iter().enumerate() {
-                    let idx = match self.local.get(r) {
-                        Some(i) => i,
+                };
+                (0..APPEND_AHEAD).for_each(ahead);
+                for (i, &(r, samples)) in items.iter().enumerate() {
+                    ahead(i + APPEND_AHEAD);
+                    let (idx, s) = match self.local.get(r) {
+                        Some(at) => match self.series.get(at) {
+                            Some(s) => (at, &**s),
+                            None => (at, &**taken[at - self.series.len()]),
+                        },
                         None => {
                             let Some(Some(s)) = table.get(r.0 as usize) else {
-                                return Ok(Some(g * GROUP + j));
+                                return Ok(Some(i));
                             };
-                            self.add_series(Arc::clone(s))
+                            taken.push(s);
+                            (self.add_entry(r), &**s)
                         }
                     };
                     for &(t, v) in samples {
-                        self.push(idx, t, v)?;
+                        push_sample(
+                            &self.db,
+                            &mut self.pending,
+                            &mut self.tails,
+                            &mut self.samples,
+                            s,
+                            idx,
+                            t,
+                            v,
+                        )?;
                     }
                 }
-            }
-            Ok(None)
+                Ok(None)
+            })();
+            self.series.extend(taken.into_iter().map(Arc::clone));
+            outcome
         })
     }
 
     /// Takes a series into the appender (holding it keeps the head from dropping it):
     /// its index.
     fn add_series(&mut self, s: Arc<MemSeries>) -> usize {
-        let r = s.sref;
+        let idx = self.add_entry(s.sref);
         self.series.push(s);
+        idx
+    }
+
+    /// The entries of a series but its place in `series`, which the caller fills: its
+    /// index.
+    fn add_entry(&mut self, r: SeriesRef) -> usize {
+        let idx = self.pending.len();
         self.pending.push(i64::MIN);
         self.tails.push(0);
-        self.local.insert(r, self.series.len() - 1);
-        self.series.len() - 1
+        self.local.insert(r, idx);
+        idx
     }
 
     fn push(&mut self, idx: usize, t: i64, v: f64) -> Result<(), Error> {
-        let s = &self.series[idx];
-        let stored = match s.takes_without_lock(t) {
-            Some(tail) => {
-                self.tails[idx] = tail;
-                AppendOutcome::Appended
-            }
-            None => {
-                let data = lock(&s.data);
-                self.tails[idx] = data.tail();
-                data.check(t, v)
-            }
-        };
-        let pending = self.pending[idx];
-        let outcome = match stored {
-            _ if pending == i64::MIN => stored,
-            AppendOutcome::Appended if t > pending => AppendOutcome::Appended,
-            _ => AppendOutcome::OutOfOrder,
-        };
-        if outcome == AppendOutcome::Duplicate {
-            return Ok(());
-        }
-        if let Some(window) = self.db.opts.ooo_window_ms {
-            let head = &self.db.head;
-            let persisted = t < head.min_valid.load(Ordering::Relaxed);
-            if persisted || outcome == AppendOutcome::OutOfOrder {
-                let oldest = head
-                    .time_range()
-                    .map_or(i64::MIN, |r| r.1.saturating_sub(window));
-                if t < oldest {
-                    return Err(Error::OutOfBounds {
-                        labels: s.labels.to_string(),
-                        t,
-                        oldest,
-                    });
-                }
-            }
-        }
-        self.pending[idx] = pending.max(t);
-        self.samples.push((idx as u32, t, v));
-        Ok(())
+        push_sample(
+            &self.db,
+            &mut self.pending,
+            &mut self.tails,
+            &mut self.samples,
+            &self.series[idx],
+            idx,
+            t,
+            v,
+        )
     }
 
     /// Makes room for `series` more series and `samples` more samples, so that a large
@@ -2924,15 +2982,17 @@ mod tests {
             .map(|(&r, s)| (r, s.as_slice()))
             .collect();
         let later = [(3_000, 9.0)];
-        items.insert(12, (SeriesRef(999), &later));
+        // A series again within one call, before the appender holds it.
+        items.insert(9, (refs[5], &later));
+        items.insert(13, (SeriesRef(999), &later));
         items.push((refs[3], &later));
         let mut app = db.appender();
-        assert_eq!(app.append_refs(&items)?, Some(12));
-        assert_eq!(app.append_refs(&items[13..])?, None);
+        assert_eq!(app.append_refs(&items)?, Some(13));
+        assert_eq!(app.append_refs(&items[14..])?, None);
         app.commit()?;
         for i in 0..20 {
             let mut want = vec![(1_000, f64::from(i)), (2_000, f64::from(i) + 0.5)];
-            if i == 3 {
+            if i == 3 || i == 5 {
                 want.push((3_000, 9.0));
             }
             assert_eq!(read_all(&db, &format!("j{i}")), want, "j{i}");

@@ -495,9 +495,19 @@ pub(crate) fn merge_newest_wins(older: &[(i64, f64)], newer: &[(i64, f64)]) -> V
 /// for a snapshot.
 type SeriesSnapshot = (Vec<SnapChunk>, (u16, Vec<u8>), Vec<(i64, f64)>);
 
-/// One series in the head.
+/// One series in the head. Laid out in this order: what an appender reads of it comes
+/// first, right after the reference counts (see [`MemSeries::prefetch_for_append`]).
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct MemSeries {
+    /// The newest in-order timestamp an appender stored, and where the open chunk's next
+    /// append writes (for a prefetch), both as of that commit: an appender takes a sample
+    /// newer than `newest` without the lock (see [`MemSeries::takes_without_lock`]).
+    /// Only commits set them, under the lock and after their appends, and nothing
+    /// else lowers the newest timestamp, so `newest` is never above the series'. At
+    /// `i64::MIN` (no commit yet: a new series, or one loaded at start) appenders lock.
+    newest: std::sync::atomic::AtomicI64,
+    tail: std::sync::atomic::AtomicUsize,
     pub(crate) sref: SeriesRef,
     pub(crate) labels: Labels,
     /// Whether a WAL series record for this series has been written.
@@ -508,14 +518,6 @@ pub(crate) struct MemSeries {
     /// tagged with that ranking's generation: `generation << 32 | place`. Zero, a
     /// generation no ranking has, until the series is first ranked.
     order: AtomicU64,
-    /// The newest in-order timestamp an appender stored, and where the open chunk's next
-    /// append writes (for a prefetch), both as of that commit: an appender takes a sample
-    /// newer than `newest` without the lock (see [`MemSeries::takes_without_lock`]).
-    /// Only commits set them, under the lock and after their appends, and nothing
-    /// else lowers the newest timestamp, so `newest` is never above the series'. At
-    /// `i64::MIN` (no commit yet: a new series, or one loaded at start) appenders lock.
-    newest: std::sync::atomic::AtomicI64,
-    tail: std::sync::atomic::AtomicUsize,
     pub(crate) data: Mutex<SeriesData>,
 }
 
@@ -549,8 +551,18 @@ impl MemSeries {
     /// loops prefetch a group of series and then work on them, which overlaps the
     /// group's cache misses; prefetching one series ahead would not.
     pub(crate) fn prefetch(self: &Arc<Self>) {
+        Self::prefetch_lines(self, std::mem::size_of::<MemSeries>() + 16);
+    }
+
+    /// Starts loading what an appender reads before the commit: the reference counts,
+    /// `newest` and `tail`, the first 32 bytes of the allocation (two lines at most).
+    pub(crate) fn prefetch_for_append(self: &Arc<Self>) {
+        Self::prefetch_lines(self, 32);
+    }
+
+    /// Prefetches the first `len` bytes of the series' allocation.
+    fn prefetch_lines(self: &Arc<Self>, len: usize) {
         let start = Arc::as_ptr(self).cast::<u8>().wrapping_sub(16);
-        let len = std::mem::size_of::<MemSeries>() + 16;
         for off in (0..len).step_by(64).chain([len - 1]) {
             crate::prefetch(start.wrapping_add(off));
         }
