@@ -911,6 +911,20 @@ impl WalWriter {
     }
 }
 
+/// Reads into `buf` from `offset` until it is full or the file ends: the bytes read.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// A place in the WAL: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct WalPosition {
@@ -971,7 +985,7 @@ impl WalReader {
         let mut bytes = 0;
         while bytes < max_bytes {
             let path = segment_path(&self.dir, self.pos.segment);
-            let mut file = match File::open(&path) {
+            let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if !self.next_segment()? {
@@ -1005,9 +1019,11 @@ impl WalReader {
             }
             let want = ((len - self.pos.offset) as usize).min(self.read_size);
             self.buf.resize(want, 0);
-            io::Seek::seek(&mut file, io::SeekFrom::Start(self.pos.offset))
-                .and_then(|_| file.read_exact(&mut self.buf))
+            // Up to `want` bytes: the newest segment may be cut to its records (losing
+            // the zeros ahead of them) after its length was taken.
+            let got = read_at_most(&file, &mut self.buf, self.pos.offset)
                 .map_err(|e| Error::io(&path, e))?;
+            self.buf.truncate(got);
             let mut off = 0;
             let mut problem = None;
             let mut zeros = false;
