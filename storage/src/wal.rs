@@ -3,9 +3,9 @@
 //! `docs/format/wal.md`.
 //!
 //! ```text
-//!  commit ──> encode records ──> one write(2) ──> fdatasync ──> ack
+//!  commit ──> encode records ──> one pwrite(2) into the zeros ahead ──> fdatasync ──> ack
 //!  open   ──> read segments in order, 4 MiB at a time ──> decode ──> head
-//!                                          (torn tail: truncate, report)
+//!                  (torn tail: truncate, report; trailing zeros: cut, silently)
 //! ```
 //!
 //! The WAL never panics on what it reads back: a record that fails its length or CRC32C
