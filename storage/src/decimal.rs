@@ -457,6 +457,9 @@ impl Iterator for DecimalIter<'_> {
 /// Samples between two marks of an open decimal chunk.
 const MARK_EVERY: u16 = 32;
 
+/// Bytes an open chunk's buffer grows by.
+const GROWTH: usize = 64;
+
 /// An open head chunk in the varint layout, appended to one sample at a time. The
 /// chunk's exponent is the first value's (or the previous chunk's, when larger and the
 /// value is exact at it); the step is the first spacing. A value the exponent cannot
@@ -554,6 +557,12 @@ impl DecimalChunk {
                 if n.is_multiple_of(MARK_EVERY) {
                     self.mark();
                 }
+                // A fixed step, not doubling: a head series keeps its open chunk's
+                // buffer (and reuses it for the next chunk), and doubling would leave up
+                // to half of it unused. Two varints take at most 20 bytes.
+                if self.bytes.capacity() - self.bytes.len() < 20 {
+                    self.bytes.reserve_exact(GROWTH);
+                }
                 put_varint(
                     &mut self.bytes,
                     t.wrapping_sub(self.t).wrapping_sub(self.step),
@@ -646,6 +655,12 @@ impl DecimalChunk {
     }
 
     /// The buffer, for the next chunk to reuse.
+    /// The buffer's size.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.bytes
     }
