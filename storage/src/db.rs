@@ -2955,13 +2955,32 @@ mod tests {
         // two, and the windows read them.
         assert!(!read_ahead(&series[..1]).staged);
         // Read ahead for some series only: the others read as before.
-        let _ahead = read_ahead(series.iter().step_by(3));
+        let some = read_ahead(series.iter().step_by(3));
         for (s, want) in series.iter().zip(&one_by_one) {
             let mut buf = Vec::new();
             s.samples_into(&mut buf);
             assert_eq!(&bits(&buf), want, "{}", s.labels);
         }
         assert!(one_by_one.iter().all(|s| s.len() > 600));
+        drop(some);
+        // A read-ahead buffer is held while its read lasts; afterwards at most one a core
+        // is kept, however many threads read ahead at once.
+        let threads = crate::cores() + 2;
+        let together = std::sync::Barrier::new(threads);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let ahead = read_ahead(&series);
+                    assert!(ahead.staged);
+                    together.wait();
+                });
+            }
+        });
+        let spare = head_chunks::spare_buffers();
+        assert!(
+            (1..=crate::cores()).contains(&spare),
+            "{spare} buffers kept"
+        );
         Ok(())
     }
 
