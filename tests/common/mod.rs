@@ -159,6 +159,8 @@ pub struct Response {
     pub status: u16,
     pub headers: String,
     pub body: String,
+    /// When the response's last byte had arrived (before it was parsed).
+    pub received: std::time::Instant,
 }
 
 impl Response {
@@ -218,6 +220,7 @@ pub fn request(
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
+    let received = std::time::Instant::now();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -237,6 +240,7 @@ pub fn request(
         status,
         headers: head.to_owned(),
         body,
+        received,
     })
 }
 
