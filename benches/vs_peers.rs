@@ -17,8 +17,8 @@
 //! block), that every sample arrived; then, once every system is idle (at most 90 s of
 //! waiting: no system's background merge runs beside the queries), the median time of
 //! each dashboard query, from the connection until the answer's last byte (the systems
-//! take turns, one run each, so that noise falls on all of them alike) and whether all three return the same series (and strata the same values
-//! as Prometheus).
+//! take turns, one run each, so that noise falls on all of them alike) and whether all
+//! three return the same series (and strata the same values as Prometheus).
 //! The load generator's own CPU is reported. Results are printed and appended to
 //! `docs/BENCHMARKS.md` with ratios computed within the run.
 //!

@@ -2976,11 +2976,9 @@ mod tests {
                 });
             }
         });
+        // Other tests may take some meanwhile; none can push their number past the bound.
         let spare = head_chunks::spare_buffers();
-        assert!(
-            (1..=crate::cores()).contains(&spare),
-            "{spare} buffers kept"
-        );
+        assert!(spare <= crate::cores(), "{spare} buffers kept");
         Ok(())
     }
 
