@@ -77,9 +77,18 @@ struct Slot {
     r: u32,
 }
 
+/// The key's fields held flat rather than as a [`Key`]: a nested key would pad the slot
+/// from 40 bytes to 48.
 impl Slot {
+    fn key(&self) -> Key {
+        Key {
+            digest: self.digest,
+            len: self.len,
+        }
+    }
+
     fn holds(&self, k: &Key) -> bool {
-        self.digest == k.digest && self.len == k.len
+        self.key() == *k
     }
 }
 
@@ -125,35 +134,29 @@ impl Table {
             self.slots = vec![Slot::default(); (old.len() * 2).max(1024)];
             self.len = 0;
             for s in old.into_iter().filter(|s| s.r != 0) {
-                let k = Key {
-                    digest: s.digest,
-                    len: s.len,
-                };
-                self.put(k, s);
+                self.put(s.key(), s.r);
             }
         }
-        self.put(
-            k,
-            Slot {
-                digest: k.digest,
-                len: k.len,
-                r: stored,
-            },
-        );
+        self.put(k, stored);
     }
 
-    fn put(&mut self, k: Key, new: Slot) {
+    /// Sets `k`'s slot to `stored` (the reference plus one).
+    fn put(&mut self, k: Key, stored: u32) {
         let mask = self.slots.len() - 1;
         let mut i = self.home(k);
         loop {
             let s = &mut self.slots[i];
             if s.r == 0 {
-                *s = new;
+                *s = Slot {
+                    digest: k.digest,
+                    len: k.len,
+                    r: stored,
+                };
                 self.len += 1;
                 return;
             }
             if s.holds(&k) {
-                s.r = new.r;
+                s.r = stored;
                 return;
             }
             i = (i + 1) & mask;

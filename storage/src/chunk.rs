@@ -5,8 +5,8 @@
 //! read while it is open ([`XorChunk::iter`] reads what has been written so far). Values are
 //! stored bit-exactly, so NaN payloads such as the Prometheus stale marker survive.
 
-/// Bytes a chunk's buffer grows by.
-const GROWTH: usize = 64;
+/// Bytes an open chunk's buffer grows by (XOR or decimal).
+pub(crate) const GROWTH: usize = 64;
 
 /// A bit-level writer over a byte vector. The last byte may be partially filled.
 #[derive(Debug, Clone, Default)]

@@ -1035,14 +1035,19 @@ impl RefIndex {
     /// Records `r` at `idx`; `r` must not be in the table yet.
     fn insert(&mut self, r: SeriesRef, idx: usize) {
         self.reserve(1);
+        // Indexes count series of one appender, which holds fewer than u32::MAX.
+        self.place((r.0, (idx as u32).saturating_add(1)));
+        self.len += 1;
+    }
+
+    /// Puts `entry` in the first free slot from its reference's home.
+    fn place(&mut self, entry: (u32, u32)) {
         let mask = self.slots.len() - 1;
-        let mut i = self.home(r);
+        let mut i = self.home(SeriesRef(entry.0));
         while self.slots[i].1 != 0 {
             i = (i + 1) & mask;
         }
-        // Indexes count series of one appender, which holds fewer than u32::MAX.
-        self.slots[i] = (r.0, (idx as u32).saturating_add(1));
-        self.len += 1;
+        self.slots[i] = entry;
     }
 
     /// Makes room for `more` entries without growing.
@@ -1052,13 +1057,8 @@ impl RefIndex {
             return;
         }
         let old = std::mem::replace(&mut self.slots, vec![(0, 0); want]);
-        let mask = want - 1;
-        for (k, v) in old.into_iter().filter(|s| s.1 != 0) {
-            let mut i = self.home(SeriesRef(k));
-            while self.slots[i].1 != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = (k, v);
+        for entry in old.into_iter().filter(|s| s.1 != 0) {
+            self.place(entry);
         }
     }
 }

@@ -13,6 +13,7 @@
 //! each: the decoder then reads every residual the same way, without a branch on its
 //! length.
 
+use crate::chunk::GROWTH;
 use crate::dense::{
     as_decimal, decimal_exponent, gcd, median_step, put_packed, zigzag_len, MAX_EXPONENT, POW10,
 };
@@ -456,9 +457,6 @@ impl Iterator for DecimalIter<'_> {
 
 /// Samples between two marks of an open decimal chunk.
 const MARK_EVERY: u16 = 32;
-
-/// Bytes an open chunk's buffer grows by.
-const GROWTH: usize = 64;
 
 /// An open head chunk in the varint layout, appended to one sample at a time. The
 /// chunk's exponent is the first value's (or the previous chunk's, when larger and the
