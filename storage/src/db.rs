@@ -1399,6 +1399,13 @@ impl Appender {
         };
         let mut batch = Batch::default();
         let mut i = 0;
+        // Runs of samples (where each starts) of series whose open chunk an append would
+        // write out: appended last, sorted by target and then by labels, so that the
+        // chunks this commit fills lie in the head chunk file as a dashboard reads them
+        // (one metric of each target) rather than in the order the request listed the
+        // series (say, every metric of a network device before the next device's).
+        let mut cuts: Vec<usize> = Vec::new();
+        let mut held: Vec<bool> = Vec::new();
         // Samples arrive grouped by series; the next GROUP series are prefetched together.
         let mut fetched = 0;
         while i < self.samples.len() {
@@ -1419,11 +1426,49 @@ impl Appender {
             }
             let idx = self.samples[i].0;
             let s = &self.series[idx as usize];
+            let end = self.run_end(i);
+            if held.get(idx as usize).is_some_and(|&h| h) {
+                cuts.push(i);
+                i = end;
+                continue;
+            }
             let mut data = lock(&s.data);
-            while i < self.samples.len() && self.samples[i].0 == idx {
+            while i < end {
                 let (_, t, v) = self.samples[i];
+                if data.cuts_before(t) {
+                    cuts.push(i);
+                    if held.is_empty() {
+                        held = vec![false; self.series.len()];
+                    }
+                    held[idx as usize] = true;
+                    break;
+                }
                 db.head.append_locked(&mut data, t, v, &mut batch);
                 i += 1;
+            }
+            s.publish(&data);
+            i = end;
+        }
+        // A series' runs keep their order. About one commit in 120 sorts (a series cuts
+        // a chunk every 120 samples), up to all of its request's series.
+        if !cuts.is_empty() {
+            let mut keyed: Vec<(&str, &Labels, usize)> = cuts
+                .iter()
+                .map(|&from| {
+                    let labels = &self.series[self.samples[from].0 as usize].labels;
+                    (labels.get("instance").unwrap_or(""), labels, from)
+                })
+                .collect();
+            keyed.sort_unstable();
+            cuts.clear();
+            cuts.extend(keyed.into_iter().map(|k| k.2));
+        }
+        for &from in &cuts {
+            let idx = self.samples[from].0;
+            let s = &self.series[idx as usize];
+            let mut data = lock(&s.data);
+            for &(_, t, v) in &self.samples[from..self.run_end(from)] {
+                db.head.append_locked(&mut data, t, v, &mut batch);
             }
             s.publish(&data);
         }
@@ -1436,6 +1481,12 @@ impl Appender {
             },
             unsynced,
         ))
+    }
+
+    /// Where the run of samples of one series that starts at `i` ends.
+    fn run_end(&self, i: usize) -> usize {
+        let idx = self.samples[i].0;
+        i + self.samples[i..].iter().take_while(|s| s.0 == idx).count()
     }
 
     /// Discards everything appended.
@@ -3351,6 +3402,65 @@ mod tests {
         let db = Db::open(dir.path(), Options::default())?;
         assert_eq!(read_all(&db, "a").len(), 3);
         assert_eq!(db.stats().series, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn chunks_a_commit_fills_lie_in_the_head_chunk_file_by_target_then_labels() -> Result<(), Error>
+    {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        // Two targets of three metrics, each listed against that order; the 121st commit
+        // writes out every series' first chunk, and has a second sample of one series.
+        let series = |instance: &str, name: &str| {
+            Labels::from_pairs([("__name__", name), ("instance", instance)])
+        };
+        let listed: Vec<Labels> = ["b", "a"]
+            .iter()
+            .flat_map(|i| ["z", "y", "x"].map(|n| series(i, n)))
+            .collect();
+        for k in 0..=120i64 {
+            let mut app = db.appender();
+            for labels in &listed {
+                app.append(labels, k * 1000, k as f64)?;
+            }
+            if k == 120 {
+                app.append(&series("b", "x"), k * 1000 + 500, k as f64)?;
+            }
+            app.commit()?;
+        }
+        let mut written = Vec::new();
+        for s in db.querier(i64::MIN, i64::MAX).select(&[])? {
+            let mut ranges = Vec::new();
+            s.head_file_ranges(&mut ranges);
+            assert_eq!(ranges.len(), 1, "{}: one full chunk", s.labels);
+            written.push((ranges[0].1, s.labels.to_string()));
+        }
+        written.sort();
+        let order: Vec<&str> = written.iter().map(|w| w.1.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                r#"x{instance="a"}"#,
+                r#"y{instance="a"}"#,
+                r#"z{instance="a"}"#,
+                r#"x{instance="b"}"#,
+                r#"y{instance="b"}"#,
+                r#"z{instance="b"}"#,
+            ]
+        );
+        // The series cut before its two samples of the last commit kept both, in order.
+        let q = db.querier(i64::MIN, i64::MAX);
+        let samples: Vec<(i64, f64)> = q
+            .select(&[
+                Matcher::equal("__name__", "x"),
+                Matcher::equal("instance", "b"),
+            ])?
+            .iter()
+            .flat_map(|s| s.samples().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(samples.len(), 122);
+        assert!(samples.is_sorted_by_key(|s| s.0));
         Ok(())
     }
 

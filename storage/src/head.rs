@@ -225,9 +225,19 @@ impl SeriesData {
         outcome
     }
 
-    fn push_in_order(&mut self, t: i64, v: f64, chunks: &HeadChunks) {
+    /// Whether appending a sample at `t` first writes the open chunk to a head chunk
+    /// file: the sample is in order and the chunk is full or `t` is past its range.
+    pub(crate) fn cuts_before(&self, t: i64) -> bool {
+        (self.last_t == i64::MIN || t > self.last_t) && self.cut_due(t)
+    }
+
+    fn cut_due(&self, t: i64) -> bool {
         let n = self.open.len();
-        if n >= SAMPLES_PER_CHUNK || (n > 0 && t >= self.open_end) {
+        n >= SAMPLES_PER_CHUNK || (n > 0 && t >= self.open_end)
+    }
+
+    fn push_in_order(&mut self, t: i64, v: f64, chunks: &HeadChunks) {
+        if self.cut_due(t) {
             // One more chunk every half hour or so: grow exactly, no slack.
             self.closed.reserve_exact(1);
             self.closed.push(chunks.persist(&self.open));
