@@ -69,6 +69,8 @@ struct Table {
     len: usize,
 }
 
+/// The key's fields held flat rather than as a [`Key`]: a nested key would pad the slot
+/// from 40 bytes to 48.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     digest: [u64; 4],
@@ -77,8 +79,6 @@ struct Slot {
     r: u32,
 }
 
-/// The key's fields held flat rather than as a [`Key`]: a nested key would pad the slot
-/// from 40 bytes to 48.
 impl Slot {
     fn key(&self) -> Key {
         Key {

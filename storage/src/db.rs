@@ -1399,12 +1399,12 @@ impl Appender {
         };
         let mut batch = Batch::default();
         let mut i = 0;
-        // Runs of samples (where each starts) of series whose open chunk an append would
-        // write out: appended last, sorted by target and then by labels, so that the
+        // Runs of samples of series whose open chunk an append would write out (from the
+        // sample that would cut it): appended last, sorted by target and then by labels, so that the
         // chunks this commit fills lie in the head chunk file as a dashboard reads them
         // (one metric of each target) rather than in the order the request listed the
         // series (say, every metric of a network device before the next device's).
-        let mut cuts: Vec<usize> = Vec::new();
+        let mut cuts: Vec<std::ops::Range<usize>> = Vec::new();
         let mut held: Vec<bool> = Vec::new();
         // Samples arrive grouped by series; the next GROUP series are prefetched together.
         let mut fetched = 0;
@@ -1426,48 +1426,53 @@ impl Appender {
             }
             let idx = self.samples[i].0;
             let s = &self.series[idx as usize];
-            let end = self.run_end(i);
             if held.get(idx as usize).is_some_and(|&h| h) {
-                cuts.push(i);
+                let end = self.run_end(i);
+                cuts.push(i..end);
                 i = end;
                 continue;
             }
             let mut data = lock(&s.data);
-            while i < end {
+            while i < self.samples.len() && self.samples[i].0 == idx {
                 let (_, t, v) = self.samples[i];
                 if data.cuts_before(t) {
-                    cuts.push(i);
+                    let end = self.run_end(i);
+                    cuts.push(i..end);
                     if held.is_empty() {
                         held = vec![false; self.series.len()];
                     }
                     held[idx as usize] = true;
+                    i = end;
                     break;
                 }
                 db.head.append_locked(&mut data, t, v, &mut batch);
                 i += 1;
             }
             s.publish(&data);
-            i = end;
         }
         // A series' runs keep their order. About one commit in 120 sorts (a series cuts
         // a chunk every 120 samples), up to all of its request's series.
         if !cuts.is_empty() {
-            let mut keyed: Vec<(&str, &Labels, usize)> = cuts
+            let mut keyed: Vec<(&str, &Labels, usize, usize)> = cuts
                 .iter()
-                .map(|&from| {
-                    let labels = &self.series[self.samples[from].0 as usize].labels;
-                    (labels.get("instance").unwrap_or(""), labels, from)
+                .map(|run| {
+                    let labels = &self.series[self.samples[run.start].0 as usize].labels;
+                    (
+                        labels.get("instance").unwrap_or(""),
+                        labels,
+                        run.start,
+                        run.end,
+                    )
                 })
                 .collect();
             keyed.sort_unstable();
             cuts.clear();
-            cuts.extend(keyed.into_iter().map(|k| k.2));
+            cuts.extend(keyed.into_iter().map(|k| k.2..k.3));
         }
-        for &from in &cuts {
-            let idx = self.samples[from].0;
-            let s = &self.series[idx as usize];
+        for run in cuts {
+            let s = &self.series[self.samples[run.start].0 as usize];
             let mut data = lock(&s.data);
-            for &(_, t, v) in &self.samples[from..self.run_end(from)] {
+            for &(_, t, v) in &self.samples[run] {
                 db.head.append_locked(&mut data, t, v, &mut batch);
             }
             s.publish(&data);

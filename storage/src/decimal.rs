@@ -652,13 +652,13 @@ impl DecimalChunk {
         &self.bytes
     }
 
-    /// The buffer, for the next chunk to reuse.
     /// The buffer's size.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.bytes.capacity()
     }
 
+    /// The buffer, for the next chunk to reuse.
     pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.bytes
     }
