@@ -893,8 +893,8 @@ pub fn write_to_store(
     app.reserve(req.series_count(), req.sample_count());
     let views: Vec<SeriesView<'_>> = req.series().collect();
     // A run of cached series goes to the appender in one call.
-    let mut run: Vec<(SeriesRef, &[(i64, f64)])> = Vec::new();
-    let mut run_pos: Vec<usize> = Vec::new();
+    let mut run: Vec<(SeriesRef, &[(i64, f64)])> = Vec::with_capacity(targets.len());
+    let mut run_pos: Vec<usize> = Vec::with_capacity(targets.len());
     let mut i = 0;
     while i < targets.len() {
         if let Target::Checked(a, b) = targets[i] {

@@ -8,6 +8,18 @@
 /// Bytes an open chunk's buffer grows by (XOR or decimal).
 pub(crate) const GROWTH: usize = 64;
 
+/// Makes room in `v` for exactly `extra` more elements by moving them into a new
+/// allocation, where `Vec::reserve_exact` would `realloc`. glibc's `realloc` locks the
+/// buffer's arena every time, and the ingest threads, which append to the same series
+/// and share two arenas, wait on each other there; a small `malloc` and `free` take
+/// the lock only when the calling thread's own cache cannot serve them. For the small,
+/// often grown buffers of the head.
+pub(crate) fn grow_exact<T>(v: &mut Vec<T>, extra: usize) {
+    let mut next = Vec::with_capacity(v.len().saturating_add(extra));
+    next.append(v);
+    *v = next;
+}
+
 /// A bit-level writer over a byte vector. The last byte may be partially filled.
 #[derive(Debug, Clone, Default)]
 struct BitWriter {
@@ -23,7 +35,7 @@ impl BitWriter {
     #[inline]
     fn new_byte(&mut self) {
         if self.bytes.len() == self.bytes.capacity() {
-            self.bytes.reserve_exact(GROWTH);
+            grow_exact(&mut self.bytes, GROWTH);
         }
         self.bytes.push(0);
         self.free = 8;
@@ -71,7 +83,7 @@ impl BitWriter {
         let whole = n.div_ceil(8) as usize;
         let len = self.bytes.len();
         if self.bytes.capacity() - len < 8 {
-            self.bytes.reserve_exact(GROWTH);
+            grow_exact(&mut self.bytes, GROWTH);
         }
         self.bytes.extend_from_slice(&(v << (64 - n)).to_be_bytes());
         self.bytes.truncate(len + whole);
@@ -699,6 +711,19 @@ impl Iterator for XorIter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grow_exact_keeps_the_elements_and_adds_exactly_the_room_asked_for() {
+        let mut v: Vec<u16> = Vec::with_capacity(3);
+        v.extend([7, 8, 9]);
+        grow_exact(&mut v, 5);
+        assert_eq!(v, [7, 8, 9]);
+        assert_eq!(v.capacity(), 8);
+        let mut empty: Vec<u8> = Vec::new();
+        grow_exact(&mut empty, GROWTH);
+        assert!(empty.is_empty());
+        assert_eq!(empty.capacity(), GROWTH);
+    }
 
     #[test]
     fn bit_writes_match_writing_one_bit_at_a_time() {

@@ -1260,7 +1260,7 @@ impl Appender {
             // The series new to this appender, taken into it (their reference counts
             // raised) after the loop: a locked instruction waits for the cache misses
             // in flight, so the loop has none, and its loads of the next series overlap.
-            let mut taken: Vec<&Arc<MemSeries>> = Vec::new();
+            let mut taken: Vec<&Arc<MemSeries>> = Vec::with_capacity(items.len());
             let outcome = (|| {
                 // Each series' first line is loaded APPEND_AHEAD series before its turn.
                 let ahead = |i: usize| {

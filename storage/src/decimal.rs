@@ -13,7 +13,7 @@
 //! each: the decoder then reads every residual the same way, without a branch on its
 //! length.
 
-use crate::chunk::GROWTH;
+use crate::chunk::{grow_exact, GROWTH};
 use crate::dense::{
     as_decimal, decimal_exponent, gcd, median_step, put_packed, zigzag_len, MAX_EXPONENT, POW10,
 };
@@ -559,7 +559,7 @@ impl DecimalChunk {
                 // buffer (and reuses it for the next chunk), and doubling would leave up
                 // to half of it unused. Two varints take at most 20 bytes.
                 if self.bytes.capacity() - self.bytes.len() < 20 {
-                    self.bytes.reserve_exact(GROWTH);
+                    grow_exact(&mut self.bytes, GROWTH);
                 }
                 put_varint(
                     &mut self.bytes,

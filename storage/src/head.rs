@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::block::{holds_sample_in, ChunkView};
+use crate::chunk::grow_exact;
 use crate::decimal::DECIMAL;
 use crate::head_chunks::{HeadChunk, HeadChunks, HeadIter, SegmentFile};
 use crate::labels::Labels;
@@ -239,7 +240,9 @@ impl SeriesData {
     fn push_in_order(&mut self, t: i64, v: f64, chunks: &HeadChunks) {
         if self.cut_due(t) {
             // One more chunk every half hour or so: grow exactly, no slack.
-            self.closed.reserve_exact(1);
+            if self.closed.len() == self.closed.capacity() {
+                grow_exact(&mut self.closed, 1);
+            }
             self.closed.push(chunks.persist(&self.open));
             self.open.reset();
         }

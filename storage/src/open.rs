@@ -117,8 +117,11 @@ impl OpenChunk {
             }
             OpenChunk::Xor(x) => (x.into_buffer(), 0),
         };
+        if bytes.capacity() > FIRST_BYTES {
+            // A new buffer rather than a shrinking `realloc` (see `grow_exact`).
+            bytes = Vec::with_capacity(FIRST_BYTES);
+        }
         bytes.clear();
-        bytes.shrink_to(FIRST_BYTES);
         *self = OpenChunk::Decimal(DecimalChunk::with_buffer(bytes, e));
     }
 
