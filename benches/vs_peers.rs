@@ -661,6 +661,27 @@ fn start_vm(dir: &Path) -> Peer {
     }
 }
 
+/// Whether VictoriaMetrics' `/metrics` text shows no forced or background merge of its
+/// storage running and no rows waiting to be written (`pending_rows` in 1.79, the rows of
+/// in-memory parts in later versions).
+fn vm_storage_idle(metrics: &str) -> bool {
+    let mut seen = false;
+    for line in metrics.lines() {
+        let busy = line.starts_with("vm_active_force_merges ")
+            || line.starts_with("vm_active_merges{type=\"storage/")
+            || line.starts_with("vm_pending_rows{type=\"storage\"}")
+            || line.starts_with("vm_rows{type=\"storage/inmemory\"}");
+        if busy {
+            seen = true;
+            let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if value != Some(0.0) {
+                return false;
+            }
+        }
+    }
+    seen
+}
+
 /// Bytes on disk once the data is persisted, as each system persists it.
 fn persisted_bytes(p: &Peer, month_prefix: &str) -> u64 {
     match p.name {
@@ -673,17 +694,27 @@ fn persisted_bytes(p: &Peer, month_prefix: &str) -> u64 {
                 &[],
                 &[],
             );
-            // The merge runs in the background: wait until the size settles.
-            let mut last = 0;
-            let end = Instant::now() + Duration::from_secs(120);
+            // The merge runs in the background, and may start only after a while: wait
+            // until VictoriaMetrics reports no forced or background merge and no rows in
+            // memory twice in a row, with the size unchanged between the two.
+            let mut last = (false, 0);
+            let started = Instant::now();
+            let end = started + Duration::from_secs(180);
             while Instant::now() < end {
-                std::thread::sleep(Duration::from_secs(3));
-                let now = dir_bytes(&p.data.join("data"));
-                if now == last {
+                std::thread::sleep(Duration::from_secs(2));
+                let idle = request(p.addr, "GET", "/metrics", &[], &[])
+                    .is_ok_and(|r| vm_storage_idle(&r.body));
+                let now = (idle, dir_bytes(&p.data.join("data")));
+                if idle && last == now {
                     break;
                 }
                 last = now;
             }
+            println!(
+                "victoria-metrics: merges done {:.0} s after the forced merge (idle: {})",
+                started.elapsed().as_secs_f64(),
+                last.0
+            );
             dir_bytes(&p.data.join("data")) + dir_bytes(&p.data.join("indexdb"))
         }
         _ => {
