@@ -555,9 +555,9 @@ impl DecimalChunk {
                 if n.is_multiple_of(MARK_EVERY) {
                     self.mark();
                 }
-                // A fixed step, not doubling: a head series keeps its open chunk's
-                // buffer (and reuses it for the next chunk), and doubling would leave up
-                // to half of it unused. Two varints take at most 20 bytes.
+                // A fixed step, not doubling: a head series holds its open chunk's
+                // buffer until the chunk is full, and doubling would leave up to half of
+                // it unused. Two varints take at most 20 bytes.
                 if self.bytes.capacity() - self.bytes.len() < 20 {
                     grow_exact(&mut self.bytes, GROWTH);
                 }

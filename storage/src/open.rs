@@ -104,10 +104,10 @@ impl OpenChunk {
     }
 
     /// Empties the chunk for the next one, keeping its exponent when decimal (a series'
-    /// next chunk most likely needs it again) and the start of its buffer. The rest of
-    /// the buffer is given back: the chunk grows again in small steps, so that a series
-    /// holds about what its open chunk has written (about 3 bytes a sample in this
-    /// layout) rather than what its largest one did.
+    /// next chunk most likely needs it again). The buffer is given back for one of
+    /// [`FIRST_BYTES`]: the chunk grows again in small steps, so that a series holds
+    /// about what its open chunk has written (about 3 bytes a sample in this layout)
+    /// rather than what its largest one did.
     pub(crate) fn reset(&mut self) {
         let empty = OpenChunk::Decimal(DecimalChunk::default());
         let (mut bytes, e) = match std::mem::replace(self, empty) {
@@ -300,11 +300,11 @@ mod tests {
     }
 
     #[test]
-    fn reset_keeps_the_exponent_and_the_buffers_start() {
+    fn reset_keeps_the_exponent_and_a_small_buffer() {
         let mut c = filled(&times(100).map(|t| (t, 0.25)).collect::<Vec<_>>());
         c.reset();
         assert_eq!(c.len(), 0);
-        // Only the buffer's start is kept.
+        // Only a small buffer is kept.
         let OpenChunk::Decimal(d) = &c else {
             panic!("not decimal");
         };
