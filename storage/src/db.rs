@@ -313,6 +313,7 @@ impl Db {
             local: RefIndex::default(),
             pending: Vec::new(),
             tails: Vec::new(),
+            refs: Vec::new(),
             samples: Vec::new(),
         }
     }
@@ -1131,6 +1132,9 @@ pub struct Appender {
     pending: Vec<i64>,
     /// Where each entry of `series` appends next, as last seen: prefetched by the commit.
     tails: Vec<usize>,
+    /// The reference of each entry of `series`, side by side for the WAL record: read
+    /// there for every sample, it would otherwise load each series' memory again.
+    refs: Vec<SeriesRef>,
     samples: Vec<(u32, i64, f64)>,
 }
 
@@ -1281,7 +1285,7 @@ impl Appender {
                                 return Ok(Some(i));
                             };
                             taken.push(s);
-                            (self.add_entry(r), &**s)
+                            (self.add_entry(r, s.sref), &**s)
                         }
                     };
                     for &(t, v) in samples {
@@ -1307,17 +1311,19 @@ impl Appender {
     /// Takes a series into the appender (holding it keeps the head from dropping it):
     /// its index.
     fn add_series(&mut self, s: Arc<MemSeries>) -> usize {
-        let idx = self.add_entry(s.sref);
+        let idx = self.add_entry(s.sref, s.sref);
         self.series.push(s);
         idx
     }
 
     /// The entries of a series but its place in `series`, which the caller fills: its
-    /// index.
-    fn add_entry(&mut self, r: SeriesRef) -> usize {
+    /// index. `r` is the reference the caller named it by, `sref` its own (the WAL may
+    /// know a series by a second reference; its records name the series' own).
+    fn add_entry(&mut self, r: SeriesRef, sref: SeriesRef) -> usize {
         let idx = self.pending.len();
         self.pending.push(i64::MIN);
         self.tails.push(0);
+        self.refs.push(sref);
         self.local.insert(r, idx);
         idx
     }
@@ -1341,6 +1347,7 @@ impl Appender {
         self.series.reserve(series);
         self.pending.reserve(series);
         self.tails.reserve(series);
+        self.refs.reserve(series);
         self.local.reserve(series);
         self.samples.reserve(samples);
     }
@@ -1373,7 +1380,7 @@ impl Appender {
         let wal_samples: Vec<(SeriesRef, i64, f64)> = self
             .samples
             .iter()
-            .map(|&(i, t, v)| (self.series[i as usize].sref, t, v))
+            .map(|&(i, t, v)| (self.refs[i as usize], t, v))
             .collect();
         let new_series;
         // Until the samples are in the head, a block cut must wait: it would otherwise
@@ -3466,6 +3473,29 @@ mod tests {
             .collect();
         assert_eq!(samples.len(), 122);
         assert!(samples.is_sorted_by_key(|s| s.0));
+        Ok(())
+    }
+
+    #[test]
+    fn samples_appended_by_a_second_reference_are_logged_by_the_series_own() -> Result<(), Error> {
+        let dir = tmp();
+        {
+            let db = Db::open(dir.path(), Options::default())?;
+            let mut app = db.appender();
+            let own = app.append(&up("a"), 1_000, 1.0)?;
+            app.commit()?;
+            // As a replay does when the WAL names the series by another reference.
+            let alias = SeriesRef(own.0 + 100);
+            db.inner.head.get_or_create(&up("a"), Some(alias));
+            let mut app = db.appender();
+            let samples = [(2_000, 2.0)];
+            assert_eq!(app.append_refs(&[(alias, &samples[..])])?, None);
+            app.commit()?;
+            assert_eq!(read_all(&db, "a"), [(1_000, 1.0), (2_000, 2.0)]);
+        }
+        // The WAL's series records know only the series' own reference.
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(read_all(&db, "a"), [(1_000, 1.0), (2_000, 2.0)]);
         Ok(())
     }
 
