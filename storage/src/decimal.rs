@@ -557,15 +557,16 @@ impl DecimalChunk {
                 }
                 // A fixed step, not doubling: a head series holds its open chunk's
                 // buffer until the chunk is full, and doubling would leave up to half of
-                // it unused. Two varints take at most 20 bytes.
-                if self.bytes.capacity() - self.bytes.len() < 20 {
+                // it unused. It grows only when the two varints do not fit, to GROWTH
+                // bytes past what is written (they take at most 20), so that each step
+                // is used up before the next.
+                let dt = t.wrapping_sub(self.t).wrapping_sub(self.step);
+                let dm = m.wrapping_sub(self.m);
+                if self.bytes.capacity() - self.bytes.len() < zigzag_len(dt) + zigzag_len(dm) {
                     grow_exact(&mut self.bytes, GROWTH);
                 }
-                put_varint(
-                    &mut self.bytes,
-                    t.wrapping_sub(self.t).wrapping_sub(self.step),
-                );
-                put_varint(&mut self.bytes, m.wrapping_sub(self.m));
+                put_varint(&mut self.bytes, dt);
+                put_varint(&mut self.bytes, dm);
                 self.m = m;
             }
         }
