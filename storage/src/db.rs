@@ -1407,10 +1407,11 @@ impl Appender {
         let mut batch = Batch::default();
         let mut i = 0;
         // Runs of samples of series whose open chunk an append would write out (from the
-        // sample that would cut it): appended last, sorted by target and then by labels, so that the
-        // chunks this commit fills lie in the head chunk file as a dashboard reads them
-        // (one metric of each target) rather than in the order the request listed the
-        // series (say, every metric of a network device before the next device's).
+        // sample that would cut it): appended last, sorted by target and then by labels,
+        // so that the chunks this commit fills lie in the head chunk file as a dashboard
+        // reads them (one metric of each target) rather than in the order the request
+        // listed the series (say, every metric of a network device before the next
+        // device's).
         let mut cuts: Vec<std::ops::Range<usize>> = Vec::new();
         let mut held: Vec<bool> = Vec::new();
         // Samples arrive grouped by series; the next GROUP series are prefetched together.
