@@ -15,7 +15,8 @@
 
 use crate::chunk::{grow_exact, GROWTH};
 use crate::dense::{
-    as_decimal, decimal_exponent, gcd, median_step, put_packed, zigzag_len, MAX_EXPONENT, POW10,
+    as_decimal, decimal_exponent, gcd, median_step, put_packed, zigzag_len, ExactDivisor,
+    MAX_EXPONENT, POW10,
 };
 use crate::varint::{bytes_at, put_uvarint, put_varint, Cursor};
 
@@ -26,6 +27,17 @@ pub(crate) const DECIMAL: u16 = 0x8000;
 const PACKED: u8 = 0x80;
 /// The widest packed residual: one little-endian 64-bit load holds any of them.
 const MAX_WIDTH: u32 = 56;
+
+/// The powers of ten up to the largest exponent, as integers.
+const POW10_INT: [u64; MAX_EXPONENT + 1] = {
+    let mut p = [1u64; MAX_EXPONENT + 1];
+    let mut i = 1;
+    while i <= MAX_EXPONENT {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
 
 /// Encodes `samples` (time-ordered, 1 to 32,767 of them) into `out` (cleared first);
 /// `false`, with `out` left unspecified, when some value is not a decimal this encoding
@@ -125,6 +137,33 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
         }
     }
     true
+}
+
+/// The median of `r` (the element at index `len / 2` in sorted order, 0 when empty),
+/// all of which lie in `[low, high]`: counted when that range is narrow (a scrape's
+/// jitter), else selected in `room` (as long as `r`).
+fn median_residual(r: &[i64], low: i64, high: i64, room: &mut [i64]) -> i64 {
+    const NARROW: usize = 64;
+    let mid = r.len() / 2;
+    if r.is_empty() {
+        return 0;
+    }
+    let range = high.wrapping_sub(low) as u64;
+    if range < NARROW as u64 && r.len() <= usize::from(u16::MAX) {
+        let mut counts = [0u16; NARROW];
+        for &x in r {
+            counts[x.wrapping_sub(low) as usize & (NARROW - 1)] += 1;
+        }
+        let mut seen = 0usize;
+        for (i, &c) in counts.iter().enumerate() {
+            seen += usize::from(c);
+            if seen > mid {
+                return low.wrapping_add(i as i64);
+            }
+        }
+    }
+    room.copy_from_slice(r);
+    *room.select_nth_unstable(mid).1
 }
 
 /// Residuals of one kind packed `width` bits each, least significant bit first.
@@ -664,6 +703,119 @@ impl DecimalChunk {
         self.bytes
     }
 
+    /// Writes the chunk into `out` (cleared first) as [`encode`] lays out a full chunk,
+    /// from the residuals the chunk holds rather than from its values: the mantissas are
+    /// already exact at the chunk's exponent, so no value is converted again. `false`
+    /// (with `out` unspecified) for an empty chunk or bytes that do not parse. `scratch`
+    /// is scratch space.
+    ///
+    /// The exponent is lowered by the powers of ten every mantissa shares (a chunk starts
+    /// at its predecessor's exponent): `m / 10^e` and `(m / 10^k) / 10^(e-k)` are the same
+    /// rational number of exact operands, so the decoder's correctly rounded division
+    /// gives the same float. The step is the median spacing, as [`encode`] takes it.
+    pub(crate) fn encode_full(&self, out: &mut Vec<u8>, scratch: &mut Vec<i64>) -> bool {
+        let Some(n) = usize::from(self.count).checked_sub(1) else {
+            return false;
+        };
+        let mut r = Cursor::new(&self.bytes);
+        let header = r
+            .bytes(1)
+            .and_then(|b| b.first().copied())
+            .and_then(|e| Some((e, r.varint()?, r.varint()?, r.varint()?)));
+        let Some((e, t0, open_step, m0)) = header else {
+            return false;
+        };
+        if usize::from(e) > MAX_EXPONENT {
+            return false;
+        }
+        // The time residuals against the open chunk's step, the mantissa deltas, and room
+        // to select the median in.
+        scratch.clear();
+        scratch.resize(3 * n, 0);
+        let (times, rest) = scratch.split_at_mut(n);
+        let (deltas, room) = rest.split_at_mut(n);
+        let bytes = r.rest();
+        let mut at = 0usize;
+        let mut factor = 0u64;
+        let (mut low, mut high) = (i64::MAX, i64::MIN);
+        for (t, d) in times.iter_mut().zip(deltas.iter_mut()) {
+            let (Some(dt), Some(dm)) = (zigzag_at(bytes, &mut at), zigzag_at(bytes, &mut at))
+            else {
+                return false;
+            };
+            (*t, *d) = (dt, dm);
+            (low, high) = (low.min(dt), high.max(dt));
+            if factor != 1 {
+                factor = gcd(factor, dm.unsigned_abs());
+            }
+        }
+        // The median spacing less the open chunk's step is the median of these residuals
+        // (the first spacing is the open step itself, residual 0).
+        let median = median_residual(times, low, high, room);
+        let step = open_step.wrapping_add(median);
+        // Powers of ten shared by the first mantissa and every delta.
+        let shared = gcd(factor, m0.unsigned_abs());
+        let mut k = 0;
+        while k < usize::from(e) && (shared == 0 || shared.is_multiple_of(POW10_INT[k + 1])) {
+            k += 1;
+        }
+        let by_power = ExactDivisor::new(POW10_INT[k]);
+        let factor = (factor / POW10_INT[k]).clamp(1, i64::MAX as u64);
+
+        let (mut varint_bytes, mut t_min, mut t_max) = (0usize, i64::MAX, i64::MIN);
+        let (mut d_min, mut d_max) = (i64::MAX, i64::MIN);
+        for (t, d) in times.iter_mut().zip(deltas.iter_mut()) {
+            *t = t.wrapping_sub(median);
+            if k > 0 {
+                *d = by_power.divide(*d);
+            }
+            varint_bytes += zigzag_len(*t) + zigzag_len(*d);
+            (t_min, t_max) = (t_min.min(*t), t_max.max(*t));
+            (d_min, d_max) = (d_min.min(*d), d_max.max(*d));
+        }
+        // Every delta is a multiple of the factor, which is positive: dividing keeps the
+        // order.
+        let by_factor = ExactDivisor::new(factor);
+        let (m_min, m_max) = (by_factor.divide(d_min), by_factor.divide(d_max));
+        let width = |min: i64, max: i64| 64 - (max.wrapping_sub(min) as u64).leading_zeros();
+        let (t_width, m_width) = (width(t_min, t_max), width(m_min, m_max));
+        let packed_bytes = (n * t_width as usize).div_ceil(8) + (n * m_width as usize).div_ceil(8);
+        // The same choice as `encode`.
+        let packed = n > 0
+            && t_width <= MAX_WIDTH
+            && m_width <= MAX_WIDTH
+            && packed_bytes <= varint_bytes + varint_bytes / 4;
+
+        out.clear();
+        out.reserve(
+            16 + if packed {
+                packed_bytes + 24
+            } else {
+                varint_bytes
+            },
+        );
+        out.push((usize::from(e) - k) as u8 | if packed { PACKED } else { 0 });
+        put_varint(out, t0);
+        put_varint(out, step);
+        put_varint(out, by_power.divide(m0));
+        if packed {
+            put_varint(out, t_min);
+            out.push(t_width as u8);
+            put_uvarint(out, factor);
+            put_varint(out, m_min);
+            out.push(m_width as u8);
+            put_packed(out, times.iter().copied(), t_min, t_width as u8);
+            let scaled = deltas.iter().map(|&d| by_factor.divide(d));
+            put_packed(out, scaled, m_min, m_width as u8);
+        } else {
+            for (&t, &d) in times.iter().zip(deltas.iter()) {
+                put_varint(out, t);
+                put_varint(out, d);
+            }
+        }
+        true
+    }
+
     pub(crate) fn iter(&self) -> DecimalIter<'_> {
         DecimalIter::new(&self.bytes, self.count)
     }
@@ -894,6 +1046,97 @@ mod tests {
         assert!(is_packed(&bytes) && bytes.len() < 16, "{bytes:?}");
         roundtrip(&regular);
         assert!(!is_packed(&encoded(&regular[..1]).unwrap_or_default()));
+    }
+
+    /// `samples` as an open chunk at exponent `e` (when every value is a decimal of it),
+    /// written out by [`DecimalChunk::encode_full`].
+    fn written_full(samples: &[(i64, f64)], e: usize) -> Option<Vec<u8>> {
+        let chunk = DecimalChunk::at_exponent(samples.iter().copied(), e, Vec::new()).ok()?;
+        let mut out = Vec::new();
+        assert!(chunk.encode_full(&mut out, &mut Vec::new()), "{samples:?}");
+        Some(out)
+    }
+
+    #[test]
+    fn a_full_open_chunk_is_written_as_its_samples_would_be_encoded() {
+        let t = scrape_times(120, 11);
+        let mut cases: Vec<Vec<(i64, f64)>> = vec![
+            counter(None),
+            counter(Some(1 << 40)),
+            t.iter().map(|&t| (t, 7.0)).collect(),
+            t.iter().map(|&t| (t, 0.0)).collect(),
+            t.iter()
+                .enumerate()
+                .map(|(i, &t)| (t, (i % 10) as f64 / 10.0))
+                .collect(),
+            t.iter()
+                .enumerate()
+                .map(|(i, &t)| (t, (1_000_000 + (i * 7919) % 240) as f64 * 4096.0))
+                .collect(),
+            t.iter()
+                .enumerate()
+                .map(|(i, &t)| (t, -1.0 - i as f64 * 0.25))
+                .collect(),
+            // A gap of half an hour after the first spacing, and one more later.
+            t.iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    (
+                        t + if i > 0 { 1_800_000 } else { 0 } + if i > 90 { 60_000 } else { 0 },
+                        i as f64,
+                    )
+                })
+                .collect(),
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..300 {
+            let (n, e) = (1 + next() as usize % 120, next() as usize % 6);
+            let jitter = next() % 40;
+            let mut m = (next() % 2_000_000) as i64 - 1_000_000;
+            let mut t = 1_700_000_000_000 + (next() % 1000) as i64;
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                samples.push((t, m as f64 / POW10[e]));
+                t += 15_000
+                    + (next() % (jitter + 1)) as i64
+                    + if next() % 50 == 0 { 45_000 } else { 0 };
+                m += match next() % 4 {
+                    0 => 0,
+                    1 => (next() % 100) as i64 * 10,
+                    2 => (next() % 1_000_000) as i64 - 500_000,
+                    _ => 1,
+                };
+            }
+            cases.push(samples);
+        }
+        let mut lowered = 0;
+        for samples in &cases {
+            let least = samples
+                .iter()
+                .map(|&(_, v)| decimal_exponent(v).unwrap_or(MAX_EXPONENT))
+                .max()
+                .unwrap_or(0);
+            let expected = encoded(samples).unwrap_or_else(|| panic!("{samples:?}"));
+            // At the least exponent, and at larger ones as a chunk inherits them.
+            for e in least..=(least + 3).min(MAX_EXPONENT) {
+                let Some(bytes) = written_full(samples, e) else {
+                    continue;
+                };
+                assert_eq!(bytes, expected, "at exponent {e}: {samples:?}");
+                lowered += usize::from(e > least);
+            }
+        }
+        assert!(
+            lowered > 100,
+            "{lowered} chunks written at a lowered exponent"
+        );
+        assert!(!DecimalChunk::default().encode_full(&mut Vec::new(), &mut Vec::new()));
     }
 
     #[test]

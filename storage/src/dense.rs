@@ -64,9 +64,13 @@ pub(crate) fn as_decimal(v: f64, e: usize) -> Option<i64> {
     (back.to_bits() == v.to_bits()).then_some(m)
 }
 
+/// The bytes of `v`'s zig-zag varint: its significant bits (at least one) by sevens,
+/// as `(bits * 9 + 64) / 64` computes it for every length from 1 to 64 bits.
+#[inline]
 pub(crate) fn zigzag_len(v: i64) -> usize {
     let u = ((v << 1) ^ (v >> 63)) as u64;
-    (64 - u.leading_zeros() as usize).max(1).div_ceil(7)
+    let top = 63 - (u | 1).leading_zeros() as usize;
+    (top * 9 + 73) / 64
 }
 
 /// Encodes the timestamps of `samples` (strictly increasing, not empty) as a time
@@ -551,29 +555,32 @@ enum Residuals<'a> {
     Grouped(GroupDecoder<'a>),
 }
 
-/// Appends `r[i] - base` in `width` bits each, least significant bit first.
+/// Appends `r[i] - base` in `width` bits each, least significant bit first: gathered in
+/// a 64-bit word, written eight bytes at a time.
 pub(crate) fn put_packed(
     out: &mut Vec<u8>,
     r: impl IntoIterator<Item = i64>,
     base: i64,
     width: u8,
 ) {
-    if width == 0 {
+    let w = u32::from(width.min(64));
+    if w == 0 {
         return;
     }
-    let (mut acc, mut bits) = (0u128, 0u32);
+    let (mut acc, mut bits) = (0u64, 0u32);
     for x in r {
-        acc |= u128::from(x.wrapping_sub(base) as u64) << bits;
-        bits += u32::from(width);
-        while bits >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            bits -= 8;
+        let v = x.wrapping_sub(base) as u64;
+        acc |= v << bits;
+        if bits + w >= 64 {
+            out.extend_from_slice(&acc.to_le_bytes());
+            // The bits of `v` that did not fit (none when it ended the word exactly).
+            acc = v.checked_shr(64 - bits).unwrap_or(0);
+            bits = bits + w - 64;
+        } else {
+            bits += w;
         }
     }
-    if bits > 0 {
-        out.push(acc as u8);
-    }
+    out.extend_from_slice(&acc.to_le_bytes()[..bits.div_ceil(8) as usize]);
 }
 
 /// Reads `width`-bit residuals written by [`put_packed`].
@@ -682,11 +689,53 @@ fn pack(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The greatest common divisor (0 with 0 gives 0), by shifts and subtractions: no
+/// division, which costs tens of cycles each.
 pub(crate) fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
+    if a == 0 || b == 0 {
+        return a | b;
     }
-    a
+    let twos = (a | b).trailing_zeros();
+    a >>= a.trailing_zeros();
+    loop {
+        b >>= b.trailing_zeros();
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        b -= a;
+        if b == 0 {
+            return a << twos;
+        }
+    }
+}
+
+/// Division by one divisor of numbers known to be its multiples, as a shift and a
+/// multiplication by the odd part's inverse modulo 2^64.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExactDivisor {
+    twos: u32,
+    inverse: u64,
+}
+
+impl ExactDivisor {
+    /// For `d >= 1`.
+    pub(crate) fn new(d: u64) -> Self {
+        let twos = d.trailing_zeros().min(63);
+        let odd = d >> twos;
+        // Newton's iteration doubles the correct low bits: an odd number is its own
+        // inverse modulo 8, then 6, 12, 24, 48 and 96 bits.
+        let mut inverse = odd;
+        for _ in 0..5 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inverse)));
+        }
+        ExactDivisor { twos, inverse }
+    }
+
+    /// `n / d` for `n` a multiple of `d` (any other `n` gives a meaningless result).
+    #[inline]
+    pub(crate) fn divide(&self, n: i64) -> i64 {
+        (n >> self.twos).wrapping_mul(self.inverse as i64)
+    }
 }
 
 /// The most common spacing of the timestamps, approximated by the median; `deltas` is
@@ -1038,6 +1087,98 @@ mod tests {
             "{checked} of {} chunks checked",
             chunks.len()
         );
+    }
+
+    #[test]
+    fn gcd_and_exact_division_match_the_hardwares() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let slow_gcd = |mut a: u64, mut b: u64| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        for _ in 0..20_000 {
+            let shift = next() % 64;
+            let (a, b) = (next() >> shift, next() >> (next() % 64));
+            let common = 1 + next() % 5000;
+            for (a, b) in [
+                (a, b),
+                (a.wrapping_mul(common) >> 8, b.wrapping_mul(common) >> 8),
+                (a, 0),
+                (0, b),
+            ] {
+                assert_eq!(gcd(a, b), slow_gcd(a, b), "gcd({a}, {b})");
+            }
+            let d = (next() >> shift).max(1);
+            let by = ExactDivisor::new(d);
+            let k = (next() as i64) >> (next() % 64);
+            if let Some(n) = k.checked_mul(d as i64).filter(|_| d <= i64::MAX as u64) {
+                assert_eq!(by.divide(n), n / d as i64, "{n} / {d}");
+            }
+        }
+        assert_eq!(gcd(0, 0), 0);
+        assert_eq!(ExactDivisor::new(1).divide(-7), -7);
+        assert_eq!(ExactDivisor::new(4096).divide(-4096 * 3), -3);
+    }
+
+    #[test]
+    fn zigzag_lengths_are_the_bytes_written() {
+        let mut values = vec![0i64, -1, 1, i64::MIN, i64::MAX];
+        for b in 0..63 {
+            values.extend([(1i64 << b) - 1, 1i64 << b, -(1i64 << b), -(1i64 << b) - 1]);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(zigzag_len(v), out.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn packed_residuals_of_every_width_read_back() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for width in 1..=64u32 {
+            for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 119] {
+                let mask = if width == 64 {
+                    u64::MAX
+                } else {
+                    (1 << width) - 1
+                };
+                let base = -12_345i64;
+                let r: Vec<i64> = (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        base.wrapping_add((x & mask) as i64)
+                    })
+                    .collect();
+                let mut out = vec![0xAA];
+                put_packed(&mut out, r.iter().copied(), base, width as u8);
+                assert_eq!(
+                    out.len(),
+                    1 + (n * width as usize).div_ceil(8),
+                    "{width} bits, {n}"
+                );
+                let mut u = Unpacker {
+                    bytes: &out[1..],
+                    at: 0,
+                    acc: 0,
+                    bits: 0,
+                    width,
+                    base,
+                };
+                let back: Vec<i64> = (0..n).map_while(|_| u.next()).collect();
+                assert_eq!(back, r, "{width} bits, {n}");
+            }
+        }
     }
 
     #[test]

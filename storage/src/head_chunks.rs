@@ -217,7 +217,7 @@ impl Iterator for HeadIter<'_> {
     }
 }
 
-/// Scratch space for rewriting full chunks: samples, encoded bytes, time deltas.
+/// Scratch space for rewriting full chunks: samples, encoded bytes, residuals.
 type Rewrite = (Vec<(i64, f64)>, Vec<u8>, Vec<i64>);
 
 thread_local! {
@@ -806,16 +806,24 @@ impl HeadChunks {
         if self.failed.load(Ordering::Relaxed) {
             return in_memory(bytes);
         }
-        let written = REWRITE.with_borrow_mut(|(samples, encoded, deltas)| {
-            samples.clear();
-            samples.reserve(usize::from(count));
-            full.iter().decode_while(|t, v| {
-                samples.push((t, v));
-                true
-            });
-            let (bytes, stored) = if samples.len() == usize::from(count)
-                && decimal::encode(samples, encoded, deltas)
-            {
+        let written = REWRITE.with_borrow_mut(|(samples, encoded, scratch)| {
+            let rewritten = match full {
+                // From its residuals: the values are decimals of its exponent already.
+                OpenChunk::Decimal(d) => d.encode_full(encoded, scratch),
+                // A chunk that left the decimal layout: its values decide (most hold
+                // one that no exponent does).
+                OpenChunk::Xor(_) => {
+                    samples.clear();
+                    samples.reserve(usize::from(count));
+                    full.iter().decode_while(|t, v| {
+                        samples.push((t, v));
+                        true
+                    });
+                    samples.len() == usize::from(count)
+                        && decimal::encode(samples, encoded, scratch)
+                }
+            };
+            let (bytes, stored) = if rewritten {
                 (&encoded[..], count | DECIMAL)
             } else {
                 (bytes, full.stored_count())
