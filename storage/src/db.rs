@@ -1424,7 +1424,7 @@ impl Appender {
                 while fetched < self.samples.len() && seen < GROUP {
                     let idx = self.samples[fetched].0;
                     if idx != last {
-                        self.series[idx as usize].prefetch();
+                        self.series[idx as usize].prefetch_for_commit();
                         crate::prefetch(self.tails[idx as usize] as *const u8);
                         last = idx;
                         seen += 1;

@@ -502,16 +502,20 @@ const MARK_EVERY: u16 = 32;
 /// value is exact at it); the step is the first spacing. A value the exponent cannot
 /// hold is refused, and the caller writes the chunk again at a larger exponent or as
 /// XOR.
+///
+/// Laid out in this order: what every append reads and writes first, the first time and
+/// the marks (written once in 32 appends) last.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct DecimalChunk {
     bytes: Vec<u8>,
+    t: i64,
+    step: i64,
+    m: i64,
     count: u16,
     /// With no sample yet: the exponent to try first.
     e: u8,
     first_t: i64,
-    t: i64,
-    step: i64,
-    m: i64,
     /// The two latest marks, older first (index 0: none yet).
     marks: [StoredMark; 2],
 }
@@ -690,6 +694,12 @@ impl DecimalChunk {
 
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// Just past the last field every append reads or writes (`e`).
+    #[cfg(test)]
+    pub(crate) fn hot_end(&self) -> *const u8 {
+        (&self.e as *const u8).wrapping_add(1)
     }
 
     /// The buffer's size.

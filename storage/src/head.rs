@@ -96,21 +96,24 @@ pub(crate) enum AppendOutcome {
     OutOfOrder,
 }
 
+/// A series' samples. Laid out in this order: what an in-order append touches first (the
+/// open chunk's hot fields lead it), then the rest.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct SeriesData {
-    closed: Vec<HeadChunk>,
+    last_t: i64,
+    last_v: u64,
+    /// The open chunk takes no sample at or after this: the end of the block range its
+    /// first sample is in (see [`HeadChunks::range`]).
+    open_end: i64,
     open: OpenChunk,
+    closed: Vec<HeadChunk>,
     /// Samples that arrived out of order (or rewrote a timestamp), sorted by time, one
     /// per timestamp; they win over the chunks' samples at the same timestamp.
     // A pointer to a vector, not a vector: 8 bytes instead of 24 in every series, most of
     // which never have out-of-order samples.
     #[allow(clippy::box_collection)]
     ooo: Option<Box<Vec<(i64, f64)>>>,
-    last_t: i64,
-    last_v: u64,
-    /// The open chunk takes no sample at or after this: the end of the block range its
-    /// first sample is in (see [`HeadChunks::range`]).
-    open_end: i64,
     /// Bumped whenever an out-of-order sample lands: a block cut tells by it whether
     /// samples it did not write arrived while it was writing.
     ooo_changes: u32,
@@ -509,7 +512,9 @@ pub(crate) fn merge_newest_wins(older: &[(i64, f64)], newer: &[(i64, f64)]) -> V
 type SeriesSnapshot = (Vec<SnapChunk>, (u16, Vec<u8>), Vec<(i64, f64)>);
 
 /// One series in the head. Laid out in this order: what an appender reads of it comes
-/// first, right after the reference counts (see [`MemSeries::prefetch_for_append`]).
+/// first, right after the reference counts (see [`MemSeries::prefetch_for_append`]), then
+/// what a commit's append touches (the lock and the hot part of [`SeriesData`]), within
+/// [`HOT_BYTES`] of the allocation's start; what appends do not read comes last.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct MemSeries {
@@ -522,17 +527,22 @@ pub(crate) struct MemSeries {
     newest: std::sync::atomic::AtomicI64,
     tail: std::sync::atomic::AtomicUsize,
     pub(crate) sref: SeriesRef,
-    pub(crate) labels: Labels,
     /// Whether a WAL series record for this series has been written.
     pub(crate) logged: AtomicBool,
     /// Whether the WAL knows it by a second reference (then it is never collected).
     aliased: AtomicBool,
+    pub(crate) data: Mutex<SeriesData>,
+    pub(crate) labels: Labels,
     /// The series' place in label order at the head's last ranking ([`Head::rank`]),
     /// tagged with that ranking's generation: `generation << 32 | place`. Zero, a
     /// generation no ranking has, until the series is first ranked.
     order: AtomicU64,
-    pub(crate) data: Mutex<SeriesData>,
 }
+
+/// The bytes from the start of a series' allocation (its reference counts) through the
+/// last field an in-order append of a decimal chunk reads or writes: three cache lines
+/// wherever the allocation starts on a 16-byte boundary. Checked by a test.
+const HOT_BYTES: usize = 136;
 
 impl MemSeries {
     /// Whether a sample at `t` is newer than every sample the series holds, known
@@ -564,13 +574,19 @@ impl MemSeries {
     /// loops prefetch a group of series and then work on them, which overlaps the
     /// group's cache misses; prefetching one series ahead would not.
     pub(crate) fn prefetch(self: &Arc<Self>) {
-        Self::prefetch_lines(self, std::mem::size_of::<MemSeries>() + 16);
+        Self::prefetch_lines(self, size_of::<MemSeries>() + 16);
+    }
+
+    /// Starts loading what a commit's in-order append touches: the first [`HOT_BYTES`].
+    pub(crate) fn prefetch_for_commit(self: &Arc<Self>) {
+        Self::prefetch_lines(self, HOT_BYTES);
     }
 
     /// Starts loading what an appender reads before the commit: the reference counts,
-    /// `newest` and `tail`, the first 32 bytes of the allocation (two lines at most).
+    /// `newest`, `tail` and `sref`, the first 40 bytes of the allocation (two lines at
+    /// most).
     pub(crate) fn prefetch_for_append(self: &Arc<Self>) {
-        Self::prefetch_lines(self, 32);
+        Self::prefetch_lines(self, 40);
     }
 
     /// Prefetches the first `len` bytes of the series' allocation.
@@ -1410,6 +1426,40 @@ mod tests {
 
     fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn an_in_order_append_touches_only_the_first_hot_bytes_of_a_series() {
+        let head = Head::new(HeadChunks::in_memory());
+        let s = head.get_or_create(&ls(&[("__name__", "up")]), None);
+        let mut b = Batch::default();
+        for i in 0..3 {
+            head.append_locked(&mut lock(&s.data), i * 15_000, 1.5, &mut b);
+        }
+        // The allocation starts with the two reference counts.
+        let start = Arc::as_ptr(&s) as usize - 2 * size_of::<usize>();
+        let end_of = |p: usize, len: usize| p + len - start;
+        let d = lock(&s.data);
+        assert!(matches!(d.open, OpenChunk::Decimal(_)));
+        let ends = [
+            end_of(&s.newest as *const _ as usize, 8),
+            end_of(&s.tail as *const _ as usize, 8),
+            end_of(&s.sref as *const _ as usize, 4),
+            end_of(&s.logged as *const _ as usize, 1),
+            // The lock's state precedes the data it guards.
+            end_of(&*d as *const SeriesData as usize, 0),
+            end_of(&d.last_t as *const _ as usize, 8),
+            end_of(&d.last_v as *const _ as usize, 8),
+            end_of(&d.open_end as *const _ as usize, 8),
+            end_of(d.open.hot_end() as usize, 0),
+        ];
+        for (i, &e) in ends.iter().enumerate() {
+            assert!(e <= HOT_BYTES, "field {i} ends at {e}, past {HOT_BYTES}");
+        }
+        assert!(end_of(&s.sref as *const _ as usize, 4) <= 40);
+        // The cold fields follow.
+        assert!(end_of(&d.closed as *const _ as usize, 0) >= HOT_BYTES);
+        assert!(end_of(&s.labels as *const _ as usize, 0) >= HOT_BYTES);
     }
 
     #[test]

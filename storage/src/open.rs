@@ -8,7 +8,10 @@ use crate::decimal::{DecimalChunk, DecimalIter, DecimalMark, DECIMAL};
 use crate::dense::{decimal_exponent, MAX_EXPONENT};
 use crate::head_chunks::HeadIter;
 
+/// Tag first, then the chunk: the decimal chunk's hot fields right after the tag (see
+/// `SeriesData`'s layout).
 #[derive(Debug, Clone)]
+#[repr(C, u8)]
 pub(crate) enum OpenChunk {
     Decimal(DecimalChunk),
     Xor(XorChunk),
@@ -159,6 +162,17 @@ impl OpenChunk {
         match self {
             OpenChunk::Decimal(d) => d.bytes(),
             OpenChunk::Xor(x) => x.bytes(),
+        }
+    }
+
+    /// Just past the last field an append reads or writes on every sample.
+    #[cfg(test)]
+    pub(crate) fn hot_end(&self) -> *const u8 {
+        match self {
+            OpenChunk::Decimal(d) => d.hot_end(),
+            OpenChunk::Xor(x) => (x as *const XorChunk)
+                .cast::<u8>()
+                .wrapping_add(size_of::<XorChunk>()),
         }
     }
 
