@@ -37,6 +37,7 @@
 //! are the ones counted, persisted and queried. Each ingest starts once the machine is
 //! quiet (`sync`, then under a tenth of a core busy for half a second, at most 30 s of
 //! waiting), so that no system pays for the writeback or the merges of the one before.
+//! AB_BUILDS=a,b,... compares strata builds instead, slice by slice (see `interleaved`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -382,7 +383,7 @@ const MAX_LEAD: usize = 150;
 /// Pushes every connection's bodies concurrently, each over one kept-alive HTTP/1.1
 /// connection as a remote-write sender keeps it, none more than [`MAX_LEAD`] bodies
 /// ahead of the slowest; the wall time.
-fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
+fn push<B: AsRef<[Vec<u8>]> + Sync>(addr: SocketAddr, conns: &[B]) -> Duration {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let started = Instant::now();
     let sent: Vec<AtomicUsize> = conns.iter().map(|_| AtomicUsize::new(0)).collect();
@@ -391,12 +392,12 @@ fn push(addr: SocketAddr, conns: &[Vec<Vec<u8>>]) -> Duration {
         for (c, bodies) in conns.iter().enumerate() {
             s.spawn(move || {
                 let mut conn = KeptAlive { addr, stream: None };
-                for (i, b) in bodies.iter().enumerate() {
+                for (i, b) in bodies.as_ref().iter().enumerate() {
                     let waiting = Instant::now();
                     // Connections that have sent all theirs hold nobody back.
                     while conns.iter().zip(sent).any(|(other, n)| {
                         let n = n.load(Ordering::Acquire);
-                        n < other.len() && n + MAX_LEAD < i
+                        n < other.as_ref().len() && n + MAX_LEAD < i
                     }) {
                         assert!(
                             waiting.elapsed() < Duration::from_secs(300),
@@ -568,6 +569,72 @@ fn same_values(
 /// system's background merges, the kernel's writeback of a store just deleted) stays
 /// under a tenth of a core for half a second, or 30 s pass. Otherwise a system's ingest
 /// pays for whatever ran before it.
+/// `AB_BUILDS=a,b,...`: compares strata builds' ingest with the workload cut into time
+/// slices, each sent to every build in turn (one server per build, each on its own store,
+/// the order reversed at every slice), so that the machine's drift, which moves a build's
+/// figures by more than the differences sought from one run to the next, falls on all of
+/// them alike within seconds. Per round (fresh stores): each build's ingest time (summed
+/// over its slices) and receiver CPU (the whole round, background work included).
+fn interleaved(
+    builds: &[PathBuf],
+    conns: &[Vec<Vec<u8>>],
+    samples: usize,
+    rounds: usize,
+    slices: usize,
+) {
+    let slices = slices.max(1);
+    let mut totals = vec![(0.0f64, 0.0f64); builds.len()];
+    for round in 1..=rounds.max(1) {
+        let dirs: Vec<tempfile::TempDir> = builds
+            .iter()
+            .map(|_| tempfile::tempdir().unwrap())
+            .collect();
+        let servers: Vec<Strata> = builds
+            .iter()
+            .zip(&dirs)
+            .map(|(b, d)| Strata::start_binary(b, &d.path().join("strata-data"), &[], &[]))
+            .collect();
+        quiet_machine();
+        let cpu0: Vec<f64> = servers.iter().map(|s| cpu_seconds(s.pid())).collect();
+        let mut took = vec![Duration::ZERO; builds.len()];
+        for k in 0..slices {
+            let part: Vec<&[Vec<u8>]> = conns
+                .iter()
+                .map(|c| &c[k * c.len() / slices..(k + 1) * c.len() / slices])
+                .collect();
+            let mut turn: Vec<usize> = (0..builds.len()).collect();
+            if k % 2 == 1 {
+                turn.reverse();
+            }
+            for b in turn {
+                quiet_machine();
+                took[b] += push(servers[b].addr, &part);
+            }
+        }
+        quiet_machine();
+        for (b, build) in builds.iter().enumerate() {
+            let cpu = cpu_seconds(servers[b].pid()) - cpu0[b];
+            let rate = samples as f64 / took[b].as_secs_f64();
+            totals[b].0 += rate.ln();
+            totals[b].1 += cpu;
+            println!(
+                "round {round}: {}: {rate:.0} samples/s, receiver CPU {cpu:.2} s",
+                build.display()
+            );
+        }
+        drop(servers);
+    }
+    let n = rounds.max(1) as f64;
+    for (b, build) in builds.iter().enumerate() {
+        println!(
+            "{}: geometric mean {:.0} samples/s, mean receiver CPU {:.2} s over {n} rounds of {slices} slices",
+            build.display(),
+            (totals[b].0 / n).exp(),
+            totals[b].1 / n
+        );
+    }
+}
+
 fn quiet_machine() {
     let _ = Command::new("sync").status();
     let busy_jiffies = || -> Option<u64> {
@@ -790,6 +857,17 @@ fn main() {
         })
         .collect();
     println!("workload: {hosts} hosts, {series} series, {samples} samples, {hours} h at 15 s from {start} ms (WORKLOAD_NOW_MS={now} repeats it), {} requests over {} connections (encoded in {encode_cpu:.1} CPU s, beforehand)", conns.iter().map(Vec::len).sum::<usize>(), conns.len());
+    if let Ok(builds) = std::env::var("AB_BUILDS") {
+        let builds: Vec<PathBuf> = builds.split(',').map(PathBuf::from).collect();
+        interleaved(
+            &builds,
+            &conns,
+            samples,
+            env("AB_ROUNDS", 3) as usize,
+            env("AB_SLICES", 12) as usize,
+        );
+        return;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let strata_dir = dir.path().join("strata-data");

@@ -31,11 +31,26 @@ impl Strata {
 
     /// Like [`Strata::start`], with extra environment variables.
     pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Strata {
+        Self::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_strata")),
+            data_dir,
+            extra,
+            env,
+        )
+    }
+
+    /// Like [`Strata::start_env`], running the binary at `bin`.
+    pub fn start_binary(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Strata {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log_path = data_dir.join("strata-test.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
