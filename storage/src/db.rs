@@ -3748,6 +3748,45 @@ mod tests {
         check(&db)
     }
 
+    /// Appenders that take a series before its first commit each check, under the WAL
+    /// lock, whether its series record is written yet: exactly one writes it.
+    #[test]
+    fn a_series_taken_by_several_appenders_is_logged_once() -> Result<(), Error> {
+        let dir = tmp();
+        let db = Db::open(dir.path(), Options::default())?;
+        let start = db.wal_end();
+        let mut first = db.appender();
+        let r = first.append(&up("x"), 1_000, 1.0)?;
+        let mut second = db.appender();
+        assert_eq!(second.append_refs(&[(r, &[(2_000, 2.0)])])?, None);
+        let mut third = db.appender();
+        assert_eq!(third.append_refs(&[(r, &[(3_000, 3.0)])])?, None);
+        // The second commits first and writes the record; the first then does not.
+        assert_eq!(second.commit()?.new_series, 1);
+        assert_eq!(first.commit()?.new_series, 0);
+        assert_eq!(third.commit()?.new_series, 0);
+        let mut late = db.appender();
+        assert_eq!(late.append_refs(&[(r, &[(4_000, 4.0)])])?, None);
+        assert_eq!(late.commit()?.new_series, 0);
+
+        let (mut records, mut samples) = (0, 0);
+        let mut reader = db.wal_reader(start);
+        while reader.read(1 << 20, |rec, _| match rec {
+            Record::Series(list) => records += list.iter().filter(|(sr, _)| *sr == r).count(),
+            Record::Samples(list) => samples += list.len(),
+            _ => {}
+        })? > 0
+        {}
+        assert_eq!((records, samples), (1, 4));
+        drop(db);
+        let db = Db::open(dir.path(), Options::default())?;
+        assert_eq!(
+            read_all(&db, "x"),
+            vec![(1_000, 1.0), (2_000, 2.0), (3_000, 3.0), (4_000, 4.0)]
+        );
+        Ok(())
+    }
+
     #[test]
     fn rollback_series_written_later_is_logged_once() -> Result<(), Error> {
         let dir = tmp();
