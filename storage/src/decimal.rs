@@ -107,15 +107,9 @@ pub(crate) fn encode(samples: &[(i64, f64)], out: &mut Vec<u8>, scratch: &mut Ve
         let r = scaled(k);
         (m_min, m_max) = (m_min.min(r), m_max.max(r));
     }
-    let width = |min: i64, max: i64| 64 - (max.wrapping_sub(min) as u64).leading_zeros();
-    let (t_width, m_width) = (width(t_min, t_max), width(m_min, m_max));
     let n = samples.len() - 1;
-    let packed_bytes = (n * t_width as usize).div_ceil(8) + (n * m_width as usize).div_ceil(8);
-    // Packed when within a quarter of the varints' size: it decodes about twice as fast.
-    let packed = n > 0
-        && t_width <= MAX_WIDTH
-        && m_width <= MAX_WIDTH
-        && packed_bytes <= varint_bytes + varint_bytes / 4;
+    let (t_width, m_width, packed_bytes) = widths(n, (t_min, t_max), (m_min, m_max));
+    let packed = packs(n, (t_width, m_width, packed_bytes), varint_bytes);
 
     out.clear();
     out.push(e as u8 | if packed { PACKED } else { 0 });
@@ -164,6 +158,29 @@ fn median_residual(r: &[i64], low: i64, high: i64, room: &mut [i64]) -> i64 {
     }
     room.copy_from_slice(r);
     *room.select_nth_unstable(mid).1
+}
+
+/// The bits each of `n` time and mantissa residuals takes at a fixed width (from their
+/// ranges, `(min, max)`), and the bytes the two packed sections take.
+fn widths(n: usize, times: (i64, i64), mantissas: (i64, i64)) -> (u32, u32, usize) {
+    let width = |(min, max): (i64, i64)| 64 - (max.wrapping_sub(min) as u64).leading_zeros();
+    let (t_width, m_width) = (width(times), width(mantissas));
+    let bytes = (n * t_width as usize).div_ceil(8) + (n * m_width as usize).div_ceil(8);
+    (t_width, m_width, bytes)
+}
+
+/// Whether `n` residuals of the [`widths`] given are packed rather than written as
+/// `varint_bytes` of varints: when within a quarter of the varints' size, as packed
+/// residuals decode about twice as fast.
+fn packs(
+    n: usize,
+    (t_width, m_width, packed_bytes): (u32, u32, usize),
+    varint_bytes: usize,
+) -> bool {
+    n > 0
+        && t_width <= MAX_WIDTH
+        && m_width <= MAX_WIDTH
+        && packed_bytes <= varint_bytes + varint_bytes / 4
 }
 
 /// Residuals of one kind packed `width` bits each, least significant bit first.
@@ -787,14 +804,8 @@ impl DecimalChunk {
         // order.
         let by_factor = ExactDivisor::new(factor);
         let (m_min, m_max) = (by_factor.divide(d_min), by_factor.divide(d_max));
-        let width = |min: i64, max: i64| 64 - (max.wrapping_sub(min) as u64).leading_zeros();
-        let (t_width, m_width) = (width(t_min, t_max), width(m_min, m_max));
-        let packed_bytes = (n * t_width as usize).div_ceil(8) + (n * m_width as usize).div_ceil(8);
-        // The same choice as `encode`.
-        let packed = n > 0
-            && t_width <= MAX_WIDTH
-            && m_width <= MAX_WIDTH
-            && packed_bytes <= varint_bytes + varint_bytes / 4;
+        let (t_width, m_width, packed_bytes) = widths(n, (t_min, t_max), (m_min, m_max));
+        let packed = packs(n, (t_width, m_width, packed_bytes), varint_bytes);
 
         out.clear();
         out.reserve(
