@@ -1440,7 +1440,9 @@ mod tests {
         let start = Arc::as_ptr(&s) as usize - 2 * size_of::<usize>();
         let end_of = |p: usize, len: usize| p + len - start;
         let d = lock(&s.data);
-        assert!(matches!(d.open, OpenChunk::Decimal(_)));
+        let OpenChunk::Decimal(open) = &d.open else {
+            panic!("the open chunk is not decimal");
+        };
         let ends = [
             end_of(&s.newest as *const _ as usize, 8),
             end_of(&s.tail as *const _ as usize, 8),
@@ -1451,7 +1453,7 @@ mod tests {
             end_of(&d.last_t as *const _ as usize, 8),
             end_of(&d.last_v as *const _ as usize, 8),
             end_of(&d.open_end as *const _ as usize, 8),
-            end_of(d.open.hot_end() as usize, 0),
+            end_of(open.hot_end() as usize, 0),
         ];
         for (i, &e) in ends.iter().enumerate() {
             assert!(e <= HOT_BYTES, "field {i} ends at {e}, past {HOT_BYTES}");

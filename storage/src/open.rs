@@ -165,17 +165,6 @@ impl OpenChunk {
         }
     }
 
-    /// Just past the last field an append reads or writes on every sample.
-    #[cfg(test)]
-    pub(crate) fn hot_end(&self) -> *const u8 {
-        match self {
-            OpenChunk::Decimal(d) => d.hot_end(),
-            OpenChunk::Xor(x) => (x as *const XorChunk)
-                .cast::<u8>()
-                .wrapping_add(size_of::<XorChunk>()),
-        }
-    }
-
     /// Where the next append writes: for [`crate::prefetch`].
     pub(crate) fn tail(&self) -> *const u8 {
         let b = self.bytes();
